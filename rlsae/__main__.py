@@ -1,0 +1,3 @@
+from rlsae.cli import main
+
+main()

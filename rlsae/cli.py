@@ -1,0 +1,34 @@
+"""The ``rlsae`` command: parses, calls the library, prints. Thin on purpose."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from rlsae.commands._apps import app
+from rlsae.errors import RlsaeError
+
+# Each module registers its verbs on the shared sub-apps when imported.
+_COMMAND_MODULES = ["core", "agents", "study", "llm_rlhf", "llm_interp", "viewer", "demo"]
+for _name in _COMMAND_MODULES:
+    try:
+        importlib.import_module(f"rlsae.commands.{_name}")
+    except ModuleNotFoundError as _e:  # a part not written yet
+        if _e.name != f"rlsae.commands.{_name}":
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; user errors become one line on stderr and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except RlsaeError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; re-run with --resume to continue\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The typer apps every command module registers on, and the output helpers they share."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+
+_opts: dict[str, Any] = {"no_args_is_help": True, "pretty_exceptions_enable": False}
+
+app = typer.Typer(help="rlsae: sparse autoencoders for models trained with reward.", **_opts)
+acts_app = typer.Typer(help="Activation stores: import your own activations.", **_opts)
+sae_app = typer.Typer(help="Train and evaluate sparse autoencoders.", **_opts)
+dqn_app = typer.Typer(help="Ms. Pac-Man DQN agents: train, evaluate, record, splice.", **_opts)
+llm_app = typer.Typer(help="Language models: tiny Pythia, RLHF, scoring, recording.", **_opts)
+analyze_app = typer.Typer(help="Analyses: fits across agents, MMCS, dead features.", **_opts)
+viewer_app = typer.Typer(help="The static feature viewer.", **_opts)
+pipeline_app = typer.Typer(help="Whole studies at smoke, demo or paper scale.", **_opts)
+
+app.add_typer(acts_app, name="acts")
+app.add_typer(sae_app, name="sae")
+app.add_typer(dqn_app, name="dqn")
+app.add_typer(llm_app, name="llm")
+app.add_typer(analyze_app, name="analyze")
+app.add_typer(viewer_app, name="viewer")
+app.add_typer(pipeline_app, name="pipeline")
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+
+
+def emit(result: dict[str, Any], as_json: bool, human: str | None = None) -> None:
+    """Print a command's result: one JSON object with ``--json``, else a readable summary."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=_default) + "\n")
+        return
+    if human is not None:
+        sys.stdout.write(human.rstrip("\n") + "\n")
+        return
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        elif isinstance(value, list | dict):
+            value = json.dumps(value, default=_default)
+        sys.stdout.write(f"{key}: {value}\n")
+
+
+def _default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
