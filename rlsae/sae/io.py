@@ -1,0 +1,186 @@
+"""SAE directories in the SAELens format: ``sae_weights.safetensors`` + ``cfg.json``.
+
+Our TopK SAEs are written as SAELens architecture ``topk``, ReLU ones as ``standard``; tied SAEs
+get ``W_enc`` materialised as ``W_dec.T``. Our own settings (arch, tied, source) ride in
+``cfg.json["metadata"]["rlsae"]``, where SAELens keeps but ignores them. ``load_sae`` reads ours
+and SAELens-written ``topk``/``standard`` directories (folding ``rescale_acts_by_decoder_norm``
+into the weights, which leaves outputs unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlsae.errors import RlsaeError
+from rlsae.fsutil import atomic_write_bytes, atomic_write_json
+from rlsae.sae.model import _DTYPES, SAE, SAEConfig
+
+WEIGHTS = "sae_weights.safetensors"
+CFG = "cfg.json"
+
+
+def _sae_lens_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sae-lens")
+    except Exception:  # not installed: still a valid 6.x-format file
+        return "6.0.0"
+
+
+def sae_lens_cfg(cfg: SAEConfig) -> dict[str, Any]:
+    """The cfg.json dict SAELens 6.x expects for this SAE."""
+    v = _sae_lens_version()
+    d: dict[str, Any] = {
+        "architecture": "topk" if cfg.arch == "topk" else "standard",
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": cfg.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": v,
+            "sae_lens_training_version": v,
+            "hook_name": cfg.hook_name,
+            "model_name": cfg.source,
+            "rlsae": cfg.to_dict(),
+        },
+    }
+    if cfg.arch == "topk":
+        d["k"] = cfg.k
+        d["rescale_acts_by_decoder_norm"] = False
+    return d
+
+
+def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
+    """Write the SAE's weights and cfg.json into ``path`` (created if needed), each atomically."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "W_enc": sae.W_enc.detach().contiguous().clone(),
+        "b_enc": sae.b_enc.detach().contiguous(),
+        "W_dec": sae.W_dec.detach().contiguous(),
+        "b_dec": sae.b_dec.detach().contiguous(),
+    }
+    tensors = {k: v.to("cpu") for k, v in tensors.items()}
+    atomic_write_bytes(path / WEIGHTS, save(tensors))
+    atomic_write_json(path / CFG, sae_lens_cfg(sae.cfg))
+    return path
+
+
+def _read_cfg(path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads((path / CFG).read_text())
+    except FileNotFoundError:
+        raise RlsaeError(f"{path} is not an SAE directory (no {CFG})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RlsaeError(f"{path / CFG} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise RlsaeError(f"{path / CFG} is not an SAE config")
+    return cfg
+
+
+def read_sae_cfg(path: str | os.PathLike) -> SAEConfig:
+    """Our SAEConfig for an SAE directory (ours or SAELens's), without loading weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RlsaeError(f"SAE directory {path} not found")
+    return _cfg_from_dict(_read_cfg(path), path)[0]
+
+
+def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
+    meta = d.get("metadata") if isinstance(d.get("metadata"), dict) else {}
+    ours = meta.get("rlsae") if isinstance(meta.get("rlsae"), dict) else None
+    arch = d.get("architecture", "standard")
+    if arch not in ("topk", "standard"):
+        raise RlsaeError(
+            f"{path}: SAELens architecture {arch!r} is not supported; use topk or standard"
+        )
+    if d.get("normalize_activations", "none") not in ("none", None):
+        raise RlsaeError(
+            f"{path}: normalize_activations={d['normalize_activations']!r} is not supported"
+        )
+    if d.get("reshape_activations", "none") not in ("none", None):
+        raise RlsaeError(
+            f"{path}: reshape_activations={d['reshape_activations']!r} is not supported"
+        )
+    try:
+        cfg = SAEConfig(
+            d_in=int(d["d_in"]),
+            d_sae=int(d["d_sae"]),
+            arch="topk" if arch == "topk" else "relu",
+            k=int(d.get("k", 32)) if arch == "topk" else int((ours or {}).get("k", 32)),
+            tied=bool((ours or {}).get("tied", False)),
+            hook_name=str(meta.get("hook_name") or d.get("hook_name") or ""),
+            source=str(
+                (ours or {}).get("source") or meta.get("model_name") or d.get("model_name") or ""
+            ),
+            dtype=str(d.get("dtype", "float32"))
+            if str(d.get("dtype", "float32")) in _DTYPES
+            else "float32",
+            apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", True)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise RlsaeError(f"{path / CFG} is missing or has a bad field ({e})") from None
+    return cfg, bool(d.get("rescale_acts_by_decoder_norm", False)) and arch == "topk"
+
+
+def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
+    """Load an SAE directory written by rlsae or by SAELens (architectures topk and standard)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_dir():
+        raise RlsaeError(f"SAE directory {path} not found")
+    cfg, rescale = _cfg_from_dict(_read_cfg(path), path)
+    wpath = path / WEIGHTS
+    if not wpath.is_file():
+        raise RlsaeError(f"{path} has no {WEIGHTS}")
+    try:
+        sd = load_file(str(wpath))
+    except (SafetensorError, OSError) as e:
+        raise RlsaeError(f"{wpath} is truncated or corrupt ({e})") from None
+    shapes = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "b_enc": (cfg.d_sae,),
+        "W_dec": (cfg.d_sae, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+    }
+    for name, shape in shapes.items():
+        if name not in sd:
+            raise RlsaeError(f"{wpath} has no tensor {name!r}")
+        if tuple(sd[name].shape) != shape:
+            raise RlsaeError(
+                f"{wpath}: {name} has shape {tuple(sd[name].shape)}, cfg.json says {shape}"
+            )
+        if not torch.isfinite(sd[name]).all():
+            raise RlsaeError(f"{wpath}: {name} holds NaN or Inf")
+    if cfg.tied and not torch.equal(sd["W_enc"], sd["W_dec"].t()):
+        cfg.tied = False  # edited outside rlsae: keep both matrices as they are
+    dt = _DTYPES[cfg.dtype]
+    sd = {k: v.to(torch.float32) for k, v in sd.items()}
+    if rescale:  # SAELens topk with rescale_acts_by_decoder_norm: fold the norms in, exactly
+        n = sd["W_dec"].norm(dim=1).clamp_min(1e-8)
+        sd["W_enc"] = sd["W_enc"] * n
+        sd["b_enc"] = sd["b_enc"] * n
+        sd["W_dec"] = sd["W_dec"] / n[:, None]
+        if cfg.tied:
+            cfg.tied = False
+    sae = SAE(cfg, device="meta")
+    with torch.no_grad():
+        sae.W_dec = torch.nn.Parameter(sd["W_dec"].to(device=device, dtype=dt))
+        if not cfg.tied:
+            sae.W_enc = torch.nn.Parameter(sd["W_enc"].to(device=device, dtype=dt))
+        sae.b_enc = torch.nn.Parameter(sd["b_enc"].to(device=device, dtype=dt))
+        sae.b_dec = torch.nn.Parameter(sd["b_dec"].to(device=device, dtype=dt))
+    return sae

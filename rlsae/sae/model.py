@@ -1,0 +1,179 @@
+"""The sparse autoencoder: TopK or ReLU (L1), tied or untied, in SAELens's conventions.
+
+    encode(x) = act((x - b_dec) @ W_enc + b_enc)      act = TopK-then-ReLU or ReLU
+    decode(f) = f @ W_dec + b_dec
+
+``W_enc`` is (d_in, d_sae) and ``W_dec`` is (d_sae, d_in), as in SAELens, so the files load there
+unchanged. A tied SAE has no encoder parameter: ``W_enc`` is the view ``W_dec.T`` (and is written
+out materialised when saved). Training uses ``rlsae.sae.sparse`` for the fast TopK path; this
+module is the plain, dense reference that inference and evaluation use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from rlsae.errors import RlsaeError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+@dataclass
+class SAEConfig:
+    """Shape and kind of a sparse autoencoder. Saved (with SAELens's own keys) in cfg.json."""
+
+    d_in: int
+    """Width of the activations it reads."""
+    d_sae: int
+    """Number of latents (dictionary size)."""
+    arch: Literal["topk", "relu"] = "topk"
+    """``topk``: keep the k largest pre-activations (then ReLU). ``relu``: ReLU, trained with L1."""
+    k: int = 32
+    """Active latents per row for ``topk`` (ignored by ``relu``)."""
+    tied: bool = False
+    """Encoder is the decoder's transpose (one weight matrix)."""
+    hook_name: str = ""
+    """Where the activations came from (e.g. ``blocks.3.hook_resid_post`` or an agent layer)."""
+    source: str = ""
+    """Which model produced them (agent name, ``base``/``tuned``, a model path)."""
+    dtype: str = "float32"
+    """Parameter dtype."""
+    apply_b_dec_to_input: bool = True
+    """Subtract b_dec before encoding (SAELens's default; some SAELens SAEs turn it off)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise RlsaeError for impossible settings."""
+        if self.arch not in ("topk", "relu"):
+            raise RlsaeError(f"arch must be topk or relu, not {self.arch!r}")
+        if int(self.d_in) < 1 or int(self.d_sae) < 1:
+            raise RlsaeError(f"d_in and d_sae must be positive (got {self.d_in}, {self.d_sae})")
+        if self.arch == "topk" and not 1 <= int(self.k) <= int(self.d_sae):
+            raise RlsaeError(f"k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
+        if self.dtype not in _DTYPES:
+            raise RlsaeError(f"dtype must be one of {sorted(_DTYPES)}, not {self.dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class SAE(nn.Module):
+    """A TopK or ReLU sparse autoencoder with SAELens-compatible parameters and files."""
+
+    def __init__(
+        self, cfg: SAEConfig, *, device: str | torch.device = "cpu", seed: int | None = None
+    ) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        dt = _DTYPES[cfg.dtype]
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        # Unit-norm random decoder rows; encoder initialised as the decoder's transpose.
+        w = torch.randn(cfg.d_sae, cfg.d_in, generator=g, dtype=torch.float32)
+        w /= w.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w.to(device=device, dtype=dt))
+        if not cfg.tied:
+            self.W_enc = nn.Parameter(w.t().contiguous().to(device=device, dtype=dt))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, device=device, dtype=dt))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dt))
+
+    def __getattr__(self, name: str) -> Any:
+        # A tied SAE's encoder is the view W_dec.T; an untied one has the parameter "W_enc".
+        if name == "W_enc" and self.__dict__["cfg"].tied:
+            return self.W_dec.t()
+        return super().__getattr__(name)
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations (..., d_sae)."""
+        x = x.to(self.W_dec.dtype)
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense (..., d_sae) feature activations."""
+        pre = self.pre_acts(x)
+        if self.cfg.arch == "relu":
+            return torch.relu(pre)
+        vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+
+    def encode_topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TopK SAEs: the k (values, indices) per row without the dense (..., d_sae) result."""
+        if self.cfg.arch != "topk":
+            raise RlsaeError("encode_topk needs a topk SAE")
+        vals, idx = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)
+        return vals.relu(), idx
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from dense feature activations."""
+        return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from (rows, k) values and latent indices (gathers only k decoder rows)."""
+        out = nn.functional.embedding_bag(
+            idx, self.W_dec, per_sample_weights=vals.to(self.W_dec.dtype), mode="sum"
+        )
+        return out + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of ``x``."""
+        if self.cfg.arch == "topk" and x.ndim == 2:
+            return self.decode_sparse(*self.encode_topk(x))
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale each decoder row to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the gradient component parallel to each (unit-norm) decoder row."""
+        if self.W_dec.grad is None:
+            return
+        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec.grad -= (self.W_dec.grad * w).sum(dim=1, keepdim=True) * w
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``sae_weights.safetensors`` and ``cfg.json`` (SAELens format), each atomically."""
+        from rlsae.sae.io import save_sae
+
+        return save_sae(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> SAE:
+        """Load an SAE directory written by rlsae or by SAELens (topk or standard)."""
+        from rlsae.sae.io import load_sae
+
+        return load_sae(path, device=device)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"arch={c.arch}, d_in={c.d_in}, d_sae={c.d_sae}, k={c.k}, tied={c.tied}"
