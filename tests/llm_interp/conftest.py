@@ -1,0 +1,101 @@
+"""Fixtures: a tiny randomly initialised GPT-NeoX (Pythia's architecture) with a word-level
+tokenizer, saved as a Hugging Face model directory. Built here so the tests never need the hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+WORDS = (
+    "the a movie film was is it this i and but very plot acting story ending scenes "
+    "good great wonderful love liked best fun happy bad awful terrible hate boring worst sad "
+    "actor director music long short really not"
+).split()
+
+CORPUS = [
+    "the movie was good and i liked it",
+    "this film is awful and the plot was boring",
+    "i love the acting but the ending was bad",
+    "the story is great and the music is wonderful",
+    "it was the worst film i hate it",
+    "a very long movie but really fun",
+    "the director is good the actor is bad",
+    "happy ending and great scenes",
+    "sad story terrible acting",
+    "not the best movie but not the worst",
+    "the music was wonderful and the scenes were great",
+    "i liked the plot the acting was awful",
+]
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<unk>": 1}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, eos_token="<|endoftext|>", unk_token="<unk>"
+    )
+
+
+def make_model(seed: int = 0, *, layers: int = 3, hidden: int = 32, vocab: int | None = None):
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = GPTNeoXConfig(
+        vocab_size=vocab or len(WORDS) + 2,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        eos_token_id=0,
+        bos_token_id=0,
+    )
+    return GPTNeoXForCausalLM(cfg).eval()
+
+
+def save_model(model, tokenizer, path: Path) -> Path:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A randomly initialised 3-layer GPT-NeoX saved with its tokenizer."""
+    return save_model(make_model(0), tiny_tokenizer, tmp_path_factory.mktemp("lm") / "base")
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "reviews.txt"
+    path.write_text("\n".join(CORPUS * 3) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_lm():
+    """``make_lm(seed, layers=3, hidden=32, vocab=None)`` -> a random tiny GPT-NeoX."""
+    return make_model
+
+
+@pytest.fixture(scope="session")
+def save_lm(tiny_tokenizer):
+    """``save_lm(model, path)`` -> path, the model saved with the test tokenizer."""
+    return lambda model, path: save_model(model, tiny_tokenizer, path)
