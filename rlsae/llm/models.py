@@ -1,0 +1,110 @@
+"""Load a causal language model and its tokenizer: a hub name or a local directory.
+
+The paper's models are hub names (``EleutherAI/pythia-70m`` by default; ``pythia-160m``,
+``pythia-410m`` and ``EleutherAI/gpt-neo-125m`` also work). A local directory (for example one
+written by :func:`rlsae.llm.tiny.pretrain_tiny` or by ``rlsae llm rlhf``) loads with
+``local_files_only=True`` and never touches the network.
+
+Pythia has no pad token: the EOS token is used for padding and every mask is built from the
+tokenizer's attention mask, never from the pad id (EOS also occurs inside real text). Padding is
+on the left so that generation continues right after each prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rlsae.errors import RlsaeError
+
+DEFAULT_MODEL = "EleutherAI/pythia-70m"
+PAPER_MODELS = (
+    "EleutherAI/pythia-70m",
+    "EleutherAI/pythia-160m",
+    "EleutherAI/pythia-410m",
+    "EleutherAI/gpt-neo-125m",
+)
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Give a tokenizer a pad token (EOS when it has none) and left padding; return it."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise RlsaeError("the tokenizer has neither a pad nor an EOS token; add one first")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_tokenizer(name_or_dir: str | os.PathLike) -> Any:
+    """Load only the tokenizer (same rules as :func:`load_model`)."""
+    from transformers import AutoTokenizer
+
+    name, local = _resolve(name_or_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=local)
+    except (OSError, ValueError) as e:
+        raise RlsaeError(_load_error(name, local, e)) from None
+    return prepare_tokenizer(tok)
+
+
+def load_model(name_or_dir: str | os.PathLike, device: str = "cpu") -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)``: a causal LM in eval mode on ``device`` and its tokenizer.
+
+    ``name_or_dir`` is a Hugging Face hub name (``EleutherAI/pythia-70m``) or a directory with
+    ``config.json``, weights and tokenizer files. Raises :class:`RlsaeError` for an unknown name
+    or an unreadable directory.
+    """
+    from transformers import AutoModelForCausalLM
+
+    name, local = _resolve(name_or_dir)
+    tokenizer = load_tokenizer(name_or_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local)
+    except (OSError, ValueError, KeyError) as e:
+        raise RlsaeError(_load_error(name, local, e)) from None
+    model.to(device)
+    model.eval()
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def context_length(model: Any) -> int:
+    """The longest sequence ``model`` accepts (``max_position_embeddings`` or ``n_positions``)."""
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def _resolve(name_or_dir: str | os.PathLike) -> tuple[str, bool]:
+    """Return ``(name, local)``; a local path must be a readable model directory."""
+    text = os.fspath(name_or_dir)
+    path = Path(text).expanduser()
+    if path.exists() or isinstance(name_or_dir, Path) or text.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise RlsaeError(f"model directory {path} not found; pass a hub name or a model dir")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise RlsaeError(f"model directory {path} is not readable; check its permissions")
+        if not (path / "config.json").is_file():
+            raise RlsaeError(f"{path} has no config.json; it is not a Hugging Face model directory")
+        return str(path), True
+    if text.count("/") > 1 or not text:
+        raise RlsaeError(f"{text!r} is neither an existing directory nor a hub name (owner/name)")
+    return text, False
+
+
+def _load_error(name: str, local: bool, e: Exception) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if local:
+        return f"could not load the model in {name} ({first}); is it a complete model directory?"
+    return (
+        f"could not load {name!r} from the Hugging Face hub ({first}); check the name, "
+        "your network, or pass a local model directory"
+    )
