@@ -30,3 +30,46 @@ def divergence_cmd(
     if "html" in out:
         lines.append(f"chart: {out['html']}")
     emit(out, as_json, "\n".join(lines))
+
+
+@llm_app.command("record")
+def record_cmd(
+    model: str = typer.Option(..., "--model", help="Hub name or model directory."),
+    layers: str = typer.Option(..., "--layers", help="Comma-separated block indices, e.g. 3,4."),
+    out: Path = typer.Option(..., "--out", help="Parent dir; one store per layer inside."),
+    hook: str = typer.Option("resid_post", "--hook", help="resid_post, mlp_out, attn_out, ..."),
+    prefixes: int = typer.Option(1000, "--prefixes", min=1, help="Documents to run."),
+    prefix_tokens: int = typer.Option(64, "--prefix-tokens", min=1, help="Tokens per document."),
+    data: Path = typer.Option(None, "--data", help="Text/JSONL file; default IMDb test split."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
+    source: str = typer.Option(None, "--source", help="Source name in the stores' meta."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing stores."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Record a hook of some layers through TransformerLens into activation stores."""
+    from rlsae.llm.record import record_lm_activations
+    from rlsae.sae.store import ActivationStore
+
+    paths = record_lm_activations(
+        model,
+        layers,
+        out,
+        hook=hook,
+        prefixes=prefixes,
+        prefix_tokens=prefix_tokens,
+        data=data,
+        batch_size=batch_size,
+        dtype=dtype,
+        seed=seed,
+        source=source,
+        device=device,
+        overwrite=overwrite,
+    )
+    stores = []
+    for p in paths:
+        s = ActivationStore(p)
+        stores.append({"path": str(p), "hook": s.hook, "rows": s.rows, "d_in": s.d_in})
+    emit({"stores": stores}, as_json, "\n".join(f"{s['path']}  rows={s['rows']}" for s in stores))
