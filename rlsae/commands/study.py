@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rlsae.commands._apps import JsonOpt, analyze_app, emit
+from rlsae.commands._apps import JsonOpt, analyze_app, app, emit, pipeline_app
 
 
 @analyze_app.command("fit")
@@ -42,3 +42,78 @@ def analyze_fit(
         res["html"] = str(html_out)
     human = describe_fit(res) + (f"\nfigure: {html_out}" if html_out else "")
     emit(res, as_json, human)
+
+
+def _human_study(res: dict) -> str:
+    lines = [
+        f"study {res['study']}: {res['agents']} agents in {res['run_dir']} "
+        f"({res['stages_run']} stages run, {res['stages_skipped']} already done, "
+        f"{res['seconds']:.0f} s)",
+        f"agents table: {res['agents_csv']}",
+        f"report:       {res['report']}",
+    ]
+    fit = res.get("fit")
+    if fit:
+        lines.append(
+            f"fit (mean return vs live features, n={fit['n']}): quadratic R² = "
+            f"{fit['quadratic_r2']:.3f}, p = {fit['quadratic_p']:.3g}; linear R² = "
+            f"{fit['linear_r2']:.3f}, p = {fit['linear_p']:.3g}; Spearman rho = "
+            f"{fit['spearman_rho']:.3f}"
+        )
+    elif res.get("fit_error"):
+        lines.append(f"no fit: {res['fit_error']}")
+    return "\n".join(lines)
+
+
+@pipeline_app.command("atari")
+def pipeline_atari(
+    preset: str = typer.Option("demo", "--preset", help="smoke, demo, paper, or a config file."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory of the study."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a study already in --out."),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the preset's config as YAML and exit."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The dead-features study: train agents, evaluate, record, train SAEs, count live features,
+    splice, fit live features against return, write the report."""
+    from rlsae.agents.study import resolve_config, run_atari_pipeline
+
+    if print_config:
+        import yaml
+
+        cfg, _ = resolve_config(preset)
+        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+        return
+    if out is None:
+        from rlsae.errors import RlsaeError
+
+        raise RlsaeError("--out is required: the run directory of the study")
+    res = run_atari_pipeline(out, preset, resume=resume)
+    emit(res, as_json, _human_study(res))
+
+
+@app.command("sweep")
+def sweep(
+    config: Path = typer.Option(..., "--config", help="Study config (YAML or TOML) or a preset."),
+    engine: str = typer.Option("local", "--engine", help="local (process pool) or ray."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster address (ray only)."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/NAME)."),
+    workers: int | None = typer.Option(None, "--workers", help="Parallel tasks (local engine)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a study already in --out."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run a study's per-agent work in parallel: a local process pool or one Ray task per agent."""
+    from rlsae.agents.study import resolve_config, run_study
+    from rlsae.errors import RlsaeError
+
+    if engine not in ("local", "ray", "serial"):
+        raise RlsaeError(f"unknown engine {engine!r}; use local or ray")
+    if address and engine != "ray":
+        raise RlsaeError("--address is for --engine ray")
+    cfg, source = resolve_config(str(config))
+    run_dir = out if out is not None else Path("runs") / cfg.name
+    res = run_study(
+        cfg, run_dir, resume=resume, engine=engine, workers=workers, address=address, source=source
+    )
+    emit(res, as_json, _human_study(res))

@@ -1,0 +1,81 @@
+"""The three built-in dead-features studies: ``smoke`` (CI), ``demo`` (a laptop), ``paper``
+(the poster's scale, for GPUs or a cluster).
+
+Each is a plain dict in the study-config format (see :mod:`rlsae.agents.study`); write one out
+with ``rlsae pipeline atari --preset demo --print-config`` and edit it to make your own.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from rlsae.errors import RlsaeError
+
+SMOKE: dict[str, Any] = {
+    "name": "smoke",
+    "population": {
+        # four checkpoints along one tiny run: the fit needs at least four agents
+        "arch": "poster",
+        "train_steps": 400,
+        "seeds": [0],
+        "checkpoint_every": 100,
+        "n_envs": 1,
+        "hyperparameters": {
+            "learning_starts": 50,
+            "buffer_size": 2000,
+            "target_update_interval": 100,
+        },
+    },
+    "recording": {"layer": "fc1", "steps": 256, "epsilon": 0.2},
+    "sae": {"arch": "topk", "d_sae": 128, "k": 8, "train": {"epochs": 2, "batch_size": 64}},
+    "evaluation": {"episodes": 1, "epsilon": 0.05, "live_threshold": 1, "splice_episodes": 1},
+    "fit": {"bootstrap": 200},
+}
+
+DEMO: dict[str, Any] = {
+    "name": "demo",
+    "population": {
+        # checkpoints along one DQN run: agents from barely trained to the best of the run
+        "arch": "poster",
+        "train_steps": 60_000,
+        "seeds": [0],
+        "checkpoint_every": 7_500,
+    },
+    "recording": {"layer": "fc1", "steps": 8_000, "epsilon": 0.2},
+    "sae": {"arch": "topk", "d_sae": 2048, "k": 50, "train": {"epochs": 5}},
+    "evaluation": {"episodes": 5, "epsilon": 0.05, "live_threshold": 1, "splice_episodes": 2},
+    "fit": {"bootstrap": 2000},
+}
+
+PAPER: dict[str, Any] = {
+    "name": "paper",
+    "population": {
+        # 24 agents: 8 seeds x a 3-point learning-rate grid, each trained 2 M steps
+        "arch": "poster",
+        "train_steps": 2_000_000,
+        "seeds": [0, 1, 2, 3, 4, 5, 6, 7],
+        "grid": {"learning_rate": [0.0001, 0.00025, 0.0005]},
+    },
+    "recording": {"layer": "fc1", "steps": 1_500_000, "epsilon": 0.2},
+    "sae": {"arch": "topk", "d_sae": 2048, "k": 50, "train": {"epochs": 3}},
+    "evaluation": {"episodes": 30, "epsilon": 0.05, "live_threshold": 1, "splice_episodes": 10},
+    "resources": {"cpus": 4, "gpus": 0.5},
+    "fit": {"bootstrap": 5000},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"smoke": SMOKE, "demo": DEMO, "paper": PAPER}
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """A copy of a preset's config dict."""
+    if name not in PRESETS:
+        raise RlsaeError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def preset_config(name: str) -> Any:
+    """A preset as a validated :class:`rlsae.agents.study.StudyConfig`."""
+    from rlsae.agents.study import StudyConfig
+
+    return StudyConfig.from_dict(preset_dict(name), where=f"preset {name}")

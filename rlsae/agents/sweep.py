@@ -1,0 +1,217 @@
+"""Sweep engines: run a study's per-run and per-agent work serially, on a process pool, or on Ray.
+
+Every unit of work is a module-level function of ``(run_dir, spec_dict)`` that reads the study
+config from ``run_dir/run.json`` and writes its results into the run directory layout, so the
+results are the same whichever engine ran them. On a Ray cluster the run directory must be on a
+file system every node sees (NFS, a shared volume).
+
+Example::
+
+    eng = make_engine("ray", address="auto", resources=ResourcesConfig(cpus=2, gpus=0.25))
+    results = eng.map(run_agent, "runs/big", [asdict(a) for a in agents])
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from rlsae.errors import RlsaeError
+
+ENGINES = ("serial", "local", "ray")
+
+Work = Callable[[str | os.PathLike, dict[str, Any]], dict[str, Any]]
+
+
+def _name(spec: dict[str, Any]) -> str:
+    return str(spec.get("name", spec))
+
+
+def _set_threads(cpus: float) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _call(fn: Work, run_dir: str, spec: dict[str, Any], cpus: float) -> dict[str, Any]:
+    """What a worker runs: thread count from the resource request, then the work."""
+    _set_threads(cpus)
+    return fn(run_dir, spec)
+
+
+def _raise_failures(failures: list[tuple[str, str]], label: str) -> None:
+    if failures:
+        first = "; ".join(f"{n}: {m}" for n, m in failures[:3])
+        more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
+        raise RlsaeError(
+            f"{len(failures)} {label} task(s) failed: {first}{more}; finished work is kept, "
+            "re-run with --resume to continue"
+        )
+
+
+def _progress(total: int, label: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, file=sys.stderr, disable=total == 0, leave=False)
+
+
+class SerialEngine:
+    """Runs every task in this process, one after another."""
+
+    name = "serial"
+
+    def __init__(self, resources: Any = None) -> None:
+        self.resources = resources
+
+    def map(
+        self,
+        fn: Work,
+        run_dir: str | os.PathLike,
+        specs: list[dict[str, Any]],
+        label: str = "tasks",
+    ) -> list[dict[str, Any]]:
+        results, failures = [], []
+        with _progress(len(specs), label) as bar:
+            for spec in specs:
+                try:
+                    results.append(fn(str(run_dir), spec))
+                except RlsaeError as e:
+                    failures.append((_name(spec), str(e)))
+                bar.update(1)
+        _raise_failures(failures, label)
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+class LocalEngine:
+    """A process pool (``spawn`` start method, so torch state is never forked)."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, resources: Any = None) -> None:
+        import multiprocessing as mp
+
+        cpus = getattr(resources, "cpus", 1.0) or 1.0
+        self.cpus = cpus
+        self.workers = workers or max(1, int((os.cpu_count() or 1) // max(1, int(cpus))))
+        self.pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=mp.get_context("spawn")
+        )
+
+    def map(
+        self,
+        fn: Work,
+        run_dir: str | os.PathLike,
+        specs: list[dict[str, Any]],
+        label: str = "tasks",
+    ) -> list[dict[str, Any]]:
+        futs: dict[Future, dict[str, Any]] = {
+            self.pool.submit(_call, fn, str(run_dir), spec, self.cpus): spec for spec in specs
+        }
+        results, failures = [], []
+        with _progress(len(specs), label) as bar:
+            for fut in as_completed(futs):
+                try:
+                    results.append(fut.result())
+                except RlsaeError as e:
+                    failures.append((_name(futs[fut]), str(e)))
+                bar.update(1)
+        _raise_failures(failures, label)
+        return results
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayEngine:
+    """One Ray task per unit of work, each asking for ``resources.cpus`` CPUs and ``.gpus`` GPUs.
+
+    Connects to ``address`` (``"auto"`` or ``ray://host:10001``) or, without one, starts a local
+    Ray instance and stops it again on :meth:`close`. If Ray is already initialised in this
+    process it is used as it is and left running.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self, address: str | None = None, resources: Any = None, workers: int | None = None
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise RlsaeError("the ray engine needs Ray: pip install 'rlsae[ray]'") from None
+        self.ray = ray
+        self.cpus = float(getattr(resources, "cpus", 1.0))
+        self.gpus = float(getattr(resources, "gpus", 0.0))
+        self.owns = False
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address:
+                kw["address"] = address
+            elif workers:
+                kw["num_cpus"] = int(workers * max(1.0, self.cpus))
+            try:
+                ray.init(**kw)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise RlsaeError(
+                    f"cannot start or reach Ray at {address or 'local'}: {e}"
+                ) from None
+            self.owns = True
+        self._remote = ray.remote(_call)
+
+    def map(
+        self,
+        fn: Work,
+        run_dir: str | os.PathLike,
+        specs: list[dict[str, Any]],
+        label: str = "tasks",
+    ) -> list[dict[str, Any]]:
+        ray = self.ray
+        opts = {"num_cpus": self.cpus, "num_gpus": self.gpus, "max_retries": 0}
+        refs = {
+            self._remote.options(**opts).remote(
+                fn, str(Path(run_dir).resolve()), spec, self.cpus
+            ): spec
+            for spec in specs
+        }
+        results, failures = [], []
+        pending = list(refs)
+        with _progress(len(specs), label) as bar:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    try:
+                        results.append(ray.get(ref))
+                    except ray.exceptions.RayTaskError as e:
+                        cause = e.cause if getattr(e, "cause", None) is not None else e
+                        if not isinstance(cause, RlsaeError):
+                            raise
+                        failures.append((_name(refs[ref]), str(cause)))
+                    bar.update(1)
+        _raise_failures(failures, label)
+        return results
+
+    def close(self) -> None:
+        if self.owns:
+            self.ray.shutdown()
+
+
+def make_engine(
+    engine: str, *, workers: int | None = None, address: str | None = None, resources: Any = None
+) -> SerialEngine | LocalEngine | RayEngine:
+    """``serial``, ``local`` (process pool) or ``ray``."""
+    if engine == "serial":
+        return SerialEngine(resources)
+    if engine == "local":
+        if workers == 1:
+            return SerialEngine(resources)
+        return LocalEngine(workers, resources)
+    if engine == "ray":
+        return RayEngine(address, resources, workers)
+    raise RlsaeError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
