@@ -73,3 +73,50 @@ def record_cmd(
         s = ActivationStore(p)
         stores.append({"path": str(p), "hook": s.hook, "rows": s.rows, "d_in": s.d_in})
     emit({"stores": stores}, as_json, "\n".join(f"{s['path']}  rows={s['rows']}" for s in stores))
+
+
+@llm_app.command("explain")
+def explain_cmd(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory."),
+    acts: Path = typer.Option(..., "--acts", help="The LM activation store it was trained on."),
+    features: str = typer.Option(..., "--features", help="Comma-separated feature indices."),
+    method: str = typer.Option("offline", "--method", help="offline or llm."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint base URL."),
+    explainer_model: str = typer.Option(None, "--explainer-model", help="Chat model name."),
+    layer: int = typer.Option(None, "--layer", help="Refuse an SAE of another layer."),
+    table: str = typer.Option(None, "--table", help="Utility table TSV (default VADER)."),
+    out: Path = typer.Option(None, "--out", help="Default: SAE_DIR/explanations.json."),
+    redo: bool = typer.Option(False, "--redo", help="Explain again features already done."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Explain SAE features from their top contexts (offline token lift, or an LLM endpoint).
+
+    The API key comes from OPENAI_API_KEY; base URL and model also from
+    RLSAE_EXPLAINER_BASE_URL / RLSAE_EXPLAINER_MODEL.
+    """
+    from rlsae.analysis.explain import ExplainConfig, explain_features
+    from rlsae.llm.record import parse_layers
+    from rlsae.llm.rewards import UtilityTable
+
+    cfg = ExplainConfig(method=method, base_url=base_url, model=explainer_model)
+    res = explain_features(
+        sae,
+        acts,
+        parse_layers(features),
+        cfg=cfg,
+        out=out,
+        table=UtilityTable.load(table),
+        layer=layer,
+        redo=redo,
+        progress=True,
+    )
+    feats = {
+        k: {"explanation": v["explanation"], "utility": v["utility"], "method": v["method"]}
+        for k, v in res["features"].items()
+    }
+    lines = [f"{k:>6}  {v['utility']:5.2f}  {v['explanation']}" for k, v in feats.items()]
+    emit(
+        {"features": feats, "out": str(out or Path(sae) / "explanations.json")},
+        as_json,
+        "\n".join(lines),
+    )
