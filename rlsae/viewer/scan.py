@@ -128,7 +128,7 @@ def scan_features(
     f = int(sae.cfg.d_sae)
     n = int(cfg.top)
     rows_total = int(store.rows)
-    g_all = torch.as_tensor(groups, dtype=torch.long) if groups is not None else None
+    g_all = torch.tensor(np.asarray(groups), dtype=torch.long) if groups is not None else None
 
     firing = torch.zeros(f, dtype=torch.long)
     sums = torch.zeros(f, dtype=torch.float64)
@@ -257,7 +257,9 @@ def gather_activations(
 
 
 @torch.no_grad()
-def decoder_neighbours(w_dec: torch.Tensor, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def decoder_neighbours(
+    w_dec: torch.Tensor, k: int, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """For each feature, the ``k`` other features whose decoder directions have the highest
     cosine similarity: (indices (F, k), cosines (F, k))."""
     w = w_dec.detach().float()

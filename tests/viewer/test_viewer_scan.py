@@ -23,7 +23,9 @@ def test_scan_matches_brute_force(tmp_path):
     sae = SAE(SAEConfig(d_in=8, d_sae=12, arch="topk", k=3), seed=1)
     with torch.no_grad():
         sae.b_enc[5] = -100.0  # feature 5 can never be chosen with a positive value: dead
-    cfg = ScanConfig(top=5, batch_size=100, hist_bins=4, intervals=((0.0, 0.5),), samples_per_interval=3)
+    cfg = ScanConfig(
+        top=5, batch_size=100, hist_bins=4, intervals=((0.0, 0.5),), samples_per_interval=3
+    )
     scan = scan_features(sae, store, grp, cfg)
     with torch.no_grad():
         a = sae.encode(x).numpy()
