@@ -10,6 +10,27 @@ import torch
 from rlsae.sae.store import ActivationWriter
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors on a shared 2-core machine run far faster (and steadier) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def superposition(n_rows: int, d: int = 32, n_true: int = 64, p: float = 0.05, seed: int = 0):
+    """Toy superposition data (Sharkey et al. 2022): ``n_true`` > ``d`` planted unit-norm directions,
+    each row a sparse non-negative combination of them. Returns (rows, directions)."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.randn(n_true, d, generator=g)
+    truth /= truth.norm(dim=1, keepdim=True)
+    coef = (torch.rand(n_rows, n_true, generator=g) < p).float() * torch.rand(
+        n_rows, n_true, generator=g
+    )
+    return coef @ truth, truth
+
+
 def write_store(path: Path, x: torch.Tensor, shard_rows: int = 256, **kw) -> Path:
     with ActivationWriter(path, x.shape[1], shard_rows=shard_rows, **kw) as w:
         w.append(x)

@@ -1,0 +1,117 @@
+"""Training: resume is bit-exact, history and files are written, the maths of the step holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rlsae.errors import RlsaeError
+from rlsae.sae import SAE, ActivationStore, load_sae
+from rlsae.sae.train import TrainConfig, lr_factor, train_sae
+
+from .conftest import superposition, write_store
+
+
+@pytest.fixture
+def toy_store(tmp_path):
+    x, _ = superposition(4000, d=16, n_true=32)
+    return write_store(tmp_path / "acts", x, shard_rows=1000, hook="layer1", source="toy")
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+def test_resume_after_interruption_is_bit_exact(tmp_path, toy_store, arch):
+    cfg = TrainConfig(
+        arch=arch,
+        d_sae=48,
+        k=4,
+        steps=30,
+        batch_size=256,
+        checkpoint_every=7,
+        aux_k=8,
+        dead_rows=512,
+        l1=0.05,
+        tied=arch == "relu",
+    )
+    full = train_sae(toy_store, tmp_path / "full", cfg, progress=False)
+
+    def interrupt(step, stats):
+        if step == 17:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(toy_store, tmp_path / "cut", cfg, progress=False, on_step=interrupt)
+    assert not (tmp_path / "cut").exists()  # no half-written SAE directory
+    assert (tmp_path / ".cut.partial" / "checkpoints" / "latest.pt").is_file()
+    with pytest.raises(RlsaeError, match="--resume"):
+        train_sae(toy_store, tmp_path / "cut", cfg, progress=False)
+    resumed = train_sae(toy_store, tmp_path / "cut", cfg, resume=True, progress=False)
+    for name, p in full.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[name]), name
+    h1 = json.loads((tmp_path / "full" / "training.json").read_text())["history"]
+    h2 = json.loads((tmp_path / "cut" / "training.json").read_text())["history"]
+    assert h1 == h2
+    assert not (tmp_path / ".cut.partial").exists()
+
+
+def test_training_writes_sae_dir_and_learns(tmp_path, toy_store):
+    cfg = TrainConfig(d_sae=64, k=4, epochs=6, batch_size=128, lr=4e-3, log_every=10)
+    sae = train_sae(toy_store, tmp_path / "sae", cfg, progress=False)
+    files = sorted(p.name for p in (tmp_path / "sae").iterdir())
+    assert files == [
+        "cfg.json",
+        "feature_stats.safetensors",
+        "sae_weights.safetensors",
+        "training.json",
+    ]
+    tj = json.loads((tmp_path / "sae" / "training.json").read_text())
+    assert tj["steps"] == 6 * (4000 // 128) and tj["config"]["k"] == 4 and tj["aux_k"] == 8
+    hist = tj["history"]
+    assert hist[0]["step"] == 10 and hist[-1]["step"] == tj["steps"]
+    assert hist[-1]["fvu"] < 0.5 * hist[0]["fvu"]
+    assert all(h["l0"] <= 4 for h in hist)
+    assert tj["final"]["rows"] == 4000 and tj["final"]["fvu"] < 0.3
+    back = load_sae(tmp_path / "sae")
+    assert (back.cfg.hook_name, back.cfg.source) == ("layer1", "toy")
+    torch.testing.assert_close(back.W_dec.norm(dim=1), torch.ones(64))  # unit-norm decoder kept
+    assert torch.equal(back.W_dec, sae.W_dec)
+
+
+def test_b_dec_starts_at_data_mean(tmp_path, toy_store):
+    cfg = TrainConfig(
+        d_sae=32,
+        k=4,
+        steps=1,
+        batch_size=64,
+        lr=1e-12,
+        final_eval=False,
+        warmup_frac=0,
+        decay_frac=0,
+    )
+    sae = train_sae(toy_store, tmp_path / "s", cfg, progress=False)
+    mean = torch.cat(list(ActivationStore(toy_store).iter_sequential(4000))).mean(0)
+    torch.testing.assert_close(sae.b_dec.detach(), mean, atol=1e-6, rtol=1e-5)
+
+
+def test_decoder_gradient_projection_removes_parallel_part():
+    sae = SAE.__new__(SAE)
+    from rlsae.sae import SAEConfig
+
+    sae = SAE(SAEConfig(d_in=6, d_sae=10, k=2), seed=0)
+    sae.W_dec.grad = torch.randn(10, 6)
+    g0 = sae.W_dec.grad.clone()
+    sae.remove_parallel_decoder_grad()
+    w = sae.W_dec.detach()
+    torch.testing.assert_close((sae.W_dec.grad * w).sum(1), torch.zeros(10), atol=1e-6, rtol=0)
+    # what was removed is parallel to each row
+    removed = g0 - sae.W_dec.grad
+    torch.testing.assert_close(removed, (g0 * w).sum(1, keepdim=True) * w)
+
+
+def test_lr_schedule_by_hand():
+    f = [lr_factor(s, 100, 0.1, 0.2) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[50] == 1.0
+    assert (
+        f[80] == pytest.approx(1.0) and f[90] == pytest.approx(0.5) and f[99] == pytest.approx(0.05)
+    )
