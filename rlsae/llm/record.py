@@ -17,7 +17,6 @@ at ``out_dir/blocks.L.hook_NAME``, with context columns ``document, position, to
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import warnings
@@ -29,8 +28,6 @@ from typing import Any
 import torch
 
 from rlsae.errors import RlsaeError
-
-IMDB_DATASET = "stanfordnlp/imdb"
 
 
 @dataclass
@@ -45,7 +42,8 @@ class RecordConfig:
     prefix_tokens: int = 64
     """Tokens kept from the start of each document (the paper explains on the first 50)."""
     data: str | None = None
-    """Text file (one document per line) or JSONL (``text`` field); None: IMDb test split."""
+    """Text file (one document per line) or JSONL (``text`` field), ``imdb``; None: ``auto`` (a
+    tiny model's corpus_test.txt, else the IMDb test split)."""
     batch_size: int = 32
     """Documents per forward pass."""
     dtype: str = "float32"
@@ -179,49 +177,37 @@ def parse_layers(text: str | Sequence[int]) -> list[int]:
 # ----------------------------------------------------------------------------- documents
 
 
-def load_documents(data: str | os.PathLike | None, n: int, *, seed: int = 0) -> list[str]:
-    """``n`` documents: lines of a text file, ``text`` fields of a JSONL file, or IMDb test."""
+def load_documents(
+    data: str | os.PathLike | None,
+    n: int,
+    *,
+    seed: int = 0,
+    model: str | os.PathLike | None = None,
+) -> list[str]:
+    """``n`` test documents through :func:`rlsae.llm.data.load_texts`.
+
+    ``data`` None means ``auto``: the tiny model's ``corpus_test.txt`` when ``model`` is such a
+    directory, else the IMDb test split (shuffled with ``seed``). A .txt file (one document per
+    line) or .jsonl file (``text`` field) is read in order.
+    """
+    from rlsae.llm.data import load_texts
+
     if n < 1:
         raise RlsaeError("the number of documents (--prefixes) must be at least 1")
-    if data is None:
-        return _imdb_test(n, seed)
-    path = Path(data)
-    if not path.is_file():
-        raise RlsaeError(f"data file {path} not found")
-    docs: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if path.suffix in (".jsonl", ".json"):
-                try:
-                    text = json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise RlsaeError(
-                        f"{path}:{i} is not a JSON object with a 'text' field"
-                    ) from None
-                line = str(text).strip()
-            docs.append(line)
-            if len(docs) >= n:
-                break
-    if not docs:
-        raise RlsaeError(f"{path} holds no documents")
-    return docs
+    src = "auto" if data is None else os.fspath(data)
+    local_model = model if model is not None and Path(os.fspath(model)).is_dir() else None
+    texts = load_texts(src, "test", model=local_model)
+    texts = [t.replace("<br />", " ").strip() for t in texts]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise RlsaeError(f"{src} holds no documents")
+    if src == "imdb" or (src == "auto" and local_model is None):
+        import random
 
-
-def _imdb_test(n: int, seed: int) -> list[str]:
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(IMDB_DATASET, split="test")
-    except Exception as e:  # noqa: BLE001 - any hub/cache failure is one user-facing error
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise RlsaeError(
-            f"could not load {IMDB_DATASET} from the hub ({first}); pass --data FILE instead"
-        ) from None
-    ds = ds.shuffle(seed=seed).select(range(min(n, len(ds))))
-    return [t.replace("<br />", " ") for t in ds["text"]]
+        order = list(range(len(texts)))
+        random.Random(seed).shuffle(order)
+        texts = [texts[i] for i in order]
+    return texts[:n]
 
 
 def tokenize_documents(tokenizer: Any, docs: Sequence[str], prefix_tokens: int) -> list[list[int]]:
@@ -318,7 +304,9 @@ def record_lm_activations(
         for p in paths:
             if p.exists():
                 raise RlsaeError(f"{p} already exists; remove it or choose another --out")
-    docs = load_documents(data, prefixes, seed=seed)
+    docs = load_documents(
+        data, prefixes, seed=seed, model=model if isinstance(model, str | os.PathLike) else None
+    )
     token_lists = tokenize_documents(tokenizer, docs, prefix_tokens)
     if not any(token_lists):
         raise RlsaeError("every document tokenised to zero tokens; nothing to record")
@@ -342,7 +330,7 @@ def record_lm_activations(
                     "layer": layer,
                     "hook_point": hp,
                     "record": asdict(cfg),
-                    "data": cfg.data or f"{IMDB_DATASET}:test",
+                    "data": cfg.data or "auto:test",
                 },
             )
         bar = tqdm(total=len(token_lists), desc="recording", unit="doc", disable=not progress)
