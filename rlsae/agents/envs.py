@@ -1,0 +1,335 @@
+"""Ms. Pac-Man environments: ale-py's C++ ``AtariVectorEnv`` behind SB3's ``VecEnv`` interface.
+
+Two observation modes:
+
+- ``nature``: 84x84 grayscale, 4 stacked frames, max-pool over the last two frames, up to 30
+  no-op starts, rewards clipped to their sign for training, a life loss ends the training
+  episode (the rl-zoo3 ``AtariWrapper`` semantics). Observations are ``(4, 84, 84)`` uint8.
+- ``poster``: the raw RGB screen, 210x160, no stacking, no max-pool, no no-op starts, rewards
+  divided by 100 for training (the poster's set-up). Observations are ``(3, 210, 160)`` uint8.
+
+Both follow ``ALE/MsPacman-v5``: frameskip 4, sticky actions with probability 0.25, the 9-action
+minimal set. Observations are channel-first so SB3 uses them without a transpose wrapper.
+
+Episode statistics (``info["episode"] = {"r", "l", "t"}``) always count the raw game score of a
+whole game (all lives), whatever the training reward transform, as SB3's ``Monitor`` would.
+
+``make_reference_env`` builds SB3's own ``make_atari_env`` + ``VecFrameStack`` path with the
+same settings; tests and benchmarks compare against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+
+from rlsae.errors import RlsaeError
+
+Mode = Literal["nature", "poster"]
+MODES = ("nature", "poster")
+GAME = "ms_pacman"
+ENV_ID = "ALE/MsPacman-v5"
+
+
+@dataclass
+class EnvConfig:
+    """How a Ms. Pac-Man environment is built. Saved in ``agent.json`` and ``episodes.json``."""
+
+    mode: str = "poster"
+    """Observation mode: ``nature`` (84x84 gray, 4 stacked) or ``poster`` (210x160 RGB)."""
+    frameskip: int = 4
+    """Emulator frames per agent step (``ALE/MsPacman-v5``: 4)."""
+    repeat_action_probability: float = 0.25
+    """Sticky actions (``ALE/MsPacman-v5``: 0.25)."""
+    noop_max: int | None = None
+    """Maximum random no-ops at reset; ``None``: 30 for nature (rl-zoo3), 0 for poster."""
+    terminal_on_life_loss: bool | None = None
+    """Signal episode end to the learner on a life loss; ``None``: True for nature, False for poster."""
+    reward_transform: str | None = None
+    """Training reward: ``sign`` (nature default), ``scale`` (divide by ``reward_scale``; poster
+    default) or ``none``. Episode statistics always use the raw score."""
+    reward_scale: float = 100.0
+    """Divisor for ``reward_transform="scale"`` (the poster divides rewards by 100)."""
+    max_episode_frames: int = 108_000
+    """Truncate a game after this many emulator frames (ALE default, 27,000 agent steps)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RlsaeError(
+                f"unknown observation mode {self.mode!r}; use one of {', '.join(MODES)}"
+            )
+        if self.noop_max is None:
+            self.noop_max = 30 if self.mode == "nature" else 0
+        if self.terminal_on_life_loss is None:
+            self.terminal_on_life_loss = self.mode == "nature"
+        if self.reward_transform is None:
+            self.reward_transform = "sign" if self.mode == "nature" else "scale"
+        if self.reward_transform not in ("sign", "scale", "none"):
+            raise RlsaeError(
+                f"unknown reward_transform {self.reward_transform!r}; use sign, scale or none"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EnvConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def ale_kwargs(self, *, rgb_screen: bool = False) -> dict[str, Any]:
+        """Keyword arguments for ``ale_py.vector_env.AtariVectorEnv`` (without game/num_envs).
+
+        ``rgb_screen`` gives the full RGB screen (last frame, no max-pool) with the same emulator
+        dynamics (same seeds, no-ops and sticky actions): replay uses it to draw nature episodes.
+        """
+        kw: dict[str, Any] = dict(
+            frameskip=self.frameskip,
+            repeat_action_probability=self.repeat_action_probability,
+            noop_max=self.noop_max,
+            max_num_frames_per_episode=self.max_episode_frames,
+            reward_clipping=False,
+            episodic_life=False,
+            use_fire_reset=False,
+            full_action_space=False,
+        )
+        if self.mode == "poster" or rgb_screen:
+            kw.update(img_height=210, img_width=160, grayscale=False, stack_num=1, maxpool=False)
+        else:
+            kw.update(img_height=84, img_width=84, grayscale=True, stack_num=4, maxpool=True)
+        return kw
+
+    @property
+    def obs_shape(self) -> tuple[int, int, int]:
+        return (3, 210, 160) if self.mode == "poster" else (4, 84, 84)
+
+
+def action_meanings() -> list[str]:
+    """The Ms. Pac-Man minimal action set in ale-py's order (index = action id)."""
+    import ale_py
+    from ale_py import roms
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(str(roms.get_rom_path(GAME)))
+    return [a.name for a in ale.getMinimalActionSet()]
+
+
+def obs_hash(obs: np.ndarray) -> str:
+    """A short content hash of one observation (used to check replays step by step)."""
+    return hashlib.blake2b(np.ascontiguousarray(obs).tobytes(), digest_size=8).hexdigest()
+
+
+def _to_channel_first(obs: np.ndarray, mode: str) -> np.ndarray:
+    """ALE gives (n, stack, H, W) gray or (n, 1, H, W, 3) RGB; return (n, C, H, W)."""
+    if mode == "poster":
+        return np.ascontiguousarray(obs[:, 0].transpose(0, 3, 1, 2))
+    return obs
+
+
+def rgb_frame(obs: np.ndarray) -> np.ndarray:
+    """A poster-mode observation (3, 210, 160) as an RGB image (210, 160, 3)."""
+    return np.ascontiguousarray(np.asarray(obs).transpose(1, 2, 0))
+
+
+def training_reward(raw: np.ndarray, cfg: EnvConfig) -> np.ndarray:
+    raw = raw.astype(np.float32)
+    if cfg.reward_transform == "sign":
+        return np.sign(raw)
+    if cfg.reward_transform == "scale":
+        return raw / np.float32(cfg.reward_scale)
+    return raw
+
+
+class AleVecEnv(VecEnv):
+    """SB3 ``VecEnv`` over ale-py's C++ ``AtariVectorEnv`` (all emulators stepped in C++ threads).
+
+    With ``autoreset=True`` (training) finished games restart inside the same ``step`` call, the
+    final observation in ``info["terminal_observation"]``, like SB3's ``DummyVecEnv``. With
+    ``autoreset=False`` (evaluation, recording) the caller resets finished envs with
+    :meth:`reset_envs` and chooses each episode's seed, which makes episodes replayable.
+    """
+
+    def __init__(
+        self,
+        cfg: EnvConfig,
+        n_envs: int = 1,
+        *,
+        seed: int | None = 0,
+        autoreset: bool = True,
+        num_threads: int = 0,
+        rgb_screen: bool = False,
+    ) -> None:
+        from ale_py.vector_env import AtariVectorEnv
+
+        self.cfg = cfg
+        self.rgb_screen = rgb_screen
+        self._mode = "poster" if rgb_screen else cfg.mode
+        self.ale_env = AtariVectorEnv(
+            GAME,
+            n_envs,
+            autoreset_mode="SameStep" if autoreset else "NextStep",
+            num_threads=num_threads,
+            **cfg.ale_kwargs(rgb_screen=rgb_screen),
+        )
+        shape = (3, 210, 160) if self._mode == "poster" else cfg.obs_shape
+        obs_space = spaces.Box(low=0, high=255, shape=shape, dtype=np.uint8)
+        super().__init__(n_envs, obs_space, spaces.Discrete(9))
+        self.autoreset = autoreset
+        self._base_seed = seed
+        self._actions: np.ndarray | None = None
+        self._lives = np.zeros(n_envs, dtype=np.int64)
+        self._ep_return = np.zeros(n_envs, dtype=np.float64)
+        self._ep_len = np.zeros(n_envs, dtype=np.int64)
+        self._t0 = time.time()
+        self.metadata = {"render_modes": []}
+
+    # -- resets ------------------------------------------------------------------------------
+    def reset(self) -> np.ndarray:
+        seeds = self._seeds if any(s is not None for s in self._seeds) else None
+        if seeds is None and self._base_seed is not None:
+            seeds = [self._base_seed + i for i in range(self.num_envs)]
+            self._base_seed = None  # later resets continue the emulators' own RNG streams
+        seed_arr = None if seeds is None else np.array([int(s or 0) for s in seeds])
+        obs, info = self.ale_env.reset(seed=seed_arr)
+        self._reset_seeds()
+        self._lives[:] = info["lives"]
+        self._ep_return[:] = 0
+        self._ep_len[:] = 0
+        return _to_channel_first(obs, self._mode)
+
+    def reset_envs(self, idx: np.ndarray | list[int], seeds: np.ndarray | list[int]) -> np.ndarray:
+        """Reset only the envs ``idx`` with one seed each; returns all envs' observations."""
+        mask = np.zeros(self.num_envs, dtype=bool)
+        mask[np.asarray(idx, dtype=np.int64)] = True
+        order = np.argsort(np.asarray(idx))
+        seed_arr = np.asarray(seeds, dtype=np.int64)[order]
+        obs, info = self.ale_env.reset(seed=seed_arr, options={"reset_mask": mask})
+        self._lives[mask] = info["lives"][mask]
+        self._ep_return[mask] = 0
+        self._ep_len[mask] = 0
+        return _to_channel_first(obs, self._mode)
+
+    # -- stepping ----------------------------------------------------------------------------
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        assert self._actions is not None, "step_async must be called first"
+        obs, raw, terminated, truncated, info = self.ale_env.step(self._actions)
+        obs = _to_channel_first(obs, self._mode)
+        raw = np.asarray(raw)
+        self._ep_return += raw
+        self._ep_len += 1
+        lives = np.asarray(info["lives"])
+        game_over = np.logical_or(terminated, truncated)
+        dones = game_over.copy()
+        life_lost = np.zeros(self.num_envs, dtype=bool)
+        if self.cfg.terminal_on_life_loss:
+            life_lost = (lives < self._lives) & ~game_over
+            dones |= life_lost
+        self._lives = lives.astype(np.int64)
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        final = info.get("final_obs") if self.autoreset else None
+        if final is not None:
+            final = _to_channel_first(np.asarray(final), self._mode)
+        for i in np.flatnonzero(dones):
+            d = infos[i]
+            d["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            if game_over[i]:
+                d["terminal_observation"] = final[i] if final is not None else obs[i]
+                d["episode"] = {
+                    "r": float(self._ep_return[i]),
+                    "l": int(self._ep_len[i]),
+                    "t": round(time.time() - self._t0, 6),
+                }
+                self._ep_return[i] = 0
+                self._ep_len[i] = 0
+                if self.autoreset:
+                    self._lives[i] = int(info["lives"][i])
+            else:  # life lost: the learner sees an episode end, the game goes on
+                d["terminal_observation"] = obs[i]
+        for i in range(self.num_envs):
+            infos[i]["raw_reward"] = float(raw[i])
+            infos[i]["game_over"] = bool(game_over[i])
+            infos[i]["life_lost"] = bool(life_lost[i])
+        return obs, training_reward(raw, self.cfg), dones, infos
+
+    def close(self) -> None:
+        self.ale_env.close()
+
+    # -- the rest of the VecEnv interface ------------------------------------------------------
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self, attr_name) for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name: str, *args: Any, indices: VecEnvIndices = None, **kw: Any):
+        return [getattr(self, method_name)(*args, **kw) for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]
+
+    def get_images(self) -> list[np.ndarray | None]:
+        return [None for _ in range(self.num_envs)]
+
+
+def make_vec_env(
+    cfg: EnvConfig | str, n_envs: int = 1, *, seed: int | None = 0, autoreset: bool = True
+) -> AleVecEnv:
+    """Our fast path: ``AtariVectorEnv`` in C++ behind SB3's ``VecEnv``."""
+    if isinstance(cfg, str):
+        cfg = EnvConfig(mode=cfg)
+    if n_envs < 1:
+        raise RlsaeError(f"n_envs must be at least 1, got {n_envs}")
+    return AleVecEnv(cfg, n_envs, seed=seed, autoreset=autoreset)
+
+
+def make_reference_env(cfg: EnvConfig | str, n_envs: int = 1, *, seed: int = 0) -> VecEnv:
+    """SB3's own path (``make_atari_env`` + ``VecFrameStack``) with the same settings, for
+    comparisons: gymnasium ``ALE/MsPacman-v5`` environments stepped one by one in Python."""
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gym.register_envs(ale_py)
+    if isinstance(cfg, str):
+        cfg = EnvConfig(mode=cfg)
+    if cfg.mode == "nature":
+        env = make_atari_env(
+            "ALE/MsPacman-v5",
+            n_envs=n_envs,
+            seed=seed,
+            env_kwargs=dict(
+                frameskip=1,
+                repeat_action_probability=cfg.repeat_action_probability,
+                max_num_frames_per_episode=cfg.max_episode_frames,
+            ),
+            wrapper_kwargs=dict(
+                noop_max=cfg.noop_max,
+                frame_skip=cfg.frameskip,
+                terminal_on_life_loss=bool(cfg.terminal_on_life_loss),
+                clip_reward=cfg.reward_transform == "sign",
+            ),
+        )
+        return VecFrameStack(env, n_stack=4)
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+
+    return sb3_make_vec_env(
+        "ALE/MsPacman-v5",
+        n_envs=n_envs,
+        seed=seed,
+        env_kwargs=dict(
+            frameskip=cfg.frameskip,
+            repeat_action_probability=cfg.repeat_action_probability,
+            max_num_frames_per_episode=cfg.max_episode_frames,
+        ),
+    )
