@@ -21,6 +21,11 @@ from rlsae.fsutil import read_json
 from rlsae.viewer.scan import FeatureScan, gather_activations
 
 
+def _sig(x: float) -> float:
+    """Four significant digits, for compact JSON."""
+    return float(f"{float(x):.4g}")
+
+
 def _png(frame: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -142,9 +147,7 @@ def clip_activations(
     width = before + after + 1
     out = {}
     for i, key in enumerate(keys):
-        out[key] = [
-            None if s < 0 else round(float(vals[s]), 4) for s in slots[i * width : (i + 1) * width]
-        ]
+        out[key] = [None if s < 0 else _sig(vals[s]) for s in slots[i * width : (i + 1) * width]]
     return out
 
 
@@ -164,7 +167,7 @@ def effect_grids(
     for f, items in states.items():
         for row, obs in items:
             g = np.asarray(action_effect_grid(agent, sae, layer, f, obs), dtype=np.float64)
-            out[(f, row)] = [[round(float(v), 5) for v in line] for line in g.reshape(3, 3)]
+            out[(f, row)] = [[_sig(v) for v in line] for line in g.reshape(3, 3)]
     return out
 
 

@@ -12,6 +12,11 @@ import torch
 from rlsae.viewer.scan import FeatureScan, gather_activations
 
 
+def _sig(x: float) -> float:
+    """Four significant digits, for compact JSON."""
+    return float(f"{float(x):.4g}")
+
+
 def token_texts(ctx: Any, tokenizer: Any | None) -> list[str]:
     """One display string per store row: the ``token`` column, else the decoded ``token_id``."""
     if ctx is not None and "token" in ctx.columns:
@@ -54,7 +59,7 @@ def build_contexts(
     k = 0
     for f, r, win in windows:
         out[(f, r)] = [
-            [tokens[j] if j < len(tokens) else "?", round(float(vals[k + i]), 4), int(j == r)]
+            [tokens[j] if j < len(tokens) else "?", _sig(vals[k + i]), int(j == r)]
             for i, j in enumerate(win)
         ]
         k += len(win)
@@ -97,12 +102,10 @@ def logit_effects(
             out.append(
                 {
                     "promoted": [
-                        [tok(int(i)), round(float(v), 4)]
-                        for v, i in zip(pv[a], pi[a], strict=False)
+                        [tok(int(i)), _sig(v)] for v, i in zip(pv[a], pi[a], strict=False)
                     ],
                     "suppressed": [
-                        [tok(int(i)), round(float(v), 4)]
-                        for v, i in zip(sv[a], si[a], strict=False)
+                        [tok(int(i)), _sig(v)] for v, i in zip(sv[a], si[a], strict=False)
                     ],
                 }
             )

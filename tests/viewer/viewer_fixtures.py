@@ -1,0 +1,93 @@
+"""Builders of fixture run directories built with the real APIs: a tiny GPT-NeoX (Pythia's architecture)
+with a markup token in its vocabulary, its TransformerLens activations, trained SAEs (one
+feature forced dead), explanations and base/tuned pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+MARKUP = "<img src=x onerror=alert(1)>"
+HOOK = "blocks.1.hook_resid_post"
+DEAD = 3  # feature forced dead in the base SAE
+
+
+def _docs(n: int = 24) -> list[str]:
+    words = ["great", "awful", "film", "plot", "actors", "boring", "superb", "the", "a", "was"]
+    out = []
+    for i in range(n):  # the markup token sits inside the recorded prefix of every document
+        body = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3))
+        out.append(f"{words[i % len(words)]} {MARKUP} {body} ending {i}")
+    return out
+
+
+def build_lm_run(root: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlsae.llm.record import record_lm_activations
+    from rlsae.llm.tiny import pretrain_tiny
+    from rlsae.sae import load_sae
+    from rlsae.sae.train import TrainConfig, train_sae
+
+    run = root / "lmrun"
+    base = run / "models" / "base"
+    pretrain_tiny(
+        base, steps=3, d_model=32, n_layers=2, n_heads=2, d_mlp=64, n_train_reviews=200,
+        n_test_reviews=20, vocab_size=300, progress=False,
+    )  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    tok.add_tokens([MARKUP])  # one token whose text is markup
+    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    tuned = run / "models" / "tuned"
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.gpt_neox.layers[1].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tuned)
+    tok.save_pretrained(tuned)
+    data = root / "docs.txt"
+    data.write_text("\n".join(_docs()) + "\n")
+    for src, mdir in (("base", base), ("tuned", tuned)):
+        record_lm_activations(
+            mdir, [1], run / "acts" / src, data=data, prefixes=24, prefix_tokens=24,
+            source=src, progress=False,
+        )  # fmt: skip
+        sae_dir = run / "saes" / src / HOOK / "relu_64"
+        cfg = TrainConfig(arch="relu", d_sae=64, steps=20, batch_size=64, seed=0, l1=1e-4)
+        train_sae(run / "acts" / src / HOOK, sae_dir, cfg, progress=False)
+    sae_dir = run / "saes" / "base" / HOOK / "relu_64"
+    sae = load_sae(sae_dir)
+    with torch.no_grad():
+        sae.b_enc[DEAD] = -1e4  # can never fire
+    sae.save(sae_dir)
+    expl = {
+        "features": {
+            "0": {
+                "explanation": f"mentions {MARKUP} markup",
+                "utility": 1.25,
+                "method": "top-tokens",
+            },
+            "5": {"explanation": "film words", "utility": 0.5, "method": "top-tokens"},
+        }
+    }
+    (sae_dir / "explanations.json").write_text(json.dumps(expl))
+    (run / "analysis").mkdir(parents=True)
+    shared = {
+        "layers": [
+            {
+                "layer": 1,
+                "hook": HOOK,
+                "sae_a": f"saes/base/{HOOK}/relu_64",
+                "sae_b": f"saes/tuned/{HOOK}/relu_64",
+                "mmcs_ab": 0.9,
+                "top_k": [{"feature": 0, "match": 7, "cosine": 0.97}],
+            }
+        ]
+    }
+    (run / "analysis" / "llm_shared_features.json").write_text(json.dumps(shared))
+    return run
