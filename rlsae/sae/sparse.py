@@ -21,8 +21,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-
 
 def _sparse_t_mm(
     rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int, dense: torch.Tensor
@@ -38,13 +36,15 @@ def _sampled_dot(g: torch.Tensor, W: torch.Tensor, idx: torch.Tensor) -> torch.T
     """out[b, j] = g[b] . W[idx[b, j]] for row-sorted idx, without a dense (rows, d_sae) result."""
     B, k = idx.shape
     crow = torch.arange(0, B * k + 1, k, dtype=torch.long)
-    mask = torch.sparse_csr_tensor(
-        crow,
-        idx.reshape(-1),
-        torch.zeros(B * k, dtype=g.dtype),
-        (B, W.shape[0]),
-        check_invariants=False,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        mask = torch.sparse_csr_tensor(
+            crow,
+            idx.reshape(-1),
+            torch.zeros(B * k, dtype=g.dtype),
+            (B, W.shape[0]),
+            check_invariants=False,
+        )
     return torch.sparse.sampled_addmm(mask, g, W.t(), beta=0.0).values().reshape(B, k)
 
 

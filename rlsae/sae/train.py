@@ -209,13 +209,61 @@ def train_sae(
         history = read_json(work / "history.json")
     else:
         work.mkdir(parents=True)
-        atomic_write_json(work / "train_config.json", cfg.to_dict())
-        if cfg.init_b_dec == "mean":
-            with torch.no_grad():
-                sae.b_dec.copy_(st.mean(max_rows=65536))
-        _save_checkpoint(work, sae, opt, {"step": 0, "since_fired": since_fired})
-        atomic_write_json(work / "history.json", history)
+        try:
+            atomic_write_json(work / "train_config.json", cfg.to_dict())
+            if cfg.init_b_dec == "mean":
+                with torch.no_grad():
+                    sae.b_dec.copy_(st.mean(max_rows=65536))
+            _save_checkpoint(work, sae, opt, {"step": 0, "since_fired": since_fired})
+            atomic_write_json(work / "history.json", history)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
 
+    created = ckpt is None
+    try:
+        return _run(
+            st,
+            out,
+            work,
+            cfg,
+            sae,
+            opt,
+            since_fired,
+            history,
+            step,
+            total,
+            base_lr,
+            aux_k,
+            sae_cfg,
+            progress,
+            on_step,
+        )
+    except RlsaeError:
+        if created:  # bad data met in a run that had not checkpointed anything worth keeping
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _run(
+    st: ActivationStore,
+    out: Path,
+    work: Path,
+    cfg: TrainConfig,
+    sae: SAE,
+    opt: torch.optim.Optimizer,
+    since_fired: torch.Tensor,
+    history: list[dict[str, Any]],
+    step: int,
+    total: int,
+    base_lr: float,
+    aux_k: int,
+    sae_cfg: SAEConfig,
+    progress: bool,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> SAE:
+    """The training loop and the finishing steps (see the module docstring)."""
+    per_epoch = st.batches_per_epoch(cfg.batch_size, drop_last=st.rows >= cfg.batch_size)
     batches = st.iter_batches(
         cfg.batch_size,
         shuffle=True,
