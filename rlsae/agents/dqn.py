@@ -24,7 +24,6 @@ environment's (``repeat_action_probability``, ``noop_max``, ...).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -478,10 +477,6 @@ def agent_summary(agent_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2)
-
-
 __all__ = [
     "Agent",
     "DQNConfig",
@@ -489,7 +484,17 @@ __all__ = [
     "agent_summary",
     "build_configs",
     "default_config",
+    "evaluate_agent",
     "list_checkpoints",
     "load_agent",
     "train_dqn",
 ]
+
+
+def evaluate_agent(
+    agent_dir: Any, episodes: int = 10, epsilon: float = 0.0, seed: int = 0, **kw: Any
+) -> dict:
+    """Re-export of :func:`rlsae.agents.evaluate.evaluate_agent`."""
+    from rlsae.agents.evaluate import evaluate_agent as _evaluate
+
+    return _evaluate(agent_dir, episodes=episodes, epsilon=epsilon, seed=seed, **kw)

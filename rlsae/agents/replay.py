@@ -53,6 +53,9 @@ def replay_episode(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """Yield ``(step, observation, rgb_screen)`` for steps 0..``until`` of a recorded episode.
 
+    Step ``t`` is the state the agent acted on at step ``t``; step ``len(actions)`` is the
+    state after the last recorded action.
+
     ``observation`` is what the agent saw (poster: (3, 210, 160); nature: (4, 84, 84));
     ``rgb_screen`` the (210, 160, 3) screen (None with ``rgb=False``).
     """
@@ -62,7 +65,7 @@ def replay_episode(
         doc = read_episodes(store_dir)
     ep = _episode(doc, episode)
     actions = [int(a) for a in ep["actions"]]
-    last = len(actions) - 1 if until is None else min(int(until), len(actions) - 1)
+    last = len(actions) if until is None else min(int(until), len(actions))
     cfg = EnvConfig.from_dict(doc["env"])
     env = AleVecEnv(cfg, 1, seed=None, autoreset=False)
     screen_env = None
@@ -95,19 +98,32 @@ def replay_episode(
 
 def replay_frames(store_dir: str | os.PathLike, episode: int, steps: list[int]) -> list[np.ndarray]:
     """RGB screens (210, 160, 3) uint8 of a recorded episode at the given steps, in that order."""
+    return _replay(store_dir, episode, steps, observations=False)
+
+
+def replay_observations(
+    store_dir: str | os.PathLike, episode: int, steps: list[int]
+) -> list[np.ndarray]:
+    """The agent's observations (poster: (3, 210, 160); nature: (4, 84, 84)) at the given steps."""
+    return _replay(store_dir, episode, steps, observations=True)
+
+
+def _replay(store_dir, episode: int, steps: list[int], observations: bool) -> list[np.ndarray]:
     doc = read_episodes(store_dir)
     n = len(_episode(doc, episode)["actions"])
     wanted = [int(s) for s in steps]
-    bad = [s for s in wanted if not 0 <= s < n]
+    bad = [s for s in wanted if not 0 <= s <= n]
     if bad:
-        raise RlsaeError(f"episode {episode} has steps 0..{n - 1}; cannot replay step {bad[0]}")
+        raise RlsaeError(f"episode {episode} has steps 0..{n}; cannot replay step {bad[0]}")
     if not wanted:
         return []
     got: dict[int, np.ndarray] = {}
     need = set(wanted)
-    for t, _, frame in replay_episode(doc=doc, episode=episode, until=max(wanted)):
+    for t, obs, frame in replay_episode(
+        doc=doc, episode=episode, until=max(wanted), rgb=not observations
+    ):
         if t in need:
-            got[t] = frame
+            got[t] = obs if observations else frame
     return [got[s] for s in wanted]
 
 
@@ -117,9 +133,9 @@ def replay_clip(
     """The steps and RGB screens around ``step`` (clipped to the recorded episode)."""
     doc = read_episodes(store_dir)
     n = len(_episode(doc, episode)["actions"])
-    if not 0 <= step < n:
-        raise RlsaeError(f"episode {episode} has steps 0..{n - 1}; cannot replay step {step}")
-    steps = list(range(max(0, step - before), min(n - 1, step + after) + 1))
+    if not 0 <= step <= n:
+        raise RlsaeError(f"episode {episode} has steps 0..{n}; cannot replay step {step}")
+    steps = list(range(max(0, step - before), min(n, step + after) + 1))
     return steps, replay_frames(store_dir, episode, steps)
 
 
@@ -140,6 +156,8 @@ def verify_replay(store_dir: str | os.PathLike, episode: int | None = None) -> d
     for e in eps:
         rec = ctx[ctx["episode"] == e].set_index("step")["obs_hash"]
         for t, obs, _ in replay_episode(doc=doc, episode=int(e), rgb=False):
+            if t not in rec.index:  # the state after the last recorded action
+                continue
             checked += 1
             if rec.get(t) != obs_hash(obs):
                 mismatches.append((int(e), int(t)))
