@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from rlsae.errors import RlsaeError
-from rlsae.fsutil import read_json
 from rlsae.viewer.scan import FeatureScan, gather_activations
 
 
@@ -46,15 +45,6 @@ def _gif(frames: list[np.ndarray], ms: int) -> bytes:
     return buf.getvalue()
 
 
-def episode_lengths(store_dir: Path) -> dict[int, int]:
-    """Number of recorded actions per episode in the store's ``episodes.json`` (empty if none)."""
-    p = store_dir / "episodes.json"
-    if not p.is_file():
-        return {}
-    data = read_json(p)
-    return {int(e["episode"]): len(e.get("actions", [])) for e in data.get("episodes", [])}
-
-
 def find_agent_dir(run_dir: Path, source: str, extra: dict[str, Any]) -> Path | None:
     """The agent behind an atari store: ``extra.agent_dir`` (absolute or run-relative), else
     ``agents/SOURCE`` in the run."""
@@ -77,44 +67,44 @@ def write_frames(
     clip_ms: int = 120,
 ) -> tuple[dict[tuple[int, int], tuple[str, str]], dict[tuple[int, int], np.ndarray], list[str]]:
     """Replay each episode once and write ``e{E}_s{S}.png`` and ``clip_e{E}_s{S}.gif`` for every
-    requested (episode, step). Returns ({(E, S): (png name, gif name)}, {(E, S): RGB frame},
-    notes about what could not be replayed)."""
-    from rlsae.agents.replay import replay_frames
+    requested (episode, step). Returns ({(E, S): (png name, gif name)}, {(E, S): the agent's
+    observation at that step}, notes about episodes that could not be replayed)."""
+    from rlsae.agents.replay import read_episodes, replay_episode
 
     before, after = clip
-    lengths = episode_lengths(store.path)
+    doc = read_episodes(store.path)
+    lengths = {int(e["episode"]): len(e.get("actions", [])) for e in doc["episodes"]}
     names: dict[tuple[int, int], tuple[str, str]] = {}
-    frames_at: dict[tuple[int, int], np.ndarray] = {}
+    obs_at: dict[tuple[int, int], np.ndarray] = {}
     notes: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     for ep in sorted(requests):
-        steps = sorted(requests[ep])
-        n = lengths.get(ep)
-        need = sorted(
-            {
-                t
-                for s in steps
-                for t in range(s - before, s + after + 1)
-                if t >= 0 and (n is None or t <= n)
-            }
-            | set(steps)
-        )
+        n = lengths.get(ep, 0)
+        steps = sorted(s for s in requests[ep] if 0 <= s < n)
+        if len(steps) < len(requests[ep]):
+            notes.append(
+                f"episode {ep}: {len(requests[ep]) - len(steps)} steps not in episodes.json"
+            )
+        if not steps:
+            continue
+        need = {t for s in steps for t in range(max(0, s - before), min(n - 1, s + after) + 1)}
+        frames: dict[int, np.ndarray] = {}
         try:
-            frames = replay_frames(store.path, ep, need)
+            for t, obs, frame in replay_episode(doc=doc, episode=ep, until=max(need)):
+                if t in need:
+                    frames[t] = frame
+                if t in requests[ep]:
+                    obs_at[(ep, t)] = np.array(obs, copy=True)
         except RlsaeError as e:
             notes.append(f"episode {ep} could not be replayed: {e}")
             continue
-        got = dict(zip(need, frames, strict=False))
         for s in steps:
-            if s not in got:
-                continue
             png, gif = f"e{ep}_s{s}.png", f"clip_e{ep}_s{s}.gif"
-            (out_dir / png).write_bytes(_png(got[s]))
-            seq = [got[t] for t in range(s - before, s + after + 1) if t in got]
+            (out_dir / png).write_bytes(_png(frames[s]))
+            seq = [frames[t] for t in range(s - before, s + after + 1) if t in frames]
             (out_dir / gif).write_bytes(_gif(seq, clip_ms))
             names[(ep, s)] = (png, gif)
-            frames_at[(ep, s)] = got[s]
-    return names, frames_at, notes
+    return names, obs_at, notes
 
 
 def clip_activations(
@@ -127,27 +117,30 @@ def clip_activations(
     batch_size: int,
 ) -> dict[tuple[int, int], list[float | None]]:
     """The feature's activation on each step of the clip around each of its top states
-    ({(feature, row): [activation or None per clip step]}); rows of the same episode are found
-    next to the state's row."""
+    ({(feature, row): [activation or None per clip step]}). Rows of one episode may be
+    interleaved with others (vectorised recording), so they are found by (episode, step)."""
     before, after = clip
+    key = episodes.astype(np.int64) * (1 << 32) + steps.astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    skey = key[order]
     keys, rows, feats, slots = [], [], [], []
-    n = len(episodes)
     for f in range(scan.top_rows.shape[0]):
         for r in scan.top_rows[f][scan.top_rows[f] >= 0]:
             r = int(r)
             keys.append((f, r))
-            for d in range(-before, after + 1):
-                j = r + d
-                ok = 0 <= j < n and episodes[j] == episodes[r] and steps[j] == steps[r] + d
+            want = key[r] + np.arange(-before, after + 1)
+            pos = np.searchsorted(skey, want).clip(0, len(skey) - 1)
+            for w, p in zip(want, pos, strict=True):
+                ok = skey[p] == w and w >= key[r] - steps[r]  # same episode, step >= 0
                 slots.append(len(rows) if ok else -1)
                 if ok:
-                    rows.append(j)
+                    rows.append(int(order[p]))
                     feats.append(f)
     vals = gather_activations(sae, store, np.array(rows), np.array(feats), batch_size)
     width = before + after + 1
     out = {}
-    for i, key in enumerate(keys):
-        out[key] = [None if s < 0 else _sig(vals[s]) for s in slots[i * width : (i + 1) * width]]
+    for i, k in enumerate(keys):
+        out[k] = [None if s < 0 else _sig(vals[s]) for s in slots[i * width : (i + 1) * width]]
     return out
 
 
@@ -158,16 +151,18 @@ def effect_grids(
     states: dict[int, list[tuple[int, np.ndarray]]],
 ) -> dict[tuple[int, int], list[list[float]]]:
     """The 3×3 action-effect grid of feature f on each of its states' observations
-    ({(feature, row): grid}), from ``rlsae.agents.effects.action_effect_grid``."""
-    from rlsae.agents import load_agent
+    ({(feature, row): grid}), from ``rlsae.agents.effects.action_effect_grid``: the change of
+    each action's Q-value that the feature causes in that state (joystick layout, NOOP centre)."""
+    from rlsae.agents.dqn import load_agent
     from rlsae.agents.effects import action_effect_grid
 
     agent = load_agent(agent_dir)
     out = {}
     for f, items in states.items():
-        for row, obs in items:
-            g = np.asarray(action_effect_grid(agent, sae, layer, f, obs), dtype=np.float64)
-            out[(f, row)] = [[_sig(v) for v in line] for line in g.reshape(3, 3)]
+        obs = np.stack([o for _, o in items])
+        grids = np.asarray(action_effect_grid(agent, sae, layer, f, obs), dtype=np.float64)
+        for (row, _), g in zip(items, grids.reshape(len(items), 3, 3), strict=True):
+            out[(f, row)] = [[_sig(v) for v in line] for line in g]
     return out
 
 

@@ -127,7 +127,9 @@ def _study(run_dir: Path, notes: list[str]) -> tuple[dict | None, dict | None]:
         "rows": _clean(df.astype(object).where(df.notna(), None).values.tolist()),
     }
     fit, xcol, ycol = None, None, None
-    for p in sorted((run_dir / "analysis").glob("*.json")):
+    jsons = sorted((run_dir / "analysis").glob("*.json"))
+    jsons.sort(key=lambda p: p.name != "fit_live_vs_return.json")  # the study's own fit first
+    for p in jsons:
         try:
             d = read_json(p)
         except RlsaeError:
@@ -322,12 +324,12 @@ def _export_sae(
             acts_clip = agent_data.clip_activations(
                 sae, store, scan, eps, steps, clip, cfg.batch_size
             )
-            frames_at: dict[tuple[int, int], Any] = {}
+            obs_at: dict[tuple[int, int], Any] = {}
             names: dict[tuple[int, int], tuple[str, str]] = {}
             frame_dir = site / "data" / "frames" / _safe(entry["store"])
             if cfg.frames:
                 try:
-                    names, frames_at, fnotes = agent_data.write_frames(
+                    names, obs_at, fnotes = agent_data.write_frames(
                         store, agent_data.group_requests(scan, eps, steps), clip, frame_dir
                     )
                     notes.extend(fnotes)
@@ -335,13 +337,13 @@ def _export_sae(
                     notes.append(f"frames unavailable ({str(e).splitlines()[0][:200]})")
             grids: dict[tuple[int, int], Any] = {}
             agent_dir = agent_data.find_agent_dir(run_dir, store.source, store.extra)
-            if cfg.effects and agent_dir is not None and frames_at:
+            if cfg.effects and agent_dir is not None and obs_at:
                 states: dict[int, list] = {}
                 for f in range(f_count):
                     for r in top_rows[f][top_rows[f] >= 0]:
                         key = (int(eps[r]), int(steps[r]))
-                        if key in frames_at:
-                            states.setdefault(f, []).append((int(r), frames_at[key]))
+                        if key in obs_at:
+                            states.setdefault(f, []).append((int(r), obs_at[key]))
                 try:
                     layer = str(store.extra.get("layer") or sae.cfg.hook_name or store.hook)
                     grids = agent_data.effect_grids(agent_dir, sae, layer, states)
@@ -434,18 +436,10 @@ def _export_sae(
 
 def _action_names(store: Any) -> list[str] | None:
     try:
-        import gymnasium as gym
+        from rlsae.agents.envs import action_meanings
 
-        env_kw = read_json(store.path / "episodes.json").get("env", {})
-        env_id = env_kw.get("env_id") or env_kw.get("id") or "ALE/MsPacman-v5"
-        import ale_py
-
-        gym.register_envs(ale_py)
-        env = gym.make(env_id)
-        names = env.unwrapped.get_action_meanings()
-        env.close()
-        return [str(n) for n in names]
-    except Exception:  # noqa: BLE001 - names are a nicety; fall back to numbers
+        return [str(n) for n in action_meanings()]
+    except Exception:  # noqa: BLE001 - names are a nicety; the page falls back to numbers
         return None
 
 
