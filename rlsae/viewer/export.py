@@ -392,7 +392,7 @@ def _export_sae(
         for v, r in zip(scan.top_vals[f], top_rows[f], strict=False):
             if r < 0:
                 continue
-            top.append({"row": int(r), "act": _r(v, 4), **per_row.get((f, int(r)), {})})
+            top.append({"row": int(r), "act": _r(v, 6), **per_row.get((f, int(r)), {})})
         page: dict[str, Any] = {
             "i": f,
             "dead": bool(scan.dead[f]),
@@ -412,7 +412,7 @@ def _export_sae(
                 for v, r in zip(scan.interval_vals[f, j], scan.interval_rows[f, j], strict=False):
                     if r >= 0:
                         samples.append(
-                            {"row": int(r), "act": _r(v, 4), **per_row.get((f, int(r)), {})}
+                            {"row": int(r), "act": _r(v, 6), **per_row.get((f, int(r)), {})}
                         )
                 page["intervals"].append({"lo": lo, "hi": hi, "samples": samples})
         page.update(page_extra.get(f, {}))

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from viewer_fixtures import build_lm_run  # noqa: E402
+from viewer_fixtures import build_agent_run, build_lm_run  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +23,18 @@ def lm_site(lm_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rlsae.viewer.export import export_site
 
     return export_site(lm_run, tmp_path_factory.mktemp("site") / "viewer", top=5)
+
+
+@pytest.fixture(scope="session")
+def agent_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_agent_run(tmp_path_factory.mktemp("viewer"))
+
+
+@pytest.fixture(scope="session")
+def agent_site(agent_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rlsae.viewer.export import export_site
+
+    return export_site(agent_run, tmp_path_factory.mktemp("site") / "viewer", top=5)
 
 
 @pytest.fixture

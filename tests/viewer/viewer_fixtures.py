@@ -91,3 +91,24 @@ def build_lm_run(root: Path) -> Path:
     }
     (run / "analysis" / "llm_shared_features.json").write_text(json.dumps(shared))
     return run
+
+
+def build_agent_run(root: Path) -> Path:
+    """An (untrained) poster-CNN DQN on Ms. Pac-Man, a real recording of its fc1 layer with
+    episodes.json, and a small TopK SAE trained on it."""
+    from rlsae.agents.dqn import train_dqn
+    from rlsae.agents.record import record_activations
+    from rlsae.sae.train import TrainConfig, train_sae
+
+    run = root / "agentrun"
+    agent = train_dqn(
+        "poster", 10, run / "agents" / "a0", seed=0, progress=False, buffer_size=100,
+        learning_starts=1000,
+    )  # fmt: skip
+    store = record_activations(
+        agent, "fc1", 480, run / "acts" / "a0" / "fc1", epsilon=1.0, seed=0, n_envs=2,
+        max_episode_steps=80, progress=False,
+    )  # fmt: skip
+    cfg = TrainConfig(arch="topk", d_sae=64, k=8, steps=30, batch_size=64, seed=0)
+    train_sae(store, run / "saes" / "a0" / "fc1" / "topk_64", cfg, progress=False)
+    return run
