@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rlsae.commands._apps import JsonOpt, emit, llm_app
+from rlsae.commands._apps import JsonOpt, emit, llm_app, pipeline_app
 
 
 @llm_app.command("divergence")
@@ -120,3 +120,28 @@ def explain_cmd(
         as_json,
         "\n".join(lines),
     )
+
+
+@pipeline_app.command("llm")
+def pipeline_llm_cmd(
+    preset: str = typer.Option("demo", "--preset", help="smoke, demo, paper or a YAML file."),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The implicit-reward-model study: tune, divergence, SAE pairs, MMCS, explanations, tables."""
+    from rlsae.llm.pipeline import run_llm_pipeline
+
+    res = run_llm_pipeline(out, preset, resume=resume)
+    if "runs" in res:
+        human = "\n".join(f"{r['model']}: {r['run_dir']}" for r in res["runs"])
+        human += f"\ntables: {res['utility_md']}"
+    else:
+        human = (
+            f"run: {res['run_dir']}\nlayers (most divergent first): {res['layers']}\n"
+            f"MMCS(small, large): {res['mmcs']}\n"
+            f"Table 3 (features' summed |utility|): {res['table3']}\n"
+            f"Table 4 (completions' aggregate |utility|): {res['table4']}\n"
+            f"tables: {res['utility_html']}"
+        )
+    emit(res, as_json, human)
