@@ -384,7 +384,8 @@ def _train_step(
         loss = fvu
         if dead_idx is not None:
             aux_loss = (aux - (x - recon).detach()).pow(2).sum() / total_var
-            loss = loss + cfg.aux_coeff * aux_loss
+            scale = min(1.0, n_dead / aux_k)  # fewer dead latents than aux_k: weigh AuxK down
+            loss = loss + cfg.aux_coeff * scale * aux_loss
             out["aux_loss"] = float(aux_loss.detach())
         fired = idx[vals > 0]
         l0 = float((vals > 0).sum()) / x.shape[0]
