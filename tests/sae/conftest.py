@@ -45,3 +45,16 @@ def small_acts() -> torch.Tensor:
 @pytest.fixture
 def small_store(tmp_path: Path, small_acts: torch.Tensor) -> Path:
     return write_store(tmp_path / "acts", small_acts, shard_rows=300, hook="h", source="toy")
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the ``rlsae`` entry point in-process: (exit code, stdout, stderr)."""
+    from rlsae.cli import main
+
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = int(e.code or 0)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
