@@ -11,7 +11,8 @@ The same batch of token ids goes through
   * ``tl_last``: the same for the last layer (no early stop: the whole stack runs);
 all under ``torch.inference_mode()``. The model is a randomly initialised GPT-NeoX of
 Pythia-70m's shape (config only, no download) or smaller. Median over ``--repeats`` timed runs
-after one warm-up. The target is TransformerLens time <= 1.3x the bare forward.
+after one warm-up, the four
+variants run round-robin so that changes in machine load hit them alike. The target is TransformerLens time <= 1.3x the bare forward.
 
     python benchmarks/lm_activations.py [--shape pythia-70m|tiny] [--batch 16] [--seq 64]
 
@@ -75,14 +76,17 @@ def _tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
 
 
-def _time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def _time_interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run round-robin so that load changes hit all alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -123,7 +127,7 @@ def main() -> None:
 
     def run_tl(layer: int):
         name = f"blocks.{layer}.hook_resid_post"
-        stop = layer + 1 if layer + 1 < n_layers else None
+        stop = layer + 1  # == n_layers for the last block: every block, no final LN/unembed
 
         def go():
             with torch.inference_mode():
@@ -140,10 +144,11 @@ def main() -> None:
 
     # same numbers first: the benchmark compares equal work
     diff = float((run_tl(mid)() - run_hf()).abs().max())
-    t_hf = _time(run_hf, args.repeats)
-    t_trunk = _time(run_trunk, args.repeats)
-    t_mid = _time(run_tl(mid), args.repeats)
-    t_last = _time(run_tl(n_layers - 1), args.repeats)
+    t = _time_interleaved(
+        {"hf": run_hf, "trunk": run_trunk, "mid": run_tl(mid), "last": run_tl(n_layers - 1)},
+        args.repeats,
+    )
+    t_hf, t_trunk, t_mid, t_last = t["hf"], t["trunk"], t["mid"], t["last"]
     result = {
         "benchmark": "lm_activations",
         "shape": args.shape,

@@ -226,8 +226,7 @@ def iter_hook_activations(
 ) -> Iterator[tuple[list[int], dict[str, list[torch.Tensor]]]]:
     """Yield ``(doc_indices, {hook_name: [per-doc (len, d) tensors]})`` batch by batch."""
     layers = [int(n.split(".")[1]) for n in names]
-    stop = max(layers) + 1
-    stop_at = stop if stop < ht.cfg.n_layers else None
+    stop_at = max(layers) + 1  # n_layers for the last block: no final LN, no unembedding
     wanted = set(names)
     device = ht.cfg.device
     order = [i for i, t in enumerate(token_lists) if len(t) > 0]
@@ -364,7 +363,7 @@ def record_lm_activations(
 def _hook_width(ht: Any, name: str) -> int:
     """Flattened width of a hook's activation per position (runs one token through)."""
     layer = int(name.split(".")[1])
-    stop = layer + 1 if layer + 1 < ht.cfg.n_layers else None
+    stop = layer + 1
     with torch.inference_mode():
         _, cache = ht.run_with_cache(
             torch.zeros((1, 1), dtype=torch.long, device=ht.cfg.device),

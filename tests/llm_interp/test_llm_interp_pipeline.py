@@ -1,0 +1,121 @@
+"""The language-model pipeline: presets, the paper's dictionary sizes, and (slow) the smoke
+preset end to end, interrupted and resumed, with the files the viewer reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlsae.errors import RlsaeError
+from rlsae.llm.pipeline import (
+    LLMStudyConfig,
+    SAEPairConfig,
+    dict_sizes,
+    preset_config,
+    run_llm_pipeline,
+)
+
+
+def test_paper_preset_has_the_papers_hyperparameters():
+    cfg = preset_config("paper")
+    assert cfg.models == [
+        "EleutherAI/pythia-70m",
+        "EleutherAI/pythia-160m",
+        "EleutherAI/pythia-410m",
+    ]
+    assert (cfg.sae.arch, cfg.sae.tied, cfg.sae.l1, cfg.sae.lr) == ("relu", True, 1e-3, 1e-3)
+    assert (cfg.sae.batch_size, cfg.sae.epochs) == (32, 3.0)
+    assert (cfg.top_n_layers, cfg.top_k, cfg.utility_k) == (5, 10, 30)
+    assert (cfg.score_prefixes, cfg.score_prefix_tokens) == (100, 30)
+    assert cfg.rlhf["reward"] == "utility" and cfg.data == "imdb"
+
+
+def test_dictionary_sizes_follow_table_2():
+    pair = SAEPairConfig()
+    assert dict_sizes("EleutherAI/pythia-70m", 512, pair) == (1024, 512)
+    assert dict_sizes("EleutherAI/pythia-160m", 768, pair) == (1536, 768)
+    assert dict_sizes("EleutherAI/pythia-410m", 1024, pair) == (2048, 1024)
+    assert dict_sizes("tiny", 128, pair) == (256, 128)  # 2 x d_model and d_model otherwise
+    assert dict_sizes("tiny", 128, SAEPairConfig(large=300, small=100)) == (300, 100)
+
+
+def test_yaml_preset_and_bad_presets(tmp_path):
+    p = tmp_path / "study.yaml"
+    p.write_text("models: [tiny]\ntop_n_layers: 3\nsae: {arch: topk, k: 8}\n")
+    cfg = preset_config(str(p))
+    assert cfg.top_n_layers == 3 and cfg.sae.arch == "topk" and cfg.sae.k == 8
+    p.write_text("top_n_layer: 3\n")
+    with pytest.raises(RlsaeError, match="unknown llm study option"):
+        preset_config(str(p))
+    with pytest.raises(RlsaeError, match="unknown preset 'huge'"):
+        preset_config("huge")
+    assert isinstance(LLMStudyConfig.from_dict({}), LLMStudyConfig)
+
+
+def test_existing_run_needs_resume(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    with pytest.raises(RlsaeError, match="--resume"):
+        run_llm_pipeline(tmp_path / "run", "smoke")
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_interrupted_and_resumed(tmp_path, monkeypatch):
+    import rlsae.llm.score as score_mod
+
+    run = tmp_path / "llm"
+    real = score_mod.score_model
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(score_mod, "score_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_llm_pipeline(run, "smoke", progress=False)
+    monkeypatch.setattr(score_mod, "score_model", real)
+    done_before = json.loads((run / "run.json").read_text())["stages"]
+    assert {"pretrain", "rlhf", "divergence", "record", "saes", "mmcs", "explain"} <= set(
+        done_before
+    )
+    sae_files = sorted(run.glob("saes/*/*/*/sae_weights.safetensors"))
+    assert len(sae_files) == 4  # base/tuned x large/small on the top layer
+    mtimes = {p: p.stat().st_mtime_ns for p in sae_files}
+    base_mtime = (run / "models" / "base" / "model.safetensors").stat().st_mtime_ns
+
+    res = run_llm_pipeline(run, "smoke", resume=True, progress=False)
+    # nothing already done was redone
+    assert {p: p.stat().st_mtime_ns for p in sae_files} == mtimes
+    assert (run / "models" / "base" / "model.safetensors").stat().st_mtime_ns == base_mtime
+    stages = json.loads((run / "run.json").read_text())["stages"]
+    assert stages["saes"] == done_before["saes"] and stages["score"]["status"] == "done"
+
+    # the viewer's inputs
+    shared = json.loads((run / "analysis" / "llm_shared_features.json").read_text())
+    (entry,) = shared["layers"]
+    assert entry["layer"] == res["layers"][0]
+    small = entry["models"]["tuned"]
+    assert small["sae_a"].endswith("/small") and small["sae_b"].endswith("/large")
+    assert len(small["top_k"]) == 5 and len(small["top_k_utility"]) == 8
+    cos = [r["cosine"] for r in small["top_k_utility"]]
+    assert cos == sorted(cos, reverse=True) and cos[0] <= 1.0 + 1e-6
+    assert entry["base_vs_tuned"]["sae_a"].startswith("saes/base/")
+    expl = json.loads((run / small["sae_a"] / "explanations.json").read_text())["features"]
+    assert {str(r["feature"]) for r in small["top_k_utility"]} <= set(expl)
+    store_meta = json.loads(next(run.glob("acts/tuned/*/meta.json")).read_text())
+    assert store_meta["provider"] == "lm" and store_meta["extra"]["model"].endswith("models/tuned")
+
+    # the tables: Table 3 from the explanations, Table 4 from the completions' scores
+    util = json.loads((run / "analysis" / "utility.json").read_text())
+    from rlsae.llm.rewards import UtilityTable
+
+    table = UtilityTable.vader()
+    want = sum(
+        table.abs_utility(expl[str(r["feature"])]["explanation"]) for r in small["top_k_utility"]
+    )
+    assert util["table3"]["tuned"]["score"] == pytest.approx(want)
+    scored = json.loads((run / "analysis" / "score_tuned.json").read_text())
+    assert util["table4"]["tuned"]["aggregate_abs_utility"] == scored["aggregate_abs_utility"]
+    assert (run / "analysis" / "utility.html").is_file()
+    assert (run / "analysis" / "divergence.html").is_file()
+    assert res["table3"]["tuned"] == util["table3"]["tuned"]["score"]
