@@ -180,6 +180,7 @@ class AleVecEnv(VecEnv):
         )
         shape = (3, 210, 160) if self._mode == "poster" else cfg.obs_shape
         obs_space = spaces.Box(low=0, high=255, shape=shape, dtype=np.uint8)
+        self.render_mode = None
         super().__init__(n_envs, obs_space, spaces.Discrete(9))
         self.autoreset = autoreset
         self._base_seed = seed

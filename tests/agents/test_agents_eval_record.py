@@ -1,0 +1,118 @@
+"""Evaluation, activation recording and replay, checked against recomputation in the emulator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rlsae.agents.dqn import load_agent
+from rlsae.agents.envs import obs_hash
+from rlsae.agents.evaluate import evaluate_agent
+from rlsae.agents.record import record_activations
+from rlsae.agents.replay import (
+    replay_clip,
+    replay_episode,
+    replay_frames,
+    replay_observations,
+    verify_replay,
+)
+from rlsae.errors import RlsaeError
+
+
+def test_same_seed_same_numbers_and_human_normalisation(poster_agent: Path):
+    kw = dict(episodes=2, epsilon=0.1, max_episode_steps=120)
+    a = evaluate_agent(poster_agent, seed=3, **kw)
+    b = evaluate_agent(poster_agent, seed=3, **kw)
+    assert a["returns"] == b["returns"] and a["mean_return"] == b["mean_return"]
+    assert a["episodes"] == 2 and a["lengths"] == [120, 120]
+    r = np.array(a["returns"])
+    assert a["mean_return"] == pytest.approx(r.mean())
+    assert a["std_return"] == pytest.approx(r.std())
+    assert (a["min_return"], a["max_return"]) == (r.min(), r.max())
+    assert a["human_normalized"] == pytest.approx((r.mean() - 307.3) / (6951.6 - 307.3))
+
+
+def test_recorded_store_matches_the_agent_on_replayed_observations(
+    poster_agent: Path, poster_recording: Path
+):
+    from rlsae.sae.store import ActivationStore
+
+    store = ActivationStore(poster_recording)
+    assert (store.rows, store.d_in, store.provider, store.hook) == (240, 512, "atari", "fc1")
+    assert store.extra["layer"] == "fc1" and store.extra["epsilon"] == 0.3
+    ctx = store.context()
+    cols = ["episode", "episode_seed", "step", "action", "reward", "obs_hash"]
+    assert set(cols + [f"q_{i}" for i in range(9)]) <= set(ctx.columns)
+    doc = json.loads((poster_recording / "episodes.json").read_text())
+    assert doc["env"]["mode"] == "poster" and doc["env"]["repeat_action_probability"] == 0.25
+    # 2 emulators, episodes cut at 70 steps: episodes restart mid-recording
+    assert len(doc["episodes"]) >= 4
+    for ep in doc["episodes"]:
+        rows = ctx[ctx["episode"] == ep["episode"]].sort_values("step")
+        assert rows["action"].tolist() == ep["actions"]
+        assert rows["step"].tolist() == list(range(len(ep["actions"])))
+        assert (rows["episode_seed"] == ep["seed"]).all()
+    # recompute Q and fc1 on replayed observations of one episode: must equal the recording
+    agent = load_agent(poster_agent)
+    ep = doc["episodes"][1]
+    idx = ctx.index[ctx["episode"] == ep["episode"]].to_numpy()
+    steps = ctx.loc[idx, "step"].tolist()
+    obs = np.stack(replay_observations(poster_recording, ep["episode"], steps))
+    q, acts = agent.forward(obs, "fc1")
+    assert torch.allclose(acts, store.read_rows(idx), atol=1e-4)
+    q_rec = ctx.loc[idx, [f"q_{i}" for i in range(9)]].to_numpy()
+    assert np.allclose(q.numpy(), q_rec, atol=1e-4)
+    greedy = ctx.loc[idx, "greedy_action"].to_numpy()
+    assert np.array_equal(q.numpy().argmax(1), greedy)
+
+
+def test_replay_reproduces_every_recorded_observation(poster_recording: Path):
+    res = verify_replay(poster_recording)
+    assert res["checked"] == 240
+    assert res["mismatches"] == []
+
+
+def test_replay_frames_and_clips_are_rgb_screens(poster_recording: Path):
+    frames = replay_frames(poster_recording, 0, [5, 0])
+    assert frames[0].shape == (210, 160, 3) and frames[0].dtype == np.uint8
+    obs0 = replay_observations(poster_recording, 0, [0])[0]
+    assert np.array_equal(frames[1], obs0.transpose(1, 2, 0))
+    steps, clip = replay_clip(poster_recording, 0, 3, before=5, after=2)
+    assert steps == [0, 1, 2, 3, 4, 5] and len(clip) == 6
+    assert np.array_equal(clip[5], frames[0])
+    with pytest.raises(RlsaeError, match="cannot replay step 999"):
+        replay_frames(poster_recording, 0, [999])
+    with pytest.raises(RlsaeError, match="episode 4242 not in the recording"):
+        replay_frames(poster_recording, 4242, [0])
+
+
+def test_nature_recording_replays_with_rgb_screens(nature_agent: Path, tmp_path: Path):
+    out = record_activations(
+        nature_agent, "fc1", 60, tmp_path / "n", epsilon=0.5, seed=2, n_envs=1,
+        max_episode_steps=30, progress=False,
+    )  # fmt: skip
+    assert verify_replay(out) == {"checked": 60, "mismatches": []}
+    ctx = pd.read_parquet(out / "context.parquet")
+    seen = [(t, o, f) for t, o, f in replay_episode(out, 1)]
+    assert len(seen) == 31  # steps 0..30, the last is the state after the final action
+    t, o, frame = seen[4]
+    assert o.shape == (4, 84, 84) and frame.shape == (210, 160, 3)
+    assert obs_hash(o) == ctx[(ctx.episode == 1) & (ctx.step == 4)]["obs_hash"].item()
+
+
+def test_bad_recordings_are_refused_without_leaving_files(poster_agent: Path, tmp_path: Path):
+    with pytest.raises(RlsaeError, match="steps must be at least 1"):
+        record_activations(poster_agent, "fc1", 0, tmp_path / "zero", progress=False)
+    with pytest.raises(
+        RlsaeError,
+        match=r"unknown layer 'fc3'.*valid layers: conv3 \(960\), fc1 \(512\), fc2 \(512\)",
+    ):
+        record_activations(poster_agent, "fc3", 10, tmp_path / "bad", progress=False)
+    with pytest.raises(RlsaeError, match="not found"):
+        record_activations(tmp_path / "no_agent", "fc1", 10, tmp_path / "x", progress=False)
+    assert list(tmp_path.iterdir()) == []
