@@ -16,3 +16,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     return pretrain_tiny(out, seed=0, progress=False, **TINY_TEST_OPTIONS)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tuning is many small ops: one thread is several times faster on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

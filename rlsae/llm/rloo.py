@@ -1,0 +1,194 @@
+"""RLOO through TRL's ``RLOOTrainer``, with the same rewards, log, checkpoints and outputs as PPO.
+
+One RLOO step here consumes ``batch_size`` completions: ``batch_size / rloo_k`` prefixes with
+``rloo_k`` completions each (the leave-one-out group). TRL runs it as ``gradient_accumulation =
+batch_size / mini_batch_size`` micro-batches of ``mini_batch_size`` and one optimizer step. The
+KL coefficient ``beta`` is ``init_kl_coef`` (fixed: TRL's RLOO has no adaptive controller) and
+TRL subtracts ``beta * sum_t (log pi - log pi_ref)`` from each sequence's reward, as PPO does.
+
+TRL re-tokenizes prompt text, so the prefixes are passed as decoded text.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rlsae.errors import RlsaeError
+from rlsae.fsutil import read_json
+from rlsae.llm.rlhf import (
+    RLHFConfig,
+    StepCallback,
+    finish,
+    make_reward_fn,
+    prefix_pool,
+    save_tuned_model,
+    write_log,
+)
+
+
+def reward_callable(reward_fn: Any, name: str) -> Any:
+    """Wrap ``reward_fn(prefixes, completions)`` as a TRL reward function."""
+
+    def reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        return [float(r) for r in reward_fn(list(prompts), list(completions))]
+
+    reward.__name__ = name
+    return reward
+
+
+def build_trainer(
+    cfg: RLHFConfig,
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    callbacks: list[Any] | None = None,
+    max_steps: int | None = None,
+) -> Any:
+    """A configured ``trl.RLOOTrainer`` (CPU, no bf16, no gradient checkpointing)."""
+    import warnings
+
+    import datasets
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    accumulation = cfg.batch_size // cfg.mini_batch_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        args = RLOOConfig(
+            output_dir=str(out / "trl"),
+            per_device_train_batch_size=cfg.mini_batch_size,
+            gradient_accumulation_steps=accumulation,
+            num_generations=cfg.rloo_k,
+            max_completion_length=cfg.max_new_tokens,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            beta=cfg.init_kl_coef,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=cfg.max_grad_norm,
+            max_steps=max_steps or cfg.steps,
+            num_iterations=1,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            report_to="none",
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=cfg.checkpoint_every,
+            save_total_limit=1,
+            save_only_model=False,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            log_completions=False,
+            shuffle_dataset=True,
+            remove_unused_columns=False,
+        )
+    dataset = datasets.Dataset.from_dict({"prompt": prompts})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        trainer = RLOOTrainer(
+            model=model,
+            reward_funcs=[reward_callable(make_reward_fn(cfg), cfg.reward)],
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks or [],
+        )
+    # Library code never prints: TRL's printer and progress callbacks write logs to stdout.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def run_rloo(
+    cfg: RLHFConfig,
+    out: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    callback: StepCallback | None,
+) -> dict[str, Any]:
+    """Tune with TRL's RLOO into ``out`` (layout as in :mod:`rlsae.llm.rlhf`)."""
+    from transformers import TrainerCallback
+
+    from rlsae.llm.models import load_model
+
+    t0 = time.time()
+    if resume and (out / "result.json").is_file():
+        done = read_json(out / "result.json")
+        if done.get("steps", 0) >= cfg.steps:
+            return done
+    model, tokenizer = load_model(cfg.model)
+    pool = prefix_pool(cfg, tokenizer, model)
+    prompts = [tokenizer.decode(p, skip_special_tokens=True) for p in pool]
+    log: list[dict[str, Any]] = []
+    log_path = out / "log.json"
+    if resume and log_path.is_file():
+        log = list(read_json(log_path).get("steps", []))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, desc="rloo", disable=not progress, leave=False)
+
+    class _Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if not logs or "reward" not in logs:
+                return
+            step = int(state.global_step)
+            entry = {
+                "step": step,
+                "reward_mean": float(logs["reward"]),
+                "reward_std": float(logs.get("reward_std", 0.0)),
+                # TRL logs the mean per-token KL; per completion (as PPO logs it) is about
+                # per-token KL times the mean completion length.
+                "kl_per_token": float(logs.get("kl", 0.0)),
+                "kl": float(logs.get("kl", 0.0)) * float(logs.get("completions/mean_length", 0.0)),
+                "kl_coef": cfg.init_kl_coef,
+                "loss": float(logs.get("loss", 0.0)),
+                "entropy": float(logs.get("entropy", 0.0)),
+                "completion_length": float(logs.get("completions/mean_length", 0.0)),
+                "grad_norm": float(logs.get("grad_norm", 0.0)),
+                "seconds": float(logs.get("step_time", 0.0)),
+            }
+            del log[step - 1 :]
+            log.append(entry)
+            bar.n = step
+            bar.set_postfix(reward=f"{entry['reward_mean']:.3f}", kl=f"{entry['kl']:.2f}")
+            if callback is not None:
+                callback(step, entry)
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            write_log(out, log, cfg)
+
+    trainer = build_trainer(cfg, out, model, tokenizer, prompts, callbacks=[_Log()])
+    checkpoint = _last_checkpoint(out / "trl") if resume else None
+    if checkpoint is not None:
+        done_steps = int(checkpoint.name.split("-")[-1])
+        del log[done_steps:]
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except ValueError as e:
+        raise RlsaeError(f"RLOO training failed: {str(e).splitlines()[0]}") from None
+    bar.close()
+    write_log(out, log, cfg)
+    save_tuned_model(out, trainer.model, tokenizer, cfg)
+    return finish(out, cfg, log, time.time() - t0)
+
+
+def _last_checkpoint(trl_dir: Path) -> Path | None:
+    if not trl_dir.is_dir():
+        return None
+    ckpts = [p for p in trl_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    complete = [p for p in ckpts if (p / "trainer_state.json").is_file()]
+    if not complete:
+        return None
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]))
