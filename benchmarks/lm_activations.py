@@ -113,16 +113,15 @@ def main() -> None:
     mid = n_layers // 2
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(2, SHAPES[args.shape]["vocab_size"], (args.batch, args.seq), generator=gen)
-    mask = torch.ones_like(ids)
     tokens = ids.numel()
 
     def run_hf():
         with torch.inference_mode():
-            return hf(ids, attention_mask=mask, output_hidden_states=True).hidden_states[mid + 1]
+            return hf(ids, output_hidden_states=True).hidden_states[mid + 1]
 
     def run_trunk():
         with torch.inference_mode():
-            out = hf.gpt_neox(ids, attention_mask=mask, output_hidden_states=True)
+            out = hf.gpt_neox(ids, output_hidden_states=True)
             return out.hidden_states[mid + 1]
 
     def run_tl(layer: int):
@@ -133,7 +132,6 @@ def main() -> None:
             with torch.inference_mode():
                 _, cache = ht.run_with_cache(
                     ids,
-                    attention_mask=mask,
                     names_filter=lambda n: n == name,
                     stop_at_layer=stop,
                     return_type=None,

@@ -479,6 +479,7 @@ def run_model_study(
     t = time.time()
     result = utility_result(run, layers, hook_names, sae_dirs, shared, scores, table, model, cfg)
     book.stage("utility", time.time() - t, "done")
+    report = write_llm_report(run)
     book.info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     book.info["seconds"] = round(sum(s["seconds"] for s in book.info["stages"].values()), 1)
     atomic_write_json(book.path, book.info)
@@ -496,6 +497,7 @@ def run_model_study(
         "table4": {m: v["aggregate_abs_utility"] for m, v in result["table4"].items()},
         "utility_json": str(analysis / "utility.json"),
         "utility_html": str(analysis / "utility.html"),
+        "report": str(report),
         "seconds": book.info["seconds"],
     }
 
@@ -651,3 +653,96 @@ def run_llm_pipeline(
     summary = {"runs": results, "utility_md": str(out / "analysis" / "utility.md")}
     atomic_write_json(out / "analysis" / "summary.json", summary)
     return summary
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_llm_report(run: str | os.PathLike) -> Path:
+    """``analysis/report.html`` of one model's run: RLHF, divergence chart, MMCS, shared
+    features with explanations, Tables 3 and 4. One file, plotly.js embedded, offline."""
+    import html as _html
+
+    from rlsae.analysis.figures import figure_div, plotly_js_tag
+    from rlsae.llm.divergence import DivergenceResult, divergence_figure
+
+    run = Path(run)
+    e = _html.escape
+    info = read_json(run / "run.json")
+    div = read_json(run / "analysis" / "divergence.json")
+    shared = read_json(run / "analysis" / "llm_shared_features.json")
+    util = read_json(run / "analysis" / "utility.json")
+    rl = info.get("stages", {}).get("rlhf", {})
+    res = DivergenceResult(
+        layers=div["layers"],
+        embeddings=div["embeddings"],
+        final_norm=div["final_norm"],
+        other=div.get("other", 0.0),
+        n_layers=div["n_layers"],
+        tensors={},
+    )
+    t3, t4 = util["table3"], util["table4"]
+
+    def num(v: Any, f: str = ".1f") -> str:
+        return "–" if v is None else format(v, f)
+
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>rlsae: implicit reward model"
+        f"</title>{plotly_js_tag()}<style>body{{font-family:system-ui,sans-serif;margin:2em auto;"
+        "max-width:1100px;padding:0 1em}table{border-collapse:collapse;margin:.6em 0}"
+        "th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;font-size:13px}"
+        "td.l,th.l{text-align:left}h2{border-bottom:1px solid #ddd;margin-top:1.6em}</style>"
+        "</head><body>",
+        f"<h1>Implicit reward model of {e(str(info.get('model')))}</h1>",
+        "<p><a href='../viewer/index.html'>feature viewer</a> · "
+        "<a href='utility.html'>utility tables</a> · <a href='divergence.html'>divergence</a></p>",
+        "<h2>RLHF</h2>",
+        f"<p>mean reward {num(rl.get('reward_first'), '.3f')} → {num(rl.get('reward_last'), '.3f')}"
+        f" over {e(str(rl.get('steps')))} steps (final KL {num(rl.get('kl_last'), '.3f')}).</p>",
+        "<h2>Tables 3 and 4: utility of features and of completions</h2>",
+        "<table><tr><th class='l'></th><th>M_base</th><th>M_RLHF</th></tr>",
+        f"<tr><td class='l'>summed |utility| of the top-{e(str(util.get('k')))} shared features' "
+        f"explanations</td><td>{num(t3.get('base', {}).get('score'))}</td>"
+        f"<td>{num(t3.get('tuned', {}).get('score'))}</td></tr>",
+        "<tr><td class='l'>aggregate |utility| of completions</td>"
+        f"<td>{num(t4.get('base', {}).get('aggregate_abs_utility'))}</td>"
+        f"<td>{num(t4.get('tuned', {}).get('aggregate_abs_utility'))}</td></tr>",
+        "<tr><td class='l'>mean reward of completions</td>"
+        f"<td>{num(t4.get('base', {}).get('mean_reward'), '.3f')}</td>"
+        f"<td>{num(t4.get('tuned', {}).get('mean_reward'), '.3f')}</td></tr></table>",
+        "<h2>Layer divergence (Figure 3)</h2>",
+        figure_div(divergence_figure(res, div.get("top_n"))),
+        "<h2>SAE pairs: MMCS(small, large)</h2><table><tr><th>layer</th><th class='l'>model</th>"
+        "<th>d_sae small</th><th>d_sae large</th><th>MMCS small→large</th>"
+        "<th>MMCS large→small</th></tr>",
+    ]
+    for entry in shared["layers"]:
+        for src, m in entry["models"].items():
+            parts.append(
+                f"<tr><td>{entry['layer']}</td><td class='l'>{e(src)}</td><td>{m['d_sae_a']}</td>"
+                f"<td>{m['d_sae_b']}</td><td>{m['mmcs_ab']:.4f}</td><td>{m['mmcs_ba']:.4f}</td></tr>"
+            )
+        bt = entry["base_vs_tuned"]
+        parts.append(
+            f"<tr><td>{entry['layer']}</td><td class='l'>base small ↔ tuned small</td><td></td>"
+            f"<td></td><td>{bt['mmcs_ab']:.4f}</td><td>{bt['mmcs_ba']:.4f}</td></tr>"
+        )
+    parts.append("</table><h2>Top shared features and their explanations</h2>")
+    for src, layers in util.get("features", {}).items():
+        for layer, rows in layers.items():
+            entry = next(x for x in shared["layers"] if str(x["layer"]) == str(layer))
+            cos = {r["feature"]: r["cosine"] for r in entry["models"][src]["top_k_utility"]}
+            parts.append(
+                f"<h3>{e(src)}, layer {e(str(layer))}</h3><table><tr><th>feature</th>"
+                "<th>max cos</th><th>|utility|</th><th class='l'>explanation</th></tr>"
+            )
+            for r in rows:
+                parts.append(
+                    f"<tr><td>{r['feature']}</td><td>{cos.get(r['feature'], float('nan')):.3f}</td>"
+                    f"<td>{r['utility']:.2f}</td><td class='l'>{e(r['explanation'])}</td></tr>"
+                )
+            parts.append("</table>")
+    parts.append("</body></html>\n")
+    path = run / "analysis" / "report.html"
+    atomic_write_bytes(path, "".join(parts).encode())
+    return path

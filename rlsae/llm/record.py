@@ -10,13 +10,15 @@ block ``L`` equals Hugging Face's ``hidden_states[L + 1]`` (before the final lay
 last block).
 
 Each document is cut to its first ``prefix_tokens`` tokens; documents are batched with right
-padding and an explicit attention mask, and only real positions are stored. One store per layer,
+padding (no attention mask is needed: under causal attention a real position only sees earlier,
+real positions) and only real positions are stored. One store per layer,
 at ``out_dir/blocks.L.hook_NAME``, with context columns ``document, position, token_id, token``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import tempfile
 import warnings
@@ -100,8 +102,12 @@ def _to_hooked(hf_model: Any, tokenizer: Any, device: str) -> Any:
             raise RlsaeError(
                 f"TransformerLens cannot convert a {arch} model ({str(e).splitlines()[0][:120]})"
             ) from None
+    # Right padding, no attention mask: causal attention keeps real positions of right-padded
+    # rows exact, and TransformerLens only builds a mask when the tokenizer pads on the left.
+    tl_tokenizer = copy.deepcopy(tokenizer)
+    tl_tokenizer.padding_side = "right"
     with _quiet():
-        ht = HookedTransformer(cfg, tokenizer, move_to_device=False)
+        ht = HookedTransformer(cfg, tl_tokenizer, move_to_device=False)
         ht.load_and_process_state_dict(
             state_dict,
             fold_ln=False,
@@ -235,14 +241,12 @@ def iter_hook_activations(
         lens = [len(token_lists[i]) for i in idx]
         width = max(lens)
         tokens = torch.zeros((len(idx), width), dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):
             tokens[row, : lens[row]] = torch.tensor(token_lists[i])
-            mask[row, : lens[row]] = 1
         with torch.inference_mode():
+            # right padding needs no mask: a real position only attends to earlier positions
             _, cache = ht.run_with_cache(
                 tokens.to(device),
-                attention_mask=mask.to(device),
                 names_filter=lambda name: name in wanted,
                 stop_at_layer=stop_at,
                 return_type=None,
