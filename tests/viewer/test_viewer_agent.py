@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from viewer_browser import browser_page  # noqa: E402
+from viewer_browser import browser_page, poll  # noqa: E402
 
 
 def _data(path: Path) -> dict:
@@ -73,14 +73,14 @@ def test_agent_site_in_browser(agent_site: Path):
         pg.click("a.sae-link")
         pg.wait_for_selector("#feature-table")
         pg.select_option("#filter", "live")
-        pg.wait_for_function("location.hash.includes('filter=live')")
+        poll(pg, "location.hash.includes('filter=live')")
         pg.wait_for_selector("#feature-table")
         first = pg.locator("#feature-table a.feat-link").first
         assert first.text_content() == f"#{f}"
         first.click()
         pg.wait_for_selector("figure.state")
         pg.wait_for_load_state("load")
-        pg.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=10000)
+        poll(pg, "Array.from(document.images).every(i => i.complete)")
         n_states = pg.locator("figure.state").count()
         assert n_states >= 1
         assert pg.locator("img.frame").count() == n_states
@@ -92,6 +92,6 @@ def test_agent_site_in_browser(agent_site: Path):
         assert widths and all(x == 160 for x in widths)
         pg.fill("#jump", "3")
         pg.press("#jump", "Enter")
-        pg.wait_for_function("document.querySelector('#feature-title')?.textContent.endsWith('#3')")
+        poll(pg, "document.querySelector('#feature-title')?.textContent.endsWith('#3')")
         assert w.errors == []
         assert w.dialogs == []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from viewer_browser import browser_page  # noqa: E402
+from viewer_browser import browser_page, poll  # noqa: E402
 from viewer_fixtures import DEAD, MARKUP  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def test_lm_site_navigates_and_renders_data_as_text(lm_site: Path):
         # search by index
         pg.fill("#jump", "5")
         pg.press("#jump", "Enter")
-        pg.wait_for_function("document.querySelector('#feature-title')?.textContent.endsWith('#5')")
+        poll(pg, "document.querySelector('#feature-title')?.textContent.endsWith('#5')")
         assert "film words" in pg.locator("#explanation").text_content()
 
         # feature 0: its contexts and explanation hold the markup token
@@ -45,7 +45,7 @@ def test_lm_site_navigates_and_renders_data_as_text(lm_site: Path):
         assert "%" in pg.locator("#firing-rate").text_content()
         # base-vs-tuned pairing links to the tuned SAE's feature 7
         pg.click("#pair-link")
-        pg.wait_for_function("document.querySelector('#feature-title')?.textContent.endsWith('#7')")
+        poll(pg, "document.querySelector('#feature-title')?.textContent.endsWith('#7')")
         assert pg.locator("#feature-title").text_content().startswith("tuned/")
 
         # the dead feature is listed and labelled as such

@@ -62,3 +62,15 @@ def browser_page() -> Iterator[Watched]:
             yield w
         finally:
             browser.close()
+
+
+def poll(page: Any, expression: str, timeout: float = 10.0) -> None:
+    """Wait until ``expression`` is truthy in the page. (Playwright's ``wait_for_function``
+    evaluates strings with eval, which the viewer's Content-Security-Policy forbids.)"""
+    import time
+
+    end = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {expression}")
+        time.sleep(0.05)
