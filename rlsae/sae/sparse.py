@@ -33,7 +33,7 @@ def _sparse_t_mm(
 
 
 def _sampled_dot(g: torch.Tensor, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """out[b, j] = g[b] . W[idx[b, j]] for row-sorted idx, without a dense (rows, d_sae) result."""
+    """out[b, j] = g[b] . W[idx[b, j]], without a dense (rows, d_sae) result."""
     B, k = idx.shape
     crow = torch.arange(0, B * k + 1, k, dtype=torch.long)
     with warnings.catch_warnings():
@@ -48,11 +48,41 @@ def _sampled_dot(g: torch.Tensor, W: torch.Tensor, idx: torch.Tensor) -> torch.T
     return torch.sparse.sampled_addmm(mask, g, W.t(), beta=0.0).values().reshape(B, k)
 
 
-def _select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """TopK then ReLU, indices sorted within each row (deterministic, CSR-ready)."""
-    vals, idx = pre.topk(k, dim=-1, sorted=False)
-    idx, order = idx.sort(dim=-1)
-    return vals.gather(-1, order).relu(), idx
+CHUNK = 256
+"""Rows per encoder block: each block's pre-activations are top-k'd while still in cache."""
+
+
+def _encode_topk(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    c: torch.Tensor,
+    k: int,
+    dead_idx: torch.Tensor | None,
+    k_aux: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """TopK (then ReLU) of x @ W_enc + c, block by block, never holding all (rows, d_sae) at once.
+    Also the top ``k_aux`` pre-activations among ``dead_idx`` (ReLU'd) when given."""
+    B = x.shape[0]
+    vals = torch.empty(B, k, dtype=x.dtype)
+    idx = torch.empty(B, k, dtype=torch.long)
+    aux = dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0
+    ka = min(int(k_aux), int(dead_idx.numel())) if aux else 0
+    a_vals = torch.empty(B, ka, dtype=x.dtype) if aux else None
+    a_idx = torch.empty(B, ka, dtype=torch.long) if aux else None
+    buf = torch.empty(min(CHUNK, B), W_enc.shape[1], dtype=x.dtype)
+    for s in range(0, B, CHUNK):
+        e = min(B, s + CHUNK)
+        pre = buf[: e - s]
+        torch.mm(x[s:e], W_enc, out=pre)
+        pre += c
+        torch.topk(pre, k, dim=-1, sorted=False, out=(vals[s:e], idx[s:e]))
+        if aux:
+            av, ai = pre.index_select(1, dead_idx).topk(ka, dim=-1, sorted=False)
+            a_vals[s:e], a_idx[s:e] = av, dead_idx[ai]
+    vals.relu_()
+    if aux:
+        a_vals.relu_()
+    return vals, idx, a_vals, a_idx
 
 
 class TopKSAEFunction(torch.autograd.Function):
@@ -60,62 +90,55 @@ class TopKSAEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec):  # type: ignore[override]
-        xc = x - b_dec if apply_b_dec else x
-        pre = torch.addmm(b_enc, xc, W_enc)
-        vals, idx = _select(pre, k)
-        recon = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum") + b_dec
-        if dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0:
-            ka = min(int(k_aux), int(dead_idx.numel()))
-            a_vals, a_pos = _select(pre.index_select(1, dead_idx), ka)
-            a_idx = dead_idx[a_pos]
-            a_idx, order = a_idx.sort(dim=-1)
-            a_vals = a_vals.gather(-1, order)
+        # (x - b_dec) @ W_enc + b_enc  ==  x @ W_enc + (b_enc - b_dec @ W_enc): no centred copy of x
+        c = b_enc - b_dec @ W_enc if apply_b_dec else b_enc
+        vals, idx, a_vals, a_idx = _encode_topk(x, W_enc, c, k, dead_idx, k_aux)
+        recon = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+        recon += b_dec
+        if a_idx is not None:
             aux = F.embedding_bag(a_idx, W_dec, per_sample_weights=a_vals, mode="sum")
         else:
-            a_vals = a_idx = None
-            aux = x.new_zeros(x.shape)
-        ctx.save_for_backward(xc, W_enc, W_dec, vals, idx, a_vals, a_idx)
+            aux = x.new_zeros(0)  # no dead latents: nothing to reconstruct
+        ctx.save_for_backward(x, W_enc, W_dec, b_dec, vals, idx, a_vals, a_idx)
         ctx.apply_b_dec = apply_b_dec
         ctx.mark_non_differentiable(idx)
         return recon, vals, idx, aux
 
     @staticmethod
     def backward(ctx, g_recon, g_vals, _g_idx, g_aux):  # type: ignore[override]
-        xc, W_enc, W_dec, vals, idx, a_vals, a_idx = ctx.saved_tensors
+        x, W_enc, W_dec, b_dec, vals, idx, a_vals, a_idx = ctx.saved_tensors
         B, k = idx.shape
         n = W_dec.shape[0]
-        g_recon = g_recon if g_recon is not None else torch.zeros_like(xc)
+        g_recon = g_recon if g_recon is not None else torch.zeros_like(x)
         rows = torch.arange(B).repeat_interleave(k)
         # latent-value gradients and, through the ReLU, pre-activation gradients
         gv = _sampled_dot(g_recon, W_dec, idx)
         if g_vals is not None:
             gv = gv + g_vals
         gp = gv * (vals > 0)
-        dec_rows, dec_cols, dec_vals = [rows], [idx.reshape(-1)], [vals.reshape(-1)]
-        enc_cols, enc_vals = [idx.reshape(-1)], [gp.reshape(-1)]
-        enc_rows = [rows]
+        dec_rows, dec_cols, dec_vals = rows, idx.reshape(-1), vals.reshape(-1)
+        enc_rows, enc_cols, enc_vals = rows, idx.reshape(-1), gp.reshape(-1)
         dense_dec = g_recon
-        if a_idx is not None and g_aux is not None:
+        if a_idx is not None and g_aux is not None and g_aux.numel():
             ka = a_idx.shape[1]
             a_rows = torch.arange(B).repeat_interleave(ka)
             ga = _sampled_dot(g_aux, W_dec, a_idx) * (a_vals > 0)
-            dec_rows.append(a_rows + B)
-            dec_cols.append(a_idx.reshape(-1))
-            dec_vals.append(a_vals.reshape(-1))
+            dec_rows = torch.cat([rows, a_rows + B])
+            dec_cols = torch.cat([dec_cols, a_idx.reshape(-1)])
+            dec_vals = torch.cat([dec_vals, a_vals.reshape(-1)])
             dense_dec = torch.cat([g_recon, g_aux])
-            enc_rows.append(a_rows)
-            enc_cols.append(a_idx.reshape(-1))
-            enc_vals.append(ga.reshape(-1))
-        g_W_dec = _sparse_t_mm(
-            torch.cat(dec_rows), torch.cat(dec_cols), torch.cat(dec_vals), n, dense_dec
-        )
-        e_cols, e_vals = torch.cat(enc_cols), torch.cat(enc_vals)
-        g_W_enc = _sparse_t_mm(torch.cat(enc_rows), e_cols, e_vals, n, xc).t()
-        g_b_enc = torch.zeros(n, dtype=xc.dtype).index_add_(0, e_cols, e_vals)
+            enc_rows = torch.cat([rows, a_rows])
+            enc_cols = torch.cat([enc_cols, a_idx.reshape(-1)])
+            enc_vals = torch.cat([enc_vals, ga.reshape(-1)])
+        g_W_dec = _sparse_t_mm(dec_rows, dec_cols, dec_vals, n, dense_dec)
+        g_b_enc = torch.zeros(n, dtype=x.dtype).index_add_(0, enc_cols, enc_vals)
+        # G^T (x - b_dec) = G^T x - outer(column sums of G, b_dec)
+        g_W_enc_t = _sparse_t_mm(enc_rows, enc_cols, enc_vals, n, x)
         g_b_dec = g_recon.sum(0)
         if ctx.apply_b_dec:
-            g_b_dec = g_b_dec - W_enc @ g_b_enc
-        return None, g_W_enc, g_b_enc, g_W_dec, g_b_dec, None, None, None, None
+            g_W_enc_t -= torch.outer(g_b_enc, b_dec)
+            g_b_dec -= W_enc @ g_b_enc
+        return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None
 
 
 def topk_forward(
@@ -130,9 +153,18 @@ def topk_forward(
     apply_b_dec: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fast path: (recon, vals, idx, aux_recon). ``aux_recon`` (no bias) uses the top ``k_aux``
-    pre-activations among ``dead_idx``; zeros when there are none. ``x`` gets no gradient."""
+    pre-activations among ``dead_idx`` (empty when there are none). Indices are in no particular
+    order within a row. ``x`` gets no gradient."""
     return TopKSAEFunction.apply(
-        x.detach(), W_enc, b_enc, W_dec, b_dec, int(k), dead_idx, int(k_aux), bool(apply_b_dec)
+        x.detach().contiguous(),
+        W_enc,
+        b_enc,
+        W_dec,
+        b_dec,
+        int(k),
+        dead_idx,
+        int(k_aux),
+        bool(apply_b_dec),
     )
 
 
@@ -156,7 +188,7 @@ def naive_topk_forward(
     f = torch.relu(pre) * mask
     recon = f @ W_dec + b_dec
     vals = f.gather(-1, idx)
-    aux = torch.zeros_like(recon)
+    aux = x.new_zeros(0)
     if dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0:
         dead = torch.zeros(pre.shape[-1], dtype=torch.bool)
         dead[dead_idx] = True

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from rlsae.sae.io import load_sae
 from rlsae.sae.model import SAE, SAEConfig
-from rlsae.sae.store import ActivationStore, check_finite
+from rlsae.sae.store import ActivationStore
 
 CHECKPOINT = "checkpoints/latest.pt"
 
@@ -130,6 +131,16 @@ def lr_factor(step: int, total: int, warmup_frac: float, decay_frac: float) -> f
     return 1.0
 
 
+def make_optimizer(
+    sae: SAE, lr: float, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Adam:
+    """Adam over the SAE's parameters (the fused kernel where this torch build has one)."""
+    try:
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError):  # no fused Adam for this device or dtype
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=betas)
+
+
 def _partial_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
@@ -192,7 +203,7 @@ def train_sae(
 
     torch.manual_seed(cfg.seed)
     sae = SAE(sae_cfg, seed=cfg.seed)
-    opt = torch.optim.Adam(sae.parameters(), lr=base_lr, betas=cfg.betas)
+    opt = make_optimizer(sae, base_lr, cfg.betas)
     since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.int64)
     history: list[dict[str, Any]] = []
     step = 0
@@ -283,7 +294,7 @@ def _run(
         for x in batches:
             if step >= total:
                 break
-            stats = _train_step(sae, opt, x, cfg, step, total, base_lr, since_fired, aux_k)
+            stats = train_step(sae, opt, x, cfg, step, total, base_lr, since_fired, aux_k)
             step += 1
             if step % cfg.log_every == 0 or step == total:
                 history.append({"step": step, "rows": step * cfg.batch_size, **stats})
@@ -344,7 +355,7 @@ def _run(
     return sae
 
 
-def _train_step(
+def train_step(
     sae: SAE,
     opt: torch.optim.Optimizer,
     x: torch.Tensor,
@@ -356,13 +367,15 @@ def _train_step(
     aux_k: int,
 ) -> dict[str, float]:
     """One optimiser step; updates ``since_fired`` in place and returns the batch's figures."""
-    check_finite(x, "a training batch")
     lr = base_lr * lr_factor(step, total, cfg.warmup_frac, cfg.decay_frac)
     for group in opt.param_groups:
         group["lr"] = lr
     dead_mask = since_fired >= cfg.dead_rows
     n_dead = int(dead_mask.sum())
-    total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    # sum of squared deviations from the batch mean, without a centred copy of x
+    total_var = (
+        torch.linalg.vector_norm(x).square() - x.sum(0).square().sum() / x.shape[0]
+    ).clamp_min(1e-12)
     out: dict[str, float] = {"lr": lr}
     if sae.cfg.arch == "topk":
         from rlsae.sae.sparse import topk_forward
@@ -379,16 +392,19 @@ def _train_step(
             aux_k,
             sae.cfg.apply_b_dec_to_input,
         )
-        err = recon - x
-        fvu = err.pow(2).sum() / total_var
+        fvu = F.mse_loss(recon, x, reduction="sum") / total_var
         loss = fvu
         if dead_idx is not None:
-            aux_loss = (aux - (x - recon).detach()).pow(2).sum() / total_var
+            aux_loss = F.mse_loss(aux, (x - recon).detach(), reduction="sum") / total_var
             scale = min(1.0, n_dead / aux_k)  # fewer dead latents than aux_k: weigh AuxK down
             loss = loss + cfg.aux_coeff * scale * aux_loss
             out["aux_loss"] = float(aux_loss.detach())
-        fired = idx[vals > 0]
-        l0 = float((vals > 0).sum()) / x.shape[0]
+        active = (vals > 0).reshape(-1)
+        fired = (
+            torch.bincount(idx.reshape(-1), weights=active.to(vals.dtype), minlength=sae.cfg.d_sae)
+            > 0
+        )
+        l0 = float(active.sum()) / x.shape[0]
     else:
         f = torch.relu(sae.pre_acts(x))
         recon = f @ sae.W_dec + sae.b_dec
@@ -398,7 +414,7 @@ def _train_step(
         sparsity = (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
         loss = mse + l1c * sparsity
         fvu = (recon - x).pow(2).sum() / total_var
-        fired = (f > 0).any(0).nonzero().reshape(-1)
+        fired = (f > 0).any(0)
         l0 = float((f > 0).sum()) / x.shape[0]
         out["l1_loss"] = float(sparsity.detach())
         out["l1_coeff"] = l1c
@@ -413,7 +429,7 @@ def _train_step(
     if unit_norm:
         sae.normalize_decoder()
     since_fired += x.shape[0]
-    since_fired[fired] = 0
+    since_fired.masked_fill_(fired, 0)
     out.update(
         loss=float(loss.detach()),
         fvu=float(fvu.detach()),

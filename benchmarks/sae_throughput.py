@@ -1,0 +1,164 @@
+"""SAE training throughput on CPU: rlsae's TopK step vs SAELens's SAETrainer step, side by side.
+
+Same synthetic data (sparse non-negative combinations of planted unit directions), same shape
+(d_in 512, d_sae 2048, k 32, batch 4096), same optimiser (Adam, same learning rate), same batches
+in the same order. Steps of the two trainers are interleaved round by round so that load from
+other processes hits both alike; the medians are reported. The floor is the plain encoder matmul
+of the same shape, (4096, 512) @ (512, 2048). FVU of each SAE is measured on a held-out batch
+after the same number of steps.
+
+    python benchmarks/sae_throughput.py [--steps 12] [--threads N]
+
+Prints a table, then one JSON line: ours_rows_per_s, saelens_rows_per_s, ratio_vs_saelens,
+floor_ratio (our step time / encoder matmul time), fvu_ours, fvu_saelens, and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import warnings
+
+import torch
+
+
+def make_data(
+    n_batches: int, batch: int, d_in: int, n_true: int, active: int, seed: int = 0
+) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.randn(n_true, d_in, generator=g)
+    truth /= truth.norm(dim=1, keepdim=True)
+    out = []
+    for _ in range(n_batches):
+        idx = torch.randint(0, n_true, (batch, active), generator=g)
+        coef = torch.rand(batch, active, generator=g)
+        out.append(
+            torch.nn.functional.embedding_bag(idx, truth, per_sample_weights=coef, mode="sum")
+        )
+    return out
+
+
+def fvu(recon: torch.Tensor, x: torch.Tensor) -> float:
+    return float(((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--steps", type=int, default=12, help="timed steps per trainer (after 2 warm-up steps)"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
+    ap.add_argument("--d-in", type=int, default=512)
+    ap.add_argument("--d-sae", type=int, default=2048)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=4096)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    d_in, d_sae, k, B = args.d_in, args.d_sae, args.k, args.batch
+    warm = 2
+    n = warm + args.steps
+    data = make_data(n + 1, B, d_in, n_true=4 * d_sae, active=k // 2)
+    held_out = data.pop()
+    lr = 2e-4 / (d_sae / 16384) ** 0.5
+
+    # --- rlsae -------------------------------------------------------------------------------
+    from rlsae.sae import SAE, SAEConfig
+    from rlsae.sae.train import TrainConfig, make_optimizer, train_step
+
+    cfg = TrainConfig(d_sae=d_sae, k=k, batch_size=B, lr=lr, steps=n)
+    ours = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, k=k), seed=0)
+    with torch.no_grad():
+        ours.b_dec.copy_(data[0].mean(0))
+    opt = make_optimizer(ours, lr)
+    since = torch.zeros(d_sae, dtype=torch.int64)
+
+    def ours_step(i: int) -> None:
+        train_step(ours, opt, data[i], cfg, i, n, lr, since, d_in // 2)
+
+    # --- SAELens -----------------------------------------------------------------------------
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(0)
+    theirs = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    trainer = SAETrainer(
+        SAETrainerConfig(
+            total_training_samples=n * B, train_batch_size_samples=B, lr=lr, lr_end=lr
+        ),
+        theirs,
+        iter(data),
+    )
+
+    def theirs_step(i: int) -> None:
+        trainer.step(data[i])
+        trainer.n_training_steps += 1
+
+    # --- floor: the encoder matmul of the same shape ------------------------------------------
+    W = torch.randn(d_in, d_sae) / d_in**0.5
+    b = torch.zeros(d_sae)
+
+    def floor_step(i: int) -> None:
+        torch.addmm(b, data[i], W)
+
+    times: dict[str, list[float]] = {"floor": [], "ours": [], "saelens": []}
+    for i in range(n):  # interleaved rounds
+        for name, fn in (("floor", floor_step), ("ours", ours_step), ("saelens", theirs_step)):
+            t0 = time.perf_counter()
+            fn(i)
+            dt = time.perf_counter() - t0
+            if i >= warm:
+                times[name].append(dt)
+    med = {k_: statistics.median(v) for k_, v in times.items()}
+
+    with torch.no_grad():
+        fvu_ours = fvu(ours(held_out), held_out)
+        fvu_theirs = fvu(theirs(held_out), held_out)
+
+    res = {
+        "ours_rows_per_s": B / med["ours"],
+        "saelens_rows_per_s": B / med["saelens"],
+        "ratio_vs_saelens": med["saelens"] / med["ours"],
+        "floor_ratio": med["ours"] / med["floor"],
+        "fvu_ours": fvu_ours,
+        "fvu_saelens": fvu_theirs,
+        "ms_ours": 1e3 * med["ours"],
+        "ms_saelens": 1e3 * med["saelens"],
+        "ms_floor": 1e3 * med["floor"],
+        "steps": n,
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "k": k,
+        "batch": B,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
+    print(
+        f"SAE training step on CPU: d_in {d_in}, d_sae {d_sae}, k {k}, batch {B}, {torch.get_num_threads()} threads"
+    )
+    print(f"{'':28}{'ms/step':>10}{'rows/s':>12}{'FVU after ' + str(n) + ' steps':>24}")
+    print(
+        f"{'encoder matmul (floor)':28}{res['ms_floor']:>10.1f}{B / med['floor']:>12.0f}{'-':>24}"
+    )
+    print(
+        f"{'rlsae TopK step':28}{res['ms_ours']:>10.1f}{res['ours_rows_per_s']:>12.0f}{fvu_ours:>24.4f}"
+    )
+    print(
+        f"{'SAELens SAETrainer step':28}{res['ms_saelens']:>10.1f}{res['saelens_rows_per_s']:>12.0f}{fvu_theirs:>24.4f}"
+    )
+    print(
+        f"ratio vs SAELens {res['ratio_vs_saelens']:.2f}x (target >= 2.5), floor ratio {res['floor_ratio']:.2f} (target <= 1.5)"
+    )
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
