@@ -296,7 +296,7 @@ def _export_sae(
         w_u = lm_data.unembedding(model) if model is not None else None
         if w_u is not None and w_u.shape[1] == sae.cfg.d_in:
             for f, lg in enumerate(lm_data.logit_effects(sae.W_dec, w_u, tok, cfg.logit_tokens)):
-                page_extra.setdefault(f, {})["logits"] = lg
+                page_extra.setdefault(f, {})["logits"] = _clean(lg)
             entry["unembedding"] = True
         elif w_u is not None:
             notes.append(
@@ -310,7 +310,7 @@ def _export_sae(
         pairs = lm_data.shared_pairs(shared, rel, store.hook, store.source, by_rel)
         for f, p in pairs.items():
             if 0 <= f < f_count:
-                page_extra.setdefault(f, {})["pair"] = p
+                page_extra.setdefault(f, {})["pairs"] = p
         entry["explained"] = len(expl)
         entry["shared"] = len(pairs)
 
@@ -382,7 +382,7 @@ def _export_sae(
         for f in range(f_count):
             for r in top_rows[f][top_rows[f] >= 0]:
                 per_row[(f, int(r))] = (
-                    {"context": {c: ctx[c].iat[int(r)] for c in cols}} if cols else {}
+                    {"context": _clean({c: ctx[c].iat[int(r)] for c in cols})} if cols else {}
                 )
 
     density = scan.density
@@ -416,7 +416,7 @@ def _export_sae(
                         )
                 page["intervals"].append({"lo": lo, "hi": hi, "samples": samples})
         page.update(page_extra.get(f, {}))
-        _jsonp(feat_dir / f"{f}.js", f"{sid}/{f}", _clean(page))
+        _jsonp(feat_dir / f"{f}.js", f"{sid}/{f}", page)  # built from plain, finite values
     summary = {
         "id": sid,
         "name": rel,

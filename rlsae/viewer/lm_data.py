@@ -40,30 +40,50 @@ def build_contexts(
     """For every top and interval-sample row of every feature, the window of tokens around it
     with the feature's activation on each: {(feature, row): [[token, activation, is_focus]]}."""
     rows_total = scan.rows
+    docs_l = docs.tolist() if docs is not None else None
     wanted: list[tuple[int, int]] = []
     for f in range(scan.top_rows.shape[0]):
-        rs = list(scan.top_rows[f][scan.top_rows[f] >= 0])
-        rs += list(scan.interval_rows[f][scan.interval_rows[f] >= 0].ravel())
-        wanted.extend((f, int(r)) for r in dict.fromkeys(rs))
-    pair_rows, pair_feats, windows = [], [], []
+        rs = scan.top_rows[f][scan.top_rows[f] >= 0].tolist()
+        rs += scan.interval_rows[f][scan.interval_rows[f] >= 0].ravel().tolist()
+        wanted.extend((f, r) for r in dict.fromkeys(rs))
+    pair_rows: list[int] = []
+    pair_feats: list[int] = []
+    windows = []
     for f, r in wanted:
         lo, hi = max(0, r - before), min(rows_total, r + after + 1)
-        win = [
-            j for j in range(lo, hi) if docs is None or docs[j] == docs[r]
-        ]  # stay inside the document
+        if docs_l is None:
+            win = list(range(lo, hi))
+        else:  # stay inside the document
+            d = docs_l[r]
+            win = [j for j in range(lo, hi) if docs_l[j] == d]
         windows.append((f, r, win))
         pair_rows.extend(win)
         pair_feats.extend([f] * len(win))
-    vals = gather_activations(sae, store, np.array(pair_rows), np.array(pair_feats), batch_size)
+    feats = np.array(pair_feats, dtype=np.int64)
+    vals = gather_activations(sae, store, np.array(pair_rows), feats, batch_size)
+    vals_l = round_relative(vals, scan.max_act[feats] if len(feats) else vals).tolist()
     out: dict[tuple[int, int], list[list[Any]]] = {}
+    n_tok = len(tokens)
     k = 0
     for f, r, win in windows:
         out[(f, r)] = [
-            [tokens[j] if j < len(tokens) else "?", _sig(vals[k + i]), int(j == r)]
+            [tokens[j] if j < n_tok else "?", vals_l[k + i], 1 if j == r else 0]
             for i, j in enumerate(win)
         ]
         k += len(win)
     return out
+
+
+def round_relative(vals: np.ndarray, scale: np.ndarray, digits: int = 4) -> np.ndarray:
+    """``vals`` rounded to ``digits`` significant digits of ``scale`` (e.g. the feature's max),
+    vectorised. Dividing the rounded integer by a power of ten is correctly rounded, so each
+    value prints as its short decimal in JSON."""
+    vals = np.asarray(vals, dtype=np.float64)
+    scale = np.abs(np.asarray(scale, dtype=np.float64))
+    ok = scale > 0
+    dec = np.where(ok, digits - 1 - np.floor(np.log10(np.where(ok, scale, 1.0))), digits)
+    p = 10.0 ** np.abs(dec)
+    return np.where(dec >= 0, np.round(vals * p) / p, np.round(vals / p) * p)
 
 
 def unembedding(model: Any) -> torch.Tensor | None:
@@ -161,48 +181,61 @@ def _pair_lists(obj: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, .
 
 def shared_pairs(
     shared: Any, sae_rel: str, hook: str, source: str, by_rel: dict[str, str]
-) -> dict[int, dict[str, Any]]:
-    """Base-versus-tuned pairs for one SAE from ``analysis/llm_shared_features.json``.
+) -> dict[int, list[dict[str, Any]]]:
+    """Features of one SAE that ``analysis/llm_shared_features.json`` pairs with another SAE.
 
-    Each list of ``{feature, match, cosine}`` found in the file belongs to a layer entry; the
-    entry's own ``sae_a``/``sae_b`` (or ``base``/``tuned``) paths name the two SAEs when given,
-    otherwise the entry is matched by hook and the base model is side A. Returns
-    {feature: {"other": viewer id of the partner SAE or None, "feature": j, "cosine": c}}.
+    Every list of ``{feature, match, cosine}`` in the file belongs to an entry whose ``sae_a`` and
+    ``sae_b`` name the two SAEs (the pipeline writes small-vs-large per model and
+    ``base_vs_tuned``); an entry without paths is matched by hook, base model as side A. Returns
+    {feature: [{"other": viewer id or None, "other_name", "feature": j, "cosine": c, "kind"}]}.
     """
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, list[dict[str, Any]]] = {}
     if shared is None:
         return out
+    seen: set[tuple[int, Any, int]] = set()
     for path, pairs in _pair_lists(shared):
         entry: Any = shared
         for k in path[:-1]:
             entry = entry[int(k)] if isinstance(entry, list) else entry[k]
         entry = entry if isinstance(entry, dict) else {}
-        a = str(entry.get("sae_a") or entry.get("base") or "")
-        b = str(entry.get("sae_b") or entry.get("tuned") or "")
+        a = str(entry.get("sae_a") or "")
+        b = str(entry.get("sae_b") or "")
         ids = _match_entry(a, b, sae_rel, by_rel)
         if ids is None:  # no paths: decide by hook
-            text = " ".join(path) + " " + str(entry.get("hook", "")) + str(entry.get("layer", ""))
-            if hook not in text and str(entry.get("hook", "")) != hook:
-                continue
-            if source not in ("base", "tuned"):
+            if str(entry.get("hook", "")) != hook or source not in ("base", "tuned"):
                 continue
             side = "a" if source == "base" else "b"
             other_rel = sae_rel.replace(source, "tuned" if source == "base" else "base", 1)
-            ids = (side, by_rel.get(other_rel))
-        side, other = ids
+            ids = (side, by_rel.get(other_rel), other_rel)
+        side, other, other_name = ids
         if side == "skip":
             continue
+        kind = "/".join(k for k in path[:-1] if not k.isdigit()) or "shared"
+        kind = kind.removeprefix("layers/")
         for d in pairs:
             try:
                 i, j, c = int(d["feature"]), int(d["match"]), float(d.get("cosine", "nan"))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, KeyError):
                 continue
             mine, theirs = (i, j) if side == "a" else (j, i)
-            out[mine] = {"other": other, "feature": theirs, "cosine": round(c, 4)}
+            if (mine, other_name, theirs) in seen:
+                continue
+            seen.add((mine, other_name, theirs))
+            out.setdefault(mine, []).append(
+                {
+                    "other": other,
+                    "other_name": other_name,
+                    "feature": theirs,
+                    "cosine": _sig(c) if c == c else None,
+                    "kind": kind,
+                }
+            )
     return out
 
 
-def _match_entry(a: str, b: str, sae_rel: str, by_rel: dict[str, str]) -> tuple[str, Any] | None:
+def _match_entry(
+    a: str, b: str, sae_rel: str, by_rel: dict[str, str]
+) -> tuple[str, Any, str] | None:
     if not a and not b:
         return None
 
@@ -212,10 +245,10 @@ def _match_entry(a: str, b: str, sae_rel: str, by_rel: dict[str, str]) -> tuple[
 
     a, b = norm(a), norm(b)
     if a == sae_rel or a.endswith("/" + sae_rel):
-        return "a", _lookup(b, by_rel)
+        return "a", _lookup(b, by_rel), b
     if b == sae_rel or b.endswith("/" + sae_rel):
-        return "b", _lookup(a, by_rel)
-    return "skip", None  # the entry names two other SAEs
+        return "b", _lookup(a, by_rel), a
+    return "skip", None, ""  # the entry names two other SAEs
 
 
 def _lookup(p: str, by_rel: dict[str, str]) -> str | None:

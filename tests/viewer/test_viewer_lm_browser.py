@@ -44,7 +44,12 @@ def test_lm_site_navigates_and_renders_data_as_text(lm_site: Path):
         assert pg.locator("#act-hist rect.bar").count() == 30
         assert "%" in pg.locator("#firing-rate").text_content()
         # base-vs-tuned pairing links to the tuned SAE's feature 7
-        pg.click("#pair-link")
+        pair_items = pg.locator("#pairs li").all_text_contents()
+        assert len(pair_items) == 2  # top_k and top_k_utility list the same pair once
+        assert "base_vs_tuned: tuned/blocks.1.hook_resid_post/relu_64 #7" in pair_items[0]
+        assert "models/base: base/blocks.1.hook_resid_post/large_missing #2" in pair_items[1]
+        assert pg.locator("#pairs a.pair-link").count() == 1  # the missing SAE is not linked
+        pg.click("#pairs a.pair-link")
         poll(pg, "document.querySelector('#feature-title')?.textContent.endsWith('#7')")
         assert pg.locator("#feature-title").text_content().startswith("tuned/")
 

@@ -80,3 +80,12 @@ def test_gather_and_neighbours(tmp_path):
     idx, cos = decoder_neighbours(w, 2, chunk=3)
     assert set(idx[3]) == {0, 1} and np.allclose(cos[3], 2**-0.5)
     assert idx[0, 0] == 3
+
+
+def test_round_relative_keeps_digits_of_the_scale():
+    from rlsae.viewer.lm_data import round_relative
+
+    v = np.array([0.0123456, 0.0000123, 123.456, -0.5])
+    got = round_relative(v, np.array([0.0123456, 0.0123456, 500.0, 2.0]))
+    assert got.tolist() == [0.01235, 0.00001, 123.5, -0.5]
+    assert [repr(x) for x in got.tolist()] == ["0.01235", "1e-05", "123.5", "-0.5"]

@@ -77,17 +77,29 @@ def build_lm_run(root: Path) -> Path:
     }
     (sae_dir / "explanations.json").write_text(json.dumps(expl))
     (run / "analysis").mkdir(parents=True)
+    # the layout rlsae.llm.pipeline writes: small-vs-large per model, and base_vs_tuned
     shared = {
+        "k": 1,
         "layers": [
             {
                 "layer": 1,
                 "hook": HOOK,
-                "sae_a": f"saes/base/{HOOK}/relu_64",
-                "sae_b": f"saes/tuned/{HOOK}/relu_64",
-                "mmcs_ab": 0.9,
-                "top_k": [{"feature": 0, "match": 7, "cosine": 0.97}],
+                "base_vs_tuned": {
+                    "sae_a": f"saes/base/{HOOK}/relu_64",
+                    "sae_b": f"saes/tuned/{HOOK}/relu_64",
+                    "mmcs_ab": 0.9,
+                    "top_k": [{"feature": 0, "match": 7, "cosine": 0.97}],
+                },
+                "models": {
+                    "base": {
+                        "sae_a": f"saes/base/{HOOK}/relu_64",
+                        "sae_b": f"saes/base/{HOOK}/large_missing",
+                        "top_k": [{"feature": 0, "match": 2, "cosine": 0.5}],
+                        "top_k_utility": [{"feature": 0, "match": 2, "cosine": 0.5}],
+                    }
+                },
             }
-        ]
+        ],
     }
     (run / "analysis" / "llm_shared_features.json").write_text(json.dumps(shared))
     return run

@@ -361,7 +361,7 @@
         text: "Dead feature: it never fired on the " + fmt(summary.rows) + " rows of the activation store." }));
     }
     if (ft.explanation) parts.push(explanationBox(ft.explanation));
-    if (ft.pair) parts.push(pairBox(ft.pair));
+    if (ft.pairs) parts.push(pairBox(ft.pairs));
     parts.push(el("div", { class: "row" }, stats, ft.dead ? null : el("div", null, el("h3", { text: "Activation histogram (firing rows)" }),
       barChart(ft.hist, ft.hist.map(function (_, i) { return (i * ft.max) / ft.hist.length; }), ft.max / ft.hist.length,
         { xlabel: "activation", id: "act-hist", tick: function (v) { return fmt(v, 2); } }))));
@@ -386,10 +386,14 @@
       e.method ? el("span", { class: "muted", text: " · " + e.method }) : null);
   }
 
-  function pairBox(p) {
-    var link = p.other ? el("a", { href: href({ sae: p.other, f: p.feature }), id: "pair-link", text: "feature #" + p.feature })
-      : el("span", { text: "feature #" + p.feature });
-    return el("p", { class: "pair" }, "Shared with the paired model's dictionary: ", link, " (cosine " + fmt(p.cosine) + ")");
+  function pairBox(pairs) {
+    return el("section", { id: "pairs" }, el("h2", { text: "Shared features (dictionary pairs)" }),
+      el("ul", null, pairs.map(function (p, i) {
+        var label = (p.other_name || "other SAE") + " #" + p.feature;
+        var link = p.other ? el("a", { href: href({ sae: p.other, f: p.feature }), class: "pair-link", text: label })
+          : el("span", { text: label });
+        return el("li", null, el("span", { class: "muted", text: p.kind + ": " }), link, " (cosine " + fmt(p.cosine) + ")");
+      })));
   }
 
   function logitsBox(lg) {
