@@ -170,6 +170,10 @@ class Agent:
         fe = self.q_network.features_extractor
         return get_module(self.q_network, HEAD)(fe(self._obs(obs)))
 
+    def q_net(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Q-values for observations (the name CONTRACTS.md uses; same as :meth:`q_values`)."""
+        return self.q_values(obs)
+
     @torch.no_grad()
     def forward(
         self, obs: np.ndarray | torch.Tensor, layer: str

@@ -45,6 +45,7 @@ def test_forward_from_a_layer_reproduces_the_q_values(poster_agent: Path, nature
         # the same numbers through SB3's own policy
         sb3_q = agent.model.policy.q_net(torch.as_tensor(obs)).detach()
         assert torch.allclose(q, sb3_q, atol=1e-5)
+        assert torch.equal(agent.q_net(obs), q)
         for layer, width in agent.layers().items():
             q2, acts = agent.forward(obs, layer)
             assert acts.shape == (2, width)
