@@ -111,7 +111,10 @@ def logit_effects(
 
     def tok(i: int) -> str:
         if i not in cache:
-            cache[i] = tokenizer.decode([i]) if tokenizer is not None else str(i)
+            text = tokenizer.decode([i]) if tokenizer is not None else str(i)
+            if "\ufffd" in text:  # part of a multi-byte character: show the BPE piece
+                text = str(tokenizer.convert_ids_to_tokens(i))
+            cache[i] = text
         return cache[i]
 
     for s in range(0, w_dec.shape[0], chunk):
