@@ -29,22 +29,45 @@ SMOKE: dict[str, Any] = {
     },
     "recording": {"layer": "fc1", "steps": 256, "epsilon": 0.2},
     "sae": {"arch": "topk", "d_sae": 128, "k": 8, "train": {"epochs": 2, "batch_size": 64}},
-    "evaluation": {"episodes": 1, "epsilon": 0.05, "live_threshold": 1, "splice_episodes": 1},
+    "evaluation": {
+        "episodes": 1,
+        "epsilon": 0.05,
+        "live_threshold": 1,
+        "splice_episodes": 1,
+        "max_episode_steps": 200,
+    },
     "fit": {"bootstrap": 200},
 }
 
 DEMO: dict[str, Any] = {
     "name": "demo",
     "population": {
-        # checkpoints along one DQN run: agents from barely trained to the best of the run
+        # eight checkpoints along one DQN run, from barely trained to the end of the run; sized
+        # so that the whole study fits in about 15 minutes on a 2-core CPU machine
         "arch": "poster",
-        "train_steps": 60_000,
+        "train_steps": 20_000,
         "seeds": [0],
-        "checkpoint_every": 7_500,
+        "checkpoint_every": 2_500,
+        "hyperparameters": {
+            "learning_starts": 1_000,
+            "buffer_size": 10_000,
+            "batch_size": 32,
+            "train_freq": 4,
+            "target_update_interval": 1_000,
+            "exploration_initial_eps": 1.0,
+            "exploration_final_eps": 0.05,
+            "exploration_fraction": 0.2,
+            "save_replay_buffer": False,
+        },
     },
-    "recording": {"layer": "fc1", "steps": 8_000, "epsilon": 0.2},
-    "sae": {"arch": "topk", "d_sae": 2048, "k": 50, "train": {"epochs": 5}},
-    "evaluation": {"episodes": 5, "epsilon": 0.05, "live_threshold": 1, "splice_episodes": 2},
+    "recording": {"layer": "fc1", "steps": 4_000, "epsilon": 0.2},
+    "sae": {
+        "arch": "topk",
+        "d_sae": 2048,
+        "k": 50,
+        "train": {"epochs": 8, "batch_size": 256, "log_every": 5},
+    },
+    "evaluation": {"episodes": 4, "epsilon": 0.05, "live_threshold": 1, "splice_episodes": 1},
     "fit": {"bootstrap": 2000},
 }
 

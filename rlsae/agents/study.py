@@ -122,6 +122,8 @@ class EvaluationConfig:
     """A latent is live if it fires at least this many times over the recorded rows."""
     splice_episodes: int = 5
     """Episodes with the SAE spliced into the network (0: skip the splice stage)."""
+    max_episode_steps: int | None = None
+    """Cut evaluation, recording and splice episodes after this many steps (None: whole games)."""
 
 
 @dataclass
@@ -234,6 +236,8 @@ class StudyConfig:
         _require(where, "evaluation.epsilon", e.epsilon, (int, float), lo=0, hi=1)
         _require(where, "evaluation.live_threshold", e.live_threshold, int, lo=1)
         _require(where, "evaluation.splice_episodes", e.splice_episodes, int, lo=0)
+        if e.max_episode_steps is not None:
+            _require(where, "evaluation.max_episode_steps", e.max_episode_steps, int, lo=1)
         _require(where, "resources.cpus", res.cpus, (int, float), lo=0)
         _require(where, "resources.gpus", res.gpus, (int, float), lo=0)
 
@@ -524,10 +528,16 @@ def sae_dir(run_dir: Path, cfg: StudyConfig, agent: str) -> Path:
 
 
 def _stage_eval(run_dir: Path, cfg: StudyConfig, spec: AgentSpec) -> dict[str, Any]:
-    from rlsae.agents.dqn import evaluate_agent
+    from rlsae.agents.evaluate import evaluate_agent
 
     e = cfg.evaluation
-    res = evaluate_agent(spec.path(run_dir), episodes=e.episodes, epsilon=e.epsilon, seed=e.seed)
+    res = evaluate_agent(
+        spec.path(run_dir),
+        episodes=e.episodes,
+        epsilon=e.epsilon,
+        seed=e.seed,
+        max_episode_steps=e.max_episode_steps,
+    )
     return _jsonable(res)
 
 
@@ -570,7 +580,7 @@ def _stage_sae(run_dir: Path, cfg: StudyConfig, spec: AgentSpec) -> dict[str, An
     out = sae_dir(run_dir, cfg, spec.name)
     tcfg = _train_config(cfg, store)
     t0 = time.perf_counter()
-    train_sae(store, out, tcfg, resume=out.exists())
+    train_sae(store, out, tcfg, resume=True)
     hist_path = out / "training.json"
     final: dict[str, Any] = {}
     if hist_path.is_file():
@@ -585,37 +595,52 @@ def _stage_sae(run_dir: Path, cfg: StudyConfig, spec: AgentSpec) -> dict[str, An
 
 
 def _stage_live(run_dir: Path, cfg: StudyConfig, spec: AgentSpec) -> dict[str, Any]:
+    """Live and dead latents over every recorded row, plus the SAE's reconstruction metrics.
+
+    Uses the statistics ``train_sae`` wrote at the end of training (``feature_stats`` and
+    ``training.json``'s final evaluation over the whole store) when they cover every row of the
+    store; otherwise evaluates the SAE over the store again.
+    """
     import torch
 
     from rlsae.sae.io import load_sae
-    from rlsae.sae.metrics import evaluate_sae
+    from rlsae.sae.metrics import evaluate_sae, json_metrics, live_feature_count
     from rlsae.sae.store import ActivationStore
 
     store = ActivationStore(acts_dir(run_dir, cfg, spec.name))
-    sae = load_sae(sae_dir(run_dir, cfg, spec.name))
-    metrics = evaluate_sae(sae, store)
-    counts = metrics.get("firing_counts")
-    out = {k: v for k, v in metrics.items() if not isinstance(v, torch.Tensor)}
+    sdir = sae_dir(run_dir, cfg, spec.name)
+    metrics: dict[str, Any] | None = None
+    counts = None
+    stats_file = sdir / "feature_stats.safetensors"
+    training = sdir / "training.json"
+    if stats_file.is_file() and training.is_file():
+        from rlsae.sae.metrics import load_feature_stats
+
+        stats = load_feature_stats(sdir)
+        final = read_json(training).get("final") or {}
+        if int(stats["rows"].reshape(-1)[0]) == store.rows and final.get("rows") == store.rows:
+            counts = stats["firing_counts"]
+            metrics = dict(final)
+            metrics["source_of_counts"] = "feature_stats.safetensors"
+    if metrics is None:
+        result = evaluate_sae(load_sae(sdir), store)
+        counts = result["firing_counts"]
+        metrics = json_metrics(result)
+        metrics["source_of_counts"] = "evaluate_sae"
     thr = cfg.evaluation.live_threshold
-    if counts is None:
-        raise RlsaeError("evaluate_sae returned no firing_counts; cannot count live features")
     counts = torch.as_tensor(counts)
-    live = int((counts >= thr).sum())
-    out.update(
+    live = live_feature_count(counts, thr)
+    q = torch.quantile(counts.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    metrics.update(
         {
             "live": live,
             "dead": int(counts.numel() - live),
             "d_sae": int(counts.numel()),
             "live_threshold": thr,
-            "firing_counts_quantiles": [
-                float(q)
-                for q in torch.quantile(
-                    counts.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
-                )
-            ],
+            "firing_counts_q10_q50_q90": [float(v) for v in q],
         }
     )
-    return _jsonable(out)
+    return _jsonable(metrics)
 
 
 def _stage_splice(run_dir: Path, cfg: StudyConfig, spec: AgentSpec) -> dict[str, Any]:
@@ -628,6 +653,9 @@ def _stage_splice(run_dir: Path, cfg: StudyConfig, spec: AgentSpec) -> dict[str,
         sae_dir(run_dir, cfg, spec.name),
         episodes=cfg.evaluation.splice_episodes,
         seed=cfg.evaluation.seed,
+        layer=cfg.recording.layer,
+        epsilon=cfg.evaluation.epsilon,
+        max_episode_steps=cfg.evaluation.max_episode_steps,
     )
     return _jsonable(res)
 
@@ -871,14 +899,15 @@ def run_study(
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
-    engine: str = "serial",
+    engine: str = "local",
     workers: int | None = None,
     address: str | None = None,
     source: str = "config",
 ) -> dict[str, Any]:
     """Run (or resume) a whole study into ``out_dir``; returns the headline numbers.
 
-    ``engine``: ``serial`` (in this process), ``local`` (a process pool of ``workers``), or
+    ``engine``: ``serial`` (in this process), ``local`` (a process pool of ``workers``, default
+    one per ``resources.cpus`` cores; a single task runs in this process), or
     ``ray`` (one Ray task per training run and per agent, each with ``cfg.resources``;
     ``address`` of an existing cluster, or a local instance when ``None``).
     """

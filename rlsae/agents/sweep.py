@@ -111,6 +111,8 @@ class LocalEngine:
         specs: list[dict[str, Any]],
         label: str = "tasks",
     ) -> list[dict[str, Any]]:
+        if len(specs) <= 1:  # one task: run it here, with all of this process's threads
+            return SerialEngine().map(fn, run_dir, specs, label)
         futs: dict[Future, dict[str, Any]] = {
             self.pool.submit(_call, fn, str(run_dir), spec, self.cpus): spec for spec in specs
         }
@@ -126,7 +128,8 @@ class LocalEngine:
         return results
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayEngine:
