@@ -201,8 +201,6 @@ def _export_sae(
     progress: bool,
 ) -> dict[str, Any]:
     """Write one SAE's summary and feature files; return its index entry."""
-    import torch
-
     from rlsae.sae import ActivationStore, load_sae
     from rlsae.viewer import agent_data, lm_data
     from rlsae.viewer.scan import ScanConfig, decoder_neighbours, scan_features
@@ -430,7 +428,6 @@ def _export_sae(
         "labels": labels if any(labels) else None,
     }
     _jsonp(site / "data" / "saes" / sid / "summary.js", f"{sid}/summary", _clean(summary))
-    del torch
     return entry
 
 
@@ -441,6 +438,17 @@ def _action_names(store: Any) -> list[str] | None:
         return [str(n) for n in action_meanings()]
     except Exception:  # noqa: BLE001 - names are a nicety; the page falls back to numbers
         return None
+
+
+def _reports(run_dir: Path, out: Path) -> list[list[str]]:
+    """[title, relative link] of the run's HTML reports, when the site sits inside the run (a
+    site copied elsewhere, e.g. to GitHub Pages, then simply has no such links)."""
+    if run_dir.resolve() not in out.resolve().parents:
+        return []
+    found = []
+    for p in sorted((run_dir / "analysis").glob("*.html")):
+        found.append([p.stem.replace("_", " "), os.path.relpath(p, out).replace(os.sep, "/")])
+    return found
 
 
 def _safe(name: str) -> str:
@@ -539,6 +547,7 @@ def export_site(
             "agents_table": table,
             "study": study,
             "notes": notes,
+            "reports": _reports(run_dir, out),
             "config": asdict(cfg),
         }
         _jsonp(site / "data" / "index.js", "index", _clean(index))

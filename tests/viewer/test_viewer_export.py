@@ -78,7 +78,11 @@ def test_analysis_only_run_shows_study_figure(tmp_path):
     fit = fit_xy(live, ret, bootstrap=0)
     fit.update({"x": "live", "y": "mean_return"})
     (run / "analysis" / "fit_live_vs_return.json").write_text(json.dumps(fit, default=float))
+    (run / "analysis" / "report.html").write_text("<html><body>report</body></html>")
     site = export_site(run)
+    assert _data(site.parent / "data" / "index.js")["reports"] == [
+        ["report", "../analysis/report.html"]
+    ]
     st = _data(site.parent / "data" / "index.js")["study"]
     assert st["x_label"] == "live" and st["n"] == 7
     g = np.array(st["grid"])
@@ -95,6 +99,9 @@ def test_analysis_only_run_shows_study_figure(tmp_path):
         assert "<b>bold</b>" in cells
         assert pg.locator("table.grid-table tbody tr").count() == 7
         assert "No SAEs" in pg.locator("main").text_content()
+        pg.click("#reports a")
+        pg.wait_for_load_state()
+        assert pg.url.endswith("/analysis/report.html") and "report" in pg.content()
         assert w.errors == [] and w.dialogs == []
 
 

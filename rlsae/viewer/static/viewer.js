@@ -162,6 +162,11 @@
   function renderIndex(index) {
     var parts = [el("h1", { text: "Run " + index.run })];
     (index.notes || []).forEach(function (n) { parts.push(el("p", { class: "note", text: n })); });
+    if (index.reports && index.reports.length) {
+      parts.push(el("p", { id: "reports" }, "Reports: ", index.reports.map(function (r, i) {
+        return [i ? " · " : "", el("a", { href: r[1], text: r[0] })];
+      })));
+    }
     if (index.study) parts.push(studySection(index.study));
     if (index.agents_table) parts.push(agentsTable(index.agents_table));
     parts.push(el("h2", { text: "Sparse autoencoders" }));
@@ -406,7 +411,7 @@
       el("div", { class: "row" }, list("promoted", lg.promoted, "pos"), list("suppressed", lg.suppressed, "neg")));
   }
 
-  var ARROWS = [["↖", 6], ["↑", 2], ["↗", 5], ["←", 4], ["·", 0], ["→", 3], ["↙", 8], ["↓", 5], ["↘", 7]];
+  var ARROWS = ["↖", "↑", "↗", "←", "·", "→", "↙", "↓", "↘"];
   var GRID_LABELS = ["up-left", "up", "up-right", "left", "noop", "right", "down-left", "down", "down-right"];
 
   function signedColour(v, m) {
@@ -421,7 +426,7 @@
       return el("tr", null, [0, 1, 2].map(function (j) {
         var v = grid[i][j];
         return el("td", { style: { background: signedColour(v, m) }, title: GRID_LABELS[i * 3 + j] + ": " + v },
-          el("span", { class: "arrow", text: ARROWS[i * 3 + j][0] }), el("br"), el("span", { text: fmt(v, 2) }));
+          el("span", { class: "arrow", text: ARROWS[i * 3 + j] }), el("br"), el("span", { text: fmt(v, 2) }));
       }));
     });
     return el("table", { class: "effect-grid" }, el("tbody", null, rows));
