@@ -300,6 +300,7 @@ def _run_ppo(
     from rlsae.llm.ppo import PPOConfig, PPOTrainer, sample_batch
 
     t0 = time.time()
+    reward_fn = make_reward_fn(cfg)  # a bad table or classifier fails before any model loads
     ckpt = out / "checkpoint"
     start, log, elapsed = 0, [], 0.0
     if resume and (ckpt / "state.json").is_file():
@@ -311,7 +312,6 @@ def _run_ppo(
     if resume and start >= cfg.steps and (out / "result.json").is_file():
         return read_json(out / "result.json")
     ref_model, _ = load_model(cfg.model)
-    reward_fn = make_reward_fn(cfg)
     pool = prefix_pool(cfg, tokenizer, policy)
 
     torch.manual_seed(cfg.seed)

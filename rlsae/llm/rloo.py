@@ -47,6 +47,7 @@ def build_trainer(
     *,
     callbacks: list[Any] | None = None,
     max_steps: int | None = None,
+    reward_fn: Any = None,
 ) -> Any:
     """A configured ``trl.RLOOTrainer`` (CPU, no bf16, no gradient checkpointing)."""
     import warnings
@@ -97,7 +98,7 @@ def build_trainer(
         warnings.simplefilter("ignore", FutureWarning)
         trainer = RLOOTrainer(
             model=model,
-            reward_funcs=[reward_callable(make_reward_fn(cfg), cfg.reward)],
+            reward_funcs=[reward_callable(reward_fn or make_reward_fn(cfg), cfg.reward)],
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
@@ -127,6 +128,7 @@ def run_rloo(
         done = read_json(out / "result.json")
         if done.get("steps", 0) >= cfg.steps:
             return done
+    reward_fn = make_reward_fn(cfg)  # a bad table or classifier fails before any model loads
     model, tokenizer = load_model(cfg.model)
     pool = prefix_pool(cfg, tokenizer, model)
     prompts = [tokenizer.decode(p, skip_special_tokens=True) for p in pool]
@@ -169,7 +171,9 @@ def run_rloo(
         def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
             write_log(out, log, cfg)
 
-    trainer = build_trainer(cfg, out, model, tokenizer, prompts, callbacks=[_Log()])
+    trainer = build_trainer(
+        cfg, out, model, tokenizer, prompts, callbacks=[_Log()], reward_fn=reward_fn
+    )
     checkpoint = _last_checkpoint(out / "trl") if resume else None
     if checkpoint is not None:
         done_steps = int(checkpoint.name.split("-")[-1])

@@ -12,10 +12,17 @@ TINY_TEST_OPTIONS = {"steps": 100, "n_train_reviews": 2000, "n_test_reviews": 40
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
     from rlsae.llm.tiny import pretrain_tiny
 
     out = tmp_path_factory.mktemp("tiny") / "model"
-    return pretrain_tiny(out, seed=0, progress=False, **TINY_TEST_OPTIONS)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return pretrain_tiny(out, seed=0, progress=False, **TINY_TEST_OPTIONS)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,247 @@
+"""RLHF runs on the tiny model: outputs, resume after an interruption, bad input, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlsae.errors import RlsaeError
+from rlsae.llm.models import load_model
+from rlsae.llm.rlhf import rlhf_tune
+
+SMALL = {
+    "batch_size": 8,
+    "mini_batch_size": 4,
+    "max_new_tokens": 8,
+    "learning_rate": 3e-4,
+    "checkpoint_every": 1,
+}
+
+
+def _params(model_dir):
+    model, _ = load_model(model_dir)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_ppo_run_writes_everything(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    res = rlhf_tune(tiny_model_dir, out, steps=2, progress=False, **SMALL)
+    assert res["steps"] == 2 and res["algo"] == "ppo"
+    log = json.loads((out / "log.json").read_text())["steps"]
+    assert [e["step"] for e in log] == [1, 2]
+    for key in ("reward_mean", "kl", "kl_coef", "policy_loss", "value_loss", "loss"):
+        assert all(isinstance(e[key], float) for e in log)
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at step 1
+    assert log[0]["kl_coef"] == 0.5
+    assert "plotly" in (out / "curve.html").read_text()[:5000].lower()
+    cfg = json.loads((out / "model" / "rlhf.json").read_text())["config"]
+    assert cfg["learning_rate"] == 3e-4 and cfg["batch_size"] == 8
+    base, tuned = _params(tiny_model_dir), _params(out / "model")
+    assert base.keys() == tuned.keys()
+    assert any(not torch.equal(base[k], tuned[k]) for k in base)
+    assert (out / "model" / "corpus_test.txt").is_file()
+
+
+def test_interrupted_run_resumes_to_the_same_model(tiny_model_dir, tmp_path):
+    full = rlhf_tune(tiny_model_dir, tmp_path / "full", steps=3, progress=False, **SMALL)
+
+    def crash(step, stats):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rlhf_tune(
+            tiny_model_dir, tmp_path / "cut", steps=3, progress=False, callback=crash, **SMALL
+        )
+    assert not (tmp_path / "cut" / "model").exists()
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+    with pytest.raises(RlsaeError, match="pass --resume"):
+        rlhf_tune(tiny_model_dir, tmp_path / "cut", steps=3, progress=False, **SMALL)
+    resumed = rlhf_tune(
+        tiny_model_dir, tmp_path / "cut", steps=3, progress=False, resume=True, **SMALL
+    )
+    assert resumed["steps"] == 3
+    a = json.loads((tmp_path / "full" / "log.json").read_text())["steps"]
+    b = json.loads((tmp_path / "cut" / "log.json").read_text())["steps"]
+    assert [e["reward_mean"] for e in a] == pytest.approx([e["reward_mean"] for e in b])
+    assert a[-1]["kl_coef"] == pytest.approx(b[-1]["kl_coef"])
+    pa, pb = _params(tmp_path / "full" / "model"), _params(tmp_path / "cut" / "model")
+    assert all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
+    assert full["reward_last"] == pytest.approx(resumed["reward_last"])
+
+
+def test_resume_refuses_changed_options(tiny_model_dir, tmp_path):
+    rlhf_tune(tiny_model_dir, tmp_path / "r", steps=1, progress=False, **SMALL)
+    with pytest.raises(RlsaeError, match="seed was 0, now 1"):
+        rlhf_tune(
+            tiny_model_dir, tmp_path / "r", steps=2, seed=1, resume=True, progress=False, **SMALL
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 10, "mini_batch_size": 4}, "not divisible by mini-batch size"),
+        ({"prefix_tokens": 120, "max_new_tokens": 24}, "exceeds the model's context of 128"),
+        ({"algo": "dpo"}, "unknown algorithm"),
+        ({"reward": "vibes"}, "unknown reward"),
+        ({"algo": "rloo", "batch_size": 8, "mini_batch_size": 4, "rloo_k": 3}, "RLOO needs rloo_k"),
+        ({"lr_typo": 1}, "unknown RLHF option"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tiny_model_dir, tmp_path, options, message):
+    with pytest.raises(RlsaeError, match=message) as e:
+        rlhf_tune(tiny_model_dir, tmp_path / "x", steps=1, progress=False, **options)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "x" / "model").exists()
+
+
+def test_malformed_table_fails_before_training(tiny_model_dir, tmp_path):
+    table = tmp_path / "t.tsv"
+    table.write_text("good\t1\nbad\n")
+    with pytest.raises(RlsaeError, match="t.tsv:2: malformed"):
+        rlhf_tune(
+            tiny_model_dir, tmp_path / "x", steps=1, table=str(table), progress=False, **SMALL
+        )
+
+
+def test_rloo_run_writes_everything(tiny_model_dir, tmp_path):
+    out = tmp_path / "rloo"
+    res = rlhf_tune(tiny_model_dir, out, algo="rloo", steps=2, progress=False, rloo_k=4, **SMALL)
+    assert res["algo"] == "rloo" and res["steps"] == 2
+    log = json.loads((out / "log.json").read_text())["steps"]
+    assert [e["step"] for e in log] == [1, 2]
+    assert all(e["kl_coef"] == 0.5 for e in log)
+    base, tuned = _params(tiny_model_dir), _params(out / "model")
+    assert any(not torch.equal(base[k], tuned[k]) for k in base)
+
+
+def _cli(capsys, *args):
+    """Run the real entry point in-process; return (exit code, stdout, stderr)."""
+    from rlsae.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_entry_point_subprocess(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "rlsae", "llm", "score", "--model", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: model directory") and r.stderr.count("\n") == 1
+
+
+def test_cli_score_json_and_errors(tiny_model_dir, tmp_path, capsys):
+    code, out, err = _cli(
+        capsys,
+        "llm",
+        "score",
+        "--model",
+        str(tiny_model_dir),
+        "--prefixes",
+        "6",
+        "--prefix-tokens",
+        "10",
+        "--max-new-tokens",
+        "8",
+        "--threads",
+        "1",
+        "--json",
+    )
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    res = json.loads(lines[0])
+    assert res["n"] == 6 and res["aggregate_abs_utility"] >= abs(res["aggregate_utility"])
+    assert "mean_reward" in res
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("great\tvery\n")
+    code, out, err = _cli(
+        capsys,
+        "llm",
+        "rlhf",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "o"),
+        "--table",
+        str(bad),
+        "--steps",
+        "1",
+    )
+    assert code == 2 and err.startswith("error: ") and "bad.tsv:1: malformed" in err
+    assert err.count("\n") == 1  # fails before any model is loaded
+
+    code, out, err = _cli(
+        capsys,
+        "llm",
+        "rlhf",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "o2"),
+        "--batch-size",
+        "64",
+        "--mini-batch-size",
+        "24",
+        "--steps",
+        "1",
+    )
+    assert code == 2 and err.startswith("error: ") and "not divisible" in err
+    assert err.count("\n") == 1
+    code, out, err = _cli(
+        capsys,
+        "llm",
+        "score",
+        "--model",
+        str(tiny_model_dir),
+        "--prefix-tokens",
+        "120",
+    )
+    assert code == 2 and err.splitlines()[-1].startswith("error: a 120-token prefix")
+    assert "exceeds the model's context of 128" in err
+
+
+def test_cli_rlhf_runs_and_resumes(tiny_model_dir, tmp_path, capsys):
+    args = [
+        "llm",
+        "rlhf",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "c"),
+        "--batch-size",
+        "4",
+        "--mini-batch-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--lr",
+        "1e-4",
+        "--threads",
+        "1",
+        "--json",
+    ]
+    code, out, err = _cli(capsys, *args, "--steps", "1")
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 1
+    code, out, err = _cli(capsys, *args, "--steps", "2")
+    assert code == 2 and "--resume" in err
+    code, out, err = _cli(capsys, *args, "--steps", "2", "--resume")
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 2
