@@ -58,3 +58,22 @@ def test_sparse_matches_model_encode_decode():
     torch.testing.assert_close(recon, sae(x))
     dense = torch.zeros(20, 64).scatter_(1, idx, vals)
     torch.testing.assert_close(dense, sae.encode(x))
+
+
+def test_blockwise_encoder_equals_one_block(monkeypatch):
+    import rlsae.sae.sparse as sparse
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(100, 8, generator=g, dtype=torch.float64)
+    W_dec = torch.randn(40, 8, generator=g, dtype=torch.float64)
+    W_enc = torch.randn(8, 40, generator=g, dtype=torch.float64)
+    b_enc, b_dec = (
+        torch.randn(40, generator=g, dtype=torch.float64),
+        torch.randn(8, generator=g, dtype=torch.float64),
+    )
+    dead = torch.arange(0, 40, 3)
+    whole = topk_forward(x, W_enc, b_enc, W_dec, b_dec, 4, dead, 6)
+    monkeypatch.setattr(sparse, "CHUNK", 16)  # 100 rows -> 7 blocks, the last one short
+    blocks = topk_forward(x, W_enc, b_enc, W_dec, b_dec, 4, dead, 6)
+    for a, b in zip(whole, blocks, strict=True):
+        assert torch.equal(a, b)
