@@ -150,7 +150,7 @@ def preset_config(preset: str) -> LLMStudyConfig:
     if preset == "demo":
         return LLMStudyConfig(
             models=[TINY],
-            tiny={"steps": 300, "n_train_reviews": 4000, "n_test_reviews": 600},
+            tiny={"steps": 300, "n_train_reviews": 4000, "n_test_reviews": 1000},
             rlhf={
                 "reward": "utility",
                 "algo": "ppo",
@@ -173,6 +173,7 @@ def preset_config(preset: str) -> LLMStudyConfig:
             score_prefixes=100,
             score_prefix_tokens=8,
             score_new_tokens=20,
+            threads=1,  # fastest on a busy shared CPU, and still well within budget when idle
         )
     if preset == "smoke":
         return LLMStudyConfig(
@@ -204,6 +205,7 @@ def preset_config(preset: str) -> LLMStudyConfig:
             score_prefixes=12,
             score_prefix_tokens=6,
             score_new_tokens=8,
+            threads=1,
         )
     path = Path(preset)
     if path.is_file():

@@ -119,3 +119,5 @@ def test_smoke_pipeline_interrupted_and_resumed(tmp_path, monkeypatch):
     assert (run / "analysis" / "utility.html").is_file()
     assert (run / "analysis" / "divergence.html").is_file()
     assert res["table3"]["tuned"] == util["table3"]["tuned"]["score"]
+    report = (run / "analysis" / "report.html").read_text()
+    assert "Plotly.newPlot" in report and "Tables 3 and 4" in report
