@@ -297,7 +297,7 @@ def _run(
             stats = train_step(sae, opt, x, cfg, step, total, base_lr, since_fired, aux_k)
             step += 1
             if step % cfg.log_every == 0 or step == total:
-                history.append({"step": step, "rows": step * cfg.batch_size, **stats})
+                history.append({"step": step, "rows": step * min(cfg.batch_size, st.rows), **stats})
                 if bar is not None:
                     bar.set_postfix(
                         loss=f"{stats['loss']:.4g}",
@@ -334,7 +334,7 @@ def _run(
             "lr": base_lr,
             "aux_k": aux_k,
             "steps": total,
-            "rows_seen": total * cfg.batch_size,
+            "rows_seen": total * min(cfg.batch_size, st.rows),  # batches are full (or the whole store)
             "store": {
                 "path": str(st.path),
                 "rows": st.rows,
