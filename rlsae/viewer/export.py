@@ -272,9 +272,18 @@ def _export_sae(
         model, tok = None, None
         if model_ref is not None:
             try:
+                from transformers.utils import logging as hf_logging
+
                 from rlsae.llm.models import load_model
 
-                model, tok = load_model(model_ref)
+                bars = hf_logging.is_progress_bar_enabled()
+                if not progress:
+                    hf_logging.disable_progress_bar()
+                try:
+                    model, tok = load_model(model_ref)
+                finally:
+                    if bars:
+                        hf_logging.enable_progress_bar()
             except (RlsaeError, ImportError, OSError) as e:
                 notes.append(
                     f"model {model_ref} unavailable ({str(e).splitlines()[0][:200]}); no promoted/suppressed tokens"
