@@ -105,6 +105,6 @@ def _load_error(name: str, local: bool, e: Exception) -> str:
     if local:
         return f"could not load the model in {name} ({first}); is it a complete model directory?"
     return (
-        f"could not load {name!r} from the Hugging Face hub ({first}); check the name, "
-        "your network, or pass a local model directory"
+        f"could not load {name!r} from the Hugging Face hub ({first}) and no such local "
+        "directory exists; check the name, your network, or pass a model directory"
     )

@@ -263,7 +263,6 @@ def save_tuned_model(out: Path, model: Any, tokenizer: Any, cfg: RLHFConfig) -> 
 
 def finish(out: Path, cfg: RLHFConfig, log: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """Write result.json and return it."""
-    head = log[: max(1, min(5, len(log)))]
     tail = log[-max(1, min(5, len(log))) :]
     result = {
         "model_dir": str(out / "model"),
@@ -271,7 +270,9 @@ def finish(out: Path, cfg: RLHFConfig, log: list[dict[str, Any]], seconds: float
         "algo": cfg.algo,
         "reward": cfg.reward,
         "steps": len(log),
-        "reward_first": sum(e["reward_mean"] for e in head) / len(head),
+        # step 1 samples from the untouched base model: the reward before tuning
+        "reward_first": log[0]["reward_mean"],
+        # mean over the last (up to) 5 steps, to smooth batch-to-batch noise
         "reward_last": sum(e["reward_mean"] for e in tail) / len(tail),
         "kl_last": tail[-1].get("kl"),
         "seconds": seconds,
