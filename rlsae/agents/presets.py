@@ -15,26 +15,30 @@ from rlsae.errors import RlsaeError
 SMOKE: dict[str, Any] = {
     "name": "smoke",
     "population": {
-        # four checkpoints along one tiny run: the fit needs at least four agents
+        # four checkpoints along one tiny run (the fit needs at least four agents); the agents
+        # barely differ: this preset checks the plumbing, not the science
         "arch": "poster",
-        "train_steps": 400,
+        "train_steps": 200,
         "seeds": [0],
-        "checkpoint_every": 100,
+        "checkpoint_every": 50,
         "n_envs": 1,
         "hyperparameters": {
             "learning_starts": 50,
-            "buffer_size": 2000,
+            "buffer_size": 500,
+            "batch_size": 32,
+            "train_freq": 8,
             "target_update_interval": 100,
+            "save_replay_buffer": False,
         },
     },
-    "recording": {"layer": "fc1", "steps": 256, "epsilon": 0.2},
-    "sae": {"arch": "topk", "d_sae": 128, "k": 8, "train": {"epochs": 2, "batch_size": 64}},
+    "recording": {"layer": "fc1", "steps": 128, "epsilon": 0.2},
+    "sae": {"arch": "topk", "d_sae": 128, "k": 8, "train": {"epochs": 4, "batch_size": 32}},
     "evaluation": {
         "episodes": 1,
         "epsilon": 0.05,
         "live_threshold": 1,
         "splice_episodes": 1,
-        "max_episode_steps": 200,
+        "max_episode_steps": 100,
     },
     "fit": {"bootstrap": 200},
 }
@@ -45,18 +49,18 @@ DEMO: dict[str, Any] = {
         # eight checkpoints along one DQN run, from barely trained to the end of the run; sized
         # so that the whole study fits in about 15 minutes on a 2-core CPU machine
         "arch": "poster",
-        "train_steps": 20_000,
+        "train_steps": 12_000,
         "seeds": [0],
-        "checkpoint_every": 2_500,
+        "checkpoint_every": 1_500,
         "hyperparameters": {
-            "learning_starts": 1_000,
+            "learning_starts": 500,
             "buffer_size": 10_000,
             "batch_size": 32,
             "train_freq": 4,
-            "target_update_interval": 1_000,
+            "target_update_interval": 500,
             "exploration_initial_eps": 1.0,
             "exploration_final_eps": 0.05,
-            "exploration_fraction": 0.2,
+            "exploration_fraction": 0.25,
             "save_replay_buffer": False,
         },
     },

@@ -703,7 +703,7 @@ _DROP = object()
 def run_agent(run_dir: str | os.PathLike, spec: AgentSpec | dict[str, Any]) -> dict[str, Any]:
     """All stages of one agent, skipping those already finished. The unit of a sweep.
 
-    Returns ``{"agent", "done": [stages run now], "skipped": [stages already done]}``.
+    Returns ``{"agent", "done": [stages run now], "skipped": [stages already done], "pid"}``.
     """
     run_dir = Path(run_dir)
     if isinstance(spec, dict):
@@ -732,7 +732,7 @@ def run_agent(run_dir: str | os.PathLike, spec: AgentSpec | dict[str, Any]) -> d
             },
         )
         done.append(stage)
-    return {"agent": spec.name, "done": done, "skipped": skipped}
+    return {"agent": spec.name, "done": done, "skipped": skipped, "pid": os.getpid()}
 
 
 def train_run(run_dir: str | os.PathLike, spec: RunSpec | dict[str, Any]) -> dict[str, Any]:
@@ -957,6 +957,7 @@ def run_study(
         "agents": len(agents),
         "stages_run": sum(len(r["done"]) for r in results),
         "stages_skipped": sum(len(r["skipped"]) for r in results),
+        "worker_pids": sorted({r["pid"] for r in results}),
         "seconds": time.perf_counter() - t0,
         "agents_csv": summary["agents_csv"],
         "report": summary["report"],

@@ -100,9 +100,14 @@ class LocalEngine:
         cpus = getattr(resources, "cpus", 1.0) or 1.0
         self.cpus = cpus
         self.workers = workers or max(1, int((os.cpu_count() or 1) // max(1, int(cpus))))
-        self.pool = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=mp.get_context("spawn")
-        )
+        self._ctx = mp.get_context("spawn")
+        self._pool: ProcessPoolExecutor | None = None
+
+    @property
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:  # started on first use: no idle workers for single tasks
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=self._ctx)
+        return self._pool
 
     def map(
         self,

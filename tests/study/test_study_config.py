@@ -137,20 +137,20 @@ def test_run_dir_of_another_study_is_refused_and_untouched(tmp_path) -> None:
 
 
 def test_population_reads_checkpoints(tmp_path) -> None:
-    cfg = preset_config("smoke")  # one run, 400 steps, checkpoint every 100
+    cfg = preset_config("smoke")  # one run, 200 steps, checkpoint every 50
     ck = tmp_path / "agents" / "seed0" / "checkpoints"
-    for step in (100, 200, 300, 400, 500):
+    for step in (50, 100, 150, 200, 250):
         (ck / f"step_{step}").mkdir(parents=True)
         (ck / f"step_{step}" / "model.zip").write_bytes(b"")
-    (ck / "step_250").mkdir()  # no model.zip: an unfinished checkpoint is not an agent
+    (ck / "step_75").mkdir()  # no model.zip: an unfinished checkpoint is not an agent
     agents = population(cfg, tmp_path)
     assert [(a.name, a.step) for a in agents] == [
+        ("seed0-step50", 50),
         ("seed0-step100", 100),
+        ("seed0-step150", 150),
         ("seed0-step200", 200),
-        ("seed0-step300", 300),
-        ("seed0-step400", 400),
     ]
-    assert agents[0].agent_dir == "agents/seed0/checkpoints/step_100"
+    assert agents[0].agent_dir == "agents/seed0/checkpoints/step_50"
 
 
 def test_external_agents_join_the_population(tmp_path) -> None:

@@ -1,0 +1,113 @@
+"""The dead-features study end to end on the real parts (emulator, SB3, SAE core), smoke scale;
+resuming it; the same per-agent work as Ray tasks on a local Ray instance. Slow tier."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rlsae.agents.presets import preset_dict
+from rlsae.agents.study import StudyConfig, run_atari_pipeline, run_study
+from rlsae.analysis.fit import fit_xy
+
+pytestmark = pytest.mark.slow
+
+STAGE_FILES = ("eval.json", "record.json", "sae.json", "live.json", "splice.json")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("study") / "smoke"
+    res = run_atari_pipeline(run, "smoke")
+    return run, res
+
+
+def test_smoke_study_end_to_end(smoke_run) -> None:
+    run, res = smoke_run
+    assert res["agents"] == 4 and res["stages_run"] == 20 and res["stages_skipped"] == 0
+    assert len(res["worker_pids"]) == 2 and os.getpid() not in res["worker_pids"]  # the pool
+    df = pd.read_csv(run / "analysis" / "agents.csv")
+    assert df["agent"].tolist() == [f"seed0-step{s}" for s in (50, 100, 150, 200)]
+    for col in ("mean_return", "live", "dead", "fvu", "l0", "splice_return_sae", "splice_q_fvu"):
+        assert df[col].notna().all(), col
+    assert (df["live"] + df["dead"] == 128).all() and (df["l0"] <= 8).all()
+
+    # live counts recomputed independently: dense encode of every recorded row
+    from rlsae.sae import load_sae
+    from rlsae.sae.store import ActivationStore
+
+    for _, row in df.iterrows():
+        store = ActivationStore(run / "acts" / row["agent"] / "fc1")
+        sae = load_sae(run / "saes" / row["agent"] / "fc1" / "topk-128-k8")
+        with torch.no_grad():
+            fired = (sae.encode(store.read_rows(np.arange(store.rows))) > 0).sum(0)
+        assert int((fired >= 1).sum()) == row["live"]
+        assert store.rows == row["rows"] == 128
+
+    fit = json.loads((run / "analysis" / "fit_live_vs_return.json").read_text())
+    ref = fit_xy(df["live"], df["mean_return"], bootstrap=0)
+    assert fit["n"] == 4
+    assert fit["quadratic"]["r2"] == pytest.approx(ref["quadratic"]["r2"])
+    assert res["fit"]["quadratic_r2"] == pytest.approx(ref["quadratic"]["r2"])
+
+    html = (run / "analysis" / "report.html").read_text()
+    assert re.search(r"<script[^>]*\bsrc=", html) is None
+    assert "../viewer/index.html" in html
+    assert all(a in html for a in df["agent"])
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["study"] == "smoke"
+
+
+def test_smoke_study_resumes(smoke_run) -> None:
+    run, _ = smoke_run
+    markers = sorted(run.glob("analysis/agents/*/*.json"))
+    assert len(markers) == 20
+    before = {p: p.stat().st_mtime_ns for p in markers}
+    again = run_atari_pipeline(run, "smoke", resume=True)
+    assert again["stages_run"] == 0 and again["stages_skipped"] == 20
+    assert {p: p.stat().st_mtime_ns for p in markers} == before
+    # an agent whose splice never finished: only that stage runs again
+    gone = run / "analysis" / "agents" / "seed0-step100" / "splice.json"
+    old = json.loads(gone.read_text())["result"]
+    gone.unlink()
+    third = run_atari_pipeline(run, "smoke", resume=True)
+    assert third["stages_run"] == 1
+    assert json.loads(gone.read_text())["result"]["return_sae"] == old["return_sae"]
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p != gone)
+
+
+def test_ray_sweep_two_agents_same_layout_and_numbers(smoke_run, tmp_path) -> None:
+    ray = pytest.importorskip("ray")
+    run, _ = smoke_run
+    d = preset_dict("smoke")
+    ck = run / "agents" / "seed0" / "checkpoints"
+    d["population"] = {"train_steps": 0, "agents": [str(ck / "step_50"), str(ck / "step_200")]}
+    d["name"] = "ray-smoke"
+    cfg = StudyConfig.from_dict(d)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = run_study(cfg, tmp_path / "ray", engine="ray")
+        assert ray.is_initialized()  # a Ray instance the caller started is left running
+    finally:
+        ray.shutdown()
+    out = tmp_path / "ray"
+    assert res["agents"] == 2 and res["stages_run"] == 10
+    assert os.getpid() not in res["worker_pids"]
+    for name in ("step_50", "step_200"):
+        assert all((out / "analysis" / "agents" / name / f).is_file() for f in STAGE_FILES)
+        assert (out / "acts" / name / "fc1" / "meta.json").is_file()
+        assert (out / "saes" / name / "fc1" / "topk-128-k8" / "cfg.json").is_file()
+    # same seeds, same work: the Ray run reproduces the local pool's numbers
+    ray_df = pd.read_csv(out / "analysis" / "agents.csv").set_index("agent")
+    local = pd.read_csv(run / "analysis" / "agents.csv").set_index("agent")
+    for ray_name, local_name in (("step_50", "seed0-step50"), ("step_200", "seed0-step200")):
+        for col in ("mean_return", "live", "fvu"):
+            assert ray_df.loc[ray_name, col] == pytest.approx(local.loc[local_name, col])
+    assert res["fit"] is None and "at least 4 rows" in res["fit_error"]
