@@ -122,3 +122,12 @@ def test_missing_corrupt_and_wrong_arch_agents_give_one_line_errors(
     (mixed / "agent.json").write_text(json.dumps({**info, "arch": "poster"}))
     with pytest.raises(RlsaeError, match="inconsistent"):
         load_agent(mixed)
+
+
+def test_training_is_reproducible_from_its_seed(tmp_path: Path):
+    kw = dict(progress=False, **TINY)
+    a = load_agent(train_dqn("nature", 120, tmp_path / "a", seed=3, **kw)).q_network.state_dict()
+    b = load_agent(train_dqn("nature", 120, tmp_path / "b", seed=3, **kw)).q_network.state_dict()
+    c = load_agent(train_dqn("nature", 120, tmp_path / "c", seed=4, **kw)).q_network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
