@@ -65,7 +65,7 @@ def test_smoke_study_end_to_end(smoke_run) -> None:
     assert info["status"] == "finished" and info["study"] == "smoke"
 
 
-def test_smoke_study_resumes(smoke_run) -> None:
+def test_smoke_study_resumes(smoke_run, capsys) -> None:
     run, _ = smoke_run
     markers = sorted(run.glob("analysis/agents/*/*.json"))
     assert len(markers) == 20
@@ -81,6 +81,28 @@ def test_smoke_study_resumes(smoke_run) -> None:
     assert third["stages_run"] == 1
     assert json.loads(gone.read_text())["result"]["return_sae"] == old["return_sae"]
     assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p != gone)
+    # the CLI verbs on the finished study: one JSON object each, nothing re-run
+    from rlsae.cli import main
+
+    for argv in (
+        ["pipeline", "atari", "--preset", "smoke", "--out", str(run), "--resume", "--json"],
+        [
+            "sweep",
+            "--config",
+            "smoke",
+            "--engine",
+            "local",
+            "--out",
+            str(run),
+            "--resume",
+            "--json",
+        ],
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["stages_run"] == 0 and out["agents"] == 4 and out["run_dir"] == str(run)
 
 
 def test_ray_sweep_two_agents_same_layout_and_numbers(smoke_run, tmp_path) -> None:
