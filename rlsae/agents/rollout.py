@@ -74,7 +74,7 @@ def play(
     """
     if episodes is None and max_total_steps is None:
         raise ValueError("give episodes or max_total_steps")
-    n_envs = max(1, min(n_envs, episodes or n_envs))
+    n_envs = max(1, min(n_envs, episodes or n_envs, max_total_steps or n_envs))
     rng = np.random.default_rng([int(seed), 7919])
     env = AleVecEnv(cfg, n_envs, seed=None, autoreset=False)
     try:

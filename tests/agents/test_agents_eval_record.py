@@ -116,3 +116,14 @@ def test_bad_recordings_are_refused_without_leaving_files(poster_agent: Path, tm
     with pytest.raises(RlsaeError, match="not found"):
         record_activations(tmp_path / "no_agent", "fc1", 10, tmp_path / "x", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5])
+def test_recording_writes_exactly_the_requested_rows(
+    poster_agent: Path, tmp_path: Path, steps: int
+):
+    from rlsae.sae.store import ActivationStore
+
+    out = record_activations(poster_agent, "fc2", steps, tmp_path / "r", n_envs=4, progress=False)
+    assert ActivationStore(out).rows == steps
+    assert verify_replay(out)["mismatches"] == []
