@@ -219,7 +219,8 @@ def write_report(run_dir: str | Path) -> Path:
             keep = freqs > 0
             freq_series[agent] = (ranks[keep].tolist(), freqs[keep].tolist())
     sae_figs = []
-    for metric in sorted(loss_series)[:4]:
+    preferred = [m for m in ("loss", "fvu", "l0", "dead") if m in loss_series]
+    for metric in preferred or sorted(loss_series)[:4]:
         sae_figs.append(
             figure_div(
                 curve_figure(
@@ -235,7 +236,7 @@ def write_report(run_dir: str | Path) -> Path:
             freq_series,
             x_label="feature rank",
             y_label="firing frequency",
-            title="Firing frequency of each live feature (sorted; dead ones absent)",
+            title="Sorted firing frequency of live features",
         )
         f.update_yaxes(type="log")
         sae_figs.append(figure_div(f))

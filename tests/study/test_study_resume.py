@@ -92,6 +92,10 @@ def test_interrupted_study_resumes_without_redoing_stages(tmp_path, external_age
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     # the fit over the five agents: live = 400 + (ret - 500)/4 exactly, so the line fits perfectly
     assert res["fit"]["n"] == 5 and res["fit"]["linear_r2"] == pytest.approx(1.0)
+    html = (run / "analysis" / "report.html").read_text()
+    assert "5 agents. Quadratic fit of mean_return on live" in html
+    assert "Linear: R² = 1.000, p = " in html and "../viewer/index.html" in html
+    assert all(f"<td class='l'>agent{i}</td>" in html for i in range(5))
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["agents"] == [f"agent{i}" for i in range(5)]
 
