@@ -16,6 +16,7 @@ from .conftest import superposition, write_store
     "arch, settings",
     [
         ("topk", {"k": 4, "lr": 3e-3}),
+        ("topk", {"k": 4, "lr": 3e-3, "tied": True}),
         ("relu", {"l1": 0.3, "lr": 3e-3}),
         ("relu", {"l1": 0.3, "lr": 3e-3, "tied": True}),
     ],
