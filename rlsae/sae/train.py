@@ -334,7 +334,7 @@ def _run(
             "lr": base_lr,
             "aux_k": aux_k,
             "steps": total,
-            "rows_seen": total * min(cfg.batch_size, st.rows),  # batches are full (or the whole store)
+            "rows_seen": total * min(cfg.batch_size, st.rows),  # full batches, or the whole store
             "store": {
                 "path": str(st.path),
                 "rows": st.rows,
