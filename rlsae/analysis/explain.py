@@ -69,6 +69,9 @@ class ExplainConfig:
     """Seconds to wait for one LLM answer."""
     temperature: float = 0.0
     """LLM sampling temperature."""
+    samples: int = 1
+    """LLM explanations drawn per feature (the paper averaged 3); the utility is their mean and
+    ``explanation`` is the first. Use a temperature above 0 with more than one."""
 
 
 # ----------------------------------------------------------------------------- activations
@@ -406,22 +409,30 @@ def explain_features(
     for j, f in enumerate(tqdm(todo, desc="explaining", unit="feature", disable=not progress)):
         rec = feature_records(acts[:, j], ctx, f, cfg.n_top, cfg.n_records)
         named: list[dict[str, Any]] = []
+        samples: list[str] = []
         if cfg.method == "offline":
             text, named = offline_explanation(rec, ctx, cfg)
         else:
             try:
-                text = llm_explanation(rec, endpoint)  # type: ignore[arg-type]
+                samples = [
+                    llm_explanation(rec, endpoint)  # type: ignore[arg-type]
+                    for _ in range(max(1, cfg.samples))
+                ]
+                text = samples[0]
             except RlsaeError as e:
                 done = sum(1 for v in result["features"].values() if v.get("method"))
                 raise RlsaeError(f"{e}; {done} explanations so far kept in {out}") from None
+        texts = samples if cfg.method == "llm" else [text]
         entry = {
             "explanation": text,
-            "utility": table.abs_utility(text),
+            "utility": sum(table.abs_utility(t) for t in texts) / len(texts),
             "method": _method_name(cfg),
             "max_activation": rec.max_activation,
             "top_tokens": named,
             "contexts": rec.records,
         }
+        if len(texts) > 1:
+            entry["samples"] = texts
         result["features"][str(f)] = entry
         atomic_write_json(out, result)
         if on_feature is not None:

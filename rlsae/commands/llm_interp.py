@@ -83,6 +83,8 @@ def explain_cmd(
     method: str = typer.Option("offline", "--method", help="offline or llm."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint base URL."),
     explainer_model: str = typer.Option(None, "--explainer-model", help="Chat model name."),
+    samples: int = typer.Option(1, "--samples", min=1, help="LLM explanations per feature."),
+    temperature: float = typer.Option(0.0, "--temperature", help="LLM sampling temperature."),
     layer: int = typer.Option(None, "--layer", help="Refuse an SAE of another layer."),
     table: str = typer.Option(None, "--table", help="Utility table TSV (default VADER)."),
     out: Path = typer.Option(None, "--out", help="Default: SAE_DIR/explanations.json."),
@@ -98,7 +100,13 @@ def explain_cmd(
     from rlsae.llm.record import parse_layers
     from rlsae.llm.rewards import UtilityTable
 
-    cfg = ExplainConfig(method=method, base_url=base_url, model=explainer_model)
+    cfg = ExplainConfig(
+        method=method,
+        base_url=base_url,
+        model=explainer_model,
+        samples=samples,
+        temperature=temperature,
+    )
     res = explain_features(
         sae,
         acts,

@@ -105,6 +105,10 @@ class LLMStudyConfig:
     """Shared features explained and scored for Table 3 (the paper: 30)."""
     explainer: str = "offline"
     """``offline`` (token lift) or ``llm`` (OpenAI-compatible endpoint from the environment)."""
+    explainer_samples: int = 1
+    """LLM explanations per feature; Table 3 uses their mean utility (the paper: 3)."""
+    explainer_temperature: float = 0.0
+    """LLM sampling temperature (above 0 when drawing several samples)."""
     score_prefixes: int = 100
     """Completions scored for Table 4 (the paper: 100)."""
     score_prefix_tokens: int = 30
@@ -144,6 +148,8 @@ def preset_config(preset: str) -> LLMStudyConfig:
             top_k=10,
             utility_k=30,
             explainer="llm",
+            explainer_samples=3,
+            explainer_temperature=1.0,
             score_prefixes=100,
             score_prefix_tokens=30,
         )
@@ -449,7 +455,11 @@ def run_model_study(
     from rlsae.llm.rewards import UtilityTable
 
     table = UtilityTable.load(cfg.rlhf.get("table", "vader"))
-    ecfg = ExplainConfig(method=cfg.explainer)
+    ecfg = ExplainConfig(
+        method=cfg.explainer,
+        samples=cfg.explainer_samples,
+        temperature=cfg.explainer_temperature,
+    )
     for src in ("base", "tuned"):
         for L in layers:
             entry = _layer_entry(shared, L)["models"][src]

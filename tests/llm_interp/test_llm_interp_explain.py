@@ -102,6 +102,7 @@ def test_normalisation_and_prompt_format(planted):
 class _Handler(BaseHTTPRequestHandler):
     requests: list = []
     status = 200
+    answers: list = []
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -113,11 +114,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"error": {"message": "invalid api key"}}')
             return
-        answer = {
-            "choices": [
-                {"message": {"role": "assistant", "content": " the word great in reviews."}}
-            ]
-        }
+        cls = type(self)
+        text = cls.answers[len(cls.requests) - 1] if cls.answers else " the word great in reviews."
+        answer = {"choices": [{"message": {"role": "assistant", "content": text}}]}
         data = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -133,6 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     _Handler.requests = []
     _Handler.status = 200
+    _Handler.answers = []
     srv = HTTPServer(("127.0.0.1", 0), _Handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -244,3 +244,16 @@ def test_cli_explain(planted):
         ],
     )
     assert r.exit_code != 0 and "not the requested layer 2" in str(r.exception)
+
+
+def test_llm_samples_average_utility(planted, server):
+    _Handler.answers = ["great things", "awful and great things", "nothing at all"]
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    cfg = ExplainConfig(method="llm", base_url=url, model="m", samples=3, temperature=1.0)
+    res = explain_features(planted["sae"], planted["store"], [0], cfg=cfg)
+    entry = res["features"]["0"]
+    t = UtilityTable.vader()
+    want = (t.get("great") + (abs(t.get("awful")) + t.get("great")) + 0.0) / 3
+    assert entry["utility"] == pytest.approx(want)
+    assert entry["samples"] == _Handler.answers and entry["explanation"] == "great things"
+    assert all(r["body"]["temperature"] == 1.0 for r in _Handler.requests)
