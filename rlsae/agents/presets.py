@@ -87,7 +87,8 @@ PAPER: dict[str, Any] = {
     "recording": {"layer": "fc1", "steps": 1_500_000, "epsilon": 0.2},
     "sae": {"arch": "topk", "d_sae": 2048, "k": 50, "train": {"epochs": 3}},
     "evaluation": {"episodes": 30, "epsilon": 0.05, "live_threshold": 1, "splice_episodes": 10},
-    "resources": {"cpus": 4, "gpus": 0.5},
+    # DQN training and SAE training run on CPU threads in this version: ask Ray for CPUs only
+    "resources": {"cpus": 4, "gpus": 0},
     "fit": {"bootstrap": 5000},
 }
 

@@ -223,6 +223,11 @@ class StudyConfig:
             _require(where, "population.n_envs", p.n_envs, int, lo=1)
         if not isinstance(p.agents, list):
             raise RlsaeError(f"{where}: population.agents must be a list of agent directories")
+        for ext in p.agents:
+            if not (Path(str(ext)).expanduser() / "model.zip").is_file():
+                raise RlsaeError(
+                    f"{where}: population.agents: {ext} is not an agent directory (no model.zip)"
+                )
         _require(where, "recording.steps", r.steps, int, lo=1)
         _require(where, "recording.epsilon", r.epsilon, (int, float), lo=0, hi=1)
         if s.arch not in ("topk", "relu"):
