@@ -121,3 +121,30 @@ def test_smoke_pipeline_interrupted_and_resumed(tmp_path, monkeypatch):
     assert res["table3"]["tuned"] == util["table3"]["tuned"]["score"]
     report = (run / "analysis" / "report.html").read_text()
     assert "Plotly.newPlot" in report and "Tables 3 and 4" in report
+
+
+def test_cli_pipeline_bad_preset_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlsae",
+            "pipeline",
+            "llm",
+            "--preset",
+            "huge",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: unknown preset 'huge'; use smoke, demo, paper or a YAML config file"
+    ]
+    assert r.stdout == "" and not (tmp_path / "run").exists()
