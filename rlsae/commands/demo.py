@@ -44,7 +44,7 @@ def run_demo(
             res = llm_pipeline.run_llm_pipeline(
                 llm_dir, preset, resume=(llm_dir / "run.json").is_file()
             )
-            result["llm"] = {"run_dir": str(llm_dir), "seconds": time.perf_counter() - t, **res}
+            result["llm"] = {**res, "run_dir": str(llm_dir), "seconds": time.perf_counter() - t}
             run_dirs.append(llm_dir)
     result["viewers"] = {}
     if viewer and _has("rlsae.viewer.export"):
@@ -91,11 +91,19 @@ def _human(res: dict[str, Any]) -> str:
             f"Language-model study ({lr['seconds']:.0f} s)",
             f"  run:     {lr['run_dir']}",
         ]
-        for key in ("report", "summary"):
-            if isinstance(lr.get(key), str):
-                lines.append(f"  {key}:  {lr[key]}")
+        if isinstance(lr.get("report"), str):
+            lines.append(f"  report:  {lr['report']}")
         if "llm" in res["viewers"]:
             lines.append(f"  viewer:  {res['viewers']['llm']}")
+        for key, what in (
+            ("table3", "summed |utility| of the explained shared features (paper Table 3)"),
+            ("table4", "aggregate |utility| of the completions (paper Table 4)"),
+        ):
+            if isinstance(lr.get(key), dict):
+                vals = ", ".join(
+                    f"{m} {v:.4g}" for m, v in lr[key].items() if isinstance(v, int | float)
+                )
+                lines.append(f"  {what}: {vals}")
     return "\n".join(lines)
 
 

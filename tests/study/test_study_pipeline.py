@@ -133,3 +133,23 @@ def test_ray_sweep_two_agents_same_layout_and_numbers(smoke_run, tmp_path) -> No
         for col in ("mean_return", "live", "fvu"):
             assert ray_df.loc[ray_name, col] == pytest.approx(local.loc[local_name, col])
     assert res["fit"] is None and "at least 4 rows" in res["fit_error"]
+
+
+def test_demo_command_on_a_finished_study(smoke_run, tmp_path, capsys) -> None:
+    """`rlsae demo` resumes the (finished) atari study, exports its viewer, prints the paths."""
+    import shutil
+
+    from rlsae.cli import main
+
+    run, _ = smoke_run
+    shutil.copytree(run, tmp_path / "demo" / "atari")
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--preset", "smoke", "--no-llm", "--out", str(tmp_path / "demo"), "--json"])
+    assert e.value.code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["atari"]["stages_run"] == 0 and res["atari"]["agents"] == 4
+    viewer = Path(res["viewers"]["atari"])
+    assert viewer.is_file() and viewer == tmp_path / "demo" / "atari" / "viewer" / "index.html"
+    report = (tmp_path / "demo" / "atari" / "analysis" / "report.html").read_text()
+    assert "not exported yet" not in report  # rewritten once the viewer exists
+    assert "llm" not in res
