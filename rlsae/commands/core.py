@@ -80,6 +80,9 @@ def sae_train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted run from its last checkpoint."
     ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch CPU threads (default: torch's choice)."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a TopK or ReLU+L1 SAE; progress on stderr, checkpoints, resumable."""
@@ -110,6 +113,12 @@ def sae_train(
         seed=seed,
         checkpoint_every=checkpoint_every,
     )
+    if threads is not None:
+        if threads < 1:
+            raise RlsaeError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
     store = ActivationStore(acts)
     cfg.resolve(store.d_in)  # bad settings (k > d_sae, ...) fail before anything is written
     train_sae(store, out, cfg, resume=resume)

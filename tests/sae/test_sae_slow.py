@@ -22,7 +22,7 @@ def _train_cmd(store, out, *extra):
     return [
         sys.executable, "-m", "rlsae", "sae", "train", "--acts", str(store), "--out", str(out),
         "--d-sae", "256", "--k", "8", "--steps", "400", "--batch-size", "256", "--lr", "2e-3",
-        "--checkpoint-every", "20", "--seed", "7", *extra,
+        "--checkpoint-every", "20", "--seed", "7", "--threads", "1", *extra,
     ]  # fmt: skip
 
 
