@@ -16,6 +16,15 @@ TINY = dict(
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny forward passes next to the emulator run fastest on one thread (restored after)."""
+    from rlsae.agents._threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def poster_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A poster-architecture agent trained for 200 steps, checkpoints at 100 and 200."""
