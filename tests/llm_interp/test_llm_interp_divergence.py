@@ -124,3 +124,9 @@ def test_cli_divergence_json_and_errors(make_lm, save_lm, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["llm", "divergence", "--base", str(bdir), "--tuned", str(odir)])
     assert e.value.code == 2
+
+
+def test_missing_model_directory_is_one_line(tmp_path):
+    with pytest.raises(RlsaeError) as e:
+        layer_divergence(str(tmp_path / "nope"), str(tmp_path / "nope2"))
+    assert "\n" not in str(e.value) and "nope" in str(e.value)

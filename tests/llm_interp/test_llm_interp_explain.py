@@ -257,3 +257,13 @@ def test_llm_samples_average_utility(planted, server):
     assert entry["utility"] == pytest.approx(want)
     assert entry["samples"] == _Handler.answers and entry["explanation"] == "great things"
     assert all(r["body"]["temperature"] == 1.0 for r in _Handler.requests)
+
+
+def test_feature_out_of_range_and_store_without_lm_context(planted, tmp_path):
+    with pytest.raises(RlsaeError, match=r"feature indices must lie in 0\.\.2"):
+        explain_features(planted["sae"], planted["store"], [3])
+    bare = tmp_path / "bare"
+    with ActivationWriter(bare, 8, hook=HOOK, provider="import") as w:
+        w.append(planted["x"])
+    with pytest.raises(RlsaeError, match="no language-model context"):
+        explain_features(planted["sae"], bare, [0])
