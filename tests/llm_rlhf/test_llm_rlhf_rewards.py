@@ -108,45 +108,6 @@ def test_missing_and_empty_table(tmp_path):
         UtilityTable.from_tsv(tmp_path / "empty.tsv")
 
 
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory):
-    """A 2-label DistilBERT whose positive logit counts the word 'great' (weights set by hand)."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        DistilBertConfig,
-        DistilBertForSequenceClassification,
-        PreTrainedTokenizerFast,
-    )
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "great": 4, "awful": 5, "film": 6}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-    )
-    cfg = DistilBertConfig(
-        vocab_size=len(vocab),
-        dim=8,
-        n_layers=1,
-        n_heads=2,
-        hidden_dim=16,
-        max_position_embeddings=32,
-        id2label={0: "NEGATIVE", 1: "POSITIVE"},
-        label2id={"NEGATIVE": 0, "POSITIVE": 1},
-    )
-    torch.manual_seed(0)
-    model = DistilBertForSequenceClassification(cfg)
-    out = tmp_path_factory.mktemp("clf")
-    model.save_pretrained(out)
-    fast.save_pretrained(out)
-    return out, model, fast
-
-
 def test_classifier_reward_is_positive_logit(tiny_classifier):
     import torch
 
