@@ -148,3 +148,28 @@ def test_cli_pipeline_bad_preset_is_one_line(tmp_path):
         "error: unknown preset 'huge'; use smoke, demo, paper or a YAML config file"
     ]
     assert r.stdout == "" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("preset", ["smoke", "demo", "paper"])
+def test_preset_options_are_valid_for_the_stages(preset):
+    """Each preset's options are accepted by the stage they go to (no failure hours in)."""
+    from rlsae.analysis.explain import ExplainConfig
+    from rlsae.llm.rlhf import RLHFConfig
+    from rlsae.llm.score import ScoreConfig
+    from rlsae.llm.tiny import TinyConfig
+    from rlsae.sae.train import TrainConfig
+
+    cfg = preset_config(preset)
+    RLHFConfig(**cfg.rlhf)
+    TinyConfig(**cfg.tiny)
+    TrainConfig(
+        arch=cfg.sae.arch,
+        l1=cfg.sae.l1,
+        tied=cfg.sae.tied,
+        epochs=cfg.sae.epochs,
+        batch_size=cfg.sae.batch_size,
+        lr=cfg.sae.lr,
+    ).resolve(64)
+    ExplainConfig(method=cfg.explainer, samples=cfg.explainer_samples)
+    ScoreConfig(prefixes=cfg.score_prefixes, prefix_tokens=cfg.score_prefix_tokens)
+    assert cfg.explainer in ("offline", "llm") and cfg.utility_k >= cfg.top_k
