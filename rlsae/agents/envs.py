@@ -205,6 +205,11 @@ class AleVecEnv(VecEnv):
         self._ep_len[:] = 0
         return _to_channel_first(obs, self._mode)
 
+    def reset_with_seeds(self, seeds: list[int]) -> np.ndarray:
+        """Reset every env, env ``i`` with ``seeds[i]`` (an episode that can be replayed)."""
+        self._seeds = [int(x) for x in seeds]
+        return self.reset()
+
     def reset_envs(self, idx: np.ndarray | list[int], seeds: np.ndarray | list[int]) -> np.ndarray:
         """Reset only the envs ``idx`` with one seed each; returns all envs' observations."""
         mask = np.zeros(self.num_envs, dtype=bool)

@@ -72,12 +72,10 @@ def replay_episode(
     if rgb and cfg.mode != "poster":
         screen_env = AleVecEnv(cfg, 1, seed=None, autoreset=False, rgb_screen=True)
     try:
-        env._seeds = [int(ep["seed"])]
-        obs = env.reset()
+        obs = env.reset_with_seeds([int(ep["seed"])])
         screen = None
         if screen_env is not None:
-            screen_env._seeds = [int(ep["seed"])]
-            screen = screen_env.reset()
+            screen = screen_env.reset_with_seeds([int(ep["seed"])])
         for t in range(last + 1):
             o = obs[0]
             frame = None

@@ -93,8 +93,7 @@ def play(
                 ep[i], ep_seed[i], active[i] = next_episode, episode_seed(seed, next_episode), True
                 next_episode += 1
             seeds.append(int(ep_seed[i]) if active[i] else 0)
-        env._seeds = seeds  # one explicit seed per emulator for the first reset
-        obs = env.reset()
+        obs = env.reset_with_seeds(seeds)
         total = 0
         while active.any():
             idx = np.flatnonzero(active)
