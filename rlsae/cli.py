@@ -26,8 +26,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted; re-run with --resume to continue\n")
+        sys.stderr.write(_INTERRUPTED)
         sys.exit(130)
+    except SystemExit as e:
+        # Typer turns Ctrl-C inside a command into exit status 130 without a word.
+        if e.code == 130:
+            sys.stderr.write(_INTERRUPTED)
+        raise
+
+
+_INTERRUPTED = "interrupted; re-run with --resume to continue\n"
 
 
 if __name__ == "__main__":
