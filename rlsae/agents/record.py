@@ -148,6 +148,8 @@ def record_activations(
                     bar.update(len(b.episode))
         doc = {
             "env": env_dict,
+            # the exact ale_py.vector_env.AtariVectorEnv("ms_pacman", 1, **ale) settings
+            "ale": {"game": "ms_pacman", **agent.env_config.ale_kwargs()},
             "config": cfg.__dict__,
             "episodes": [episodes[e] for e in sorted(episodes)],
         }

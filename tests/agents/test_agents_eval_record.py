@@ -50,6 +50,7 @@ def test_recorded_store_matches_the_agent_on_replayed_observations(
     assert set(cols + [f"q_{i}" for i in range(9)]) <= set(ctx.columns)
     doc = json.loads((poster_recording / "episodes.json").read_text())
     assert doc["env"]["mode"] == "poster" and doc["env"]["repeat_action_probability"] == 0.25
+    assert doc["ale"]["img_height"] == 210 and doc["ale"]["grayscale"] is False
     # 2 emulators, episodes cut at 70 steps: episodes restart mid-recording
     assert len(doc["episodes"]) >= 4
     for ep in doc["episodes"]:
