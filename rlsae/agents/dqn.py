@@ -309,6 +309,7 @@ def train_dqn(
     resume: bool = False,
     progress: bool = True,
     torch_threads: int | None = 1,
+    device: str = "cpu",
     **overrides: Any,
 ) -> Path:
     """Train an SB3 DQN on Ms. Pac-Man; returns the agent directory.
@@ -319,16 +320,18 @@ def train_dqn(
     interrupted run from its last checkpoint (or extends a finished one to ``steps``).
     Training runs on ``torch_threads`` intra-op threads (default 1: on the 2-core machine,
     under load, one thread was 2-4x faster per gradient step and per action choice than two;
-    ``None`` keeps torch's setting).
+    ``None`` keeps torch's setting). ``device`` is passed to SB3 (e.g. ``"cuda"``); saved
+    agents load on the CPU.
     """
     with _threads.torch_threads(torch_threads):
         return _train(
-            arch, steps, out_dir, seed, checkpoint_every, n_envs, resume, progress, overrides
-        )
+            arch, steps, out_dir, seed, checkpoint_every, n_envs, resume, progress, overrides,
+            device,
+        )  # fmt: skip
 
 
 def _train(
-    arch, steps, out_dir, seed, checkpoint_every, n_envs, resume, progress, overrides
+    arch, steps, out_dir, seed, checkpoint_every, n_envs, resume, progress, overrides, device
 ) -> Path:
     from stable_baselines3 import DQN
 
@@ -385,7 +388,7 @@ def _train(
         ckpts = _checkpoints(out)
         src = out if final_info.is_file() else (ckpts[-1][1] if ckpts else None)
         if src is not None:
-            model = DQN.load(str(src / "model.zip"), env=env, device="cpu")
+            model = DQN.load(str(src / "model.zip"), env=env, device=device)
             done_steps = int(model.num_timesteps)
             rb = out / "resume" / "replay_buffer.pkl"
             rb_meta = out / "resume" / "replay_buffer.json"
@@ -400,7 +403,7 @@ def _train(
             replay_buffer_kwargs=rb_kwargs,
             tensorboard_log=str(out / "tensorboard"),
             seed=seed,
-            device="cpu",
+            device=device,
             verbose=0,
             **sb3_kwargs,
         )

@@ -48,6 +48,7 @@ def dqn_train(
     set_: list[str] = typer.Option(
         [], "--set", help="Any other DQN/env setting, key=value (e.g. --set gamma=0.99)."
     ),
+    device: str = typer.Option("cpu", "--device", help="Torch device for training (cpu, cuda)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a DQN on Ms. Pac-Man (progress on stderr, TensorBoard logs in OUT/tensorboard)."""
@@ -70,6 +71,7 @@ def dqn_train(
         checkpoint_every=checkpoint_every,
         n_envs=n_envs,
         resume=resume,
+        device=device,
         **overrides,
     )
     info = json.loads((path / "agent.json").read_text())
