@@ -72,6 +72,10 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(tmp_path: 
     assert not (out / "resume").exists()  # the resume state is dropped once finished
     with pytest.raises(RlsaeError, match="already holds a finished agent"):
         train_dqn("nature", 120, out, **kw)
+    # a finished run can be extended
+    train_dqn("nature", 160, out, resume=True, **kw)
+    assert load_agent(out).info["steps_trained"] == 160
+    assert list_checkpoints(out)[-1].name == "step_160"
 
 
 def test_defaults_are_rl_zoo3_for_nature_and_the_posters_for_poster():
