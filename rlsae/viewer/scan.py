@@ -77,39 +77,80 @@ def _batches(store: Any, batch_size: int):
         start += x.shape[0]
 
 
+def _ranked(feat: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For entries sorted by feature: the rank of each within its feature and the mask rank < n."""
+    start = np.searchsorted(feat, feat, side="left")
+    rank = np.arange(len(feat)) - start
+    return rank, rank < n
+
+
 def _merge_top_distinct(
-    vals: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor, n: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per feature (row of the inputs), the ``n`` largest values with pairwise distinct groups."""
-    order = vals.argsort(dim=1, descending=True)
-    v, r, g = vals.gather(1, order), rows.gather(1, order), groups.gather(1, order)
-    by_group = g.argsort(dim=1, stable=True)  # stable: best value first within each group
-    gs = g.gather(1, by_group)
-    first = torch.ones_like(gs, dtype=torch.bool)
-    first[:, 1:] = gs[:, 1:] != gs[:, :-1]
-    keep = torch.zeros_like(first).scatter_(1, by_group, first)
-    v = torch.where(keep, v, torch.full_like(v, NEG))
-    if v.shape[1] < n:
-        pad = n - v.shape[1]
-        v = torch.cat([v, torch.full((v.shape[0], pad), NEG)], 1)
-        r = torch.cat([r, torch.full((r.shape[0], pad), -1, dtype=r.dtype)], 1)
-        g = torch.cat([g, torch.full((g.shape[0], pad), -1, dtype=g.dtype)], 1)
-    top_v, ti = v.topk(n, dim=1)
-    return top_v, r.gather(1, ti), g.gather(1, ti)
+    top_v: np.ndarray,
+    top_r: np.ndarray,
+    top_g: np.ndarray,
+    feat: np.ndarray,
+    vals: np.ndarray,
+    rows: np.ndarray,
+    grps: np.ndarray,
+) -> None:
+    """Merge candidate (feature, value, row, group) entries into the per-feature top lists in
+    place, keeping for each feature the ``n`` largest values from pairwise distinct groups.
+
+    Only candidates above their feature's current n-th value can enter (an entry of the same
+    group already listed is then below the candidate too), so after the first batches only a few
+    features are touched. Cost O(candidates log candidates), not O(rows × features)."""
+    n = top_v.shape[1]
+    keep = vals > top_v[feat, n - 1]
+    if not keep.any():
+        return
+    feat, vals, rows, grps = feat[keep], vals[keep], rows[keep], grps[keep]
+    feats = np.unique(feat)
+    old_r = top_r[feats].ravel()
+    valid = old_r >= 0
+    f_ = np.concatenate([feat, np.repeat(feats, n)[valid]])
+    v_ = np.concatenate([vals, top_v[feats].ravel()[valid]])
+    r_ = np.concatenate([rows, old_r[valid]])
+    g_ = np.concatenate([grps, top_g[feats].ravel()[valid]])
+    o = np.lexsort((-v_, g_, f_))  # by feature, then group, best value first
+    f_, v_, r_, g_ = f_[o], v_[o], r_[o], g_[o]
+    first = np.ones(len(f_), dtype=bool)
+    first[1:] = (f_[1:] != f_[:-1]) | (g_[1:] != g_[:-1])
+    f_, v_, r_, g_ = f_[first], v_[first], r_[first], g_[first]
+    o = np.lexsort((-v_, f_))
+    f_, v_, r_, g_ = f_[o], v_[o], r_[o], g_[o]
+    rank, m = _ranked(f_, n)
+    top_v[feats], top_r[feats], top_g[feats] = NEG, -1, -1
+    top_v[f_[m], rank[m]], top_r[f_[m], rank[m]], top_g[f_[m], rank[m]] = v_[m], r_[m], g_[m]
 
 
-def _group_max(acts: torch.Tensor, gid: torch.Tensor, n_groups: int):
-    """Per (local group, feature): the maximum activation and the batch row that reaches it."""
-    b, f = acts.shape
-    idx = gid[:, None].expand(b, f)
-    gmax = torch.full((n_groups, f), NEG).scatter_reduce(0, idx, acts, "amax", include_self=True)
-    hit = acts == gmax.gather(0, idx)
-    pos = torch.arange(b)[:, None].expand(b, f)
-    cand = torch.where(hit, pos, torch.full_like(pos, -1))
-    garg = torch.full((n_groups, f), -1, dtype=torch.long).scatter_reduce(
-        0, idx, cand, "amax", include_self=True
-    )
-    return gmax, garg
+def _merge_smallest_keys(
+    keys: np.ndarray,
+    vals: np.ndarray,
+    rows: np.ndarray,
+    feat: np.ndarray,
+    k_new: np.ndarray,
+    v_new: np.ndarray,
+    r_new: np.ndarray,
+) -> None:
+    """Keep, per feature, the entries with the smallest random keys (a uniform sample without
+    replacement of everything seen), merging candidates into (F, S) arrays in place."""
+    s = keys.shape[1]
+    keep = k_new < keys[feat, s - 1]
+    if not keep.any():
+        return
+    feat, k_new, v_new, r_new = feat[keep], k_new[keep], v_new[keep], r_new[keep]
+    feats = np.unique(feat)
+    old_r = rows[feats].ravel()
+    valid = old_r >= 0
+    f_ = np.concatenate([feat, np.repeat(feats, s)[valid]])
+    k_ = np.concatenate([k_new, keys[feats].ravel()[valid]])
+    v_ = np.concatenate([v_new, vals[feats].ravel()[valid]])
+    r_ = np.concatenate([r_new, old_r[valid]])
+    o = np.lexsort((k_, f_))
+    f_, k_, v_, r_ = f_[o], k_[o], v_[o], r_[o]
+    rank, m = _ranked(f_, s)
+    keys[feats], vals[feats], rows[feats] = np.inf, 0.0, -1
+    keys[f_[m], rank[m]], vals[f_[m], rank[m]], rows[f_[m], rank[m]] = k_[m], v_[m], r_[m]
 
 
 @torch.no_grad()
@@ -123,19 +164,21 @@ def scan_features(
     """Two sequential passes of ``sae.encode`` over ``store``; see the module docstring.
 
     ``groups`` holds one integer per row (episode or document) or is ``None`` (each row its own
-    group). ``progress`` is called with the number of rows done in each batch.
+    group). ``progress`` is called with the number of rows done in each batch. Per-feature
+    selections work on the (row, feature) pairs that fire, so their cost follows the SAE's L0,
+    not its width.
     """
     f = int(sae.cfg.d_sae)
     n = int(cfg.top)
     rows_total = int(store.rows)
-    g_all = torch.tensor(np.asarray(groups), dtype=torch.long) if groups is not None else None
+    g_all = np.asarray(groups, dtype=np.int64) if groups is not None else None
 
     firing = torch.zeros(f, dtype=torch.long)
     sums = torch.zeros(f, dtype=torch.float64)
     maxv = torch.zeros(f)
-    top_v = torch.full((f, n), NEG)
-    top_r = torch.full((f, n), -1, dtype=torch.long)
-    top_g = torch.full((f, n), -1, dtype=torch.long)
+    top_v = np.full((f, n), NEG, dtype=np.float32)
+    top_r = np.full((f, n), -1, dtype=np.int64)
+    top_g = np.full((f, n), -1, dtype=np.int64)
     sse = 0.0
     l0 = 0.0
     xsum = torch.zeros(store.d_in, dtype=torch.float64)
@@ -144,31 +187,19 @@ def scan_features(
     for start, x in _batches(store, cfg.batch_size):
         b = x.shape[0]
         acts = sae.encode(x).float()
-        fire = acts > 0
-        firing += fire.sum(0)
-        sums += acts.sum(0, dtype=torch.float64)
+        rr, ff = (acts > 0).nonzero(as_tuple=True)
+        vals = acts[rr, ff]
+        firing += torch.bincount(ff, minlength=f)
+        sums += torch.bincount(ff, weights=vals.double(), minlength=f)
         maxv = torch.maximum(maxv, acts.amax(0))
-        l0 += float(fire.sum())
+        l0 += float(len(ff))
         recon = sae.decode(acts)
         sse += float(((x - recon).double() ** 2).sum())
         xsum += x.double().sum(0)
         xsq += (x.double() ** 2).sum(0)
-        rows = torch.arange(start, start + b)
-        if g_all is None:
-            cand_v, cand_r, cand_g = acts.T, rows.expand(f, b), rows.expand(f, b)
-        else:
-            gb = g_all[start : start + b]
-            uniq, gid = torch.unique(gb, return_inverse=True)
-            gmax, garg = _group_max(acts, gid, len(uniq))
-            cand_v = gmax.T
-            cand_r = (garg + start).T
-            cand_g = uniq[:, None].expand_as(garg).T
-        top_v, top_r, top_g = _merge_top_distinct(
-            torch.cat([top_v, cand_v], 1),
-            torch.cat([top_r, cand_r], 1),
-            torch.cat([top_g, cand_g], 1),
-            n,
-        )
+        rows = rr.numpy() + start
+        grps = g_all[rows] if g_all is not None else rows
+        _merge_top_distinct(top_v, top_r, top_g, ff.numpy(), vals.numpy(), rows, grps)
         if progress:
             progress(b)
 
@@ -176,33 +207,29 @@ def scan_features(
     hist = torch.zeros(f * nb, dtype=torch.long)
     intervals = list(cfg.intervals)
     s = int(cfg.samples_per_interval)
-    iv_key = torch.full((f, len(intervals), s), float("inf"))
-    iv_v = torch.zeros((f, len(intervals), s))
-    iv_r = torch.full((f, len(intervals), s), -1, dtype=torch.long)
-    gen = torch.Generator().manual_seed(int(cfg.seed))
+    iv_key = np.full((f, len(intervals), s), np.inf)
+    iv_v = np.zeros((f, len(intervals), s), dtype=np.float32)
+    iv_r = np.full((f, len(intervals), s), -1, dtype=np.int64)
+    rng = np.random.default_rng(int(cfg.seed))
     safe_max = torch.where(maxv > 0, maxv, torch.ones_like(maxv))
     for start, x in _batches(store, cfg.batch_size):
         b = x.shape[0]
         acts = sae.encode(x).float()
         rr, ff = (acts > 0).nonzero(as_tuple=True)
         vals = acts[rr, ff]
-        bins = (vals / safe_max[ff] * nb).long().clamp_(0, nb - 1)
+        frac = vals / safe_max[ff]
+        bins = (frac * nb).long().clamp_(0, nb - 1)
         hist.index_add_(0, ff * nb + bins, torch.ones_like(bins))
         if intervals:
-            frac = acts / safe_max
-            keys = torch.rand(acts.shape, generator=gen)
-            rows = torch.arange(start, start + b)
+            keys = rng.random(len(ff))
+            fr, fn, vn, rn = frac.numpy(), ff.numpy(), vals.numpy(), rr.numpy() + start
             for j, (lo, hi) in enumerate(intervals):
-                inside = (acts > 0) & (frac > lo) & (frac <= hi)
-                k = torch.where(inside, keys, torch.full_like(keys, float("inf"))).T
-                allk = torch.cat([iv_key[:, j], k], 1)
-                allv = torch.cat([iv_v[:, j], acts.T], 1)
-                allr = torch.cat([iv_r[:, j], rows.expand(f, b)], 1)
-                best, bi = allk.topk(s, dim=1, largest=False)
-                iv_key[:, j], iv_v[:, j], iv_r[:, j] = best, allv.gather(1, bi), allr.gather(1, bi)
+                m = (fr > lo) & (fr <= hi)
+                _merge_smallest_keys(
+                    iv_key[:, j], iv_v[:, j], iv_r[:, j], fn[m], keys[m], vn[m], rn[m]
+                )
         if progress:
             progress(b)
-    iv_r = torch.where(torch.isinf(iv_key), torch.full_like(iv_r, -1), iv_r)
 
     sst = float((xsq - xsum**2 / max(1, rows_total)).sum())
     metrics = {
@@ -217,17 +244,16 @@ def scan_features(
         "dense": int((firing > 0.1 * rows_total).sum()),
     }
     mean = torch.where(firing > 0, sums / firing.clamp(min=1).double(), torch.zeros_like(sums))
-    top_r = torch.where(top_v > 0, top_r, torch.full_like(top_r, -1))
     return FeatureScan(
         rows=rows_total,
         firing_counts=firing.numpy(),
         max_act=maxv.numpy(),
         mean_act=mean.float().numpy(),
         hist=hist.view(f, nb).numpy(),
-        top_vals=top_v.numpy(),
-        top_rows=top_r.numpy(),
-        interval_vals=iv_v.numpy(),
-        interval_rows=iv_r.numpy(),
+        top_vals=top_v,
+        top_rows=top_r,
+        interval_vals=iv_v,
+        interval_rows=iv_r,
         metrics=metrics,
     )
 
