@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def write_frames(
     clip: tuple[int, int],
     out_dir: Path,
     clip_ms: int = 120,
+    progress: bool = False,
 ) -> tuple[dict[tuple[int, int], tuple[str, str]], dict[tuple[int, int], np.ndarray], list[str]]:
     """Replay each episode once and write ``e{E}_s{S}.png`` and ``clip_e{E}_s{S}.gif`` for every
     requested (episode, step). Returns ({(E, S): (png name, gif name)}, {(E, S): the agent's
@@ -78,7 +80,16 @@ def write_frames(
     obs_at: dict[tuple[int, int], np.ndarray] = {}
     notes: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    for ep in sorted(requests):
+    from tqdm import tqdm
+
+    for ep in tqdm(
+        sorted(requests),
+        desc="replay",
+        unit="episode",
+        disable=not progress,
+        leave=False,
+        file=sys.stderr,
+    ):
         n = lengths.get(ep, 0)
         steps = sorted(s for s in requests[ep] if 0 <= s < n)
         if len(steps) < len(requests[ep]):
@@ -149,6 +160,7 @@ def effect_grids(
     sae: Any,
     layer: str,
     states: dict[int, list[tuple[int, np.ndarray]]],
+    progress: bool = False,
 ) -> dict[tuple[int, int], list[list[float]]]:
     """The 3×3 action-effect grid of feature f on each of its states' observations
     ({(feature, row): grid}), from ``rlsae.agents.effects.action_effect_grid``: the change of
@@ -158,7 +170,17 @@ def effect_grids(
 
     agent = load_agent(agent_dir)
     out = {}
-    for f, items in states.items():
+    from tqdm import tqdm
+
+    bar = tqdm(
+        states.items(),
+        desc="action effects",
+        unit="feature",
+        disable=not progress,
+        leave=False,
+        file=sys.stderr,
+    )
+    for f, items in bar:
         obs = np.stack([o for _, o in items])
         grids = np.asarray(action_effect_grid(agent, sae, layer, f, obs), dtype=np.float64)
         for (row, _), g in zip(items, grids.reshape(len(items), 3, 3), strict=True):

@@ -337,7 +337,11 @@ def _export_sae(
             if cfg.frames:
                 try:
                     names, obs_at, fnotes = agent_data.write_frames(
-                        store, agent_data.group_requests(scan, eps, steps), clip, frame_dir
+                        store,
+                        agent_data.group_requests(scan, eps, steps),
+                        clip,
+                        frame_dir,
+                        progress=progress,
                     )
                     notes.extend(fnotes)
                 except (ImportError, RlsaeError) as e:
@@ -353,7 +357,7 @@ def _export_sae(
                             states.setdefault(f, []).append((int(r), obs_at[key]))
                 try:
                     layer = str(store.extra.get("layer") or sae.cfg.hook_name or store.hook)
-                    grids = agent_data.effect_grids(agent_dir, sae, layer, states)
+                    grids = agent_data.effect_grids(agent_dir, sae, layer, states, progress)
                 except (ImportError, RlsaeError) as e:
                     notes.append(f"action effects unavailable ({str(e).splitlines()[0][:200]})")
             elif cfg.effects and agent_dir is None:
