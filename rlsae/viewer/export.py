@@ -312,7 +312,10 @@ def _export_sae(
         expl = lm_data.read_explanations(sae_dir)
         for f, e in expl.items():
             if 0 <= f < f_count:
-                page_extra.setdefault(f, {})["explanation"] = _clean(e)
+                keep = ("explanation", "utility", "method")
+                page_extra.setdefault(f, {})["explanation"] = _clean(
+                    {k: e[k] for k in keep if k in e}
+                )
                 labels[f] = str(e.get("explanation", ""))[:120]
         pairs = lm_data.shared_pairs(shared, rel, store.hook, store.source, by_rel)
         for f, p in pairs.items():
