@@ -468,7 +468,12 @@ def _reports(run_dir: Path, out: Path) -> list[list[str]]:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    """A folder name for a store: its path made URL-safe, plus a short hash of the real path so
+    that two stores never share a folder (``a/b`` and ``a_b`` would otherwise collide)."""
+    import hashlib
+
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def _copy_assets(site: Path, with_plotly: bool) -> None:
