@@ -66,7 +66,7 @@ def _umask() -> int:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=json_default) + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -80,7 +80,8 @@ def read_json(path: str | os.PathLike) -> Any:
         raise RlsaeError(f"{path} is not valid JSON ({e})") from None
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """JSON for numpy scalars and arrays and paths; TypeError for anything else."""
     try:
         import numpy as np
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from rlsae.fsutil import json_default
+
 _opts: dict[str, Any] = {"no_args_is_help": True, "pretty_exceptions_enable": False}
 
 app = typer.Typer(help="rlsae: sparse autoencoders for models trained with reward.", **_opts)
@@ -48,12 +50,6 @@ def emit(result: dict[str, Any], as_json: bool, human: str | None = None) -> Non
 
 def _default(o: Any) -> Any:
     try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    return str(o)
+        return json_default(o)
+    except TypeError:
+        return str(o)
