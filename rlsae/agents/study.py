@@ -37,7 +37,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -47,6 +46,7 @@ from typing import Any
 
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_json, read_json
+from rlsae.provenance import git_commit, package_versions
 
 STUDY_KIND = "atari-dead-features-study"
 STAGES = ("eval", "record", "sae", "live", "splice")
@@ -441,32 +441,6 @@ def population(cfg: StudyConfig, run_dir: Path) -> list[AgentSpec]:
 # Run directory
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("rlsae", "torch", "stable-baselines3", "ale-py", "gymnasium", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def prepare_run_dir(run_dir: Path, cfg: StudyConfig, source: str, resume: bool) -> dict[str, Any]:
     """Create or re-open a study's run directory; refuse one that belongs to another study."""
     run_json = run_dir / "run.json"
@@ -495,8 +469,10 @@ def prepare_run_dir(run_dir: Path, cfg: StudyConfig, source: str, resume: bool) 
         "source": source,
         "config": cfg.to_dict(),
         "config_hash": cfg.config_hash(),
-        "versions": _versions(),
-        "git_commit": _git_commit(),
+        "versions": package_versions(
+            "rlsae", "torch", "stable-baselines3", "ale-py", "gymnasium", "numpy"
+        ),
+        "git_commit": git_commit(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "status": "running",
     }

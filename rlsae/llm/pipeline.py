@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import Any
 
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
+from rlsae.provenance import git_commit, package_versions
 
 TINY = "tiny"
 
@@ -231,30 +230,6 @@ def _label(model: str) -> str:
     return "tiny" if model == TINY else Path(model.rstrip("/")).name
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for mod in ("torch", "transformers", "transformer_lens", "sae_lens"):
-        try:
-            out[mod] = str(__import__(mod).__version__)
-        except Exception:  # noqa: BLE001 - a version is informative only
-            out[mod] = "?"
-    return out
-
-
-def _git_commit() -> str | None:
-    try:
-        res = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return res.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _link_tree(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically, hard-linking files where the filesystem allows."""
 
@@ -320,8 +295,10 @@ def run_model_study(
             "preset": preset,
             "model": model,
             "config": dataclasses.asdict(cfg),
-            "versions": _versions(),
-            "git_commit": _git_commit(),
+            "versions": package_versions(
+                "rlsae", "torch", "transformers", "transformer-lens", "sae-lens"
+            ),
+            "git_commit": git_commit(),
         },
     )
     analysis = run / "analysis"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
 from rlsae.llm.models import DEFAULT_MODEL
 from rlsae.llm.rewards import DEFAULT_CLASSIFIER
+from rlsae.provenance import package_versions
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -189,29 +189,14 @@ def _prepare_out(out: Path, cfg: RLHFConfig, resume: bool) -> RLHFConfig:
                     f"cannot resume {out}: {key} was {old[key]!r}, now {value!r}; use the same options"
                 )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(meta, {"config": dataclasses.asdict(cfg), "versions": _versions()})
+    atomic_write_json(
+        meta,
+        {
+            "config": dataclasses.asdict(cfg),
+            "versions": package_versions("rlsae", "torch", "transformers", "trl"),
+        },
+    )
     return cfg
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    import rlsae
-
-    out = {
-        "rlsae": rlsae.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import trl
-
-        out["trl"] = trl.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return out
 
 
 def prefix_pool(cfg: RLHFConfig, tokenizer: Any, model: Any) -> list[list[int]]:
