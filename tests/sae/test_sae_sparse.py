@@ -5,21 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlsae.sae.sparse import naive_topk_forward, topk_forward
+from rlsae.sae.sparse import _group_size, naive_topk_forward, topk_forward, topk_select
 
 
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("with_aux", [False, True])
 @pytest.mark.parametrize("apply_b_dec", [True, False])
-def test_sparse_matches_dense_reference(tied, with_aux, apply_b_dec):
+@pytest.mark.parametrize("n", [80, 512])  # 512 latents, k 6: the grouped TopK selection runs
+def test_sparse_matches_dense_reference(tied, with_aux, apply_b_dec, n):
     g = torch.Generator().manual_seed(7)
-    B, d, n, k = 48, 12, 80, 6
+    B, d, k = 48, 12, 6
     x = torch.randn(B, d, generator=g, dtype=torch.float64)
     W_dec = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_()
     W_enc = None if tied else torch.randn(d, n, generator=g, dtype=torch.float64).requires_grad_()
     b_enc = (0.3 * torch.randn(n, generator=g, dtype=torch.float64)).requires_grad_()
     b_dec = torch.randn(d, generator=g, dtype=torch.float64).requires_grad_()
     dead = torch.tensor([1, 5, 6, 33, 40, 41, 70, 79]) if with_aux else None
+    assert (_group_size(n, k) > 1) == (n == 512)
     results = []
     for fn in (topk_forward, naive_topk_forward):
         enc = W_dec.t() if tied else W_enc
@@ -77,3 +79,32 @@ def test_blockwise_encoder_equals_one_block(monkeypatch):
     blocks = topk_forward(x, W_enc, b_enc, W_dec, b_dec, 4, dead, 6)
     for a, b in zip(whole, blocks, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("B", "n", "k"),
+    [(64, 2048, 32), (64, 16384, 32), (50, 4096, 50), (33, 2048, 64), (40, 512, 8), (9, 100, 3)],
+)
+def test_topk_select_is_torch_topk(B, n, k):
+    """The grouped selection picks the same entries as torch.topk (same column set per row)."""
+    g = torch.Generator().manual_seed(n + k)
+    pre = torch.randn(B, n, generator=g)
+    pre[0] = -pre[0].abs()  # a row with no positive entry
+    pre[1, : n // 2] += 10.0  # a row whose top entries crowd into the first half
+    vals, idx = topk_select(pre, k)
+    ref_vals, ref_idx = pre.topk(k, dim=-1)
+    assert torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
+    assert torch.equal(vals, pre.gather(1, idx))
+
+
+def test_topk_select_with_ties_keeps_the_top_values():
+    """Heavily tied rows (small integers): any valid top-k, i.e. the same multiset of values,
+    k distinct columns, each value read from its column."""
+    g = torch.Generator().manual_seed(0)
+    B, n, k = 32, 2048, 32
+    assert _group_size(n, k) > 1
+    pre = torch.randint(0, 6, (B, n), generator=g).float()
+    vals, idx = topk_select(pre, k)
+    assert torch.equal(vals.sort(-1).values, pre.topk(k, dim=-1).values.sort(-1).values)
+    assert torch.equal(pre.gather(1, idx), vals)
+    assert all(len(set(row.tolist())) == k for row in idx)
