@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from rlsae.errors import RlsaeError
+from rlsae.sae.sparse import topk_select
 
 _DTYPES = {
     "float32": torch.float32,
@@ -128,7 +129,11 @@ class SAE(nn.Module):
         """TopK SAEs: the k (values, indices) per row without the dense (..., d_sae) result."""
         if self.cfg.arch != "topk":
             raise RlsaeError("encode_topk needs a topk SAE")
-        vals, idx = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)
+        pre = self.pre_acts(x)
+        if pre.ndim != 2:
+            vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+            return vals.relu(), idx
+        vals, idx = topk_select(pre, self.cfg.k)
         return vals.relu(), idx
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:

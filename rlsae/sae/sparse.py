@@ -84,7 +84,7 @@ def topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     if g == 1:
         return pre.topk(k, dim=-1, sorted=False)
     m = n // g
-    grouped = pre.view(B, g, m)
+    grouped = pre.reshape(B, g, m)
     _, top_groups = grouped.amax(dim=1).topk(k, dim=-1, sorted=False)
     cand = grouped.gather(2, top_groups.unsqueeze(1).expand(B, g, k))  # (B, g, k) candidates
     vals, pos = cand.view(B, g * k).topk(k, dim=-1, sorted=False)
