@@ -45,6 +45,40 @@ def fvu(recon: torch.Tensor, x: torch.Tensor) -> float:
     return float(((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
 
 
+# torch ops of our step, by the part of the step they belong to (self time of each op)
+PARTS = {
+    "encoder matmul": ("aten::mm",),
+    "TopK selection": ("aten::topk", "aten::amax", "aten::gather"),
+    "sparse decode and backward": (
+        "aten::_embedding_bag",
+        "aten::_embedding_bag_forward_only",
+        "aten::sparse_sampled_addmm",
+        "aten::sort",
+        "aten::index",
+        "aten::bincount",
+        "aten::cumsum",
+        "aten::index_add_",
+        "aten::repeat_interleave",
+    ),
+    "Adam": ("aten::_fused_adam_",),
+}
+
+
+def profile_breakdown(step, steps: int) -> dict[str, float]:
+    """Milliseconds per step in each part of PARTS (the rest under "other"), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(i)
+    out = {name: 0.0 for name in PARTS}
+    out["other (loss, decoder norm, bookkeeping)"] = 0.0
+    for ev in prof.key_averages():
+        part = next((p for p, ops in PARTS.items() if ev.key in ops), None)
+        out[part or "other (loss, decoder norm, bookkeeping)"] += ev.self_cpu_time_total / 1e3
+    return {k: v / steps for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -122,6 +156,8 @@ def main() -> None:
         fvu_ours = fvu(ours(held_out), held_out)
         fvu_theirs = fvu(theirs(held_out), held_out)
 
+    breakdown = profile_breakdown(lambda i: ours_step(i % n), steps=3)
+
     res = {
         "ours_rows_per_s": B / med["ours"],
         "saelens_rows_per_s": B / med["saelens"],
@@ -132,6 +168,7 @@ def main() -> None:
         "ms_ours": 1e3 * med["ours"],
         "ms_saelens": 1e3 * med["saelens"],
         "ms_floor": 1e3 * med["floor"],
+        "breakdown_ms": breakdown,
         "steps": n,
         "d_in": d_in,
         "d_sae": d_sae,
@@ -157,6 +194,9 @@ def main() -> None:
     print(
         f"ratio vs SAELens {res['ratio_vs_saelens']:.2f}x (target >= 2.5), floor ratio {res['floor_ratio']:.2f} (target <= 1.5)"
     )
+    print("where an rlsae step's time goes (torch profiler, self time, mean of 3 steps):")
+    for name, ms in breakdown.items():
+        print(f"  {name:38}{ms:>8.1f} ms  {ms / res['ms_floor']:>5.2f} x floor")
     print(json.dumps(res))
 
 
