@@ -35,6 +35,7 @@ from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from rlsae.sae.io import load_sae
 from rlsae.sae.model import SAE, SAEConfig
+from rlsae.sae.sparse import Workspace, topk_forward
 from rlsae.sae.store import ActivationStore
 
 CHECKPOINT = "checkpoints/latest.pt"
@@ -290,11 +291,14 @@ def _run(
         bar = tqdm(
             total=total, initial=step, desc=f"train {sae_cfg.arch}", unit="step", dynamic_ncols=True
         )
+    workspace = Workspace()
     try:
         for x in batches:
             if step >= total:
                 break
-            stats = train_step(sae, opt, x, cfg, step, total, base_lr, since_fired, aux_k)
+            stats = train_step(
+                sae, opt, x, cfg, step, total, base_lr, since_fired, aux_k, workspace
+            )
             step += 1
             if step % cfg.log_every == 0 or step == total:
                 history.append({"step": step, "rows": step * min(cfg.batch_size, st.rows), **stats})
@@ -365,8 +369,10 @@ def train_step(
     base_lr: float,
     since_fired: torch.Tensor,
     aux_k: int,
+    workspace: Workspace | None = None,
 ) -> dict[str, float]:
-    """One optimiser step; updates ``since_fired`` in place and returns the batch's figures."""
+    """One optimiser step; updates ``since_fired`` in place and returns the batch's figures.
+    A loop passes the same ``Workspace`` to each step (TopK: the pre-activation buffer is reused)."""
     lr = base_lr * lr_factor(step, total, cfg.warmup_frac, cfg.decay_frac)
     for group in opt.param_groups:
         group["lr"] = lr
@@ -378,8 +384,6 @@ def train_step(
     ).clamp_min(1e-12)
     out: dict[str, float] = {"lr": lr}
     if sae.cfg.arch == "topk":
-        from rlsae.sae.sparse import topk_forward
-
         dead_idx = dead_mask.nonzero().reshape(-1) if (aux_k and n_dead) else None
         recon, vals, idx, aux = topk_forward(
             x,
@@ -391,6 +395,7 @@ def train_step(
             dead_idx,
             aux_k,
             sae.cfg.apply_b_dec_to_input,
+            workspace,
         )
         fvu = F.mse_loss(recon, x, reduction="sum") / total_var
         loss = fvu
