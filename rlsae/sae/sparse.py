@@ -62,7 +62,7 @@ def _group_size(n: int, k: int) -> int:
     """Columns per group for ``topk_select``: the power of two nearest sqrt(n / k), which balances
     the two narrow TopKs (over n/g group maxima, then over k*g candidates); 1 (plain TopK) when
     grouping would not narrow them."""
-    if k < 1 or n < 16 * k:
+    if k < 1 or n < max(16 * k, 512):  # narrow rows: torch.topk is as fast
         return 1
     g = 1 << max(0, round(math.log2(math.sqrt(n / k))))
     return g if g >= 4 and n % g == 0 else 1
