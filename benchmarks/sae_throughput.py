@@ -50,7 +50,12 @@ def fvu(recon: torch.Tensor, x: torch.Tensor) -> float:
 # torch ops of our step, by the part of the step they belong to (self time of each op)
 PARTS = {
     "encoder matmul": ("aten::mm",),
-    "TopK selection": ("aten::topk", "aten::amax", "aten::gather"),
+    "TopK selection": (
+        "aten::topk",
+        "aten::amax",
+        "aten::gather",
+        "rlsae::topk_select",
+    ),
     "sparse decode and backward": (
         "aten::_embedding_bag",
         "aten::_embedding_bag_forward_only",

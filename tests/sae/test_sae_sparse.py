@@ -81,30 +81,73 @@ def test_blockwise_encoder_equals_one_block(monkeypatch):
         assert torch.equal(a, b)
 
 
+def _assert_valid_topk(pre, vals, idx, k):
+    """A valid top k: the same values as torch.topk, k distinct columns, each value read from
+    its column (index sets may differ only where values tie)."""
+    ref = pre.topk(k, dim=-1).values
+    assert torch.equal(vals.sort(-1).values, ref.sort(-1).values)
+    assert torch.equal(pre.gather(1, idx), vals)
+    assert all(len(set(row.tolist())) == k for row in idx)
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def select_path(request, monkeypatch):
+    """topk_select with the numba kernel (when installed) and with the pure-torch fallback."""
+    from rlsae.sae import _select
+
+    if request.param == "compiled" and not _select.AVAILABLE:
+        pytest.skip("numba is not installed")
+    if request.param == "torch":
+        monkeypatch.setattr(_select, "AVAILABLE", False)
+    return request.param
+
+
 @pytest.mark.parametrize(
     ("B", "n", "k"),
     [(64, 2048, 32), (64, 16384, 32), (50, 4096, 50), (33, 2048, 64), (40, 512, 8), (9, 100, 3)],
 )
-def test_topk_select_is_torch_topk(B, n, k):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_select_is_torch_topk(B, n, k, dtype, select_path):
     """The grouped selection picks the same entries as torch.topk (same column set per row)."""
     g = torch.Generator().manual_seed(n + k)
-    pre = torch.randn(B, n, generator=g)
+    pre = torch.randn(B, n, generator=g, dtype=dtype)
     pre[0] = -pre[0].abs()  # a row with no positive entry
     pre[1, : n // 2] += 10.0  # a row whose top entries crowd into the first half
+    pre[2] *= 1e30  # a row spanning a huge range
     vals, idx = topk_select(pre, k)
-    ref_vals, ref_idx = pre.topk(k, dim=-1)
+    _assert_valid_topk(pre, vals, idx, k)
+    ref_idx = pre.topk(k, dim=-1).indices  # no ties in these rows: the same columns too
     assert torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
-    assert torch.equal(vals, pre.gather(1, idx))
 
 
-def test_topk_select_with_ties_keeps_the_top_values():
-    """Heavily tied rows (small integers): any valid top-k, i.e. the same multiset of values,
-    k distinct columns, each value read from its column."""
-    g = torch.Generator().manual_seed(0)
-    B, n, k = 32, 2048, 32
+@pytest.mark.parametrize("levels", [2, 6, 1000])
+def test_topk_select_with_ties_keeps_the_top_values(levels, select_path):
+    """Heavily tied rows (a few integer levels; also a row tied at its maximum): any valid top-k."""
+    g = torch.Generator().manual_seed(levels)
+    B, n, k = 64, 2048, 32
     assert _group_size(n, k) > 1
-    pre = torch.randint(0, 6, (B, n), generator=g).float()
+    pre = torch.randint(0, levels, (B, n), generator=g).float()
+    pre[0] = 1.0  # every entry equal
     vals, idx = topk_select(pre, k)
-    assert torch.equal(vals.sort(-1).values, pre.topk(k, dim=-1).values.sort(-1).values)
-    assert torch.equal(pre.gather(1, idx), vals)
-    assert all(len(set(row.tolist())) == k for row in idx)
+    _assert_valid_topk(pre, vals, idx, k)
+
+
+def test_topk_select_non_finite_rows_and_gradient(select_path):
+    """NaN/inf rows take torch's path (same result as torch.topk); values carry gradient."""
+    g = torch.Generator().manual_seed(3)
+    pre = torch.randn(16, 2048, generator=g)
+    pre[3, 100] = float("inf")
+    pre[5, 7] = float("-inf")
+    vals, idx = topk_select(pre, 32)
+    assert 100 in idx[3].tolist()
+    _assert_valid_topk(pre, vals, idx, 32)
+    pre[7, 9] = float("nan")  # torch.topk ranks NaN first; so does topk_select
+    vals, idx = topk_select(pre, 32)
+    assert 9 in idx[7].tolist() and vals[7].isnan().sum() == 1
+    rest = torch.arange(16) != 7
+    _assert_valid_topk(pre[rest], vals[rest], idx[rest], 32)
+    leaf = torch.randn(16, 2048, generator=g, requires_grad=True)
+    vals, idx = topk_select(leaf * 2, 32)
+    vals.sum().backward()
+    expected = torch.zeros(16, 2048).scatter_(1, idx, 2.0)
+    assert torch.equal(leaf.grad, expected)
