@@ -20,6 +20,7 @@ pure-torch path.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-try:  # an optional accelerator: everything works without it
-    import numba
-except ImportError:  # pragma: no cover - exercised where numba is absent
-    numba = None
-
-AVAILABLE = numba is not None
+# numba is an accelerator, imported (and the kernel compiled, or loaded from numba's cache) at
+# the first selection, not at import: rlsae works without it
+AVAILABLE = importlib.util.find_spec("numba") is not None
 
 
 def _select_rows_py(pre, gm, k, g, row0, row1, vals, idx, failed):
@@ -130,12 +128,21 @@ def _select_rows_py(pre, gm, k, g, row0, row1, vals, idx, failed):
                 o += 1
 
 
-_select_rows = (
-    numba.njit(nogil=True, cache=True, boundscheck=False)(_select_rows_py) if AVAILABLE else None
-)
+_kernel = None
+_pool_lock = threading.Lock()
+
+
+def _get_kernel():
+    global _kernel
+    with _pool_lock:
+        if _kernel is None:
+            import numba
+
+            _kernel = numba.njit(nogil=True, cache=True, boundscheck=False)(_select_rows_py)
+    return _kernel
+
 
 _pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
 def _forget_pool() -> None:
@@ -165,13 +172,14 @@ def select(
     failed = torch.zeros(B, dtype=torch.uint8)
     args = (pre.numpy(), gm.numpy(), int(k), int(g))
     out = (vals.numpy(), idx.numpy(), failed.numpy())
+    kernel = _get_kernel()
     workers = min(torch.get_num_threads(), max(1, B // 256))
     if workers <= 1:
-        _select_rows(*args, 0, B, *out)
+        kernel(*args, 0, B, *out)
     else:
         step = -(-B // workers)
         jobs = [
-            _executor(workers).submit(_select_rows, *args, s, min(B, s + step), *out)
+            _executor(workers).submit(kernel, *args, s, min(B, s + step), *out)
             for s in range(0, B, step)
         ]
         for j in jobs:
