@@ -428,8 +428,12 @@ def train_step(
     unit_norm = sae.cfg.arch == "topk"
     if unit_norm:
         sae.remove_parallel_decoder_grad()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+    if cfg.grad_clip > 0:  # clip_grad_norm_'s rule, skipping its multiply-by-1 pass when unclipped
+        grads = [p.grad for p in sae.parameters() if p.grad is not None]
+        total_norm = float(torch.nn.utils.get_total_norm(grads))
+        if total_norm + 1e-6 > cfg.grad_clip:
+            for grad in grads:
+                grad.mul_(cfg.grad_clip / (total_norm + 1e-6))
     opt.step()
     if unit_norm:
         sae.normalize_decoder()
