@@ -18,7 +18,7 @@ import torch
 
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, atomic_write_json
-from rlsae.sae.model import _DTYPES, SAE, SAEConfig
+from rlsae.sae.model import _DTYPES, SAE, SAEConfig, encoder_parameter
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"
@@ -180,7 +180,7 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
     with torch.no_grad():
         sae.W_dec = torch.nn.Parameter(sd["W_dec"].to(device=device, dtype=dt))
         if not cfg.tied:
-            sae.W_enc = torch.nn.Parameter(sd["W_enc"].to(device=device, dtype=dt))
+            sae.W_enc = encoder_parameter(sd["W_enc"], device=device, dtype=dt)
         sae.b_enc = torch.nn.Parameter(sd["b_enc"].to(device=device, dtype=dt))
         sae.b_dec = torch.nn.Parameter(sd["b_dec"].to(device=device, dtype=dt))
     return sae

@@ -76,6 +76,18 @@ class SAEConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def encoder_parameter(
+    W_enc: torch.Tensor, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> nn.Parameter:
+    """``W_enc`` (d_in, d_sae) as a parameter stored row-major as its transpose (d_sae, d_in),
+    i.e. column-major. The TopK step's encoder gradient comes out as (d_sae, d_in) rows (one
+    ``embedding_bag`` bag per latent); with this layout autograd takes it as it is instead of
+    copying it into a row-major (d_in, d_sae) gradient on every step. Values, shape and the
+    matmul's speed are the same either way."""
+    stored = W_enc.t().to(device=device, dtype=dtype, copy=True).contiguous()
+    return nn.Parameter(stored.t())
+
+
 class SAE(nn.Module):
     """A TopK or ReLU sparse autoencoder with SAELens-compatible parameters and files."""
 
@@ -92,7 +104,7 @@ class SAE(nn.Module):
         w /= w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w.to(device=device, dtype=dt))
         if not cfg.tied:
-            self.W_enc = nn.Parameter(w.t().contiguous().to(device=device, dtype=dt))
+            self.W_enc = encoder_parameter(w.t(), device=device, dtype=dt)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, device=device, dtype=dt))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dt))
 
