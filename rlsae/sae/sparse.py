@@ -81,9 +81,9 @@ def topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     slices). Every one of the row's k largest entries is at least the k-th largest group maximum,
     so it lies in one of the k groups with the largest maxima: the exact TopK is among those
     groups' members. With numba installed, ``rlsae.sae._select`` finds it from the group maxima
-    by counting against thresholds (~4x faster; rows with NaN or inf go to torch.topk); otherwise two
-    ``torch.topk`` calls over ~sqrt(n*k) columns do (top k groups, then top k of their k*g
-    members). Values carry gradient to ``pre`` when it requires one."""
+    by counting against thresholds (~4x faster; rows with NaN or inf go to torch.topk);
+    otherwise two ``torch.topk`` calls over ~sqrt(n*k) columns do (top k groups, then top k of
+    their k*g members). Values carry gradient to ``pre`` when it requires one."""
     B, n = pre.shape
     g = _group_size(n, k)
     if g == 1:
