@@ -13,9 +13,9 @@ For one row with group maxima ``gm`` (group s = columns s, s+m, s+2m, ...):
 
 Every step is a count or a copy over a few hundred floats, with no data-dependent sort: on the
 development CPU this takes ~9 ms for 4096 rows of 2048 latents on one thread, against ~24 ms for
-the two narrow ``torch.topk`` calls it replaces. Rows are split across Python threads (the kernel releases the
-GIL). Rows holding NaN or inf are left to ``torch.topk``; without numba, ``topk_select`` uses its
-pure-torch path.
+the two narrow ``torch.topk`` calls it replaces. Rows are split across Python threads (the kernel
+releases the GIL). Rows holding NaN or inf are left to ``torch.topk``; without numba,
+``topk_select`` uses its pure-torch path.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ AVAILABLE = importlib.util.find_spec("numba") is not None
 
 
 def _select_rows_py(pre, gm, k, g, row0, row1, vals, idx, failed):
-    B, n = pre.shape
     m = gm.shape[1]
     sel = np.empty(m, np.int64)
     buf_v = np.empty(m * g, pre.dtype)
@@ -129,12 +128,12 @@ def _select_rows_py(pre, gm, k, g, row0, row1, vals, idx, failed):
 
 
 _kernel = None
-_pool_lock = threading.Lock()
+_lock = threading.Lock()
 
 
 def _get_kernel():
     global _kernel
-    with _pool_lock:
+    with _lock:
         if _kernel is None:
             import numba
 
@@ -155,7 +154,7 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 def _executor(workers: int) -> ThreadPoolExecutor:
     global _pool
-    with _pool_lock:
+    with _lock:
         if _pool is None or _pool._max_workers < workers:
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rlsae-topk")
         return _pool

@@ -84,7 +84,9 @@ def encoder_parameter(
     ``embedding_bag`` bag per latent); with this layout autograd takes it as it is instead of
     copying it into a row-major (d_in, d_sae) gradient on every step. Values, shape and the
     matmul's speed are the same either way."""
-    stored = W_enc.t().to(device=device, dtype=dtype, copy=True).contiguous()
+    stored = W_enc.t().to(
+        device=device, dtype=dtype, memory_format=torch.contiguous_format, copy=True
+    )
     return nn.Parameter(stored.t())
 
 
@@ -141,11 +143,7 @@ class SAE(nn.Module):
         """TopK SAEs: the k (values, indices) per row without the dense (..., d_sae) result."""
         if self.cfg.arch != "topk":
             raise RlsaeError("encode_topk needs a topk SAE")
-        pre = self.pre_acts(x)
-        if pre.ndim != 2:
-            vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
-            return vals.relu(), idx
-        vals, idx = topk_select(pre, self.cfg.k)
+        vals, idx = topk_select(self.pre_acts(x), self.cfg.k)
         return vals.relu(), idx
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,8 @@ def _group_size(n: int, k: int) -> int:
 
 
 def topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest entries of each row of a 2-D ``pre`` as (values, column indices), in no
+    """The k largest entries along the last dimension of ``pre`` (any leading dimensions) as
+    (values, indices), in no
     particular order: the same selection as ``pre.topk(k, sorted=False)`` (ties may be broken
     differently; the values are the same), found faster.
 
@@ -84,10 +85,14 @@ def topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     by counting against thresholds (~4x faster; rows with NaN or inf go to torch.topk);
     otherwise two ``torch.topk`` calls over ~sqrt(n*k) columns do (top k groups, then top k of
     their k*g members). Values carry gradient to ``pre`` when it requires one."""
-    B, n = pre.shape
+    n = pre.shape[-1]
     g = _group_size(n, k)
     if g == 1:
         return pre.topk(k, dim=-1, sorted=False)
+    if pre.ndim != 2:
+        vals, idx = topk_select(pre.reshape(-1, n), k)
+        return vals.view(*pre.shape[:-1], k), idx.view(*pre.shape[:-1], k)
+    B = pre.shape[0]
     m = n // g
     grouped = pre.reshape(B, g, m)
     group_max = grouped.amax(dim=1)

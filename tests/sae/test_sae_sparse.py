@@ -118,6 +118,10 @@ def test_topk_select_is_torch_topk(B, n, k, dtype, select_path):
     _assert_valid_topk(pre, vals, idx, k)
     ref_idx = pre.topk(k, dim=-1).indices  # no ties in these rows: the same columns too
     assert torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
+    # leading dimensions: the same selection row by row
+    v3, i3 = topk_select(pre.reshape(1, B, n), k)
+    assert v3.shape == i3.shape == (1, B, k)
+    assert torch.equal(i3[0], idx) and torch.equal(v3[0], vals)
 
 
 @pytest.mark.parametrize("levels", [2, 6, 1000])
