@@ -57,6 +57,7 @@ PARTS = {
         "rlsae::topk_select",
     ),
     "sparse decode and backward": (
+        "rlsae::residual",
         "aten::_embedding_bag",
         "aten::_embedding_bag_forward_only",
         "aten::sparse_sampled_addmm",

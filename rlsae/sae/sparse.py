@@ -22,7 +22,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from rlsae.sae import _select
+from rlsae.sae import _native, _select
 
 
 def _csc_order(cols: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,28 +70,43 @@ def _group_size(n: int, k: int) -> int:
     return g if g >= 4 and n % g == 0 else 1
 
 
-def topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_select(
+    pre: torch.Tensor, k: int, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest entries along the last dimension of ``pre`` (any leading dimensions) as
-    (values, indices), in no
-    particular order: the same selection as ``pre.topk(k, sorted=False)`` (ties may be broken
-    differently; the values are the same), found faster.
+    (values, indices), in no particular order: the same selection as ``pre.topk(k, sorted=False)``
+    (ties may be broken differently; the values are the same), found faster.
 
     Torch's CPU TopK over 2048 latents costs about 0.45x the encoder matmul on the development
     machine, mostly branchy per-row work. Split the n columns into m = n/g strided groups
     {j, j+m, j+2m, ...} and take each group's maximum (an elementwise max of g contiguous
     slices). Every one of the row's k largest entries is at least the k-th largest group maximum,
     so it lies in one of the k groups with the largest maxima: the exact TopK is among those
-    groups' members. With numba installed, ``rlsae.sae._select`` finds it from the group maxima
-    by counting against thresholds (~4x faster; rows with NaN or inf go to torch.topk);
-    otherwise two ``torch.topk`` calls over ~sqrt(n*k) columns do (top k groups, then top k of
-    their k*g members). Values carry gradient to ``pre`` when it requires one."""
+    groups' members. The native kernel (``_kernels.c``, float32) or the numba one
+    (``_select.py``) finds it from the group maxima by counting against thresholds (rows with NaN
+    or inf go to torch.topk); without either, two ``torch.topk`` calls over ~sqrt(n*k) columns
+    do (top k groups, then top k of their k*g members). Values carry gradient to ``pre`` when it
+    requires one.
+
+    ``bias`` (n,), for a 2-D block without gradient (the training step's encoder): adds it to
+    ``pre`` in place first; the native kernel does so row by row, saving a pass over the block."""
     n = pre.shape[-1]
     g = _group_size(n, k)
+    if bias is not None:
+        if pre.requires_grad or pre.ndim != 2:
+            raise ValueError("topk_select's bias is for a 2-D block without gradient")
+        if g > 1 and pre.is_contiguous() and _native.usable(pre, bias):
+            return _native_select(pre, k, g, bias)
+        pre += bias
+        return topk_select(pre, k)
     if g == 1:
         return pre.topk(k, dim=-1, sorted=False)
     if pre.ndim != 2:
         vals, idx = topk_select(pre.reshape(-1, n), k)
         return vals.view(*pre.shape[:-1], k), idx.view(*pre.shape[:-1], k)
+    if _native.usable(pre):
+        vals, idx = _native_select(pre.detach().contiguous(), k, g, None)
+        return (pre.gather(1, idx) if pre.requires_grad else vals), idx
     B = pre.shape[0]
     m = n // g
     grouped = pre.reshape(B, g, m)
@@ -111,13 +126,27 @@ def topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals, top_groups.gather(1, pos % k) + (pos // k) * m
 
 
+def _native_select(
+    pre: torch.Tensor, k: int, g: int, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.profiler.record_function("rlsae::topk_select"):
+        vals, idx, failed = _native.select(pre, k, g, bias)
+    if failed.any():  # rows with NaN or inf: torch.topk decides (pre holds the bias by now)
+        rows = failed.nonzero().reshape(-1)
+        vals[rows], idx[rows] = pre[rows].topk(k, dim=-1, sorted=False)
+    return vals, idx
+
+
 class Workspace:
     """Buffers reused from one training step to the next. The (rows, d_sae) pre-activation block is
     the step's largest temporary (32 MiB at 4096 x 2048); allocated afresh, its pages are faulted
-    in again on every step, which cost ~15 ms of a ~60 ms matmul on the development machine."""
+    in again on every step, which cost ~15 ms of a ~60 ms matmul on the development machine.
+    Buffers that outlive the forward pass (saved for the backward) are leased: ``take`` hands
+    out a fresh tensor while the buffer is still out, so nothing is overwritten early."""
 
     def __init__(self) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
+        self._leased: set[str] = set()
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A tensor of ``shape`` with ``like``'s dtype and device, reused while those match."""
@@ -130,6 +159,18 @@ class Workspace:
         ):
             buf = self._bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
+
+    def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """Like ``get``, for a buffer kept until ``give_back``; a fresh tensor while it is out."""
+        if name in self._leased:
+            return torch.empty(shape, dtype=like.dtype, device=like.device)
+        self._leased.add(name)
+        return self.get(name, shape, like)
+
+    def give_back(self, name: str, t: torch.Tensor) -> None:
+        """End the lease of ``name`` if ``t`` is that buffer."""
+        if self._bufs.get(name) is t:
+            self._leased.discard(name)
 
 
 CHUNK = 4096
@@ -161,8 +202,9 @@ def _encode_topk(
         e = min(B, s + CHUNK)
         pre = buf[: e - s]
         torch.mm(x[s:e], W_enc, out=pre)
-        pre += c  # (addmm's broadcast copy of c into ``out`` is several times slower than this)
-        vals[s:e], idx[s:e] = topk_select(pre, k)
+        # + c inside the selection (addmm's broadcast copy of c into ``out`` is several times
+        # slower than a separate pass; the native selection needs no pass of its own)
+        vals[s:e], idx[s:e] = topk_select(pre, k, bias=c)
         if aux:
             av, ai = pre.index_select(1, dead_idx).topk(ka, dim=-1, sorted=False)
             a_vals[s:e], a_idx[s:e] = av, dead_idx[ai]
@@ -170,6 +212,44 @@ def _encode_topk(
     if aux:
         a_vals.relu_()
     return vals, idx, a_vals, a_idx
+
+
+def _sparse_grads(
+    idx: torch.Tensor,
+    dec_vals: torch.Tensor,
+    enc_vals: torch.Tensor,
+    dense_dec: torch.Tensor,
+    x: torch.Tensor,
+    b_dec: torch.Tensor,
+    apply_b_dec: bool,
+    n: int,
+    aux: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(g_W_dec, g_W_enc_t, g_b_enc) for latents ``idx`` (B, k) with decoder weights ``dec_vals``
+    and pre-activation gradients ``enc_vals`` (B, k): S^T dense_dec, G^T (x - b_dec) (G^T x
+    without ``apply_b_dec``) and the column sums of G, plus the AuxK entries
+    ``aux = (a_idx, a_dec_vals, a_enc_vals, a_dense_dec)`` where given. The decoder's S and the
+    encoder's G share one sparsity pattern, so one grouping by latent serves both products."""
+    B, k = idx.shape
+    cols, rows = idx.reshape(-1), torch.arange(B, device=x.device).repeat_interleave(k)
+    dec_vals, enc_vals = dec_vals.reshape(-1), enc_vals.reshape(-1)
+    if aux is not None:
+        a_idx, a_dec, a_enc, a_dense = aux
+        ka = a_idx.shape[1]
+        cols = torch.cat([cols, a_idx.reshape(-1)])
+        rows = torch.cat([rows, torch.arange(B, device=x.device).repeat_interleave(ka)])
+        dec_vals = torch.cat([dec_vals, a_dec.reshape(-1)])
+        enc_vals = torch.cat([enc_vals, a_enc.reshape(-1)])
+        dense_dec = torch.cat([dense_dec, a_dense])  # AuxK entries decode into rows B..2B-1
+    order, offsets = _csc_order(cols, n)
+    enc_rows = rows[order]
+    dec_rows = enc_rows + B * (order >= B * k) if aux is not None else enc_rows
+    g_W_dec = _sparse_t_mm(dec_rows, dec_vals[order], offsets, dense_dec)
+    g_b_enc = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, cols, enc_vals)
+    g_W_enc_t = _sparse_t_mm(enc_rows, enc_vals[order], offsets, x)
+    if apply_b_dec:  # G^T (x - b_dec) = G^T x - outer(column sums of G, b_dec)
+        g_W_enc_t -= torch.outer(g_b_enc, b_dec)
+    return g_W_dec, g_W_enc_t, g_b_enc
 
 
 class TopKSAEFunction(torch.autograd.Function):
@@ -197,37 +277,127 @@ class TopKSAEFunction(torch.autograd.Function):
         B, k = idx.shape
         n = W_dec.shape[0]
         g_recon = g_recon if g_recon is not None else torch.zeros_like(x)
-        rows = torch.arange(B, device=x.device).repeat_interleave(k)
         # latent-value gradients and, through the ReLU, pre-activation gradients
         gv = _sampled_dot(g_recon, W_dec, idx)
         if g_vals is not None:
             gv = gv + g_vals
         gp = gv * (vals > 0)
-        # the decoder's S and the encoder's G share one sparsity pattern (plus the AuxK entries),
-        # so one grouping by latent serves both products
-        cols, rows_all, dec_vals, enc_vals = idx.reshape(-1), rows, vals.reshape(-1), gp.reshape(-1)
-        dense_dec = g_recon
-        aux = a_idx is not None and g_aux is not None and g_aux.numel() > 0
-        if aux:
-            ka = a_idx.shape[1]
+        aux = None
+        if a_idx is not None and g_aux is not None and g_aux.numel() > 0:
             ga = _sampled_dot(g_aux, W_dec, a_idx) * (a_vals > 0)
-            cols = torch.cat([cols, a_idx.reshape(-1)])
-            rows_all = torch.cat([rows, torch.arange(B, device=x.device).repeat_interleave(ka)])
-            dec_vals = torch.cat([dec_vals, a_vals.reshape(-1)])
-            enc_vals = torch.cat([enc_vals, ga.reshape(-1)])
-            dense_dec = torch.cat([g_recon, g_aux])  # AuxK entries decode into rows B..2B-1
-        order, offsets = _csc_order(cols, n)
-        enc_rows = rows_all[order]
-        dec_rows = enc_rows + B * (order >= B * k) if aux else enc_rows
-        g_W_dec = _sparse_t_mm(dec_rows, dec_vals[order], offsets, dense_dec)
-        g_b_enc = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, cols, enc_vals)
-        # G^T (x - b_dec) = G^T x - outer(column sums of G, b_dec)
-        g_W_enc_t = _sparse_t_mm(enc_rows, enc_vals[order], offsets, x)
+            aux = (a_idx, a_vals, ga, g_aux)
+        g_W_dec, g_W_enc_t, g_b_enc = _sparse_grads(
+            idx, vals, gp, g_recon, x, b_dec, ctx.apply_b_dec, n, aux
+        )
         g_b_dec = g_recon.sum(0)
         if ctx.apply_b_dec:
-            g_W_enc_t -= torch.outer(g_b_enc, b_dec)
             g_b_dec -= W_enc @ g_b_enc
         return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None, None
+
+
+def _residual(
+    x: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    idx: torch.Tensor,
+    vals: torch.Tensor,
+    workspace: Workspace | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(e, sse, gdot): e = recon - x, sse = |e|^2 per row, gdot[r, j] = e[r] . W_dec[idx[r, j]].
+    The native kernel gathers each row's k decoder rows once for all three (and writes e into the
+    workspace's leased "residual" buffer when given one)."""
+    if _native.usable(x, W_dec, b_dec, vals):
+        e = workspace.take("residual", tuple(x.shape), x) if workspace is not None else None
+        with torch.profiler.record_function("rlsae::residual"):
+            return _native.residual(x, W_dec.contiguous(), b_dec.contiguous(), idx, vals, out=e)
+    e = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+    e += b_dec
+    e -= x
+    return e, torch.linalg.vecdot(e, e), _sampled_dot(e, W_dec, idx)
+
+
+class TopKLossFunction(torch.autograd.Function):
+    """The TopK training loss terms without the reconstruction as an output.
+
+    Forward: (sse, aux_sse, vals, idx) with sse = |recon - x|^2 summed over the batch and
+    aux_sse = |aux_recon - (x - recon)|^2 (the residual detached, as AuxK's target); aux_sse is
+    0 without dead latents. Knowing the loss, the forward computes e = recon - x and the dots
+    e . W_dec[idx] once, while each row's decoder rows are in cache; the backward only scales
+    them. Gradients as in ``TopKSAEFunction`` (d sse / d recon = 2 e)."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):  # type: ignore[override]
+        c = b_enc - b_dec @ W_enc if apply_b_dec else b_enc
+        vals, idx, a_vals, a_idx = _encode_topk(x, W_enc, c, k, dead_idx, k_aux, workspace)
+        e, sse, gdot = _residual(x, W_dec, b_dec, idx, vals, workspace)
+        res = None
+        if a_idx is not None:
+            # aux_recon - (x - recon) = aux_recon + e
+            res = F.embedding_bag(a_idx, W_dec, per_sample_weights=a_vals, mode="sum")
+            res += e
+            aux_sse = torch.linalg.vector_norm(res).square()
+        else:
+            aux_sse = x.new_zeros(())
+        ctx.save_for_backward(x, W_enc, W_dec, b_dec, vals, idx, e, gdot, a_vals, a_idx, res)
+        ctx.apply_b_dec = apply_b_dec
+        ctx.workspace = workspace
+        ctx.mark_non_differentiable(idx)
+        return sse.sum(), aux_sse, vals, idx
+
+    @staticmethod
+    def backward(ctx, g_sse, g_aux, g_vals, _g_idx):  # type: ignore[override]
+        x, W_enc, W_dec, b_dec, vals, idx, e, gdot, a_vals, a_idx, res = ctx.saved_tensors
+        B, k = idx.shape
+        n = W_dec.shape[0]
+        s = 2.0 * float(g_sse) if g_sse is not None else 0.0
+        gv = gdot * s
+        if g_vals is not None:
+            gv = gv + g_vals
+        gp = gv * (vals > 0)
+        aux = None
+        if res is not None and g_aux is not None:
+            s_aux = 2.0 * float(g_aux)
+            ga = _sampled_dot(res, W_dec, a_idx) * s_aux * (a_vals > 0)
+            aux = (a_idx, a_vals * s_aux, ga, res)
+        g_W_dec, g_W_enc_t, g_b_enc = _sparse_grads(
+            idx, vals * s, gp, e, x, b_dec, ctx.apply_b_dec, n, aux
+        )
+        g_b_dec = e.sum(0) * s
+        if ctx.apply_b_dec:
+            g_b_dec -= W_enc @ g_b_enc
+        if ctx.workspace is not None:
+            ctx.workspace.give_back("residual", e)
+        return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None, None
+
+
+def topk_loss(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    k: int,
+    dead_idx: torch.Tensor | None = None,
+    k_aux: int = 0,
+    apply_b_dec: bool = True,
+    workspace: Workspace | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training path: (sse, aux_sse, vals, idx), the summed squared reconstruction error, the
+    AuxK summed squared error against the detached residual (0 without ``dead_idx``), and the
+    latents (indices in no particular order). The same quantities as ``topk_forward`` followed
+    by the two squared errors, with fewer passes over the batch."""
+    return TopKLossFunction.apply(
+        x.detach().contiguous(),
+        W_enc,
+        b_enc,
+        W_dec,
+        b_dec,
+        int(k),
+        dead_idx,
+        int(k_aux),
+        bool(apply_b_dec),
+        workspace,
+    )
 
 
 def topk_forward(

@@ -1,0 +1,188 @@
+"""Native kernels for the TopK training step (``_kernels.c``), built on first use.
+
+The C source ships with the package. The first call compiles it with the system C compiler
+(``$CC`` or ``cc``; ``-O3 -march=native``) into a per-user cache
+(``$RLSAE_CACHE/kernels`` or ``~/.cache/rlsae/kernels``), keyed by the source, the compiler, the
+flags and the CPU, and loads it with ctypes. Where that fails (no compiler, an unsupported
+platform) or ``RLSAE_NATIVE=0`` is set, ``lib()`` returns None and rlsae uses its numba and
+pure-torch paths: the same results, slower. ``status()`` says which and why.
+
+Kernels take float32 CPU tensors (contiguous). They split rows across OpenMP threads, in torch's
+own OpenMP runtime (see ``_kernels.c``); each row is done by one thread, so results do not
+depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("_kernels.c")
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "rlsae_openmp": ([], ctypes.c_int),
+    "select_rows": ([_P, _P, _I, _I, _I, _I, _I, _P, _P, _P], ctypes.c_int),
+    "residual_rows": ([_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P], None),
+}
+# tried in order; the first that compiles is used. The vector-width hint is x86-only (GCC's
+# default for AMD Zen is 128-bit vectors, half the speed here). Without -fopenmp the kernels run
+# on one thread.
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-mprefer-vector-width=256", "-fopenmp"],
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-fopenmp"],
+    ["-O3"],
+)
+_COMMON = [
+    "-shared",
+    "-fPIC",
+    "-std=c99",
+    "-fno-math-errno",
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_status: str | None = None
+
+
+def _cpu_key() -> str:
+    """What -march=native depends on: a library built on one CPU may not run on another that
+    shares the cache (a cluster's home directory)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("RLSAE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rlsae"
+    )
+    return Path(root) / "kernels"
+
+
+def _build() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get("RLSAE_NATIVE", "1") == "0":
+        return None, "off (RLSAE_NATIVE=0)"
+    cc = os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        return None, f"off (no C compiler: {cc!r} not found)"
+    src = _SOURCE.read_bytes()
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(
+            b"\0".join([src, cc.encode(), " ".join(flags + _COMMON).encode(), _cpu_key().encode()])
+        ).hexdigest()[:16]
+        path = _cache_dir() / f"rlsae_kernels_{key}.so"
+        if not path.exists():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+                os.close(fd)
+                proc = subprocess.run(
+                    [cc, *flags, *_COMMON, str(_SOURCE), "-o", tmp],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                if proc.returncode != 0:
+                    os.unlink(tmp)
+                    errors.append(proc.stderr.strip().splitlines()[-1:] or ["failed"])
+                    continue
+                os.replace(tmp, path)  # atomic: another process may be building the same
+            except (OSError, subprocess.SubprocessError) as exc:
+                errors.append([str(exc)])
+                continue
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as exc:
+            errors.append([str(exc)])
+            continue
+        for name, (args, res) in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, res
+        return lib, f"on ({cc} {' '.join(flags)}; {path})"
+    return None, f"off (compiling {_SOURCE.name} failed: {errors[-1][0] if errors else '?'})"
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded kernels, or None where they cannot be built (see ``status``)."""
+    global _lib, _status
+    if _status is None:
+        with _lock:
+            if _status is None:
+                _lib, _status = _build()
+    return _lib
+
+
+def status() -> str:
+    """'on (...)' or 'off (why)'; builds the kernels if that was not tried yet."""
+    lib()
+    return str(_status)
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can take these tensors (built, CPU, float32) and are built."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and (
+        lib() is not None
+    )
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def select(
+    pre: torch.Tensor, k: int, g: int, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, indices, failed) of the top k of each row of the contiguous float32 block
+    ``pre`` (B, n), strided groups of ``g``; ``pre += bias`` in place first when given. Rows
+    with ``failed`` set (NaN or inf) are left for the caller."""
+    B, n = pre.shape
+    vals = torch.empty(B, k, dtype=pre.dtype)
+    idx = torch.empty(B, k, dtype=torch.long)
+    failed = torch.zeros(B, dtype=torch.uint8)
+    b = bias.detach().contiguous() if bias is not None else pre
+    rc = lib().select_rows(
+        _ptr(pre), _ptr(b), int(bias is not None), B, n, int(k), int(g),
+        _ptr(vals), _ptr(idx), _ptr(failed),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("rlsae's TopK selection could not allocate its scratch memory")
+    return vals, idx, failed
+
+
+def residual(
+    x: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    idx: torch.Tensor,
+    vals: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(e, sse, gdot): e = b_dec + sum_j vals W_dec[idx] - x (rows, d), sse = |e|^2 per row,
+    gdot[r, j] = e[r] . W_dec[idx[r, j]]. All inputs contiguous; e goes into ``out`` if given."""
+    B, k = idx.shape
+    d = x.shape[1]
+    e = torch.empty_like(x) if out is None else out
+    sse = torch.empty(B, dtype=x.dtype)
+    gdot = torch.empty(B, k, dtype=x.dtype)
+    lib().residual_rows(
+        _ptr(x), _ptr(W_dec), _ptr(b_dec), _ptr(idx), _ptr(vals), B, d, k,
+        _ptr(e), _ptr(sse), _ptr(gdot),
+    )  # fmt: skip
+    return e, sse, gdot
