@@ -240,6 +240,51 @@ static void residual_range(const float *x, const float *W, const float *b_dec,
     }
 }
 
+/* ---- The backward's grouping of the sparse entries by latent (a counting sort) -------------
+ * Entries are the main latents (B, k), then the AuxK ones (B, ka). For latent j, positions
+ * offsets[j] .. offsets[j+1]-1 receive its entries in entry order (the order of a stable sort,
+ * so the sums over them have a fixed order): the entry's row in x (enc_rows), its row in the
+ * decoder's dense operand (dec_rows: r for main entries, B + r for AuxK ones) and its two values;
+ * also enc_sums[j], the sum of latent j's enc values (the encoder bias gradient). Returns 0, -1 for an index out of range, -2 if memory could not be allocated. */
+int group_by_latent(const int64_t *idx, const float *dec, const float *enc, int64_t k,
+                    const int64_t *a_idx, const float *a_dec, const float *a_enc, int64_t ka,
+                    int64_t B, int64_t n, int64_t *offsets, int64_t *enc_rows,
+                    int64_t *dec_rows, float *dec_out, float *enc_out, float *enc_sums) {
+    for (int64_t j = 0; j <= n; j++) offsets[j] = 0;
+    for (int64_t j = 0; j < n; j++) enc_sums[j] = 0.0f;
+    for (int64_t q = 0; q < B * k; q++) {
+        if (idx[q] < 0 || idx[q] >= n) return -1;
+        offsets[idx[q] + 1]++;
+    }
+    for (int64_t q = 0; q < B * ka; q++) {
+        if (a_idx[q] < 0 || a_idx[q] >= n) return -1;
+        offsets[a_idx[q] + 1]++;
+    }
+    for (int64_t j = 0; j < n; j++) offsets[j + 1] += offsets[j];
+    int64_t *next = malloc(sizeof(int64_t) * (n > 0 ? n : 1));
+    if (!next) return -2;
+    for (int64_t j = 0; j < n; j++) next[j] = offsets[j];
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t j = 0; j < k; j++) {
+            const int64_t q = r * k + j, p = next[idx[q]]++;
+            enc_rows[p] = dec_rows[p] = r;
+            dec_out[p] = dec[q];
+            enc_out[p] = enc[q];
+            enc_sums[idx[q]] += enc[q];
+        }
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t j = 0; j < ka; j++) {
+            const int64_t q = r * ka + j, p = next[a_idx[q]]++;
+            enc_rows[p] = r;
+            dec_rows[p] = B + r;
+            dec_out[p] = a_dec[q];
+            enc_out[p] = a_enc[q];
+            enc_sums[a_idx[q]] += a_enc[q];
+        }
+    free(next);
+    return 0;
+}
+
 /* ---- Entry points: all B rows, in parallel -------------------------------------------------- */
 
 /* Returns 0, or -1 if a thread could not allocate its scratch memory. */

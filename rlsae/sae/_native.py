@@ -32,6 +32,10 @@ _SIGNATURES = {
     "rlsae_openmp": ([], ctypes.c_int),
     "select_rows": ([_P, _P, _I, _I, _I, _I, _I, _P, _P, _P], ctypes.c_int),
     "residual_rows": ([_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P], None),
+    "group_by_latent": (
+        [_P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P],
+        ctypes.c_int,
+    ),
 }
 # tried in order; the first that compiles is used. The vector-width hint is x86-only (GCC's
 # default for AMD Zen is 128-bit vectors, half the speed here). Without -fopenmp the kernels run
@@ -186,3 +190,40 @@ def residual(
         _ptr(e), _ptr(sse), _ptr(gdot),
     )  # fmt: skip
     return e, sse, gdot
+
+
+def group_by_latent(
+    idx: torch.Tensor,
+    dec: torch.Tensor,
+    enc: torch.Tensor,
+    n: int,
+    aux: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The entries of latents ``idx`` (B, k) with values ``dec`` and ``enc`` (B, k), and of
+    ``aux = (a_idx, a_dec, a_enc)`` (B, ka), grouped by latent (one counting sort): (offsets,
+    enc_rows, dec_rows, dec_vals, enc_vals, enc_sums), latent j's entries at
+    offsets[j]:offsets[j+1] in entry order (AuxK entries' dec_rows are B + row), enc_sums[j] the
+    sum of latent j's enc values. All inputs contiguous."""
+    B, k = idx.shape
+    if aux is not None:
+        a_idx, a_dec, a_enc = aux
+    else:
+        a_idx = torch.empty(B, 0, dtype=torch.long)
+        a_dec = a_enc = dec.new_empty(0)
+    nnz = B * (k + a_idx.shape[1])
+    offsets = torch.empty(n + 1, dtype=torch.long)
+    enc_rows = torch.empty(nnz, dtype=torch.long)
+    dec_rows = torch.empty(nnz, dtype=torch.long)
+    dec_vals = torch.empty(nnz, dtype=dec.dtype)
+    enc_vals = torch.empty(nnz, dtype=enc.dtype)
+    enc_sums = torch.empty(n, dtype=enc.dtype)
+    rc = lib().group_by_latent(
+        _ptr(idx), _ptr(dec), _ptr(enc), k, _ptr(a_idx), _ptr(a_dec), _ptr(a_enc),
+        a_idx.shape[1], B, n, _ptr(offsets), _ptr(enc_rows), _ptr(dec_rows),
+        _ptr(dec_vals), _ptr(enc_vals), _ptr(enc_sums),
+    )  # fmt: skip
+    if rc == -1:
+        raise ValueError("a latent index is out of range")
+    if rc != 0:
+        raise MemoryError("rlsae's latent grouping could not allocate memory")
+    return offsets, enc_rows, dec_rows, dec_vals, enc_vals, enc_sums

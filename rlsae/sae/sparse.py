@@ -231,24 +231,33 @@ def _sparse_grads(
     ``aux = (a_idx, a_dec_vals, a_enc_vals, a_dense_dec)`` where given. The decoder's S and the
     encoder's G share one sparsity pattern, so one grouping by latent serves both products."""
     B, k = idx.shape
-    cols, rows = idx.reshape(-1), torch.arange(B, device=x.device).repeat_interleave(k)
-    dec_vals, enc_vals = dec_vals.reshape(-1), enc_vals.reshape(-1)
-    if aux is not None:
-        a_idx, a_dec, a_enc, a_dense = aux
-        ka = a_idx.shape[1]
-        cols = torch.cat([cols, a_idx.reshape(-1)])
-        rows = torch.cat([rows, torch.arange(B, device=x.device).repeat_interleave(ka)])
-        dec_vals = torch.cat([dec_vals, a_dec.reshape(-1)])
-        enc_vals = torch.cat([enc_vals, a_enc.reshape(-1)])
-        dense_dec = torch.cat([dense_dec, a_dense])  # AuxK entries decode into rows B..2B-1
-    order, offsets = _csc_order(cols, n)
-    enc_rows = rows[order]
-    dec_rows = enc_rows + B * (order >= B * k) if aux is not None else enc_rows
-    g_W_dec = _sparse_t_mm(dec_rows, dec_vals[order], offsets, dense_dec)
-    g_b_enc = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, cols, enc_vals)
-    g_W_enc_t = _sparse_t_mm(enc_rows, enc_vals[order], offsets, x)
+    if _native.usable(dec_vals, enc_vals, dense_dec, x):  # one counting sort, in C
+        cont = [t.contiguous() for t in aux[:3]] if aux is not None else None
+        offsets, enc_rows, dec_rows, dec_sorted, enc_sorted, g_b_enc = _native.group_by_latent(
+            idx.contiguous(), dec_vals.contiguous(), enc_vals.contiguous(), n, cont
+        )
+        if aux is not None:
+            dense_dec = torch.cat([dense_dec, aux[3]])  # AuxK entries decode into rows B..2B-1
+    else:
+        cols, rows = idx.reshape(-1), torch.arange(B, device=x.device).repeat_interleave(k)
+        dec_vals, enc_vals = dec_vals.reshape(-1), enc_vals.reshape(-1)
+        if aux is not None:
+            a_idx, a_dec, a_enc, a_dense = aux
+            ka = a_idx.shape[1]
+            cols = torch.cat([cols, a_idx.reshape(-1)])
+            rows = torch.cat([rows, torch.arange(B, device=x.device).repeat_interleave(ka)])
+            dec_vals = torch.cat([dec_vals, a_dec.reshape(-1)])
+            enc_vals = torch.cat([enc_vals, a_enc.reshape(-1)])
+            dense_dec = torch.cat([dense_dec, a_dense])  # AuxK entries decode into rows B..2B-1
+        order, offsets = _csc_order(cols, n)
+        enc_rows = rows[order]
+        dec_rows = enc_rows + B * (order >= B * k) if aux is not None else enc_rows
+        dec_sorted, enc_sorted = dec_vals[order], enc_vals[order]
+        g_b_enc = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, cols, enc_vals)
+    g_W_dec = _sparse_t_mm(dec_rows, dec_sorted, offsets[:n], dense_dec)
+    g_W_enc_t = _sparse_t_mm(enc_rows, enc_sorted, offsets[:n], x)
     if apply_b_dec:  # G^T (x - b_dec) = G^T x - outer(column sums of G, b_dec)
-        g_W_enc_t -= torch.outer(g_b_enc, b_dec)
+        g_W_enc_t.addr_(g_b_enc, b_dec, alpha=-1)
     return g_W_dec, g_W_enc_t, g_b_enc
 
 
