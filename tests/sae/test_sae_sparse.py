@@ -90,15 +90,25 @@ def _assert_valid_topk(pre, vals, idx, k):
     assert all(len(set(row.tolist())) == k for row in idx)
 
 
-@pytest.fixture(params=["compiled", "torch"])
-def select_path(request, monkeypatch):
-    """topk_select with the numba kernel (when installed) and with the pure-torch fallback."""
-    from rlsae.sae import _select
+def _force_path(path: str, monkeypatch) -> None:
+    """Route the step's kernels: "native" (C, float32; float64 goes on to numba), "numba" (the
+    numba selection, torch elsewhere) or "torch" (pure torch)."""
+    from rlsae.sae import _native, _select
 
-    if request.param == "compiled" and not _select.AVAILABLE:
-        pytest.skip("numba is not installed")
-    if request.param == "torch":
+    if path == "native" and _native.lib() is None:
+        pytest.fail(f"the native kernels did not build: {_native.status()}")
+    if path == "numba" and not _select.AVAILABLE:
+        pytest.fail("numba is not installed (it is a dependency)")
+    if path != "native":
+        monkeypatch.setattr(_native, "usable", lambda *tensors: False)
+    if path == "torch":
         monkeypatch.setattr(_select, "AVAILABLE", False)
+
+
+@pytest.fixture(params=["native", "numba", "torch"])
+def select_path(request, monkeypatch):
+    """topk_select with the C kernel, the numba kernel and the pure-torch fallback."""
+    _force_path(request.param, monkeypatch)
     return request.param
 
 
@@ -117,6 +127,12 @@ def test_topk_select_is_torch_topk(B, n, k, dtype, select_path):
     vals, idx = topk_select(pre, k)
     _assert_valid_topk(pre, vals, idx, k)
     ref_idx = pre.topk(k, dim=-1).indices  # no ties in these rows: the same columns too
+    # the encoder's bias, added in place inside the selection: the same as adding it first
+    bias = torch.randn(n, generator=g, dtype=dtype)
+    shifted = pre.clone()
+    vb, ib = topk_select(shifted, k, bias=bias)
+    assert torch.equal(shifted, pre + bias)
+    _assert_valid_topk(pre + bias, vb, ib, k)
     assert torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
     # leading dimensions: the same selection row by row
     v3, i3 = topk_select(pre.reshape(1, B, n), k)
@@ -145,6 +161,12 @@ def test_topk_select_non_finite_rows_and_gradient(select_path):
     vals, idx = topk_select(pre, 32)
     assert 100 in idx[3].tolist()
     _assert_valid_topk(pre, vals, idx, 32)
+    bias = torch.zeros(2048)
+    bias[200] = float("inf")  # the bias makes every row non-finite: torch decides them all
+    shifted = pre.clone()
+    vb, ib = topk_select(shifted, 32, bias=bias)
+    assert all(200 in row.tolist() for row in ib)
+    _assert_valid_topk(shifted, vb, ib, 32)
     pre[7, 9] = float("nan")  # torch.topk ranks NaN first; so does topk_select
     vals, idx = topk_select(pre, 32)
     assert 9 in idx[7].tolist() and vals[7].isnan().sum() == 1
@@ -155,3 +177,103 @@ def test_topk_select_non_finite_rows_and_gradient(select_path):
     vals.sum().backward()
     expected = torch.zeros(16, 2048).scatter_(1, idx, 2.0)
     assert torch.equal(leaf.grad, expected)
+
+
+@pytest.mark.parametrize("path", ["native", "torch"])
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("with_aux", [False, True])
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_topk_loss_matches_dense_reference(path, tied, with_aux, apply_b_dec, monkeypatch):
+    """The training path (the loss terms straight from the forward; C kernels in float32) against
+    the dense reference: the same squared errors, latents and gradients of a loss using all."""
+    from rlsae.sae.sparse import Workspace, topk_loss
+
+    _force_path(path, monkeypatch)
+    g = torch.Generator().manual_seed(5)
+    B, d, n, k = 300, 24, 512, 6  # 300 rows: the kernels split them across threads
+    x = torch.randn(B, d, generator=g)
+    W_dec = torch.randn(n, d, generator=g).requires_grad_()
+    W_enc = None if tied else torch.randn(d, n, generator=g).requires_grad_()
+    b_enc = (0.3 * torch.randn(n, generator=g)).requires_grad_()
+    b_dec = torch.randn(d, generator=g).requires_grad_()
+    dead = torch.arange(3, n, 7) if with_aux else None
+    params = [p for p in (W_enc, b_enc, W_dec, b_dec) if p is not None]
+    enc = W_dec.t() if tied else W_enc
+    ws = Workspace()
+    sse, aux_sse, vals, idx = topk_loss(x, enc, b_enc, W_dec, b_dec, k, dead, 5, apply_b_dec, ws)
+    loss = 0.6 * sse + 0.3 * aux_sse + 0.1 * vals.pow(3).sum()
+    grads = torch.autograd.grad(loss, params)
+    # reference, in float64
+    p64 = [p.detach().double().requires_grad_() for p in params]
+    W_enc64 = p64[1].t() if tied else p64[0]
+    b_enc64, W_dec64, b_dec64 = p64[-3], p64[-2], p64[-1]
+    recon, v_ref, i_ref, aux = naive_topk_forward(
+        x.double(), W_enc64, b_enc64, W_dec64, b_dec64, k, dead, 5, apply_b_dec
+    )
+    sse_ref = (recon - x.double()).pow(2).sum()
+    aux_ref = (aux - (x.double() - recon).detach()).pow(2).sum() if with_aux else 0.0 * sse_ref
+    loss_ref = 0.6 * sse_ref + 0.3 * aux_ref + 0.1 * v_ref.pow(3).sum()
+    grads_ref = torch.autograd.grad(loss_ref, p64)
+    order = idx.argsort(dim=-1)
+    assert torch.equal(idx.gather(-1, order), i_ref)
+    torch.testing.assert_close(vals.gather(-1, order).double(), v_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sse.double(), sse_ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(aux_sse.double(), aux_ref, rtol=1e-5, atol=1e-4)
+    if with_aux:
+        assert aux_sse > 0
+    else:
+        assert aux_sse == 0
+    for ga, gb in zip(grads, grads_ref, strict=True):
+        assert gb.abs().sum() > 0
+        # float32 sums over 300 rows: within 1e-5 of the gradient's scale
+        torch.testing.assert_close(ga.double(), gb, rtol=1e-3, atol=1e-5 * float(gb.abs().max()))
+
+
+def test_topk_loss_workspace_lease():
+    """The residual buffer is leased from the forward to the backward: a second forward before
+    the first backward gets a fresh buffer, so both backwards see their own residual."""
+    from rlsae.sae.sparse import Workspace, topk_loss
+
+    g = torch.Generator().manual_seed(9)
+    B, d, n, k = 64, 16, 128, 4
+    W_dec = torch.randn(n, d, generator=g).requires_grad_()
+    W_enc = torch.randn(d, n, generator=g).requires_grad_()
+    b_enc, b_dec = torch.zeros(n, requires_grad=True), torch.zeros(d, requires_grad=True)
+    xs = [torch.randn(B, d, generator=g) for _ in range(2)]
+
+    def grads(ws, interleave):
+        outs = [topk_loss(x, W_enc, b_enc, W_dec, b_dec, k, workspace=ws)[0] for x in xs]
+        if not interleave:  # one at a time: forward, backward, forward, backward
+            outs = []
+            res = []
+            for x in xs:
+                sse = topk_loss(x, W_enc, b_enc, W_dec, b_dec, k, workspace=ws)[0]
+                res.append(torch.autograd.grad(sse, [W_dec, W_enc]))
+            return res
+        return [torch.autograd.grad(o, [W_dec, W_enc]) for o in outs]
+
+    ref = grads(None, interleave=False)
+    for interleave in (False, True):
+        for got, want in zip(grads(Workspace(), interleave), ref, strict=True):
+            for a, b in zip(got, want, strict=True):
+                assert torch.equal(a, b)
+
+
+def test_native_build_off_and_missing_compiler(monkeypatch, tmp_path):
+    """RLSAE_NATIVE=0 and a missing compiler turn the kernels off with the reason; a build goes
+    to the cache directory, keyed by source, compiler, flags and CPU."""
+    from rlsae.sae import _native
+
+    monkeypatch.setenv("RLSAE_NATIVE", "0")
+    assert _native._build() == (None, "off (RLSAE_NATIVE=0)")
+    monkeypatch.delenv("RLSAE_NATIVE")
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    lib, why = _native._build()
+    assert lib is None and "no C compiler" in why
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("RLSAE_CACHE", str(tmp_path))
+    lib, why = _native._build()
+    assert lib is not None and why.startswith("on (")
+    built = list((tmp_path / "kernels").glob("rlsae_kernels_*.so"))
+    assert len(built) == 1 and str(built[0]) in why
+    assert not list((tmp_path / "kernels").glob("tmp*"))  # no half-written library left

@@ -259,3 +259,35 @@ def test_auxk_leaves_fewer_dead_latents_when_data_lies_in_a_subspace(tmp_path):
     assert dead_with <= 3  # AuxK revives nearly all of them
     # and the revived latents explain more of the data: 0.304 vs 0.316 (lower for all 8 seeds)
     assert fvu_with < fvu_without
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_steps_column_major_encoder_like_torch(fused):
+    """rlsae's Adam steps a column-major parameter as its contiguous transpose: bit-identical to
+    torch's Adam, moments keep the parameter's shape and layout, and its state dict resumes."""
+    from rlsae.sae.model import encoder_parameter
+    from rlsae.sae.train import Adam
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(24, 40, generator=g)
+    b = torch.randn(40, generator=g)
+    runs = {}
+    for name, cls in (("ours", Adam), ("torch", torch.optim.Adam)):
+        W = encoder_parameter(w)  # (24, 40) stored column-major
+        bias = torch.nn.Parameter(b.clone())
+        assert not W.is_contiguous() and W.t().is_contiguous()
+        opt = cls([W, bias], lr=1e-2, fused=fused)
+        gg = torch.Generator().manual_seed(1)
+        for step in range(6):
+            W.grad = torch.randn(40, 24, generator=gg).t()  # the layout autograd gives it
+            bias.grad = torch.randn(40, generator=gg)
+            opt.step()
+            if step == 2 and name == "ours":  # resume from a state dict half-way
+                sd = opt.state_dict()
+                opt = cls([W, bias], lr=1e-2, fused=fused)
+                opt.load_state_dict(sd)
+        runs[name] = (W.detach().clone(), bias.detach().clone(), opt.state[W]["exp_avg"])
+        assert W.shape == (24, 40) and W.grad.shape == (24, 40) and not W.is_contiguous()
+    (wa, ba, ma), (wb, bb, mb) = runs["ours"], runs["torch"]
+    assert torch.equal(wa, wb) and torch.equal(ba, bb) and torch.equal(ma, mb)
+    assert ma.shape == (24, 40) and ma.stride() == mb.stride()
