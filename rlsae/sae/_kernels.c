@@ -48,8 +48,8 @@ int rlsae_openmp(void) {
  * The exact top k of each row of pre (B, n) from its m = n/g strided group maxima
  * (group s = columns s, s+m, s+2m, ...): every top-k entry is >= the k-th largest group maximum,
  * so it lies in a group whose maximum is >= any threshold t1 that at least k maxima reach.
- *   0. (optional) pre[b] += bias, in place; the group maxima, elementwise over g contiguous
- *      slices of the row while it is in cache.
+ *   0. (optional) pre[b] + bias into scratch (pre is only read); the group maxima, elementwise
+ *      over g contiguous slices of the row while it is in cache.
  *   1. bisect for t1 with k <= count(gm >= t1) (stop once <= 1.5 k).
  *   2. gather the entries >= t1 of the groups whose maximum is >= t1 (about k to 2k).
  *   3. bisect on them for a threshold with exactly k values >= it; where ties make that
@@ -57,24 +57,26 @@ int rlsae_openmp(void) {
  *      equal values is a valid top k, as with torch.topk).
  * Rows holding NaN or inf get failed[b] = 1 and are left to torch.topk by the caller.
  * Returns 0, or -1 if scratch memory could not be allocated. */
-static int select_range(float *pre, const float *bias, int64_t add_bias, int64_t n, int64_t k,
+static int select_range(const float *pre, const float *bias, int64_t add_bias, int64_t n, int64_t k,
                         int64_t g, int64_t r0, int64_t r1, float *vals, int64_t *idx,
                         uint8_t *failed) {
     const int64_t m = n / g, half = k / 2;
     float *gm = malloc(sizeof(float) * m), *bad = malloc(sizeof(float) * m);
-    float *buf_v = malloc(sizeof(float) * n);
+    float *buf_v = malloc(sizeof(float) * n), *row = malloc(sizeof(float) * n);
     int64_t *sel = malloc(sizeof(int64_t) * m), *buf_i = malloc(sizeof(int64_t) * n);
     int status = 0;
-    if (!gm || !bad || !buf_v || !sel || !buf_i) {
+    if (!gm || !bad || !buf_v || !row || !sel || !buf_i) {
         status = -1;
         goto done;
     }
     for (int64_t b = r0; b < r1; b++) {
-        float *p = pre + b * n;
+        const float *p = pre + b * n;
         float *vo = vals + b * k;
         int64_t *io = idx + b * k;
-        if (add_bias)
-            for (int64_t t = 0; t < n; t++) p[t] += bias[t];
+        if (add_bias) { /* the biased row goes to scratch (in cache); pre is only read */
+            for (int64_t t = 0; t < n; t++) row[t] = p[t] + bias[t];
+            p = row;
+        }
         for (int64_t s = 0; s < m; s++) {
             gm[s] = p[s];
             bad[s] = p[s] - p[s]; /* 0, or NaN where the group holds NaN or inf */
@@ -177,6 +179,7 @@ done:
     free(gm);
     free(bad);
     free(buf_v);
+    free(row);
     free(sel);
     free(buf_i);
     return status;
@@ -288,7 +291,7 @@ int group_by_latent(const int64_t *idx, const float *dec, const float *enc, int6
 /* ---- Entry points: all B rows, in parallel -------------------------------------------------- */
 
 /* Returns 0, or -1 if a thread could not allocate its scratch memory. */
-int select_rows(float *pre, const float *bias, int64_t add_bias, int64_t B, int64_t n, int64_t k,
+int select_rows(const float *pre, const float *bias, int64_t add_bias, int64_t B, int64_t n, int64_t k,
                 int64_t g, float *vals, int64_t *idx, uint8_t *failed) {
     int status = 0;
 #define SELECT_BODY(a, b)                                                                    \

@@ -88,8 +88,9 @@ def topk_select(
     do (top k groups, then top k of their k*g members). Values carry gradient to ``pre`` when it
     requires one.
 
-    ``bias`` (n,), for a 2-D block without gradient (the training step's encoder): adds it to
-    ``pre`` in place first; the native kernel does so row by row, saving a pass over the block."""
+    ``bias`` (n,), for a 2-D block without gradient (the training step's encoder): the top k of
+    ``pre + bias``, ``pre`` unchanged. The native kernel adds it row by row in cache, so the
+    block is read once and never written."""
     n = pre.shape[-1]
     g = _group_size(n, k)
     if bias is not None:
@@ -97,8 +98,7 @@ def topk_select(
             raise ValueError("topk_select's bias is for a 2-D block without gradient")
         if g > 1 and pre.is_contiguous() and _native.usable(pre, bias):
             return _native_select(pre, k, g, bias)
-        pre += bias
-        return topk_select(pre, k)
+        return topk_select(pre + bias, k)
     if g == 1:
         return pre.topk(k, dim=-1, sorted=False)
     if pre.ndim != 2:
@@ -131,9 +131,10 @@ def _native_select(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.profiler.record_function("rlsae::topk_select"):
         vals, idx, failed = _native.select(pre, k, g, bias)
-    if failed.any():  # rows with NaN or inf: torch.topk decides (pre holds the bias by now)
+    if failed.any():  # rows with NaN or inf: torch.topk decides
         rows = failed.nonzero().reshape(-1)
-        vals[rows], idx[rows] = pre[rows].topk(k, dim=-1, sorted=False)
+        block = pre[rows] if bias is None else pre[rows] + bias
+        vals[rows], idx[rows] = block.topk(k, dim=-1, sorted=False)
     return vals, idx
 
 
@@ -206,7 +207,8 @@ def _encode_topk(
         # slower than a separate pass; the native selection needs no pass of its own)
         vals[s:e], idx[s:e] = topk_select(pre, k, bias=c)
         if aux:
-            av, ai = pre.index_select(1, dead_idx).topk(ka, dim=-1, sorted=False)
+            dead_pre = pre.index_select(1, dead_idx) + c[dead_idx]
+            av, ai = dead_pre.topk(ka, dim=-1, sorted=False)
             a_vals[s:e], a_idx[s:e] = av, dead_idx[ai]
     vals.relu_()
     if aux:

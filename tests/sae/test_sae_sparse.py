@@ -127,11 +127,11 @@ def test_topk_select_is_torch_topk(B, n, k, dtype, select_path):
     vals, idx = topk_select(pre, k)
     _assert_valid_topk(pre, vals, idx, k)
     ref_idx = pre.topk(k, dim=-1).indices  # no ties in these rows: the same columns too
-    # the encoder's bias, added in place inside the selection: the same as adding it first
+    # the encoder's bias, added inside the selection: the top k of pre + bias, pre untouched
     bias = torch.randn(n, generator=g, dtype=dtype)
-    shifted = pre.clone()
-    vb, ib = topk_select(shifted, k, bias=bias)
-    assert torch.equal(shifted, pre + bias)
+    kept = pre.clone()
+    vb, ib = topk_select(pre, k, bias=bias)
+    assert torch.equal(pre, kept)
     _assert_valid_topk(pre + bias, vb, ib, k)
     assert torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
     # leading dimensions: the same selection row by row
@@ -163,10 +163,9 @@ def test_topk_select_non_finite_rows_and_gradient(select_path):
     _assert_valid_topk(pre, vals, idx, 32)
     bias = torch.zeros(2048)
     bias[200] = float("inf")  # the bias makes every row non-finite: torch decides them all
-    shifted = pre.clone()
-    vb, ib = topk_select(shifted, 32, bias=bias)
+    vb, ib = topk_select(pre, 32, bias=bias)
     assert all(200 in row.tolist() for row in ib)
-    _assert_valid_topk(shifted, vb, ib, 32)
+    _assert_valid_topk(pre + bias, vb, ib, 32)
     pre[7, 9] = float("nan")  # torch.topk ranks NaN first; so does topk_select
     vals, idx = topk_select(pre, 32)
     assert 9 in idx[7].tolist() and vals[7].isnan().sum() == 1
