@@ -93,6 +93,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         ).hexdigest()[:16]
         path = _cache_dir() / f"rlsae_kernels_{key}.so"
         if not path.exists():
+            tmp = None
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
@@ -104,23 +105,56 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
                     timeout=120,
                 )
                 if proc.returncode != 0:
-                    os.unlink(tmp)
                     errors.append(proc.stderr.strip().splitlines()[-1:] or ["failed"])
                     continue
                 os.replace(tmp, path)  # atomic: another process may be building the same
+                tmp = None
             except (OSError, subprocess.SubprocessError) as exc:
                 errors.append([str(exc)])
                 continue
+            finally:
+                if tmp is not None and os.path.exists(tmp):
+                    os.unlink(tmp)  # nothing half-written is left in the cache
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:
             errors.append([str(exc)])
             continue
-        for name, (args, res) in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = args, res
-        return lib, f"on ({cc} {' '.join(flags)}; {path})"
+        try:
+            for name, (args, res) in _SIGNATURES.items():
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = args, res
+            _self_test(lib)
+        except (AttributeError, AssertionError) as exc:
+            errors.append([f"{path.name}: {exc or 'self-test failed'}"])
+            continue
+        threads = "OpenMP" if lib.rlsae_openmp() else "one thread"
+        return lib, f"on ({cc} {' '.join(flags)}; {threads}; {path})"
     return None, f"off (compiling {_SOURCE.name} failed: {errors[-1][0] if errors else '?'})"
+
+
+def _self_test(lib: ctypes.CDLL) -> None:
+    """A tiny known answer for each kernel, so a miscompiled library is never used."""
+    g = torch.Generator().manual_seed(0)
+    x, W, b = torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g), torch.randn(8)
+    idx, vals = torch.tensor([[0, 4], [1, 1], [3, 2]]), torch.rand(3, 2, generator=g)
+    e, sse, gdot = (torch.empty(3, 8), torch.empty(3), torch.empty(3, 2))
+    lib.residual_rows(*map(_ptr, (x, W, b, idx, vals)), 3, 8, 2, *map(_ptr, (e, sse, gdot)))
+    e_ref = (vals.unsqueeze(-1) * W[idx]).sum(1) + b - x
+    assert torch.allclose(e, e_ref, atol=1e-5), "residual_rows self-test failed"
+    assert torch.allclose(sse, (e_ref**2).sum(1), atol=1e-4), "residual_rows self-test failed"
+    gd_ref = (W[idx] * e_ref.unsqueeze(1)).sum(-1)
+    assert torch.allclose(gdot, gd_ref, atol=1e-4), "residual_rows self-test failed"
+    pre = torch.randn(4, 512, generator=g)
+    sv, si, failed = (
+        torch.empty(4, 6),
+        torch.empty(4, 6, dtype=torch.long),
+        torch.zeros(4, dtype=torch.uint8),
+    )
+    rc = lib.select_rows(_ptr(pre), _ptr(pre), 0, 4, 512, 6, 8, _ptr(sv), _ptr(si), _ptr(failed))
+    assert rc == 0 and not failed.any(), "select_rows self-test failed"
+    ref = pre.topk(6, dim=-1).indices.sort(-1).values
+    assert torch.equal(si.sort(-1).values, ref), "select_rows self-test failed"
 
 
 def lib() -> ctypes.CDLL | None:
@@ -140,10 +174,12 @@ def status() -> str:
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels can take these tensors (built, CPU, float32) and are built."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and (
-        lib() is not None
-    )
+    """Whether the kernels are built and can take these tensors (CPU, float32). A build without
+    OpenMP runs on one thread, so it is used only where torch runs on one thread too."""
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False
+    native = lib()
+    return native is not None and (torch.get_num_threads() == 1 or bool(native.rlsae_openmp()))
 
 
 def _ptr(t: torch.Tensor) -> int:

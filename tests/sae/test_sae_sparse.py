@@ -276,3 +276,34 @@ def test_native_build_off_and_missing_compiler(monkeypatch, tmp_path):
     built = list((tmp_path / "kernels").glob("rlsae_kernels_*.so"))
     assert len(built) == 1 and str(built[0]) in why
     assert not list((tmp_path / "kernels").glob("tmp*"))  # no half-written library left
+
+
+def test_native_guards(monkeypatch):
+    """A library that computes nothing fails the self-test; a build without OpenMP is used only
+    where torch runs on one thread; float64 and non-CPU tensors never go to the kernels."""
+    from rlsae.sae import _native
+
+    class Inert:  # the entry points exist but do nothing
+        def rlsae_openmp(self):
+            return 0
+
+        def residual_rows(self, *args):
+            return None
+
+        def select_rows(self, *args):
+            return 0
+
+    with pytest.raises(AssertionError, match="self-test failed"):
+        _native._self_test(Inert())
+    _native._self_test(_native.lib())  # the real one passes
+    monkeypatch.setattr(_native, "lib", lambda: Inert())
+    x = torch.zeros(4, 4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert not _native.usable(x)
+        torch.set_num_threads(1)
+        assert _native.usable(x)
+        assert not _native.usable(x.double())
+    finally:
+        torch.set_num_threads(threads)
