@@ -12,7 +12,8 @@ after the same number of steps.
 Prints a table, then one JSON line: ours_rows_per_s, saelens_rows_per_s, ratio_vs_saelens,
 floor_ratio (our step time / encoder matmul time), warm_floor_ratio (the same against the matmul
 written into a buffer kept between calls), fvu_ours, fvu_saelens, the step's time by part
-(breakdown_ms), and the settings.
+(breakdown_ms), whether rlsae's native kernels ran (native_kernels; RLSAE_NATIVE=0 times the
+numba/torch fallback), and the settings.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def main() -> None:
     lr = 2e-4 / (d_sae / 16384) ** 0.5
 
     # --- rlsae -------------------------------------------------------------------------------
-    from rlsae.sae import SAE, SAEConfig
+    from rlsae.sae import SAE, SAEConfig, _native
     from rlsae.sae.sparse import Workspace
     from rlsae.sae.train import TrainConfig, make_optimizer, train_step
 
@@ -201,10 +202,12 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
+        "native_kernels": _native.status(),
     }
     print(
         f"SAE training step on CPU: d_in {d_in}, d_sae {d_sae}, k {k}, batch {B}, {torch.get_num_threads()} threads"
     )
+    print(f"rlsae's native kernels: {res['native_kernels']}")
     print(f"{'':28}{'ms/step':>10}{'rows/s':>12}{'FVU after ' + str(n) + ' steps':>24}")
     print(
         f"{'encoder matmul (floor)':28}{res['ms_floor']:>10.1f}{B / med['floor']:>12.0f}{'-':>24}"

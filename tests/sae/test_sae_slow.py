@@ -43,6 +43,9 @@ def test_sigint_then_resume_matches_uninterrupted_run(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**__import__("os").environ, **env},
+        # a shell's background job ignores SIGINT, and a Python started with SIGINT ignored
+        # never turns it into KeyboardInterrupt: give the child the default disposition
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     ckpt = tmp_path / ".cut.partial" / "checkpoints" / "latest.pt"
     history = tmp_path / ".cut.partial" / "history.json"
