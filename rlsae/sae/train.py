@@ -252,7 +252,11 @@ def train_sae(
             ) from None
         since_fired = ckpt["since_fired"]
         step = int(ckpt["step"])
-        history = read_json(work / "history.json")
+        # the history as of the checkpoint rides inside it (one atomic write): history.json may
+        # be a checkpoint older or newer when a run was stopped between the two writes
+        history = ckpt.get("history")
+        if history is None:  # a checkpoint from before the history moved in
+            history = [h for h in read_json(work / "history.json") if h["step"] <= step]
     else:
         work.mkdir(parents=True)
         try:
@@ -344,8 +348,9 @@ def _run(
                         dead=stats["dead"],
                     )
             if step % cfg.checkpoint_every == 0 or step == total:
-                _save_checkpoint(work, sae, opt, {"step": step, "since_fired": since_fired})
-                atomic_write_json(work / "history.json", history)
+                state = {"step": step, "since_fired": since_fired, "history": history}
+                _save_checkpoint(work, sae, opt, state)
+                atomic_write_json(work / "history.json", history)  # a readable copy
             if bar is not None:
                 bar.update(1)
             if on_step is not None:

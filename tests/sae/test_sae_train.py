@@ -55,6 +55,49 @@ def test_resume_after_interruption_is_bit_exact(tmp_path, toy_store, arch):
     assert not (tmp_path / ".cut.partial").exists()
 
 
+@pytest.mark.parametrize("stop_at", ["after the checkpoint", "checkpoint from before"])
+def test_resume_after_a_stop_between_checkpoint_and_history(
+    tmp_path, toy_store, stop_at, monkeypatch
+):
+    """A stop that lands between the checkpoint write and the history.json copy (a real SIGINT
+    did, in the slow test) still resumes to the uninterrupted run's history: the history rides
+    inside the checkpoint. A checkpoint from before that (no history inside) is resumed with
+    history.json cut back to its step."""
+    import rlsae.sae.train as train_mod
+
+    cfg = TrainConfig(d_sae=32, k=4, steps=30, batch_size=128, checkpoint_every=8, log_every=5)
+    train_sae(toy_store, tmp_path / "full", cfg, progress=False)
+    full = json.loads((tmp_path / "full" / "training.json").read_text())["history"]
+    real_write = train_mod.atomic_write_json
+    real_save = train_mod._save_checkpoint
+
+    def write(path, obj):
+        if path.name == "history.json" and obj and obj[-1]["step"] == 15:
+            raise KeyboardInterrupt  # checkpoint at step 16 written, history copy not
+        return real_write(path, obj)
+
+    def save_without_history(work, sae, opt, state):
+        state = {k: v for k, v in state.items() if k != "history"}
+        return real_save(work, sae, opt, state)
+
+    monkeypatch.setattr(train_mod, "atomic_write_json", write)
+    if stop_at == "checkpoint from before":
+        monkeypatch.setattr(train_mod, "_save_checkpoint", save_without_history)
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(toy_store, tmp_path / "cut", cfg, progress=False)
+    monkeypatch.setattr(train_mod, "atomic_write_json", real_write)
+    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
+    work = tmp_path / ".cut.partial"
+    on_disk = json.loads((work / "history.json").read_text())
+    assert on_disk[-1]["step"] == 5  # the copy lags the checkpoint (step 16)
+    if stop_at == "checkpoint from before":  # and the other way round: a copy ahead of it
+        ckpt = torch.load(work / "checkpoints" / "latest.pt", weights_only=True)
+        real_write(work / "history.json", full[:4])  # steps 5..20, checkpoint at 16
+        assert "history" not in ckpt and ckpt["step"] == 16
+    train_sae(toy_store, tmp_path / "cut", cfg, resume=True, progress=False)
+    assert json.loads((tmp_path / "cut" / "training.json").read_text())["history"] == full
+
+
 def test_training_writes_sae_dir_and_learns(tmp_path, toy_store):
     cfg = TrainConfig(d_sae=64, k=4, epochs=6, batch_size=128, lr=4e-3, log_every=10)
     sae = train_sae(toy_store, tmp_path / "sae", cfg, progress=False)
