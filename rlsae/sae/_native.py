@@ -19,6 +19,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -72,11 +73,33 @@ def _cpu_key() -> str:
         return platform.processor() or platform.machine()
 
 
-def _cache_dir() -> Path:
+def _cache_dir() -> Path | None:
+    """$RLSAE_CACHE/kernels or ~/.cache/rlsae/kernels; where that cannot be created or written
+    (a read-only home), a private per-user directory under the system's temporary directory;
+    None if neither can be had."""
     root = os.environ.get("RLSAE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rlsae"
     )
-    return Path(root) / "kernels"
+    path = Path(root) / "kernels"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK | os.X_OK):
+            return path
+    except OSError:
+        pass
+    if not hasattr(os, "getuid"):
+        return None
+    # a shared temporary directory: only one that is ours and closed to others (a library
+    # someone else could have put there is never loaded)
+    path = Path(tempfile.gettempdir()) / f"rlsae-kernels-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return None
+    return path
 
 
 def _build() -> tuple[ctypes.CDLL | None, str]:
@@ -86,12 +109,15 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     if shutil.which(cc) is None:
         return None, f"off (no C compiler: {cc!r} not found)"
     src = _SOURCE.read_bytes()
+    cache = _cache_dir()
+    if cache is None:
+        return None, "off (no writable cache directory for the compiled kernels)"
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
             b"\0".join([src, cc.encode(), " ".join(flags + _COMMON).encode(), _cpu_key().encode()])
         ).hexdigest()[:16]
-        path = _cache_dir() / f"rlsae_kernels_{key}.so"
+        path = cache / f"rlsae_kernels_{key}.so"
         if not path.exists():
             tmp = None
             try:

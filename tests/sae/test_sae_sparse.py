@@ -261,6 +261,9 @@ def test_topk_loss_workspace_lease():
 def test_native_build_off_and_missing_compiler(monkeypatch, tmp_path):
     """RLSAE_NATIVE=0 and a missing compiler turn the kernels off with the reason; a build goes
     to the cache directory, keyed by source, compiler, flags and CPU."""
+    import os
+    import tempfile
+
     from rlsae.sae import _native
 
     monkeypatch.setenv("RLSAE_NATIVE", "0")
@@ -276,6 +279,23 @@ def test_native_build_off_and_missing_compiler(monkeypatch, tmp_path):
     built = list((tmp_path / "kernels").glob("rlsae_kernels_*.so"))
     assert len(built) == 1 and str(built[0]) in why
     assert not list((tmp_path / "kernels").glob("tmp*"))  # no half-written library left
+    # a cache that cannot be written (a read-only home): a per-user temporary directory instead
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    monkeypatch.setenv("RLSAE_CACHE", str(blocked))
+    for name in ("own", "shared"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "own"))
+    fallback = _native._cache_dir()
+    assert fallback == tmp_path / "own" / f"rlsae-kernels-{os.getuid()}"
+    assert fallback.stat().st_mode & 0o077 == 0 and fallback.stat().st_uid == os.getuid()
+    # ... but never one that others can write to
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "shared"))
+    shared = tmp_path / "shared" / f"rlsae-kernels-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert _native._cache_dir() is None
+    assert _native._build() == (None, "off (no writable cache directory for the compiled kernels)")
 
 
 def test_native_guards(monkeypatch):
