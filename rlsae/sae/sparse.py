@@ -381,6 +381,13 @@ class TopKLossFunction(torch.autograd.Function):
         return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None, None
 
 
+def _apply(function, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):
+    """Run one of the step's autograd functions (``x`` gets no gradient)."""
+    x = x.detach().contiguous()
+    k, k_aux, apply_b_dec = int(k), int(k_aux), bool(apply_b_dec)
+    return function.apply(x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace)
+
+
 def topk_loss(
     x: torch.Tensor,
     W_enc: torch.Tensor,
@@ -397,17 +404,8 @@ def topk_loss(
     AuxK summed squared error against the detached residual (0 without ``dead_idx``), and the
     latents (indices in no particular order). The same quantities as ``topk_forward`` followed
     by the two squared errors, with fewer passes over the batch."""
-    return TopKLossFunction.apply(
-        x.detach().contiguous(),
-        W_enc,
-        b_enc,
-        W_dec,
-        b_dec,
-        int(k),
-        dead_idx,
-        int(k_aux),
-        bool(apply_b_dec),
-        workspace,
+    return _apply(
+        TopKLossFunction, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace
     )
 
 
@@ -427,17 +425,8 @@ def topk_forward(
     pre-activations among ``dead_idx`` (empty when there are none). Indices are in no particular
     order within a row. ``x`` gets no gradient. A training loop passes one ``Workspace`` to every
     step so the pre-activation buffer is allocated once."""
-    return TopKSAEFunction.apply(
-        x.detach().contiguous(),
-        W_enc,
-        b_enc,
-        W_dec,
-        b_dec,
-        int(k),
-        dead_idx,
-        int(k_aux),
-        bool(apply_b_dec),
-        workspace,
+    return _apply(
+        TopKSAEFunction, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace
     )
 
 
