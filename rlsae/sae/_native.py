@@ -121,8 +121,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         if not path.exists():
             tmp = None
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+                fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
                 os.close(fd)
                 proc = subprocess.run(
                     [cc, *flags, *_COMMON, str(_SOURCE), "-o", tmp],

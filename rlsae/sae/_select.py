@@ -160,12 +160,12 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def run_rows(kernel, B: int, args: tuple, out: tuple, min_rows: int = 256) -> None:
+def _run_rows(kernel, B: int, args: tuple, out: tuple) -> None:
     """``kernel(*args, row0, row1, *out)`` over rows [0, B), split across up to
-    ``torch.get_num_threads()`` Python threads (the numba and native kernels release the GIL).
-    Each row is done by one thread whatever the split: results do not depend on the thread
-    count."""
-    workers = min(torch.get_num_threads(), max(1, B // min_rows))
+    ``torch.get_num_threads()`` Python threads (the kernel releases the GIL), at least 256 rows
+    each. Each row is done by one thread whatever the split: results do not depend on the
+    thread count."""
+    workers = min(torch.get_num_threads(), max(1, B // 256))
     if workers <= 1:
         kernel(*args, 0, B, *out)
         return
@@ -188,7 +188,7 @@ def select(
     idx = torch.empty(B, k, dtype=torch.long)
     failed = torch.zeros(B, dtype=torch.uint8)
     args = (pre.numpy(), gm.numpy(), int(k), int(g))
-    run_rows(_get_kernel(), B, args, (vals.numpy(), idx.numpy(), failed.numpy()))
+    _run_rows(_get_kernel(), B, args, (vals.numpy(), idx.numpy(), failed.numpy()))
     if failed.any():
         rows = failed.nonzero().reshape(-1)
         vals[rows], idx[rows] = pre[rows].topk(k, dim=-1, sorted=False)

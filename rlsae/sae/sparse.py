@@ -182,14 +182,19 @@ CHUNK = 4096
 def _encode_topk(
     x: torch.Tensor,
     W_enc: torch.Tensor,
-    c: torch.Tensor,
+    b_enc: torch.Tensor,
+    b_dec: torch.Tensor,
+    apply_b_dec: bool,
     k: int,
     dead_idx: torch.Tensor | None,
     k_aux: int,
     workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """TopK (then ReLU) of x @ W_enc + c, in blocks of at most CHUNK rows.
-    Also the top ``k_aux`` pre-activations among ``dead_idx`` (ReLU'd) when given."""
+    """TopK (then ReLU) of the encoder's pre-activations (x - b_dec) @ W_enc + b_enc (x @ W_enc
+    + b_enc without ``apply_b_dec``), in blocks of at most CHUNK rows. Also the top ``k_aux``
+    pre-activations among ``dead_idx`` (ReLU'd) when given."""
+    # (x - b_dec) @ W_enc + b_enc  ==  x @ W_enc + (b_enc - b_dec @ W_enc): no centred copy of x
+    c = b_enc - b_dec @ W_enc if apply_b_dec else b_enc
     B = x.shape[0]
     vals = torch.empty(B, k, dtype=x.dtype, device=x.device)
     idx = torch.empty(B, k, dtype=torch.long, device=x.device)
@@ -268,9 +273,9 @@ class TopKSAEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):  # type: ignore[override]
-        # (x - b_dec) @ W_enc + b_enc  ==  x @ W_enc + (b_enc - b_dec @ W_enc): no centred copy of x
-        c = b_enc - b_dec @ W_enc if apply_b_dec else b_enc
-        vals, idx, a_vals, a_idx = _encode_topk(x, W_enc, c, k, dead_idx, k_aux, workspace)
+        vals, idx, a_vals, a_idx = _encode_topk(
+            x, W_enc, b_enc, b_dec, apply_b_dec, k, dead_idx, k_aux, workspace
+        )
         recon = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
         recon += b_dec
         if a_idx is not None:
@@ -285,7 +290,6 @@ class TopKSAEFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_recon, g_vals, _g_idx, g_aux):  # type: ignore[override]
         x, W_enc, W_dec, b_dec, vals, idx, a_vals, a_idx = ctx.saved_tensors
-        B, k = idx.shape
         n = W_dec.shape[0]
         g_recon = g_recon if g_recon is not None else torch.zeros_like(x)
         # latent-value gradients and, through the ReLU, pre-activation gradients
@@ -338,8 +342,9 @@ class TopKLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):  # type: ignore[override]
-        c = b_enc - b_dec @ W_enc if apply_b_dec else b_enc
-        vals, idx, a_vals, a_idx = _encode_topk(x, W_enc, c, k, dead_idx, k_aux, workspace)
+        vals, idx, a_vals, a_idx = _encode_topk(
+            x, W_enc, b_enc, b_dec, apply_b_dec, k, dead_idx, k_aux, workspace
+        )
         e, sse, gdot = _residual(x, W_dec, b_dec, idx, vals, workspace)
         res = None
         if a_idx is not None:
@@ -358,7 +363,6 @@ class TopKLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_sse, g_aux, g_vals, _g_idx):  # type: ignore[override]
         x, W_enc, W_dec, b_dec, vals, idx, e, gdot, a_vals, a_idx, res = ctx.saved_tensors
-        B, k = idx.shape
         n = W_dec.shape[0]
         s = 2.0 * float(g_sse) if g_sse is not None else 0.0
         gv = gdot * s

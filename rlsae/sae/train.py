@@ -252,8 +252,8 @@ def train_sae(
             ) from None
         since_fired = ckpt["since_fired"]
         step = int(ckpt["step"])
-        # the history as of the checkpoint rides inside it (one atomic write): history.json may
-        # be a checkpoint older or newer when a run was stopped between the two writes
+        # the history as of the checkpoint rides inside it (one atomic write); history.json is
+        # a copy that may be behind or ahead of it when a run stopped between the two writes
         history = ckpt.get("history")
         if history is None:  # a checkpoint from before the history moved in
             history = [h for h in read_json(work / "history.json") if h["step"] <= step]
