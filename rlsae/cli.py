@@ -8,14 +8,10 @@ import sys
 from rlsae.commands._apps import app
 from rlsae.errors import RlsaeError
 
-# Each module registers its verbs on the shared sub-apps when imported.
-_COMMAND_MODULES = ["core", "agents", "study", "llm_rlhf", "llm_interp", "viewer", "demo"]
+# One module per command group; each registers its verbs on the shared sub-apps when imported.
+_COMMAND_MODULES = ["acts", "sae", "dqn", "llm", "analyze", "viewer", "pipeline", "demo"]
 for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"rlsae.commands.{_name}")
-    except ModuleNotFoundError as _e:  # a part not written yet
-        if _e.name != f"rlsae.commands.{_name}":
-            raise
+    importlib.import_module(f"rlsae.commands.{_name}")
 
 
 def main(argv: list[str] | None = None) -> None:

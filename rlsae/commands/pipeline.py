@@ -1,4 +1,4 @@
-"""Verbs of the dead-features study: ``analyze fit``, ``pipeline atari``, ``sweep``."""
+"""``rlsae pipeline`` and ``rlsae sweep``: whole studies at smoke, demo or paper scale."""
 
 from __future__ import annotations
 
@@ -6,42 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rlsae.commands._apps import JsonOpt, analyze_app, app, emit, pipeline_app
-
-
-@analyze_app.command("fit")
-def analyze_fit(
-    table: Path = typer.Option(..., "--table", help="CSV file, one row per agent."),
-    x: str = typer.Option(..., "--x", help="Column for x (e.g. live)."),
-    y: str = typer.Option(..., "--y", help="Column for y (e.g. mean_return)."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Resamples for the vertex interval."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    html_out: Path | None = typer.Option(
-        None, "--html", help="Write a plotly scatter with both fits."
-    ),
-    as_json: bool = JsonOpt,
-) -> None:
-    """Linear and quadratic OLS of Y on X (R², adjusted R², F-test), vertex, Spearman's rho."""
-    from rlsae.analysis.figures import fit_figure, write_figure_html
-    from rlsae.analysis.fit import describe_fit, fit_table
-
-    res, df = fit_table(table, x, y, bootstrap=bootstrap, seed=seed)
-    if html_out is not None:
-        import pandas as pd
-
-        labels = df["agent"].astype(str).tolist() if "agent" in df.columns else None
-        fig = fit_figure(
-            pd.to_numeric(df[x], errors="coerce").to_numpy(),
-            pd.to_numeric(df[y], errors="coerce").to_numpy(),
-            res,
-            x_label=x,
-            y_label=y,
-            labels=labels,
-        )
-        write_figure_html(fig, html_out, title=f"{y} vs {x}")
-        res["html"] = str(html_out)
-    human = describe_fit(res) + (f"\nfigure: {html_out}" if html_out else "")
-    emit(res, as_json, human)
+from rlsae.commands._apps import JsonOpt, app, emit, pipeline_app
 
 
 def _human_study(res: dict) -> str:
@@ -117,3 +82,28 @@ def sweep(
         cfg, run_dir, resume=resume, engine=engine, workers=workers, address=address, source=source
     )
     emit(res, as_json, _human_study(res))
+
+
+@pipeline_app.command("llm")
+def pipeline_llm_cmd(
+    preset: str = typer.Option("demo", "--preset", help="smoke, demo, paper or a YAML file."),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The implicit-reward-model study: tune, divergence, SAE pairs, MMCS, explanations, tables."""
+    from rlsae.llm.pipeline import run_llm_pipeline
+
+    res = run_llm_pipeline(out, preset, resume=resume)
+    if "runs" in res:
+        human = "\n".join(f"{r['model']}: {r['run_dir']}" for r in res["runs"])
+        human += f"\ntables: {res['utility_md']}"
+    else:
+        human = (
+            f"run: {res['run_dir']}\nlayers (most divergent first): {res['layers']}\n"
+            f"MMCS(small, large): {res['mmcs']}\n"
+            f"Table 3 (features' summed |utility|): {res['table3']}\n"
+            f"Table 4 (completions' aggregate |utility|): {res['table4']}\n"
+            f"tables: {res['utility_html']}"
+        )
+    emit(res, as_json, human)

@@ -1,4 +1,4 @@
-"""Verbs of the agents part: ``dqn train|eval|record|layers|splice|effects|replay``."""
+"""``rlsae dqn``: Ms. Pac-Man DQN agents: train, eval, record, layers, splice, effects, replay."""
 
 from __future__ import annotations
 

@@ -40,12 +40,12 @@ def _hf_hidden(model_dir, text_ids):
 
 
 def test_record_equals_hf_hidden_states(
-    tiny_model_dir, tiny_tokenizer, corpus_file, tmp_path, no_network
+    random_lm_dir, tiny_tokenizer, corpus_file, tmp_path, no_network
 ):
     from rlsae.llm.record import load_documents
 
     paths = record_lm_activations(
-        str(tiny_model_dir),
+        str(random_lm_dir),
         "0,1,2",
         tmp_path / "acts",
         data=corpus_file,
@@ -63,7 +63,7 @@ def test_record_equals_hf_hidden_states(
     assert list(ctx.columns) == ["document", "position", "token_id", "token"]
     acts = [torch.cat(list(s.iter_sequential(10_000))) for s in stores]
     for doc in (0, 4, 11):  # documents of different lengths, padded inside a batch
-        model, hidden = _hf_hidden(tiny_model_dir, ids[doc])
+        model, hidden = _hf_hidden(random_lm_dir, ids[doc])
         rows = torch.from_numpy((ctx["document"] == doc).to_numpy().copy())
         assert ctx["token_id"][rows.numpy()].tolist() == ids[doc]
         assert ctx["position"][rows.numpy()].tolist() == list(range(len(ids[doc])))
@@ -80,13 +80,13 @@ def test_record_equals_hf_hidden_states(
     assert meta["provider"] == "lm"
     assert meta["extra"]["layer"] == 1
     assert meta["extra"]["hook_point"] == "blocks.1.hook_resid_post"
-    assert meta["extra"]["model"] == str(tiny_model_dir.resolve())
+    assert meta["extra"]["model"] == str(random_lm_dir.resolve())
 
 
-def test_mlp_out_matches_hf_module_output(tiny_model_dir, tiny_tokenizer, corpus_file, tmp_path):
+def test_mlp_out_matches_hf_module_output(random_lm_dir, tiny_tokenizer, corpus_file, tmp_path):
     """mlp_out of block 1 equals the output of HF's layers[1].mlp captured by a forward hook."""
     (path,) = record_lm_activations(
-        str(tiny_model_dir),
+        str(random_lm_dir),
         [1],
         tmp_path / "acts",
         hook="mlp_out",
@@ -99,7 +99,7 @@ def test_mlp_out_matches_hf_module_output(tiny_model_dir, tiny_tokenizer, corpus
     acts = torch.cat(list(store.iter_sequential(1000)))
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True).eval()
+    m = AutoModelForCausalLM.from_pretrained(random_lm_dir, local_files_only=True).eval()
     got = {}
     m.gpt_neox.layers[1].mlp.register_forward_hook(lambda mod, i, o: got.__setitem__("o", o))
     ids = ctx[ctx.document == 2]["token_id"].tolist()
@@ -113,8 +113,8 @@ def test_mlp_out_matches_hf_module_output(tiny_model_dir, tiny_tokenizer, corpus
     )
 
 
-def test_unknown_hook_and_layer_list_the_valid_ones(tiny_model_dir):
-    ht, _, _ = load_hooked_model(str(tiny_model_dir))
+def test_unknown_hook_and_layer_list_the_valid_ones(random_lm_dir):
+    ht, _, _ = load_hooked_model(str(random_lm_dir))
     assert "resid_post" in valid_hooks(ht) and "mlp_out" in valid_hooks(ht)
     assert hook_point(ht, 2, "resid_post") == "blocks.2.hook_resid_post"
     assert hook_point(ht, 0, "mlp.hook_post") == "blocks.0.mlp.hook_post"
@@ -124,7 +124,7 @@ def test_unknown_hook_and_layer_list_the_valid_ones(tiny_model_dir):
         hook_point(ht, 3, "resid_post")
 
 
-def test_cli_record_and_bad_input(tiny_model_dir, corpus_file, tmp_path):
+def test_cli_record_and_bad_input(random_lm_dir, corpus_file, tmp_path):
     from rlsae.cli import app
 
     runner = CliRunner()
@@ -135,7 +135,7 @@ def test_cli_record_and_bad_input(tiny_model_dir, corpus_file, tmp_path):
             "llm",
             "record",
             "--model",
-            str(tiny_model_dir),
+            str(random_lm_dir),
             "--layers",
             "1",
             "--data",
@@ -164,7 +164,7 @@ def test_cli_record_and_bad_input(tiny_model_dir, corpus_file, tmp_path):
                 "llm",
                 "record",
                 "--model",
-                str(tiny_model_dir),
+                str(random_lm_dir),
                 "--data",
                 str(corpus_file),
                 "--out",
@@ -178,5 +178,5 @@ def test_cli_record_and_bad_input(tiny_model_dir, corpus_file, tmp_path):
     # an existing store is not overwritten
     with pytest.raises(RlsaeError, match="already exists"):
         record_lm_activations(
-            str(tiny_model_dir), [1], out, data=corpus_file, prefixes=2, progress=False
+            str(random_lm_dir), [1], out, data=corpus_file, prefixes=2, progress=False
         )

@@ -1,4 +1,4 @@
-"""Verbs of the SAE core: ``acts import``, ``sae train``, ``sae eval``, ``analyze mmcs``, ``analyze dead``."""
+"""``rlsae sae``: train and evaluate sparse autoencoders."""
 
 from __future__ import annotations
 
@@ -6,43 +6,8 @@ from pathlib import Path
 
 import typer
 
-from rlsae.commands._apps import JsonOpt, acts_app, analyze_app, emit, sae_app
+from rlsae.commands._apps import JsonOpt, emit, sae_app
 from rlsae.errors import RlsaeError
-
-
-@acts_app.command("import")
-def acts_import(
-    src: Path = typer.Option(
-        ..., "--from", help="(N, d) matrix: .npy, .pt (a tensor) or .safetensors."
-    ),
-    out: Path = typer.Option(..., "--out", help="New activation-store directory."),
-    dtype: str = typer.Option("float32", "--dtype", help="Storage dtype: float32 or float16."),
-    hook: str = typer.Option(
-        "", "--hook", help="Where the activations were taken (recorded in meta.json)."
-    ),
-    source: str = typer.Option(
-        "", "--source", help="Which model produced them (default: file name)."
-    ),
-    shard_rows: int = typer.Option(65536, "--shard-rows", help="Rows per shard file."),
-    as_json: bool = JsonOpt,
-) -> None:
-    """Import your own activations into an activation store."""
-    from rlsae.sae.store import ActivationStore, import_activations
-
-    path = import_activations(
-        src, out, dtype=dtype, hook=hook, source=source or src.stem, shard_rows=shard_rows
-    )
-    st = ActivationStore(path)
-    emit(
-        {
-            "out": str(path),
-            "rows": st.rows,
-            "d_in": st.d_in,
-            "dtype": st.dtype,
-            "shards": st.n_shards,
-        },
-        as_json,
-    )
 
 
 @sae_app.command("train")
@@ -159,68 +124,3 @@ def sae_eval(
     if save_stats:
         out["feature_stats"] = str(save_feature_stats(result, sae_dir))
     emit(out, as_json)
-
-
-@analyze_app.command("mmcs")
-def analyze_mmcs(
-    saes: list[Path] = typer.Option(..., "--sae", help="Two SAE directories: --sae A --sae B."),
-    top_k: int = typer.Option(10, "--top-k", help="How many of A's best-matched features to list."),
-    hungarian: bool = typer.Option(
-        False, "--hungarian", help="Also a one-to-one matching (small dictionaries)."
-    ),
-    as_json: bool = JsonOpt,
-) -> None:
-    """Mean max cosine similarity between two SAEs' decoder directions, both ways."""
-    from rlsae.analysis.mmcs import compare_dictionaries, json_result
-    from rlsae.sae.io import load_sae
-
-    if len(saes) != 2:
-        raise RlsaeError(f"give exactly two SAEs (--sae A --sae B), got {len(saes)}")
-    a, b = (load_sae(p) for p in saes)
-    res = json_result(compare_dictionaries(a.W_dec, b.W_dec, top_k=top_k, hungarian=hungarian))
-    res = {"sae_a": str(saes[0]), "sae_b": str(saes[1]), **res}
-    human = None
-    if not as_json:
-        lines = [
-            f"MMCS A->B {res['mmcs_ab']:.4f}   B->A {res['mmcs_ba']:.4f}   ({res['n_a']} vs {res['n_b']} features)"
-        ]
-        if "hungarian_mean_cos" in res:
-            lines.append(f"one-to-one (Hungarian) mean cosine {res['hungarian_mean_cos']:.4f}")
-        lines.append("top features of A by max cosine in B:")
-        lines += [f"  {t['feature']:>6} -> {t['match']:<6} {t['cosine']:.4f}" for t in res["top_k"]]
-        human = "\n".join(lines)
-    emit(res, as_json, human)
-
-
-@analyze_app.command("dead")
-def analyze_dead(
-    sae_dir: Path = typer.Option(..., "--sae", help="SAE directory."),
-    acts: Path = typer.Option(..., "--acts", help="Activation store to count firings over."),
-    threshold: int = typer.Option(
-        1, "--threshold", help="A latent is live if it fires at least this many times."
-    ),
-    batch_size: int = typer.Option(4096, "--batch-size", help="Rows per batch."),
-    as_json: bool = JsonOpt,
-) -> None:
-    """Count live and dead latents of an SAE over a store."""
-    from rlsae.sae.io import load_sae
-    from rlsae.sae.metrics import evaluate_sae, live_feature_count
-    from rlsae.sae.store import ActivationStore
-
-    if threshold < 1:
-        raise RlsaeError("--threshold must be at least 1")
-    sae = load_sae(sae_dir)
-    result = evaluate_sae(
-        sae, ActivationStore(acts), batch_size=batch_size, check_hook=True, progress=True
-    )
-    live = live_feature_count(result["firing_counts"], threshold)
-    emit(
-        {
-            "live": live,
-            "dead": sae.cfg.d_sae - live,
-            "d_sae": sae.cfg.d_sae,
-            "rows": result["rows"],
-            "threshold": threshold,
-        },
-        as_json,
-    )

@@ -1,0 +1,110 @@
+"""``rlsae analyze``: fits across agents, MMCS between dictionaries, dead features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from rlsae.commands._apps import JsonOpt, analyze_app, emit
+from rlsae.errors import RlsaeError
+
+
+@analyze_app.command("fit")
+def analyze_fit(
+    table: Path = typer.Option(..., "--table", help="CSV file, one row per agent."),
+    x: str = typer.Option(..., "--x", help="Column for x (e.g. live)."),
+    y: str = typer.Option(..., "--y", help="Column for y (e.g. mean_return)."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Resamples for the vertex interval."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    html_out: Path | None = typer.Option(
+        None, "--html", help="Write a plotly scatter with both fits."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Linear and quadratic OLS of Y on X (R², adjusted R², F-test), vertex, Spearman's rho."""
+    from rlsae.analysis.figures import fit_figure, write_figure_html
+    from rlsae.analysis.fit import describe_fit, fit_table
+
+    res, df = fit_table(table, x, y, bootstrap=bootstrap, seed=seed)
+    if html_out is not None:
+        import pandas as pd
+
+        labels = df["agent"].astype(str).tolist() if "agent" in df.columns else None
+        fig = fit_figure(
+            pd.to_numeric(df[x], errors="coerce").to_numpy(),
+            pd.to_numeric(df[y], errors="coerce").to_numpy(),
+            res,
+            x_label=x,
+            y_label=y,
+            labels=labels,
+        )
+        write_figure_html(fig, html_out, title=f"{y} vs {x}")
+        res["html"] = str(html_out)
+    human = describe_fit(res) + (f"\nfigure: {html_out}" if html_out else "")
+    emit(res, as_json, human)
+
+
+@analyze_app.command("mmcs")
+def analyze_mmcs(
+    saes: list[Path] = typer.Option(..., "--sae", help="Two SAE directories: --sae A --sae B."),
+    top_k: int = typer.Option(10, "--top-k", help="How many of A's best-matched features to list."),
+    hungarian: bool = typer.Option(
+        False, "--hungarian", help="Also a one-to-one matching (small dictionaries)."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Mean max cosine similarity between two SAEs' decoder directions, both ways."""
+    from rlsae.analysis.mmcs import compare_dictionaries, json_result
+    from rlsae.sae.io import load_sae
+
+    if len(saes) != 2:
+        raise RlsaeError(f"give exactly two SAEs (--sae A --sae B), got {len(saes)}")
+    a, b = (load_sae(p) for p in saes)
+    res = json_result(compare_dictionaries(a.W_dec, b.W_dec, top_k=top_k, hungarian=hungarian))
+    res = {"sae_a": str(saes[0]), "sae_b": str(saes[1]), **res}
+    human = None
+    if not as_json:
+        lines = [
+            f"MMCS A->B {res['mmcs_ab']:.4f}   B->A {res['mmcs_ba']:.4f}   ({res['n_a']} vs {res['n_b']} features)"
+        ]
+        if "hungarian_mean_cos" in res:
+            lines.append(f"one-to-one (Hungarian) mean cosine {res['hungarian_mean_cos']:.4f}")
+        lines.append("top features of A by max cosine in B:")
+        lines += [f"  {t['feature']:>6} -> {t['match']:<6} {t['cosine']:.4f}" for t in res["top_k"]]
+        human = "\n".join(lines)
+    emit(res, as_json, human)
+
+
+@analyze_app.command("dead")
+def analyze_dead(
+    sae_dir: Path = typer.Option(..., "--sae", help="SAE directory."),
+    acts: Path = typer.Option(..., "--acts", help="Activation store to count firings over."),
+    threshold: int = typer.Option(
+        1, "--threshold", help="A latent is live if it fires at least this many times."
+    ),
+    batch_size: int = typer.Option(4096, "--batch-size", help="Rows per batch."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Count live and dead latents of an SAE over a store."""
+    from rlsae.sae.io import load_sae
+    from rlsae.sae.metrics import evaluate_sae, live_feature_count
+    from rlsae.sae.store import ActivationStore
+
+    if threshold < 1:
+        raise RlsaeError("--threshold must be at least 1")
+    sae = load_sae(sae_dir)
+    result = evaluate_sae(
+        sae, ActivationStore(acts), batch_size=batch_size, check_hook=True, progress=True
+    )
+    live = live_feature_count(result["firing_counts"], threshold)
+    emit(
+        {
+            "live": live,
+            "dead": sae.cfg.d_sae - live,
+            "d_sae": sae.cfg.d_sae,
+            "rows": result["rows"],
+            "threshold": threshold,
+        },
+        as_json,
+    )
