@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -65,8 +66,43 @@ def _umask() -> int:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=json_default) + "\n").encode())
+    """Write ``obj`` as indented strict JSON (see :func:`dumps_json`), atomically."""
+    atomic_write_bytes(path, (dumps_json(obj, indent=2) + "\n").encode())
+
+
+def dumps_json(obj: Any, indent: int | None = None, ascii_only: bool = False) -> str:
+    """Standard JSON text of ``obj``: the one JSON writer of rlsae (files and ``--json``).
+
+    Non-finite floats (NaN, ±inf) are written as ``null`` (the JSON standard has no such
+    numbers; a field that can be non-finite documents what its ``null`` means), numpy scalars
+    and arrays as numbers and lists, paths as strings. Anything else raises ``TypeError``.
+    """
+    separators = (",", ":") if indent is None and ascii_only else None
+    return json.dumps(
+        jsonable(obj),
+        indent=indent,
+        allow_nan=False,
+        ensure_ascii=ascii_only,
+        separators=separators,
+    )
+
+
+def jsonable(obj: Any) -> Any:
+    """A copy of ``obj`` made of JSON types only: the one JSON sanitiser (see :func:`dumps_json`).
+
+    Mappings (keys become strings), lists and tuples are copied recursively; non-finite floats
+    become ``None``; numpy scalars and arrays and 1-element torch tensors become numbers and
+    lists; paths become strings. Anything else raises ``TypeError``.
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bool | int | str) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return jsonable(json_default(obj))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -81,16 +117,9 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def json_default(o: Any) -> Any:
-    """JSON for numpy scalars and arrays and paths; TypeError for anything else."""
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+    """JSON for numpy scalars and arrays, torch tensors and paths; TypeError for anything else."""
     if isinstance(o, Path):
         return str(o)
+    if hasattr(o, "tolist") and type(o).__module__.split(".")[0] in ("numpy", "torch"):
+        return o.tolist()  # numpy scalar or array, torch tensor (a 0-d one gives a number)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlsae.agents import _threads
+from rlsae import threads as _threads
 from rlsae.agents.envs import ENV_ID, EnvConfig, make_vec_env
 from rlsae.agents.networks import (
     HEAD,

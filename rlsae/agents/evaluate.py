@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rlsae.agents import _threads
+from rlsae import threads as _threads
 from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.rollout import episode_returns, human_normalized, play
 from rlsae.errors import RlsaeError

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rlsae.agents import _threads
+from rlsae import threads as _threads
 from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.envs import obs_hash
 from rlsae.agents.networks import check_layer

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlsae.agents import _threads
+from rlsae import threads as _threads
 from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.networks import check_layer
 from rlsae.agents.rollout import episode_returns, play

@@ -232,7 +232,7 @@ def explain_cmd(
     The API key comes from OPENAI_API_KEY; base URL and model also from
     RLSAE_EXPLAINER_BASE_URL / RLSAE_EXPLAINER_MODEL.
     """
-    from rlsae.analysis.explain import ExplainConfig, explain_features
+    from rlsae.llm.explain import ExplainConfig, explain_features
     from rlsae.llm.record import parse_layers
     from rlsae.llm.rewards import UtilityTable
 

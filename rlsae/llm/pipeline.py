@@ -428,7 +428,7 @@ def run_model_study(
 
     # 7. explanations
     t = time.time()
-    from rlsae.analysis.explain import ExplainConfig, explain_features
+    from rlsae.llm.explain import ExplainConfig, explain_features
     from rlsae.llm.rewards import UtilityTable
 
     table = UtilityTable.load(cfg.rlhf.get("table", "vader"))
@@ -585,13 +585,13 @@ def utility_result(
     cfg: LLMStudyConfig,
 ) -> dict[str, Any]:
     """Tables 3 and 4 for one model, written as utility.json / .html / .md."""
-    from rlsae.analysis.explain import load_explanations
     from rlsae.analysis.utility import (
         feature_scores,
         tables_markdown,
         utility_tables,
         write_utility_html,
     )
+    from rlsae.llm.explain import load_explanations
 
     per_model: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for src in ("base", "tuned"):

@@ -19,7 +19,7 @@ TINY = dict(
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tiny forward passes next to the emulator run fastest on one thread (restored after)."""
-    from rlsae.agents._threads import torch_threads
+    from rlsae.threads import torch_threads
 
     with torch_threads(1):
         yield

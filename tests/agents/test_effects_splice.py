@@ -151,7 +151,7 @@ def test_a_constant_sae_at_the_mean_acts_like_mean_ablation(nature_agent: Path):
         acts_all.append(a)
         return q.numpy(), None
 
-    from rlsae.agents._threads import torch_threads
+    from rlsae.threads import torch_threads
 
     with torch_threads(1):
         list(play(agent.env_config, pol, seed=1, episodes=2, epsilon=0.0, max_episode_steps=60))

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from rlsae.analysis.explain import (
+from rlsae.errors import RlsaeError
+from rlsae.llm.explain import (
     ExplainConfig,
     bills_prompt,
     explain_features,
     feature_records,
     normalise_activations,
 )
-from rlsae.errors import RlsaeError
 from rlsae.llm.rewards import UtilityTable
 from rlsae.sae import SAE, SAEConfig
 from rlsae.sae.store import ActivationWriter

@@ -153,7 +153,7 @@ def test_cli_pipeline_bad_preset_is_one_line(tmp_path):
 @pytest.mark.parametrize("preset", ["smoke", "demo", "paper"])
 def test_preset_options_are_valid_for_the_stages(preset):
     """Each preset's options are accepted by the stage they go to (no failure hours in)."""
-    from rlsae.analysis.explain import ExplainConfig
+    from rlsae.llm.explain import ExplainConfig
     from rlsae.llm.rlhf import RLHFConfig
     from rlsae.llm.score import ScoreConfig
     from rlsae.llm.tiny import TinyConfig

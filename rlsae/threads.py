@@ -1,4 +1,4 @@
-"""Torch thread count for small-batch inference next to the emulator."""
+"""Torch thread count for a block of work: the one thread setter every part uses."""
 
 from __future__ import annotations
 
