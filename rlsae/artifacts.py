@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_json, jsonable, read_json
 
@@ -64,7 +63,7 @@ class Artifact:
                 f"{cls.VERSION} (re-run the stage that wrote it)"
             )
         body = {k: v for k, v in data.items() if k not in ("format", "version")}
-        return typing.cast(Self, _build(cls, body, where))
+        return from_mapping(cls, body, where)
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the result atomically as strict JSON; returns the path."""
@@ -91,60 +90,3 @@ def _kind(v: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
         type(v), type(v).__name__
     )
-
-
-def _build(tp: Any, value: Any, where: str) -> Any:
-    """``value`` (parsed JSON) as type ``tp``; a mismatch is one RlsaeError naming the key."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _build(arg, value, where)
-            except RlsaeError as e:
-                errors.append(str(e))
-        raise RlsaeError(errors[0] if errors else f"{where}: unexpected null")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise RlsaeError(f"{where}: expected an object, got {_kind(value)}")
-        hints = typing.get_type_hints(tp)
-        known = {f.name: f for f in dataclasses.fields(tp) if f.init}
-        unknown = sorted(set(value) - set(known))
-        if unknown:
-            raise RlsaeError(f"{where}: unknown key {unknown[0]!r}")
-        kwargs = {}
-        for name, f in known.items():
-            if name in value:
-                kwargs[name] = _build(hints[name], value[name], f"{where}: {name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise RlsaeError(f"{where}: missing key {name!r}")
-        return tp(**kwargs)
-    if origin in (list, tuple):
-        if not isinstance(value, list):
-            raise RlsaeError(f"{where}: expected a list, got {_kind(value)}")
-        args = typing.get_args(tp)
-        item = args[0] if args else Any
-        items = [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RlsaeError(f"{where}: expected an object, got {_kind(value)}")
-        args = typing.get_args(tp)
-        item = args[1] if len(args) == 2 else Any
-        return {k: _build(item, v, f"{where}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise RlsaeError(f"{where}: expected a number, got {_kind(value)}")
-    if tp in (int, str, bool):
-        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-            return value
-        raise RlsaeError(f"{where}: expected {tp.__name__}, got {_kind(value)}")
-    return value

@@ -64,18 +64,18 @@ def test_non_finite_floats_are_written_as_null_and_the_file_is_standard_json(tmp
             {"format": "rlsae.test-table", "version": 1, "name": "a"},
             "version 1; this rlsae reads version 2",
         ),
-        ({"format": "rlsae.test-table", "version": 2}, "missing key 'name'"),
+        ({"format": "rlsae.test-table", "version": 2}, "name: missing (required)"),
         (
             {"format": "rlsae.test-table", "version": 2, "name": "a", "extra": 1},
-            "unknown key 'extra'",
+            "extra: unknown key",
         ),
         (
             {"format": "rlsae.test-table", "version": 2, "name": "a", "rows": [{"feature": "x"}]},
-            "rows[0]: feature: expected int",
+            "rows[0].feature: expected an integer",
         ),
         (
             {"format": "rlsae.test-table", "version": 2, "name": "a", "ratio": "big"},
-            "ratio: expected a number",
+            "ratio: expected a float",
         ),
         ([1, 2], "expected a JSON object"),
     ],
