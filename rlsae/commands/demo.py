@@ -24,7 +24,7 @@ def run_demo(
     out: Path, *, llm: bool = True, viewer: bool = True, preset: str = "demo"
 ) -> dict[str, Any]:
     """Run the demo studies into ``out/atari`` and ``out/llm`` (resuming what is there)."""
-    from rlsae.agents.study import run_atari_pipeline
+    from rlsae.study.atari import run_atari_pipeline
 
     t0 = time.perf_counter()
     result: dict[str, Any] = {"out": str(out)}
@@ -35,8 +35,8 @@ def run_demo(
     atari["seconds"] = time.perf_counter() - t
     result["atari"] = atari
     run_dirs = [atari_dir]
-    if llm and _has("rlsae.llm.pipeline"):
-        from rlsae.llm import pipeline as llm_pipeline
+    if llm and _has("rlsae.study.llm"):
+        from rlsae.study import llm as llm_pipeline
 
         if hasattr(llm_pipeline, "run_llm_pipeline"):
             llm_dir = out / "llm"

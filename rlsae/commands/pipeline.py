@@ -42,7 +42,7 @@ def pipeline_atari(
 ) -> None:
     """The dead-features study: train agents, evaluate, record, train SAEs, count live features,
     splice, fit live features against return, write the report."""
-    from rlsae.agents.study import resolve_config, run_atari_pipeline
+    from rlsae.study.atari import resolve_config, run_atari_pipeline
 
     if print_config:
         import yaml
@@ -69,7 +69,7 @@ def sweep(
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a study's per-agent work in parallel: a local process pool or one Ray task per agent."""
-    from rlsae.agents.study import resolve_config, run_study
+    from rlsae.study.atari import resolve_config, run_study
     from rlsae.errors import RlsaeError
 
     if engine not in ("local", "ray", "serial"):
@@ -92,7 +92,7 @@ def pipeline_llm_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """The implicit-reward-model study: tune, divergence, SAE pairs, MMCS, explanations, tables."""
-    from rlsae.llm.pipeline import run_llm_pipeline
+    from rlsae.study.llm import run_llm_pipeline
 
     res = run_llm_pipeline(out, preset, resume=resume)
     if "runs" in res:

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from rlsae.agents.presets import PRESETS, preset_config, preset_dict
-from rlsae.agents.study import (
+from rlsae.study.presets import PRESETS, preset_config, preset_dict
+from rlsae.study.atari import (
     StudyConfig,
     load_study_config,
     population,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rlsae.agents import study
-from rlsae.agents.presets import preset_dict
-from rlsae.agents.study import StudyConfig, run_study
+from rlsae.study import atari as study
+from rlsae.study.presets import preset_dict
+from rlsae.study.atari import StudyConfig, run_study
 from rlsae.errors import RlsaeError
 
 

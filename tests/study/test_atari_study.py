@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rlsae.agents.presets import preset_dict
-from rlsae.agents.study import StudyConfig, run_atari_pipeline, run_study
+from rlsae.study.presets import preset_dict
+from rlsae.study.atari import StudyConfig, run_atari_pipeline, run_study
 from rlsae.analysis.fit import fit_xy
 
 pytestmark = pytest.mark.slow

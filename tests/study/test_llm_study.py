@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rlsae.errors import RlsaeError
-from rlsae.llm.pipeline import (
+from rlsae.study.llm import (
     LLMStudyConfig,
     SAEPairConfig,
     dict_sizes,

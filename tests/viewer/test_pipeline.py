@@ -20,7 +20,7 @@ def _data(path: Path) -> dict:
 
 @pytest.mark.slow
 def test_llm_smoke_pipeline_viewer(tmp_path):
-    from rlsae.llm.pipeline import run_llm_pipeline
+    from rlsae.study.llm import run_llm_pipeline
     from rlsae.viewer.export import export_site
 
     run = tmp_path / "llm"

@@ -317,7 +317,7 @@ def resolve_config(preset_or_path: str | os.PathLike | StudyConfig) -> tuple[Stu
     if isinstance(preset_or_path, StudyConfig):
         preset_or_path.validate()
         return preset_or_path, "config"
-    from rlsae.agents.presets import PRESETS, preset_config
+    from rlsae.study.presets import PRESETS, preset_config
 
     s = str(preset_or_path)
     if s in PRESETS:
@@ -892,7 +892,7 @@ def run_study(
     ``ray`` (one Ray task per training run and per agent, each with ``cfg.resources``;
     ``address`` of an existing cluster, or a local instance when ``None``).
     """
-    from rlsae.agents.sweep import make_engine
+    from rlsae.study.sweep import make_engine
 
     run_dir = Path(out_dir)
     cfg.validate()

@@ -1,7 +1,7 @@
 """The three built-in dead-features studies: ``smoke`` (CI), ``demo`` (a laptop), ``paper``
 (the poster's scale, for GPUs or a cluster).
 
-Each is a plain dict in the study-config format (see :mod:`rlsae.agents.study`); write one out
+Each is a plain dict in the study-config format (see :mod:`rlsae.study.atari`); write one out
 with ``rlsae pipeline atari --preset demo --print-config`` and edit it to make your own.
 """
 
@@ -103,7 +103,7 @@ def preset_dict(name: str) -> dict[str, Any]:
 
 
 def preset_config(name: str) -> Any:
-    """A preset as a validated :class:`rlsae.agents.study.StudyConfig`."""
-    from rlsae.agents.study import StudyConfig
+    """A preset as a validated :class:`rlsae.study.atari.StudyConfig`."""
+    from rlsae.study.atari import StudyConfig
 
     return StudyConfig.from_dict(preset_dict(name), where=f"preset {name}")
