@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from rlsae.llm.configs import PPOConfig, RLHFConfig
 from rlsae.llm.models import load_model
-from rlsae.llm.ppo import PPOConfig, PPOTrainer, sample_batch
+from rlsae.llm.ppo import PPOTrainer, sample_batch
 from rlsae.llm.rewards import UtilityReward
-from rlsae.llm.rlhf import RLHFConfig
 from rlsae.llm.tiny import pretrain_tiny
 
 PYTHIA_70M = dict(
@@ -95,8 +95,7 @@ def time_rloo(model_dir: Path, prefixes: list[list[int]], repeats: int, work: Pa
     cfg = RLHFConfig(
         model=str(model_dir),
         algo="rloo",
-        learning_rate=1e-5,
-        max_new_tokens=24,
+        ppo=PPOConfig(learning_rate=1e-5, max_new_tokens=24),
         rloo_k=4,
         steps=repeats + 1,
         checkpoint_every=10_000,

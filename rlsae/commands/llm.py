@@ -93,19 +93,21 @@ def rlhf_cmd(
         algo=algo,
         steps=steps,
         seed=seed,
-        learning_rate=lr,
-        batch_size=batch_size,
-        mini_batch_size=mini_batch_size,
-        init_kl_coef=init_kl_coef,
+        ppo={
+            "learning_rate": lr,
+            "batch_size": batch_size,
+            "mini_batch_size": mini_batch_size,
+            "init_kl_coef": init_kl_coef,
+            "max_new_tokens": max_new_tokens,
+        },
         prefix_tokens=prefix_tokens,
-        max_new_tokens=max_new_tokens,
         data=data,
         table=table,
         classifier=classifier,
         completion_only=completion_only,
         checkpoint_every=checkpoint_every,
     )
-    emit(result, as_json)
+    emit(result.to_json(), as_json)
 
 
 @llm_app.command("score")

@@ -13,18 +13,34 @@ on the left so that generation continues right after each prompt.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 from rlsae.errors import RlsaeError
+from rlsae.llm.configs import DEFAULT_MODEL
 
-DEFAULT_MODEL = "EleutherAI/pythia-70m"
-PAPER_MODELS = (
-    "EleutherAI/pythia-70m",
-    "EleutherAI/pythia-160m",
-    "EleutherAI/pythia-410m",
-    "EleutherAI/gpt-neo-125m",
+LOAD_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    ValueError,
+    KeyError,
+    EOFError,
+    # a pytorch_model.bin that is a pickle of anything but tensors: torch's weights_only
+    # loader refuses it (safely) with UnpicklingError; a truncated or foreign file with
+    # RuntimeError ("PytorchStreamReader failed ...")
+    pickle.UnpicklingError,
+    RuntimeError,
 )
+"""What loading a model or tokenizer raises for a bad directory, name or weights file."""
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "context_length",
+    "load_error",
+    "load_model",
+    "load_tokenizer",
+    "resolve_model_ref",
+]
 
 
 def prepare_tokenizer(tokenizer: Any) -> Any:
@@ -41,11 +57,11 @@ def load_tokenizer(name_or_dir: str | os.PathLike) -> Any:
     """Load only the tokenizer (same rules as :func:`load_model`)."""
     from transformers import AutoTokenizer
 
-    name, local = _resolve(name_or_dir)
+    name, local = resolve_model_ref(name_or_dir)
     try:
         tok = AutoTokenizer.from_pretrained(name, local_files_only=local)
-    except (OSError, ValueError) as e:
-        raise RlsaeError(_load_error(name, local, e)) from None
+    except LOAD_ERRORS as e:
+        raise RlsaeError(load_error(name, local, e)) from None
     return prepare_tokenizer(tok)
 
 
@@ -58,12 +74,12 @@ def load_model(name_or_dir: str | os.PathLike, device: str = "cpu") -> tuple[Any
     """
     from transformers import AutoModelForCausalLM
 
-    name, local = _resolve(name_or_dir)
+    name, local = resolve_model_ref(name_or_dir)
     tokenizer = load_tokenizer(name_or_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local)
-    except (OSError, ValueError, KeyError) as e:
-        raise RlsaeError(_load_error(name, local, e)) from None
+    except LOAD_ERRORS as e:
+        raise RlsaeError(load_error(name, local, e)) from None
     model.to(device)
     model.eval()
     if getattr(model.config, "pad_token_id", None) is None:
@@ -83,8 +99,11 @@ def context_length(model: Any) -> int:
     return 2048
 
 
-def _resolve(name_or_dir: str | os.PathLike) -> tuple[str, bool]:
-    """Return ``(name, local)``; a local path must be a readable model directory."""
+def resolve_model_ref(name_or_dir: str | os.PathLike) -> tuple[str, bool]:
+    """``(name, local)``; a local path must be a readable model directory (one-line error).
+
+    Cheap (no torch, no network): commands call it to check a model before writing anything.
+    """
     text = os.fspath(name_or_dir)
     path = Path(text).expanduser()
     if path.exists() or isinstance(name_or_dir, Path) or text.startswith((".", "/", "~")):
@@ -100,7 +119,8 @@ def _resolve(name_or_dir: str | os.PathLike) -> tuple[str, bool]:
     return text, False
 
 
-def _load_error(name: str, local: bool, e: Exception) -> str:
+def load_error(name: str, local: bool, e: Exception) -> str:
+    """The one-line message for a model or tokenizer that failed to load."""
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if local:
         return f"could not load the model in {name} ({first}); is it a complete model directory?"

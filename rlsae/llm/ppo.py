@@ -23,12 +23,12 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rlsae.errors import RlsaeError
+from rlsae.llm.configs import PPOConfig
 from rlsae.llm.generate import (
     Rollout,
     decode_rollout,
@@ -36,64 +36,6 @@ from rlsae.llm.generate import (
     sample_completions,
     token_logprobs,
 )
-
-
-@dataclass
-class PPOConfig:
-    """PPO hyperparameters. Defaults: the paper's Table 1 and, elsewhere, TRL's PPO defaults."""
-
-    batch_size: int = 64
-    """Completions per PPO step (paper: 64)."""
-    mini_batch_size: int = 16
-    """Completions per gradient step (paper: 16); must divide batch_size."""
-    ppo_epochs: int = 4
-    """Passes over each batch."""
-    learning_rate: float = 1e-6
-    """Adam learning rate (paper: 1e-6 for Pythia; the tiny model needs ~1e-4 to move in tens of steps)."""
-    init_kl_coef: float = 0.5
-    """Initial KL penalty coefficient (paper: 0.5)."""
-    adaptive_kl: bool = True
-    """Adapt the KL coefficient towards target_kl (Ziegler et al.); False keeps it fixed."""
-    target_kl: float = 6.0
-    """Target KL (nats per completion) of the adaptive controller."""
-    kl_horizon: int = 10000
-    """Horizon of the adaptive controller, in samples."""
-    gamma: float = 1.0
-    """Discount in GAE."""
-    lam: float = 0.95
-    """GAE lambda."""
-    cliprange: float = 0.2
-    """Policy ratio clip epsilon."""
-    cliprange_value: float = 0.2
-    """Value prediction clip around the old values."""
-    vf_coef: float = 0.1
-    """Weight of the value loss."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip (paper: 1)."""
-    whiten_advantages: bool = True
-    """Normalise advantages to mean 0, variance 1 over the batch's completion tokens."""
-    max_new_tokens: int = 24
-    """Completion length in tokens (shorter if EOS is sampled)."""
-    top_k: int = 0
-    """Sampling top-k; 0 disables it (paper)."""
-    top_p: float = 1.0
-    """Sampling nucleus; 1 disables it (paper)."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-
-    def validate(self) -> None:
-        if self.batch_size < 1 or self.mini_batch_size < 1:
-            raise RlsaeError("batch size and mini-batch size must be positive")
-        if self.batch_size % self.mini_batch_size:
-            raise RlsaeError(
-                f"batch size {self.batch_size} is not divisible by mini-batch size "
-                f"{self.mini_batch_size}; choose sizes such as 64 and 16"
-            )
-        if self.max_new_tokens < 1:
-            raise RlsaeError("max_new_tokens must be at least 1")
-        if not self.learning_rate > 0:
-            raise RlsaeError("learning rate must be positive")
-
 
 # --- the maths ----------------------------------------------------------------------------------
 

@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from rlsae.errors import RlsaeError
+from rlsae.llm.configs import DEFAULT_CLASSIFIER
+from rlsae.llm.models import LOAD_ERRORS, load_error, resolve_model_ref
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], list[float]]
 
-DEFAULT_CLASSIFIER = "lvwerra/distilbert-imdb"
 _PUNCT = string.punctuation + "“”‘’«»…–—"
 
 
@@ -119,10 +120,6 @@ class UtilityTable:
     def split(self, text: str) -> list[str]:
         """Split ``text`` into words with the module's rule (entries such as ``:)`` kept)."""
         return split_words(text, keep=self.utilities)
-
-    def word_utilities(self, text: str) -> list[tuple[str, float]]:
-        """``(word, utility)`` for every word of ``text``, in order."""
-        return [(w, self.get(w)) for w in self.split(text)]
 
     def utility(self, text: str) -> float:
         """Raw summed utility ``sum U(word)`` of ``text`` (no scale, no clip)."""
@@ -228,18 +225,16 @@ class ClassifierReward:
     def __init__(self, cfg: ClassifierRewardConfig | None = None, device: str = "cpu") -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from rlsae.llm.models import _load_error, _resolve
-
         self.cfg = cfg or ClassifierRewardConfig()
         self.device = device
-        name, local = _resolve(self.cfg.model)
+        name, local = resolve_model_ref(self.cfg.model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 name, local_files_only=local
             )
-        except (OSError, ValueError, KeyError) as e:
-            raise RlsaeError(_load_error(name, local, e)) from None
+        except LOAD_ERRORS as e:
+            raise RlsaeError(load_error(name, local, e)) from None
         self.model.to(device).eval()
         self.label_index = self._label_index(self.cfg.positive_label)
 
@@ -287,15 +282,3 @@ class ClassifierReward:
                 logits = self.model(**enc).logits
             out.extend(logits[:, self.label_index].float().tolist())
         return out
-
-
-def make_reward(kind: str, **options: Any) -> RewardFn:
-    """``utility`` -> :class:`UtilityReward`, ``sentiment`` -> :class:`ClassifierReward`.
-
-    ``options`` are fields of the matching config dataclass.
-    """
-    if kind == "utility":
-        return UtilityReward(UtilityRewardConfig(**options))
-    if kind in ("sentiment", "classifier"):
-        return ClassifierReward(ClassifierRewardConfig(**options))
-    raise RlsaeError(f"unknown reward {kind!r}; use 'utility' or 'sentiment'")

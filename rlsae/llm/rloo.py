@@ -17,13 +17,17 @@ from typing import Any
 
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import read_json
-from rlsae.llm.rlhf import (
-    RLHFConfig,
+from rlsae.llm.configs import RLHFConfig
+from rlsae.llm.models import load_model
+from rlsae.llm.rewards import RewardFn
+from rlsae.llm.tuning import (
+    RLHFResult,
     StepCallback,
     finish,
     make_reward_fn,
     prefix_pool,
     save_tuned_model,
+    start_run,
     write_log,
 )
 
@@ -47,7 +51,7 @@ def build_trainer(
     *,
     callbacks: list[Any] | None = None,
     max_steps: int | None = None,
-    reward_fn: Any = None,
+    reward_fn: RewardFn | None = None,
 ) -> Any:
     """A configured ``trl.RLOOTrainer`` (CPU, no bf16, no gradient checkpointing)."""
     import warnings
@@ -56,23 +60,23 @@ def build_trainer(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import RLOOConfig, RLOOTrainer
 
-    accumulation = cfg.batch_size // cfg.mini_batch_size
+    accumulation = cfg.ppo.batch_size // cfg.ppo.mini_batch_size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         args = RLOOConfig(
             output_dir=str(out / "trl"),
-            per_device_train_batch_size=cfg.mini_batch_size,
+            per_device_train_batch_size=cfg.ppo.mini_batch_size,
             gradient_accumulation_steps=accumulation,
             num_generations=cfg.rloo_k,
-            max_completion_length=cfg.max_new_tokens,
+            max_completion_length=cfg.ppo.max_new_tokens,
             temperature=1.0,
             top_k=0,
             top_p=1.0,
-            beta=cfg.init_kl_coef,
-            learning_rate=cfg.learning_rate,
+            beta=cfg.ppo.init_kl_coef,
+            learning_rate=cfg.ppo.learning_rate,
             lr_scheduler_type="constant",
             warmup_steps=0,
-            max_grad_norm=cfg.max_grad_norm,
+            max_grad_norm=cfg.ppo.max_grad_norm,
             max_steps=max_steps or cfg.steps,
             num_iterations=1,
             seed=cfg.seed,
@@ -113,22 +117,18 @@ def build_trainer(
 def run_rloo(
     cfg: RLHFConfig,
     out: Path,
+    reward_fn: RewardFn,
     *,
     resume: bool,
     progress: bool,
     callback: StepCallback | None,
-) -> dict[str, Any]:
+) -> RLHFResult:
     """Tune with TRL's RLOO into ``out`` (layout as in :mod:`rlsae.llm.rlhf`)."""
-    from transformers import TrainerCallback
-
-    from rlsae.llm.models import load_model
-
     t0 = time.time()
     if resume and (out / "result.json").is_file():
-        done = read_json(out / "result.json")
-        if done.get("steps", 0) >= cfg.steps:
+        done = RLHFResult.read(out / "result.json")
+        if done.steps >= cfg.steps:
             return done
-    reward_fn = make_reward_fn(cfg)  # a bad table or classifier fails before any model loads
     model, tokenizer = load_model(cfg.model)
     pool = prefix_pool(cfg, tokenizer, model)
     prompts = [tokenizer.decode(p, skip_special_tokens=True) for p in pool]
@@ -140,44 +140,15 @@ def run_rloo(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, desc="rloo", disable=not progress, leave=False)
-
-    class _Log(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            if not logs or "reward" not in logs:
-                return
-            step = int(state.global_step)
-            entry = {
-                "step": step,
-                "reward_mean": float(logs["reward"]),
-                "reward_std": float(logs.get("reward_std", 0.0)),
-                # TRL logs the mean per-token KL; per completion (as PPO logs it) is about
-                # per-token KL times the mean completion length.
-                "kl_per_token": float(logs.get("kl", 0.0)),
-                "kl": float(logs.get("kl", 0.0)) * float(logs.get("completions/mean_length", 0.0)),
-                "kl_coef": cfg.init_kl_coef,
-                "loss": float(logs.get("loss", 0.0)),
-                "entropy": float(logs.get("entropy", 0.0)),
-                "completion_length": float(logs.get("completions/mean_length", 0.0)),
-                "grad_norm": float(logs.get("grad_norm", 0.0)),
-                "seconds": float(logs.get("step_time", 0.0)),
-            }
-            del log[step - 1 :]
-            log.append(entry)
-            bar.n = step
-            bar.set_postfix(reward=f"{entry['reward_mean']:.3f}", kl=f"{entry['kl']:.2f}")
-            if callback is not None:
-                callback(step, entry)
-
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
-            write_log(out, log, cfg)
-
+    logger = _log_callback(cfg, out, log, bar, callback)
     trainer = build_trainer(
-        cfg, out, model, tokenizer, prompts, callbacks=[_Log()], reward_fn=reward_fn
+        cfg, out, model, tokenizer, prompts, callbacks=[logger], reward_fn=reward_fn
     )
     checkpoint = _last_checkpoint(out / "trl") if resume else None
     if checkpoint is not None:
         done_steps = int(checkpoint.name.split("-")[-1])
         del log[done_steps:]
+    start_run(out, cfg)
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except ValueError as e:
@@ -186,6 +157,55 @@ def run_rloo(
     write_log(out, log, cfg)
     save_tuned_model(out, trainer.model, tokenizer, cfg)
     return finish(out, cfg, log, time.time() - t0)
+
+
+def log_entry(step: int, logs: dict[str, float], kl_coef: float) -> dict[str, float]:
+    """One step of TRL's logs in the PPO log's terms (``kl`` per completion)."""
+    length = float(logs.get("completions/mean_length", 0.0))
+    return {
+        "step": step,
+        "reward_mean": float(logs["reward"]),
+        "reward_std": float(logs.get("reward_std", 0.0)),
+        # TRL logs the mean per-token KL; per completion (as PPO logs it) is about
+        # per-token KL times the mean completion length.
+        "kl_per_token": float(logs.get("kl", 0.0)),
+        "kl": float(logs.get("kl", 0.0)) * length,
+        "kl_coef": kl_coef,
+        "loss": float(logs.get("loss", 0.0)),
+        "entropy": float(logs.get("entropy", 0.0)),
+        "completion_length": length,
+        "grad_norm": float(logs.get("grad_norm", 0.0)),
+        "seconds": float(logs.get("step_time", 0.0)),
+    }
+
+
+def _log_callback(
+    cfg: RLHFConfig,
+    out: Path,
+    log: list[dict[str, Any]],
+    bar: Any,
+    callback: StepCallback | None,
+) -> Any:
+    """A TRL callback that keeps ``log`` (and log.json at each save) and calls ``callback``."""
+    from transformers import TrainerCallback
+
+    class _Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+            if not logs or "reward" not in logs:
+                return
+            step = int(state.global_step)
+            entry = log_entry(step, logs, cfg.ppo.init_kl_coef)
+            del log[step - 1 :]
+            log.append(entry)
+            bar.n = step
+            bar.set_postfix(reward=f"{entry['reward_mean']:.3f}", kl=f"{entry['kl']:.2f}")
+            if callback is not None:
+                callback(step, entry)
+
+        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            write_log(out, log, cfg)
+
+    return _Log()
 
 
 def _last_checkpoint(trl_dir: Path) -> Path | None:

@@ -14,10 +14,7 @@ from rlsae.llm.models import load_model
 from rlsae.llm.rlhf import rlhf_tune
 
 SMALL = {
-    "batch_size": 8,
-    "mini_batch_size": 4,
-    "max_new_tokens": 8,
-    "learning_rate": 3e-4,
+    "ppo": {"batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 8, "learning_rate": 3e-4},
     "checkpoint_every": 1,
 }
 
@@ -30,7 +27,7 @@ def _params(model_dir):
 def test_ppo_run_writes_everything(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     res = rlhf_tune(tiny_model_dir, out, steps=2, progress=False, **SMALL)
-    assert res["steps"] == 2 and res["algo"] == "ppo"
+    assert res.steps == 2 and res.algo == "ppo"
     log = json.loads((out / "log.json").read_text())["steps"]
     assert [e["step"] for e in log] == [1, 2]
     for key in ("reward_mean", "kl", "kl_coef", "policy_loss", "value_loss", "loss"):
@@ -39,7 +36,7 @@ def test_ppo_run_writes_everything(tiny_model_dir, tmp_path):
     assert log[0]["kl_coef"] == 0.5
     assert "plotly" in (out / "curve.html").read_text()[:5000].lower()
     cfg = json.loads((out / "model" / "rlhf.json").read_text())["config"]
-    assert cfg["learning_rate"] == 3e-4 and cfg["batch_size"] == 8
+    assert cfg["ppo"]["learning_rate"] == 3e-4 and cfg["ppo"]["batch_size"] == 8
     base, tuned = _params(tiny_model_dir), _params(out / "model")
     assert base.keys() == tuned.keys()
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
@@ -65,14 +62,14 @@ def test_interrupted_run_resumes_to_the_same_model(tiny_model_dir, tmp_path):
     resumed = rlhf_tune(
         tiny_model_dir, tmp_path / "cut", steps=3, progress=False, resume=True, **SMALL
     )
-    assert resumed["steps"] == 3
+    assert resumed.steps == 3
     a = json.loads((tmp_path / "full" / "log.json").read_text())["steps"]
     b = json.loads((tmp_path / "cut" / "log.json").read_text())["steps"]
     assert [e["reward_mean"] for e in a] == pytest.approx([e["reward_mean"] for e in b])
     assert a[-1]["kl_coef"] == pytest.approx(b[-1]["kl_coef"])
     pa, pb = _params(tmp_path / "full" / "model"), _params(tmp_path / "cut" / "model")
     assert all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
-    assert full["reward_last"] == pytest.approx(resumed["reward_last"])
+    assert full.reward_last == pytest.approx(resumed.reward_last)
 
 
 def test_resume_refuses_changed_options(tiny_model_dir, tmp_path):
@@ -86,12 +83,19 @@ def test_resume_refuses_changed_options(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"batch_size": 10, "mini_batch_size": 4}, "not divisible by mini-batch size"),
-        ({"prefix_tokens": 120, "max_new_tokens": 24}, "exceeds the model's context of 128"),
-        ({"algo": "dpo"}, "unknown algorithm"),
-        ({"reward": "vibes"}, "unknown reward"),
-        ({"algo": "rloo", "batch_size": 8, "mini_batch_size": 4, "rloo_k": 3}, "RLOO needs rloo_k"),
-        ({"lr_typo": 1}, "unknown RLHF option"),
+        ({"ppo": {"batch_size": 10, "mini_batch_size": 4}}, "not divisible by mini-batch size"),
+        (
+            {"prefix_tokens": 120, "ppo": {"max_new_tokens": 24}},
+            "exceeds the model's context of 128",
+        ),
+        ({"algo": "dpo"}, "algo: expected one of ppo, rloo, got 'dpo'"),
+        ({"reward": "vibes"}, "reward: expected one of utility, sentiment, got 'vibes'"),
+        (
+            {"algo": "rloo", "ppo": {"batch_size": 8, "mini_batch_size": 4}, "rloo_k": 3},
+            "RLOO needs rloo_k",
+        ),
+        ({"lr_typo": 1}, "RLHF options: lr_typo: unknown key"),
+        ({"ppo": {"lr": 1}}, "RLHF options: ppo.lr: unknown key"),
     ],
 )
 def test_bad_options_are_one_line_errors(tiny_model_dir, tmp_path, options, message):
@@ -113,7 +117,7 @@ def test_malformed_table_fails_before_training(tiny_model_dir, tmp_path):
 def test_rloo_run_writes_everything(tiny_model_dir, tmp_path):
     out = tmp_path / "rloo"
     res = rlhf_tune(tiny_model_dir, out, algo="rloo", steps=2, progress=False, rloo_k=4, **SMALL)
-    assert res["algo"] == "rloo" and res["steps"] == 2
+    assert res.algo == "rloo" and res.steps == 2
     log = json.loads((out / "log.json").read_text())["steps"]
     assert [e["step"] for e in log] == [1, 2]
     assert all(e["kl_coef"] == 0.5 for e in log)
@@ -289,7 +293,7 @@ def test_rloo_interrupted_run_resumes(tiny_model_dir, tmp_path):
     assert (tmp_path / "r" / "trl" / "checkpoint-1").is_dir()
     first = json.loads((tmp_path / "r" / "log.json").read_text())["steps"]
     res = rlhf_tune(tiny_model_dir, tmp_path / "r", progress=False, resume=True, **opts)
-    assert res["steps"] == 3
+    assert res.steps == 3
     log = json.loads((tmp_path / "r" / "log.json").read_text())["steps"]
     assert [e["step"] for e in log] == [1, 2, 3]
     assert log[0]["reward_mean"] == first[0]["reward_mean"]  # step 1 kept, not re-run
