@@ -1,0 +1,204 @@
+"""The README and the docs site stay true to the code: install commands, pages, paths, names and
+every ``rlsae`` command line they show; the generated CLI reference covers every command."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted([ROOT / "README.md", *DOCS.glob("*.md")])
+
+INSTALL = "pip install torch==2.13.0 && pip install -e . && rlsae demo"
+TESTS = (
+    'apt-get install -y chromium chromium-driver && pip install torch==2.13.0 && pip install -e ".[dev,ray]"'
+    " && python3 -m pytest --slow -q"
+)
+
+
+def _gen_cli() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rlsae_docs_gen_cli", DOCS / "gen_cli.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GEN = _gen_cli()
+
+
+@pytest.fixture(scope="module")
+def commands() -> dict[tuple[str, ...], Any]:
+    return dict(GEN.iter_commands(GEN.command_tree()))
+
+
+def test_readme_has_the_two_commands_and_stays_short() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert INSTALL in lines
+    assert TESTS in lines
+    assert len(lines) <= 250
+
+
+def test_ci_installs_like_the_readme_and_runs_its_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "pip install -q torch==2.13.0" in ci
+    assert 'pip install -q -e ".[dev,ray]"' in ci
+    lines = ci.rstrip().splitlines()
+    assert lines[-1] == "python3 -m pytest --slow -q"
+    checks = [line for line in lines if line.startswith("check ")]
+    for tool in ("ruff check .", "ruff format --check .", "lint-imports", "mypy", "mkdocs build"):
+        assert any(tool in line for line in checks), tool
+    assert any("--strict" in line for line in checks if "mkdocs" in line)
+
+
+def _nav_pages(nav: Any) -> list[str]:
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, list):
+        return [p for item in nav for p in _nav_pages(item)]
+    if isinstance(nav, dict):
+        return [p for value in nav.values() for p in _nav_pages(value)]
+    raise AssertionError(f"unexpected nav entry {nav!r}")
+
+
+def test_every_nav_page_exists_and_every_page_is_in_the_nav() -> None:
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    nav = _nav_pages(config["nav"])
+    generated = {GEN.PAGE}
+    assert generated <= set(nav)
+    for page in nav:
+        assert page in generated or (DOCS / page).is_file(), page
+    assert {p.name for p in DOCS.glob("*.md")} == set(nav) - generated
+
+
+_LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_relative_links_resolve(page: Path) -> None:
+    generated = {DOCS / GEN.PAGE}
+    missing = [
+        target
+        for target, _anchor in _LINK.findall(page.read_text(encoding="utf-8"))
+        if "://" not in target
+        and not (page.parent / target).exists()
+        and (page.parent / target).resolve() not in generated
+    ]
+    assert not missing, f"{page.name}: {missing}"
+
+
+_PATH = re.compile(
+    r"`((?:rlsae|tests|benchmarks|docs|\.ci)/[\w./-]*)`|python3? (benchmarks/\S+\.py)"
+)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_paths_named_in_the_docs_exist(page: Path) -> None:
+    named = {(q or s).rstrip("/.") for q, s in _PATH.findall(page.read_text(encoding="utf-8"))}
+    missing = sorted(path for path in named if not (ROOT / path).exists())
+    assert not missing, f"{page.name}: {missing}"
+
+
+def _top_level_names(module_file: Path) -> set[str]:
+    tree = ast.parse(module_file.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def _resolves(dotted: str) -> bool:
+    """``rlsae.a.b[.name]``: the longest module prefix exists and defines the next name."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:i])
+        module = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if module.is_file():
+            rest = parts[i:]
+            return not rest or rest[0] in _top_level_names(module)
+    return False
+
+
+_DOTTED = re.compile(r"(?<![\w/.])rlsae(?:\.\w+)+")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_python_names_in_the_docs_exist(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    missing = sorted({d for d in _DOTTED.findall(text) if not _resolves(d)})
+    assert not missing, f"{page.name}: {missing}"
+
+
+def _command_lines(text: str) -> list[list[str]]:
+    """The ``rlsae ...`` invocations in the shell blocks of a page, as tokens after ``rlsae``."""
+    found = []
+    for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            tokens = shlex.split(line, comments=True)
+            for start in (i for i, t in enumerate(tokens) if t == "rlsae"):
+                args = []
+                for token in tokens[start + 1 :]:
+                    if token in {"&&", "||", "|", ";", ">", ">>"}:
+                        break
+                    args.append(token)
+                found.append(args)
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_command_lines_in_the_docs_name_real_commands_and_options(
+    page: Path, commands: dict[tuple[str, ...], Any]
+) -> None:
+    lines = _command_lines(page.read_text(encoding="utf-8"))
+    for args in lines:
+        path: tuple[str, ...] = ()
+        while args and (*path, args[0]) in commands:
+            path, args = (*path, args[0]), args[1:]
+        assert path and not hasattr(commands[path], "commands"), f"{page.name}: rlsae {args}"
+        known = {"--help"}
+        for param in commands[path].params:
+            known.update(param.opts, param.secondary_opts)
+        for token in args:
+            if token.startswith("--"):
+                assert token.split("=")[0] in known, f"{page.name}: rlsae {' '.join(path)} {token}"
+
+
+def test_cli_reference_covers_every_command_and_option(
+    commands: dict[tuple[str, ...], Any],
+) -> None:
+    page = GEN.render()
+    sections = re.split(r"\n(?=#{2,3} `rlsae )", page)
+    by_command = {re.match(r"#+ `rlsae ([^`]+)`", s).group(1): s for s in sections[1:]}  # type: ignore[union-attr]
+    assert set(by_command) == {" ".join(p) for p in commands}
+    assert {"sae train", "dqn train", "llm rlhf", "pipeline atari", "viewer export"} <= set(
+        by_command
+    )
+    for path, cmd in commands.items():
+        section = by_command[" ".join(path)]
+        if hasattr(cmd, "commands"):
+            for verb in cmd.commands:
+                assert f"`{verb}`" in section
+            continue
+        rows = [r for r in section.splitlines() if r.startswith("| `-")]
+        visible = [p for p in cmd.params if not p.hidden]
+        assert len(rows) == len(visible), path
+        for param, row in zip(visible, rows, strict=True):
+            assert all(f"`{o}`" in row for o in [*param.opts, *param.secondary_opts]), row
+            assert ("**required**" in row) == bool(param.required), row
