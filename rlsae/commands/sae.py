@@ -1,47 +1,71 @@
-"""``rlsae sae``: train and evaluate sparse autoencoders."""
+"""``rlsae sae``: train and evaluate sparse autoencoders.
+
+``sae train``'s options take their defaults and help texts from ``TrainConfig``'s fields (one
+source of truth; ``tests/sae/test_cli.py`` checks they agree), and the whole config is validated
+by ``TrainConfig.validate`` before the store is opened or anything is written.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from rlsae.commands._apps import JsonOpt, emit, sae_app
+from rlsae.configs import field_default, field_docs
 from rlsae.errors import RlsaeError
+from rlsae.sae.config import TrainConfig
+
+TRAIN_OPTIONS = {
+    "arch": "--arch",
+    "d_sae": "--d-sae",
+    "expansion": "--expansion",
+    "k": "--k",
+    "l1": "--l1",
+    "tied": "--tied",
+    "aux_k": "--aux-k",
+    "dead_rows": "--dead-rows",
+    "steps": "--steps",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "seed": "--seed",
+    "checkpoint_every": "--checkpoint-every",
+}
+"""``sae train`` option of each TrainConfig field it sets."""
+
+
+def _opt(name: str, *, either: bool = False) -> Any:
+    """A typer option for TrainConfig field ``name``: its default and docstring. ``either``: the
+    option defaults to None (it excludes another one) and its help names the field default."""
+    # plain text: no reST backticks, and "[" escaped from rich's markup ("W_dec[i]")
+    help_text = field_docs(TrainConfig)[name].replace("``", "").replace("[", "\\[")
+    default = field_default(TrainConfig, name)
+    if either:
+        help_text += f" (default {default:g})"
+        default = None
+    return typer.Option(default, TRAIN_OPTIONS[name], help=help_text)
 
 
 @sae_app.command("train")
 def sae_train(
     acts: Path = typer.Option(..., "--acts", help="Activation store to train on."),
     out: Path = typer.Option(..., "--out", help="New SAE directory."),
-    arch: str = typer.Option("topk", "--arch", help="topk (TopK + AuxK) or relu (ReLU + L1)."),
-    d_sae: int | None = typer.Option(None, "--d-sae", help="Number of latents."),
-    expansion: float | None = typer.Option(
-        None, "--expansion", help="Latents per input dimension (default 4)."
-    ),
-    k: int = typer.Option(32, "--k", help="TopK: active latents per row."),
-    l1: float = typer.Option(
-        1e-3, "--l1", help="ReLU: L1 coefficient (penalty sum_i f_i ||d_i||)."
-    ),
-    tied: bool = typer.Option(False, "--tied", help="Tie the encoder to the decoder's transpose."),
-    aux_k: int | None = typer.Option(
-        None, "--aux-k", help="TopK: AuxK latents (default d_in/2; 0 = off)."
-    ),
-    dead_rows: int = typer.Option(
-        1_000_000, "--dead-rows", help="Rows without firing before a latent counts as dead."
-    ),
-    steps: int | None = typer.Option(None, "--steps", help="Optimiser steps."),
-    epochs: float | None = typer.Option(
-        None, "--epochs", help="Passes over the store (default 1)."
-    ),
-    batch_size: int = typer.Option(4096, "--batch-size", help="Rows per step."),
-    lr: float | None = typer.Option(
-        None, "--lr", help="Learning rate (default: 2e-4/sqrt(d_sae/16384) topk, 1e-3 relu)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed for the initial weights and the data order."),
-    checkpoint_every: int = typer.Option(
-        200, "--checkpoint-every", help="Steps between checkpoints."
-    ),
+    arch: str = _opt("arch"),
+    d_sae: int | None = _opt("d_sae"),
+    expansion: float | None = _opt("expansion", either=True),
+    k: int = _opt("k"),
+    l1: float = _opt("l1"),
+    tied: bool = _opt("tied"),
+    aux_k: int | None = _opt("aux_k"),
+    dead_rows: int = _opt("dead_rows"),
+    steps: int | None = _opt("steps"),
+    epochs: float | None = _opt("epochs", either=True),
+    batch_size: int = _opt("batch_size"),
+    lr: float | None = _opt("lr"),
+    seed: int = _opt("seed"),
+    checkpoint_every: int = _opt("checkpoint_every"),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted run from its last checkpoint."
     ),
@@ -51,46 +75,42 @@ def sae_train(
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a TopK or ReLU+L1 SAE; progress on stderr, checkpoints, resumable."""
-    import json
-
-    from rlsae.sae.store import ActivationStore
-    from rlsae.sae.train import TrainConfig, train_sae
-
     if d_sae is not None and expansion is not None:
         raise RlsaeError("give --d-sae or --expansion, not both")
     if steps is not None and epochs is not None:
         raise RlsaeError("give --steps or --epochs, not both")
-    if arch not in ("topk", "relu"):
-        raise RlsaeError(f"--arch must be topk or relu, not {arch!r}")
+    if threads is not None and threads < 1:
+        raise RlsaeError("--threads must be at least 1")
     cfg = TrainConfig(
-        arch=arch,  # type: ignore[arg-type]
+        arch=arch,  # type: ignore[arg-type]  # validate() refuses anything but topk or relu
         d_sae=d_sae,
-        expansion=expansion if expansion is not None else 4.0,
+        expansion=expansion if expansion is not None else field_default(TrainConfig, "expansion"),
         k=k,
         l1=l1,
         tied=tied,
         aux_k=aux_k,
         dead_rows=dead_rows,
         steps=steps,
-        epochs=epochs if epochs is not None else 1.0,
+        epochs=epochs if epochs is not None else field_default(TrainConfig, "epochs"),
         batch_size=batch_size,
         lr=lr,
         seed=seed,
         checkpoint_every=checkpoint_every,
     )
-    if threads is not None:
-        if threads < 1:
-            raise RlsaeError("--threads must be at least 1")
-        import torch
+    cfg.validate("sae train")  # before the store is opened or anything written
 
-        torch.set_num_threads(threads)
+    from rlsae.sae.store import ActivationStore
+    from rlsae.sae.train import TRAINING, TrainingRecord, train_sae
+    from rlsae.threads import torch_threads
+
     store = ActivationStore(acts)
-    cfg.resolve(store.d_in)  # bad settings (k > d_sae, ...) fail before anything is written
-    train_sae(store, out, cfg, resume=resume)
-    info = json.loads((out / "training.json").read_text())
+    cfg.resolve(store.d_in)  # k above the resolved d_sae fails before anything is written
+    with torch_threads(threads):
+        train_sae(store, out, cfg, resume=resume)
+    info = TrainingRecord.read(out / TRAINING).to_json()
+    final = info["final"] or {}
     emit(
-        {"out": str(out), "steps": info["steps"], "rows_seen": info["rows_seen"], **info["final"]},
-        as_json,
+        {"out": str(out), "steps": info["steps"], "rows_seen": info["rows_seen"], **final}, as_json
     )
 
 
@@ -110,9 +130,15 @@ def sae_eval(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Reconstruction (FVU, MSE, explained variance), L0, dead and dense latents over a store."""
-    from rlsae.sae.io import load_sae
-    from rlsae.sae.metrics import evaluate_sae, json_metrics, save_feature_stats
+    """Reconstruction (FVU, MSE, explained variance), L0, dead and dense latents over a store.
+
+    With ``--json``: one ``rlsae.sae_metrics`` object (see ``rlsae.sae.metrics.SAEMetrics``)."""
+    from rlsae.sae.metrics import check_eval_args
+
+    check_eval_args(batch_size, max_rows, where="sae eval")
+
+    from rlsae.sae.metrics import evaluate_sae
+    from rlsae.sae.model import load_sae
     from rlsae.sae.store import ActivationStore
 
     sae = load_sae(sae_dir)
@@ -120,7 +146,6 @@ def sae_eval(
     result = evaluate_sae(
         sae, store, batch_size=batch_size, max_rows=max_rows, check_hook=not any_hook, progress=True
     )
-    out = json_metrics(result)
     if save_stats:
-        out["feature_stats"] = str(save_feature_stats(result, sae_dir))
-    emit(out, as_json)
+        result.metrics.feature_stats = str(result.stats.write(sae_dir))
+    emit(result.metrics.to_json(), as_json)

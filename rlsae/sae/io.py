@@ -4,7 +4,8 @@ Our TopK SAEs are written as SAELens architecture ``topk``, ReLU ones as ``stand
 get ``W_enc`` materialised as ``W_dec.T``. Our own settings (arch, tied, source) ride in
 ``cfg.json["metadata"]["rlsae"]``, where SAELens keeps but ignores them. ``load_sae`` reads ours
 and SAELens-written ``topk``/``standard`` directories (folding ``rescale_acts_by_decoder_norm``
-into the weights, which leaves outputs unchanged).
+into the weights, which leaves outputs unchanged). This module handles files and configs only;
+``rlsae.sae.model`` builds the ``SAE`` from them (``load_sae``, ``SAE.save``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, atomic_write_json
-from rlsae.sae.model import _DTYPES, SAE, SAEConfig, encoder_parameter
+from rlsae.sae.config import DTYPES, SAEConfig
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"
@@ -59,21 +60,18 @@ def sae_lens_cfg(cfg: SAEConfig) -> dict[str, Any]:
     return d
 
 
-def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
-    """Write the SAE's weights and cfg.json into ``path`` (created if needed), each atomically."""
+def write_sae_files(path: str | os.PathLike, cfg: SAEConfig, tensors: dict[str, Any]) -> Path:
+    """Write ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec`` and cfg.json into ``path`` (created if
+    needed), each file atomically."""
     from safetensors.torch import save
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {
-        "W_enc": sae.W_enc.detach().contiguous().clone(),
-        "b_enc": sae.b_enc.detach().contiguous(),
-        "W_dec": sae.W_dec.detach().contiguous(),
-        "b_dec": sae.b_dec.detach().contiguous(),
+        k: tensors[k].detach().to("cpu").contiguous() for k in ("W_enc", "b_enc", "W_dec", "b_dec")
     }
-    tensors = {k: v.to("cpu") for k, v in tensors.items()}
     atomic_write_bytes(path / WEIGHTS, save(tensors))
-    atomic_write_json(path / CFG, sae_lens_cfg(sae.cfg))
+    atomic_write_json(path / CFG, sae_lens_cfg(cfg))
     return path
 
 
@@ -87,14 +85,6 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise RlsaeError(f"{path / CFG} is not an SAE config")
     return cfg
-
-
-def read_sae_cfg(path: str | os.PathLike) -> SAEConfig:
-    """Our SAEConfig for an SAE directory (ours or SAELens's), without loading weights."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RlsaeError(f"SAE directory {path} not found")
-    return _cfg_from_dict(_read_cfg(path), path)[0]
 
 
 def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
@@ -125,7 +115,7 @@ def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
                 (ours or {}).get("source") or meta.get("model_name") or d.get("model_name") or ""
             ),
             dtype=str(d.get("dtype", "float32"))
-            if str(d.get("dtype", "float32")) in _DTYPES
+            if str(d.get("dtype", "float32")) in DTYPES
             else "float32",
             apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", True)),
         )
@@ -134,8 +124,11 @@ def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
     return cfg, bool(d.get("rescale_acts_by_decoder_norm", False)) and arch == "topk"
 
 
-def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
-    """Load an SAE directory written by rlsae or by SAELens (architectures topk and standard)."""
+def read_sae_files(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+    """The config and float32 tensors of an SAE directory written by rlsae or by SAELens
+    (architectures topk and standard), checked for shapes and NaN/Inf; SAELens's
+    ``rescale_acts_by_decoder_norm`` folded into the weights; ``tied`` cleared where the file's
+    W_enc is not W_dec.T."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -167,20 +160,11 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
             raise RlsaeError(f"{wpath}: {name} holds NaN or Inf")
     if cfg.tied and not torch.equal(sd["W_enc"], sd["W_dec"].t()):
         cfg.tied = False  # edited outside rlsae: keep both matrices as they are
-    dt = _DTYPES[cfg.dtype]
     sd = {k: v.to(torch.float32) for k, v in sd.items()}
     if rescale:  # SAELens topk with rescale_acts_by_decoder_norm: fold the norms in, exactly
         n = sd["W_dec"].norm(dim=1).clamp_min(1e-8)
         sd["W_enc"] = sd["W_enc"] * n
         sd["b_enc"] = sd["b_enc"] * n
         sd["W_dec"] = sd["W_dec"] / n[:, None]
-        if cfg.tied:
-            cfg.tied = False
-    sae = SAE(cfg, device="meta")
-    with torch.no_grad():
-        sae.W_dec = torch.nn.Parameter(sd["W_dec"].to(device=device, dtype=dt))
-        if not cfg.tied:
-            sae.W_enc = encoder_parameter(sd["W_enc"], device=device, dtype=dt)
-        sae.b_enc = torch.nn.Parameter(sd["b_enc"].to(device=device, dtype=dt))
-        sae.b_dec = torch.nn.Parameter(sd["b_dec"].to(device=device, dtype=dt))
-    return sae
+        cfg.tied = False
+    return cfg, sd

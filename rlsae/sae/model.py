@@ -5,75 +5,28 @@
 
 ``W_enc`` is (d_in, d_sae) and ``W_dec`` is (d_sae, d_in), as in SAELens, so the files load there
 unchanged. A tied SAE has no encoder parameter: ``W_enc`` is the view ``W_dec.T`` (and is written
-out materialised when saved). Training uses ``rlsae.sae.sparse`` for the fast TopK path; this
-module is the plain, dense reference that inference and evaluation use.
+out materialised when saved). Training uses ``rlsae.sae._fast`` for the fast TopK path; this
+module is the plain, dense reference that inference and evaluation use. Files are in the SAELens
+format (``rlsae.sae.io``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from rlsae.errors import RlsaeError
-from rlsae.sae.sparse import topk_select
+from rlsae.sae._fast import topk_select
+from rlsae.sae.config import DTYPES, SAEConfig
+from rlsae.sae.io import read_sae_files, write_sae_files
 
-_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
+__all__ = ["SAE", "SAEConfig", "encoder_parameter", "load_sae", "save_sae"]
 
-
-@dataclass
-class SAEConfig:
-    """Shape and kind of a sparse autoencoder. Saved (with SAELens's own keys) in cfg.json."""
-
-    d_in: int
-    """Width of the activations it reads."""
-    d_sae: int
-    """Number of latents (dictionary size)."""
-    arch: Literal["topk", "relu"] = "topk"
-    """``topk``: keep the k largest pre-activations (then ReLU). ``relu``: ReLU, trained with L1."""
-    k: int = 32
-    """Active latents per row for ``topk`` (ignored by ``relu``)."""
-    tied: bool = False
-    """Encoder is the decoder's transpose (one weight matrix)."""
-    hook_name: str = ""
-    """Where the activations came from (e.g. ``blocks.3.hook_resid_post`` or an agent layer)."""
-    source: str = ""
-    """Which model produced them (agent name, ``base``/``tuned``, a model path)."""
-    dtype: str = "float32"
-    """Parameter dtype."""
-    apply_b_dec_to_input: bool = True
-    """Subtract b_dec before encoding (SAELens's default; some SAELens SAEs turn it off)."""
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise RlsaeError for impossible settings."""
-        if self.arch not in ("topk", "relu"):
-            raise RlsaeError(f"arch must be topk or relu, not {self.arch!r}")
-        if int(self.d_in) < 1 or int(self.d_sae) < 1:
-            raise RlsaeError(f"d_in and d_sae must be positive (got {self.d_in}, {self.d_sae})")
-        if self.arch == "topk" and not 1 <= int(self.k) <= int(self.d_sae):
-            raise RlsaeError(f"k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
-        if self.dtype not in _DTYPES:
-            raise RlsaeError(f"dtype must be one of {sorted(_DTYPES)}, not {self.dtype!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES}
 
 
 def encoder_parameter(
@@ -180,17 +133,39 @@ class SAE(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``sae_weights.safetensors`` and ``cfg.json`` (SAELens format), each atomically."""
-        from rlsae.sae.io import save_sae
-
         return save_sae(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> SAE:
         """Load an SAE directory written by rlsae or by SAELens (topk or standard)."""
-        from rlsae.sae.io import load_sae
-
         return load_sae(path, device=device)
 
     def extra_repr(self) -> str:
         c = self.cfg
         return f"arch={c.arch}, d_in={c.d_in}, d_sae={c.d_sae}, k={c.k}, tied={c.tied}"
+
+
+def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
+    """Write the SAE's weights and cfg.json into ``path`` (created if needed), each atomically.
+    A tied SAE's W_enc is written materialised as W_dec.T (SAELens reads it as it is)."""
+    tensors = {
+        "W_enc": sae.W_enc.detach().clone(),
+        "b_enc": sae.b_enc.detach(),
+        "W_dec": sae.W_dec.detach(),
+        "b_dec": sae.b_dec.detach(),
+    }
+    return write_sae_files(path, sae.cfg, tensors)
+
+
+def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
+    """Load an SAE directory written by rlsae or by SAELens (architectures topk and standard)."""
+    cfg, sd = read_sae_files(path)
+    dt = _DTYPES[cfg.dtype]
+    sae = SAE(cfg, device="meta")
+    with torch.no_grad():
+        sae.W_dec = nn.Parameter(sd["W_dec"].to(device=device, dtype=dt))
+        if not cfg.tied:
+            sae.W_enc = encoder_parameter(sd["W_enc"], device=device, dtype=dt)
+        sae.b_enc = nn.Parameter(sd["b_enc"].to(device=device, dtype=dt))
+        sae.b_dec = nn.Parameter(sd["b_dec"].to(device=device, dtype=dt))
+    return sae

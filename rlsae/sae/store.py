@@ -7,20 +7,28 @@ A store is a directory::
     context.parquet             optional, one row per activation row, in row order
 
 ``ActivationWriter`` builds one in a temporary sibling directory and renames it into place on
-``close()``, so an interrupted write never leaves a half-written store. ``ActivationStore``
+``close()`` (``rlsae.fsutil.atomic_dir``: the store gets the user's umask like every other
+artifact), so an interrupted write never leaves a half-written store. ``ActivationStore``
 validates the directory when opened and reads it shard by shard: a seeded shuffled batch
 iterator for training (shard order shuffled, rows shuffled within a window of shards) and a
 sequential reader for evaluation. Nothing loads the whole store into memory.
+
+A store's identity (``ActivationStore.identity``) is its meta.json plus a content fingerprint:
+a SHA-256 over meta.json's bytes and, for every shard, its file size, its safetensors header,
+and the first and last 64 KiB of its data. It reads at most ~130 KiB per shard, so it is cheap
+for any store, and it tells apart two stores of the same width and row count (a resumed SAE
+training refuses a store whose identity differs from the one it started on).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +36,7 @@ import numpy as np
 import torch
 
 from rlsae.errors import RlsaeError
-from rlsae.fsutil import atomic_write_json, read_json
+from rlsae.fsutil import atomic_dir, atomic_write_json, read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,6 +45,29 @@ FORMAT = "rlsae-activations"
 VERSION = 1
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _ST_DTYPES = {"F16": "float16", "F32": "float32", "BF16": "bfloat16", "F64": "float64"}
+
+
+_EDGE = 65536  # bytes of each shard's data at either end that go into the fingerprint
+
+
+@dataclass
+class StoreIdentity:
+    """An activation store's meta and content fingerprint (see the module docstring)."""
+
+    d_in: int
+    rows: int
+    dtype: str
+    hook: str
+    source: str
+    fingerprint: str
+
+    def differences(self, other: StoreIdentity) -> list[str]:
+        """``field: mine vs other's`` for each field in which the two differ."""
+        return [
+            f"{f.name} {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
 
 
 def _shard_name(i: int) -> str:
@@ -78,12 +109,8 @@ class ActivationWriter:
         if int(d_in) < 1 or int(shard_rows) < 1:
             raise RlsaeError("d_in and shard_rows must be positive")
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not overwrite:
-            raise RlsaeError(f"{self.out_dir} already exists; choose another --out or remove it")
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(
-            tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent)
-        )
+        self._dir = atomic_dir(self.out_dir, overwrite=overwrite)
+        self._tmp = self._dir.__enter__()  # refuses an existing out_dir unless overwrite
         self.d_in, self.dtype, self.shard_rows = int(d_in), dtype, int(shard_rows)
         self.overwrite = overwrite
         self._meta = {
@@ -101,9 +128,9 @@ class ActivationWriter:
         self._closed = False
 
     @property
-    def tmp_path(self) -> Path:
-        """The temporary directory being written (for providers' own extra files)."""
-        return self._tmp
+    def closed(self) -> bool:
+        """Whether ``close()`` or ``abort()`` has ended this writer."""
+        return self._closed
 
     @property
     def rows(self) -> int:
@@ -118,6 +145,8 @@ class ActivationWriter:
             raise RlsaeError(
                 f"activations must have shape (rows, {self.d_in}), got {tuple(x.shape)}"
             )
+        if x.is_complex():
+            raise RlsaeError("activations are complex numbers; import real values")
         if not torch.is_floating_point(x):
             x = x.float()
         check_finite(x, "appended activations", self._rows + self._buf_rows)
@@ -192,23 +221,20 @@ class ActivationWriter:
         except BaseException:
             self.abort()
             raise
-        if self.out_dir.exists():
-            if not self.overwrite:
-                self.abort()
-                raise RlsaeError(f"{self.out_dir} appeared while writing; remove it and re-run")
-            old = self.out_dir.with_name(f".{self.out_dir.name}.old-{os.getpid()}")
-            os.replace(self.out_dir, old)
-            os.replace(self._tmp, self.out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self._tmp, self.out_dir)
+        if self.out_dir.exists() and not self.overwrite:
+            self.abort()
+            raise RlsaeError(f"{self.out_dir} appeared while writing; remove it and re-run")
         self._closed = True
+        self._dir.__exit__(None, None, None)  # renames the finished store into place
         return self.out_dir
 
     def abort(self) -> None:
-        """Throw away everything written so far."""
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        """Throw away everything written so far (nothing once the writer is closed)."""
+        if self._closed:
+            return
         self._closed = True
+        with contextlib.suppress(RlsaeError):
+            self._dir.__exit__(RlsaeError, RlsaeError("aborted"), None)
 
     def __enter__(self) -> ActivationWriter:
         return self
@@ -285,6 +311,34 @@ class ActivationStore:
         self._shards = shards
         self._starts = np.cumsum([0] + [r for _, r in shards])
         self.window_rows = int(window_rows)
+
+    def identity(self) -> StoreIdentity:
+        """What this store is, for comparing it with the store a run started on (see the module
+        docstring for what the fingerprint covers)."""
+        return StoreIdentity(
+            d_in=self.d_in,
+            rows=self.rows,
+            dtype=self.dtype,
+            hook=self.hook,
+            source=self.source,
+            fingerprint=self.fingerprint(),
+        )
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex, 16 characters) of meta.json and each shard's size, header and first and
+        last 64 KiB of data."""
+        h = hashlib.sha256((self.path / "meta.json").read_bytes())
+        for name, _ in self._shards:
+            path = self.path / name
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                h.update(size.to_bytes(8, "little") + f.read(n))
+                start = 8 + n
+                h.update(f.read(min(_EDGE, size - start)))
+                f.seek(max(start, size - _EDGE))
+                h.update(f.read())
+        return h.hexdigest()[:16]
 
     def __repr__(self) -> str:
         return f"ActivationStore({str(self.path)!r}, rows={self.rows}, d_in={self.d_in})"
@@ -480,6 +534,18 @@ def import_activations(
     src = Path(src_file)
     if not src.is_file():
         raise RlsaeError(f"{src} not found")
+    dtype = writer_kwargs.get("dtype", "float32")
+    if dtype not in _DTYPES:
+        raise RlsaeError(f"dtype must be float16 or float32, not {dtype!r}")
+    for name, value in (
+        ("chunk_rows", chunk_rows),
+        ("shard_rows", writer_kwargs.get("shard_rows", 1)),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RlsaeError(f"{name} must be a positive integer, got {value!r}")
+    out = Path(out_dir)
+    if out.exists() and not writer_kwargs.get("overwrite", False):
+        raise RlsaeError(f"{out} already exists; choose another --out or remove it")
     m = _load_matrix(src)
     if len(m.shape) != 2 or m.shape[0] == 0 or m.shape[1] == 0:
         raise RlsaeError(
@@ -487,6 +553,8 @@ def import_activations(
         )
     if isinstance(m, np.ndarray) and not np.issubdtype(m.dtype, np.number):
         raise RlsaeError(f"{src} holds {m.dtype} data, not numbers")
+    if np.iscomplexobj(m) if isinstance(m, np.ndarray) else m.is_complex():
+        raise RlsaeError(f"{src} holds complex numbers ({m.dtype}); import real values")
     writer_kwargs.setdefault("provider", "import")
     writer_kwargs.setdefault("source", src.stem)
     with ActivationWriter(out_dir, int(m.shape[1]), **writer_kwargs) as w:

@@ -13,8 +13,13 @@ rows). ReLU: loss = MSE (summed over dimensions, mean over rows) + l1 * sum_i f_
 coefficient warmed up linearly. Both: Adam, linear LR warm-up and final linear decay, gradient
 norm clipping, optional tied weights.
 
-Work happens in a hidden sibling ``.NAME.partial/`` holding ``checkpoints/latest.pt``; ``--resume``
-continues from it and, on CPU, ends with the same weights as an uninterrupted run.
+Work happens in a hidden sibling ``.NAME.partial/`` holding ``checkpoints/latest.pt`` (weights,
+optimiser, step, dead-latent counters and the history, in one atomic write), ``resume.json``
+(the settings and the store's identity the run started with) and ``history.json`` (a readable
+copy of the history). ``--resume`` continues from it and, on CPU, ends with the same weights as
+an uninterrupted run; a resume with other settings or another store is refused in one line
+naming the difference. Only the finished files (``FINISHED``) are renamed into place: temporary
+files of an interrupted write never reach the SAE directory.
 """
 
 from __future__ import annotations
@@ -24,168 +29,117 @@ import math
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import torch
 
+from rlsae.artifacts import Artifact
+from rlsae.configs import differing_keys, from_mapping, to_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, atomic_write_json, read_json
-from rlsae.sae.io import load_sae
-from rlsae.sae.model import SAE, SAEConfig
-from rlsae.sae.sparse import Workspace, topk_loss
-from rlsae.sae.store import ActivationStore
+from rlsae.sae._fast import Workspace, topk_loss
+from rlsae.sae.config import SAEConfig, TrainConfig
+from rlsae.sae.io import CFG
+from rlsae.sae.metrics import SAEMetrics, evaluate_sae
+from rlsae.sae.model import SAE, load_sae
+from rlsae.sae.optim import Adam, lr_factor, make_optimizer
+from rlsae.sae.store import ActivationStore, StoreIdentity
+
+__all__ = [
+    "Adam",
+    "TrainConfig",
+    "TrainState",
+    "TrainingRecord",
+    "lr_factor",
+    "make_optimizer",
+    "train_sae",
+    "train_step",
+]
 
 CHECKPOINT = "checkpoints/latest.pt"
+RESUME = "resume.json"
+HISTORY = "history.json"
+TRAINING = "training.json"
+FINISHED = frozenset({CFG, "sae_weights.safetensors", TRAINING, "feature_stats.safetensors"})
+"""The files of a finished SAE directory; nothing else in the work directory is published."""
+FREE_ON_RESUME = frozenset({"checkpoint_every"})
+"""Settings a resume may change: they do not change the trained SAE."""
 
 
 @dataclass
-class TrainConfig:
-    """Everything that decides an SAE training run. Saved in training.json beside the SAE."""
+class TrainingRecord(Artifact):
+    """``training.json``: how an SAE was trained, its history and its final evaluation."""
 
-    arch: Literal["topk", "relu"] = "topk"
-    """``topk`` (TopK + AuxK) or ``relu`` (ReLU with an L1 penalty)."""
-    d_sae: int | None = None
-    """Number of latents; None means ``expansion * d_in``."""
-    expansion: float = 4.0
-    """Latents per input dimension when ``d_sae`` is not given."""
-    k: int = 32
-    """TopK: active latents per row."""
-    l1: float = 1e-3
-    """ReLU: coefficient of the penalty sum_i f_i * ||W_dec[i]|| (mean over rows)."""
-    l1_warmup_frac: float = 0.05
-    """ReLU: fraction of the steps over which the L1 coefficient rises linearly from 0."""
-    tied: bool = False
-    """Tie the encoder to the decoder's transpose."""
-    aux_k: int | None = None
-    """TopK: latents used by the AuxK loss; None means d_in // 2, 0 turns AuxK off."""
-    aux_coeff: float = 1 / 32
-    """TopK: weight of the AuxK loss."""
-    dead_rows: int = 1_000_000
-    """A latent is dead once it has not fired for this many training rows (AuxK, logs)."""
-    steps: int | None = None
-    """Optimiser steps; None means ``epochs`` passes over the store."""
-    epochs: float = 1.0
-    """Passes over the store when ``steps`` is not given."""
-    batch_size: int = 4096
-    """Rows per step."""
-    lr: float | None = None
-    """Adam learning rate; None means 2e-4 / sqrt(d_sae / 16384) for topk, 1e-3 for relu."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
-    warmup_frac: float = 0.01
-    """Fraction of the steps with a linear LR warm-up from 0."""
-    decay_frac: float = 0.2
-    """Fraction of the steps at the end with a linear LR decay to 0."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this (0 turns clipping off)."""
-    init_b_dec: Literal["mean", "zeros"] = "mean"
-    """Initialise b_dec from the data mean (over up to 65536 rows) or at zero."""
-    seed: int = 0
-    """Seeds the initial weights and the data order."""
-    checkpoint_every: int = 200
-    """Steps between checkpoints (the last step is always checkpointed)."""
-    log_every: int = 25
-    """Steps between entries in the training history."""
-    final_eval: bool = True
-    """Evaluate over the whole store at the end and write feature_stats.safetensors."""
-    hook_name: str | None = None
-    """Recorded in cfg.json; None takes the store's hook."""
-    source: str | None = None
-    """Recorded in cfg.json; None takes the store's source."""
+    FORMAT: ClassVar[str] = "rlsae.sae_training"
+    VERSION: ClassVar[int] = 1
 
-    def resolve(self, d_in: int) -> tuple[SAEConfig, float]:
-        """The SAE's config and the learning rate for activations of width ``d_in``."""
-        d_sae = int(self.d_sae) if self.d_sae is not None else int(round(self.expansion * d_in))
-        cfg = SAEConfig(d_in=d_in, d_sae=d_sae, arch=self.arch, k=self.k, tied=self.tied)
-        lr = (
-            self.lr
-            if self.lr is not None
-            else (2e-4 / math.sqrt(d_sae / 16384) if self.arch == "topk" else 1e-3)
-        )
-        if self.batch_size < 1 or (self.steps is not None and self.steps < 1) or self.epochs <= 0:
-            raise RlsaeError("batch size, steps and epochs must be positive")
-        return cfg, float(lr)
+    config: TrainConfig
+    """The training settings."""
+    sae: SAEConfig
+    """The SAE's config (as in cfg.json)."""
+    lr: float
+    """The base learning rate used (``config.lr`` or its default for this width)."""
+    aux_k: int
+    """AuxK latents used (0: off)."""
+    steps: int
+    """Optimiser steps."""
+    rows_seen: int
+    """Training rows: full batches, or the whole store per step when it is smaller."""
+    store_path: str
+    """The activation store trained on (as given)."""
+    store: StoreIdentity
+    """The store's meta and content fingerprint."""
+    history: list[dict[str, Any]]
+    """Every ``log_every`` steps: step, rows, lr, loss, fvu, l0, dead (+ aux_loss or l1 terms)."""
+    final: SAEMetrics | None = None
+    """The evaluation over the whole store at the end (None with ``final_eval=False``)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+@dataclass
+class TrainState:
+    """What a training run carries from one step to the next (a checkpoint holds the part that
+    changes: the SAE, the optimiser, ``since_fired``, ``step`` and ``history``)."""
+
+    sae: SAE
+    opt: torch.optim.Optimizer
+    cfg: TrainConfig
+    total: int
+    """Steps of the whole run (the LR schedule depends on it)."""
+    base_lr: float
+    aux_k: int
+    since_fired: torch.Tensor
+    """(d_sae,) rows since each latent last fired."""
+    step: int = 0
+    """Steps done."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    workspace: Workspace = field(default_factory=Workspace)
+    """Buffers reused from step to step (TopK: the pre-activation block)."""
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
-
-
-def lr_factor(step: int, total: int, warmup_frac: float, decay_frac: float) -> float:
-    """Linear warm-up from 0, constant, linear decay to 0 over the last ``decay_frac``."""
-    warm = int(warmup_frac * total)
-    decay = int(decay_frac * total)
-    if warm and step < warm:
-        return (step + 1) / warm
-    if decay and step >= total - decay:
-        return max(0.0, (total - step) / decay)
-    return 1.0
-
-
-class Adam(torch.optim.Adam):
-    """torch's Adam, stepping column-major parameters (the TopK encoder, see
-    ``rlsae.sae.model.encoder_parameter``) as their contiguous transposes. Adam is elementwise,
-    so the result is the same, but the fused kernel would otherwise copy such a parameter, its
-    gradient and both moment buffers to row-major and back on every step (~2 ms of a ~60 ms
-    step at d_sae 2048). The moment buffers keep the parameter's shape and layout, so
-    checkpoints are those of torch's Adam."""
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        flipped = [
-            p
-            for group in self.param_groups
-            for p in group["params"]
-            if p.ndim == 2 and not p.is_contiguous() and p.t().is_contiguous()
-        ]
-        for p in flipped:
-            _transpose_param(p, self.state.get(p, {}))
-        try:
-            return super().step(closure)
-        finally:
-            for p in flipped:
-                _transpose_param(p, self.state.get(p, {}))
-
-
-def _transpose_param(p: torch.Tensor, state: dict[str, Any]) -> None:
-    """Swap a 2-D parameter, its gradient and its Adam moments for their transposed views."""
-    p.data = p.data.t()
-    if p.grad is not None:
-        p.grad = p.grad.t()
-    for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-        if isinstance(state.get(name), torch.Tensor) and state[name].ndim == 2:
-            state[name] = state[name].t()
-
-
-def make_optimizer(
-    sae: SAE, lr: float, betas: tuple[float, float] = (0.9, 0.999)
-) -> torch.optim.Adam:
-    """Adam over the SAE's parameters (the fused kernel where this torch build has one)."""
-    try:
-        return Adam(sae.parameters(), lr=lr, betas=betas, fused=True)
-    except (RuntimeError, TypeError):  # no fused Adam for this device or dtype
-        return Adam(sae.parameters(), lr=lr, betas=betas)
+    def new(cls, sae: SAE, cfg: TrainConfig, total: int, base_lr: float, aux_k: int) -> TrainState:
+        """A fresh state for ``sae``: Adam at ``base_lr``, no latent dead yet, step 0."""
+        since = torch.zeros(sae.cfg.d_sae, dtype=torch.int64)
+        return cls(sae, make_optimizer(sae, base_lr, cfg.betas), cfg, total, base_lr, aux_k, since)
 
 
 def _partial_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
-def _save_checkpoint(
-    work: Path, sae: SAE, opt: torch.optim.Optimizer, state: dict[str, Any]
-) -> None:
+def _save_checkpoint(work: Path, state: TrainState) -> None:
+    blob = {
+        "model": state.sae.state_dict(),
+        "optim": state.opt.state_dict(),
+        "step": state.step,
+        "since_fired": state.since_fired,
+        "history": state.history,
+    }
     buf = io.BytesIO()
-    torch.save({"model": sae.state_dict(), "optim": opt.state_dict(), **state}, buf)
+    torch.save(blob, buf)
     atomic_write_bytes(work / CHECKPOINT, buf.getvalue())
+    atomic_write_json(work / HISTORY, state.history)  # a readable copy
 
 
 def train_sae(
@@ -200,35 +154,33 @@ def train_sae(
 ) -> SAE:
     """Train an SAE on ``store`` and write it to ``out_dir``; returns the trained SAE.
 
-    ``resume`` continues an interrupted run from its last checkpoint (the saved config wins);
-    if ``out_dir`` is already complete it is loaded and returned. ``on_step(step, stats)`` is
-    called after every step (tests use it to interrupt a run).
+    ``resume`` continues an interrupted run from its last checkpoint; if ``out_dir`` is already
+    complete it is loaded and returned. Either way a ``cfg`` or store other than the run's is
+    refused in one line naming the difference (``cfg=None`` takes the run's settings).
+    ``on_step(step, stats)`` is called after every step (tests use it to interrupt a run).
     """
+    if cfg is not None:
+        cfg.validate()
     out = Path(out_dir)
     work = _partial_dir(out)
+    st = store if isinstance(store, ActivationStore) else ActivationStore(store)
     if out.exists():
-        if resume and (out / "cfg.json").is_file():
+        if resume and (out / CFG).is_file():
+            if (out / TRAINING).is_file():
+                record = TrainingRecord.read(out / TRAINING)
+                _check_same_run(out, record.config, cfg, record.store, st)
             return load_sae(out)
         if not overwrite:
             raise RlsaeError(f"{out} already exists; choose another --out or remove it")
-    st = store if isinstance(store, ActivationStore) else ActivationStore(store)
-    ckpt: dict[str, Any] | None = None
-    if resume and (work / CHECKPOINT).is_file():
-        try:
-            ckpt = torch.load(work / CHECKPOINT, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for damaged files
-            raise RlsaeError(
-                f"checkpoint {work / CHECKPOINT} cannot be read ({str(e).splitlines()[0]})"
-            ) from None
-        cfg = TrainConfig.from_dict(read_json(work / "train_config.json"))
-    elif work.exists():
-        if resume:
-            shutil.rmtree(work)  # nothing usable yet: start over
-        else:
-            raise RlsaeError(
-                f"an interrupted run exists at {work}; re-run with --resume or remove it"
-            )
+    ckpt = _open_partial(work, resume)
+    if ckpt is not None:
+        saved = read_json(work / RESUME)
+        saved_cfg = from_mapping(TrainConfig, saved["config"], str(work / RESUME))
+        saved_store = from_mapping(StoreIdentity, saved["store"], str(work / RESUME))
+        _check_same_run(work, saved_cfg, cfg, saved_store, st)
+        cfg = cfg or saved_cfg
     cfg = cfg or TrainConfig()
+    cfg.validate()
     sae_cfg, base_lr = cfg.resolve(st.d_in)
     sae_cfg.hook_name = cfg.hook_name if cfg.hook_name is not None else st.hook
     sae_cfg.source = cfg.source if cfg.source is not None else st.source
@@ -237,109 +189,138 @@ def train_sae(
     aux_k = (st.d_in // 2 if cfg.aux_k is None else int(cfg.aux_k)) if cfg.arch == "topk" else 0
 
     torch.manual_seed(cfg.seed)
-    sae = SAE(sae_cfg, seed=cfg.seed)
-    opt = make_optimizer(sae, base_lr, cfg.betas)
-    since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.int64)
-    history: list[dict[str, Any]] = []
-    step = 0
+    state = TrainState.new(SAE(sae_cfg, seed=cfg.seed), cfg, total, base_lr, aux_k)
     if ckpt is not None:
-        try:
-            sae.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optim"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise RlsaeError(
-                f"checkpoint {work / CHECKPOINT} does not fit this store ({str(e).splitlines()[0]})"
-            ) from None
-        since_fired = ckpt["since_fired"]
-        step = int(ckpt["step"])
-        # the history as of the checkpoint rides inside it (one atomic write); history.json is
-        # a copy that may be behind or ahead of it when a run stopped between the two writes
-        history = ckpt.get("history")
-        if history is None:  # a checkpoint from before the history moved in
-            history = [h for h in read_json(work / "history.json") if h["step"] <= step]
+        _restore(state, ckpt, work)
     else:
-        work.mkdir(parents=True)
-        try:
-            atomic_write_json(work / "train_config.json", cfg.to_dict())
-            if cfg.init_b_dec == "mean":
-                with torch.no_grad():
-                    sae.b_dec.copy_(st.mean(max_rows=65536))
-            _save_checkpoint(work, sae, opt, {"step": 0, "since_fired": since_fired})
-            atomic_write_json(work / "history.json", history)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-
-    created = ckpt is None
+        _start(work, state, st)
     try:
-        return _run(
-            st,
-            out,
-            work,
-            cfg,
-            sae,
-            opt,
-            since_fired,
-            history,
-            step,
-            total,
-            base_lr,
-            aux_k,
-            sae_cfg,
-            progress,
-            on_step,
-        )
+        _loop(state, st, work, progress, on_step)
+        return _finish(state, st, work, out, progress)
     except RlsaeError:
-        if created:  # bad data met in a run that had not checkpointed anything worth keeping
+        if ckpt is None:  # bad data met in a run that had not checkpointed anything worth keeping
             shutil.rmtree(work, ignore_errors=True)
         raise
 
 
-def _run(
+def _open_partial(work: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint of an interrupted run at ``work`` (None: start afresh). Without ``resume``
+    an interrupted run is refused; with it, one that saved nothing usable is removed and the
+    temporary files of writes it was killed in are cleaned."""
+    if not work.exists():
+        return None
+    if not resume:
+        raise RlsaeError(f"an interrupted run exists at {work}; re-run with --resume or remove it")
+    if not (work / CHECKPOINT).is_file() or not (work / RESUME).is_file():
+        shutil.rmtree(work)  # nothing usable yet: start over
+        return None
+    for d in (work, work / "checkpoints"):
+        for p in d.glob(".*"):  # atomic writes' temporary files, left by a kill
+            p.unlink(missing_ok=True)
+    try:
+        ckpt = torch.load(work / CHECKPOINT, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for damaged files
+        raise RlsaeError(
+            f"checkpoint {work / CHECKPOINT} cannot be read ({str(e).splitlines()[0]})"
+        ) from None
+    missing = {"model", "optim", "step", "since_fired", "history"} - set(ckpt)
+    if missing:
+        raise RlsaeError(
+            f"checkpoint {work / CHECKPOINT} lacks {sorted(missing)[0]!r} (written by another "
+            "version of rlsae); remove it to start over"
+        )
+    return ckpt
+
+
+def _check_same_run(
+    where: Path,
+    saved_cfg: TrainConfig,
+    cfg: TrainConfig | None,
+    saved_store: StoreIdentity,
+    store: ActivationStore,
+) -> None:
+    """Refuse, in one line naming the difference, to continue ``where`` with other settings
+    (``FREE_ON_RESUME`` aside) or on a store other than the one it started on."""
+    if cfg is not None:
+        a, b = to_mapping(saved_cfg), to_mapping(cfg)
+        diff = [k for k in differing_keys(a, b) if k not in FREE_ON_RESUME]
+        if diff:
+            changes = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
+            raise RlsaeError(
+                f"cannot resume {where}: it was trained with other settings ({changes}); "
+                "use the same settings, or another --out"
+            )
+    diff = saved_store.differences(store.identity())
+    if diff:
+        raise RlsaeError(
+            f"cannot resume {where}: it was trained on another activation store than {store.path} "
+            f"({'; '.join(diff)}); use that store, or another --out"
+        )
+
+
+def _restore(state: TrainState, ckpt: dict[str, Any], work: Path) -> None:
+    try:
+        state.sae.load_state_dict(ckpt["model"])
+        state.opt.load_state_dict(ckpt["optim"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise RlsaeError(
+            f"checkpoint {work / CHECKPOINT} does not fit this store ({str(e).splitlines()[0]})"
+        ) from None
+    state.since_fired = ckpt["since_fired"]
+    state.step = int(ckpt["step"])
+    state.history = list(ckpt["history"])
+
+
+def _start(work: Path, state: TrainState, store: ActivationStore) -> None:
+    """Create the work directory: settings and store identity, b_dec, the step-0 checkpoint."""
+    work.mkdir(parents=True)
+    try:
+        resume_info = {"config": to_mapping(state.cfg), "store": to_mapping(store.identity())}
+        atomic_write_json(work / RESUME, resume_info)
+        if state.cfg.init_b_dec == "mean":
+            with torch.no_grad():
+                state.sae.b_dec.copy_(store.mean(max_rows=65536))
+        _save_checkpoint(work, state)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _loop(
+    state: TrainState,
     st: ActivationStore,
-    out: Path,
     work: Path,
-    cfg: TrainConfig,
-    sae: SAE,
-    opt: torch.optim.Optimizer,
-    since_fired: torch.Tensor,
-    history: list[dict[str, Any]],
-    step: int,
-    total: int,
-    base_lr: float,
-    aux_k: int,
-    sae_cfg: SAEConfig,
     progress: bool,
     on_step: Callable[[int, dict[str, float]], None] | None,
-) -> SAE:
-    """The training loop and the finishing steps (see the module docstring)."""
-    per_epoch = st.batches_per_epoch(cfg.batch_size, drop_last=st.rows >= cfg.batch_size)
+) -> None:
+    """Steps from ``state.step`` to ``state.total``: history every ``log_every`` steps, a
+    checkpoint every ``checkpoint_every`` steps and at the last."""
+    cfg, total = state.cfg, state.total
+    drop_last = st.rows >= cfg.batch_size
+    per_epoch = st.batches_per_epoch(cfg.batch_size, drop_last=drop_last)
     batches = st.iter_batches(
         cfg.batch_size,
         shuffle=True,
         seed=cfg.seed,
         epochs=math.ceil(total / per_epoch),
-        drop_last=st.rows >= cfg.batch_size,
-        start_batch=step,
+        drop_last=drop_last,
+        start_batch=state.step,
     )
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(
-            total=total, initial=step, desc=f"train {sae_cfg.arch}", unit="step", dynamic_ncols=True
-        )
-    workspace = Workspace()
+        desc = f"train {state.sae.cfg.arch}"
+        bar = tqdm(total=total, initial=state.step, desc=desc, unit="step", dynamic_ncols=True)
     try:
         for x in batches:
-            if step >= total:
+            if state.step >= total:
                 break
-            stats = train_step(
-                sae, opt, x, cfg, step, total, base_lr, since_fired, aux_k, workspace
-            )
-            step += 1
+            stats = train_step(state, x)
+            step = state.step
             if step % cfg.log_every == 0 or step == total:
-                history.append({"step": step, "rows": step * min(cfg.batch_size, st.rows), **stats})
+                rows = step * min(cfg.batch_size, st.rows)
+                state.history.append({"step": step, "rows": rows, **stats})
                 if bar is not None:
                     bar.set_postfix(
                         loss=f"{stats['loss']:.4g}",
@@ -348,9 +329,7 @@ def _run(
                         dead=stats["dead"],
                     )
             if step % cfg.checkpoint_every == 0 or step == total:
-                state = {"step": step, "since_fired": since_fired, "history": history}
-                _save_checkpoint(work, sae, opt, state)
-                atomic_write_json(work / "history.json", history)  # a readable copy
+                _save_checkpoint(work, state)
             if bar is not None:
                 bar.update(1)
             if on_step is not None:
@@ -359,110 +338,56 @@ def _run(
         if bar is not None:
             bar.close()
 
-    # Finish: evaluate, write the SAE directory next to the checkpoints, rename into place.
-    from rlsae.sae.metrics import evaluate_sae, json_metrics, save_feature_stats
 
+def _finish(state: TrainState, st: ActivationStore, work: Path, out: Path, progress: bool) -> SAE:
+    """Evaluate, write the SAE files next to the checkpoints, and rename only those into place."""
+    sae, cfg = state.sae, state.cfg
     sae.eval()
     sae.save(work)
-    final: dict[str, Any] = {}
+    final = None
     if cfg.final_eval:
         result = evaluate_sae(sae, st, batch_size=max(cfg.batch_size, 4096), progress=progress)
-        save_feature_stats(result, work)
-        final = json_metrics(result)
-    atomic_write_json(
-        work / "training.json",
-        {
-            "config": cfg.to_dict(),
-            "sae": sae_cfg.to_dict(),
-            "lr": base_lr,
-            "aux_k": aux_k,
-            "steps": total,
-            "rows_seen": total * min(cfg.batch_size, st.rows),  # full batches, or the whole store
-            "store": {
-                "path": str(st.path),
-                "rows": st.rows,
-                "d_in": st.d_in,
-                "hook": st.hook,
-                "source": st.source,
-            },
-            "history": history,
-            "final": final,
-        },
+        result.stats.write(work)
+        final = result.metrics
+        final.feature_stats = "feature_stats.safetensors"
+    record = TrainingRecord(
+        config=cfg,
+        sae=sae.cfg,
+        lr=state.base_lr,
+        aux_k=state.aux_k,
+        steps=state.total,
+        rows_seen=state.total * min(cfg.batch_size, st.rows),
+        store_path=str(st.path),
+        store=st.identity(),
+        history=state.history,
+        final=final,
     )
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    for name in ("history.json", "train_config.json"):
-        (work / name).unlink(missing_ok=True)
+    record.write(work / TRAINING)
+    for p in work.iterdir():  # checkpoints, copies, and any temporary file of a killed write
+        if p.name not in FINISHED:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if out.exists():  # overwrite=True
         shutil.rmtree(out)
     os.replace(work, out)
     return sae
 
 
-def train_step(
-    sae: SAE,
-    opt: torch.optim.Optimizer,
-    x: torch.Tensor,
-    cfg: TrainConfig,
-    step: int,
-    total: int,
-    base_lr: float,
-    since_fired: torch.Tensor,
-    aux_k: int,
-    workspace: Workspace | None = None,
-) -> dict[str, float]:
-    """One optimiser step; updates ``since_fired`` in place and returns the batch's figures.
-    A loop passes the same ``Workspace`` to each step (TopK: the pre-activation buffer is reused)."""
-    lr = base_lr * lr_factor(step, total, cfg.warmup_frac, cfg.decay_frac)
+def train_step(state: TrainState, x: torch.Tensor) -> dict[str, float]:
+    """One optimiser step on batch ``x``: updates the SAE, ``state.since_fired`` and
+    ``state.step``; returns the batch's figures (loss, fvu, l0, dead, lr and the loss terms)."""
+    sae, cfg, opt = state.sae, state.cfg, state.opt
+    lr = state.base_lr * lr_factor(state.step, state.total, cfg.warmup_frac, cfg.decay_frac)
     for group in opt.param_groups:
         group["lr"] = lr
-    dead_mask = since_fired >= cfg.dead_rows
-    n_dead = int(dead_mask.sum())
     # sum of squared deviations from the batch mean, without a centred copy of x
     total_var = (
         torch.linalg.vector_norm(x).square() - x.sum(0).square().sum() / x.shape[0]
     ).clamp_min(1e-12)
     out: dict[str, float] = {"lr": lr}
     if sae.cfg.arch == "topk":
-        dead_idx = dead_mask.nonzero().reshape(-1) if (aux_k and n_dead) else None
-        sse, aux_sse, vals, idx = topk_loss(
-            x,
-            sae.W_enc,
-            sae.b_enc,
-            sae.W_dec,
-            sae.b_dec,
-            sae.cfg.k,
-            dead_idx,
-            aux_k,
-            sae.cfg.apply_b_dec_to_input,
-            workspace,
-        )
-        fvu = sse / total_var
-        loss = fvu
-        if dead_idx is not None:
-            # AuxK: the dead latents' top aux_k reconstruct the (detached) residual x - recon
-            aux_loss = aux_sse / total_var
-            scale = min(1.0, n_dead / aux_k)  # fewer dead latents than aux_k: weigh AuxK down
-            loss = loss + cfg.aux_coeff * scale * aux_loss
-            out["aux_loss"] = float(aux_loss.detach())
-        active = (vals > 0).reshape(-1)
-        fired = (
-            torch.bincount(idx.reshape(-1), weights=active.to(vals.dtype), minlength=sae.cfg.d_sae)
-            > 0
-        )
-        l0 = float(active.sum()) / x.shape[0]
+        loss, fvu, fired, l0 = _topk_terms(state, x, total_var, out)
     else:
-        f = torch.relu(sae.pre_acts(x))
-        recon = f @ sae.W_dec + sae.b_dec
-        mse = (recon - x).pow(2).sum(-1).mean()
-        warm = int(cfg.l1_warmup_frac * total)
-        l1c = cfg.l1 * min(1.0, (step + 1) / warm) if warm else cfg.l1
-        sparsity = (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
-        loss = mse + l1c * sparsity
-        fvu = (recon - x).pow(2).sum() / total_var
-        fired = (f > 0).any(0)
-        l0 = float((f > 0).sum()) / x.shape[0]
-        out["l1_loss"] = float(sparsity.detach())
-        out["l1_coeff"] = l1c
+        loss, fvu, fired, l0 = _relu_terms(state, x, total_var, out)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     unit_norm = sae.cfg.arch == "topk"
@@ -477,14 +402,67 @@ def train_step(
     opt.step()
     if unit_norm:
         sae.normalize_decoder()
-    since_fired += x.shape[0]
-    since_fired.masked_fill_(fired, 0)
+    state.since_fired += x.shape[0]
+    state.since_fired.masked_fill_(fired, 0)
     out.update(
         loss=float(loss.detach()),
         fvu=float(fvu.detach()),
         l0=l0,
-        dead=int((since_fired >= cfg.dead_rows).sum()),
+        dead=int((state.since_fired >= cfg.dead_rows).sum()),
     )
     if not math.isfinite(out["loss"]):
-        raise RlsaeError(f"training diverged at step {step} (loss is {out['loss']}); lower --lr")
+        raise RlsaeError(
+            f"training diverged at step {state.step} (loss is {out['loss']}); lower --lr"
+        )
+    state.step += 1
     return out
+
+
+def _topk_terms(
+    state: TrainState, x: torch.Tensor, total_var: torch.Tensor, out: dict[str, float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """TopK: (loss, fvu, fired latents, l0); FVU plus the weighted AuxK term (into ``out``)."""
+    sae, cfg, aux_k = state.sae, state.cfg, state.aux_k
+    dead_mask = state.since_fired >= cfg.dead_rows
+    n_dead = int(dead_mask.sum())
+    dead_idx = dead_mask.nonzero().reshape(-1) if (aux_k and n_dead) else None
+    sse, aux_sse, vals, idx = topk_loss(
+        x,
+        sae.W_enc,
+        sae.b_enc,
+        sae.W_dec,
+        sae.b_dec,
+        sae.cfg.k,
+        dead_idx,
+        aux_k,
+        sae.cfg.apply_b_dec_to_input,
+        state.workspace,
+    )
+    fvu = sse / total_var
+    loss = fvu
+    if dead_idx is not None:
+        # AuxK: the dead latents' top aux_k reconstruct the (detached) residual x - recon
+        aux_loss = aux_sse / total_var
+        scale = min(1.0, n_dead / aux_k)  # fewer dead latents than aux_k: weigh AuxK down
+        loss = loss + cfg.aux_coeff * scale * aux_loss
+        out["aux_loss"] = float(aux_loss.detach())
+    active = (vals > 0).reshape(-1)
+    counts = torch.bincount(idx.reshape(-1), weights=active.to(vals.dtype), minlength=sae.d_sae)
+    return loss, fvu, counts > 0, float(active.sum()) / x.shape[0]
+
+
+def _relu_terms(
+    state: TrainState, x: torch.Tensor, total_var: torch.Tensor, out: dict[str, float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """ReLU: (loss, fvu, fired latents, l0); MSE plus the warmed-up L1 term (into ``out``)."""
+    sae, cfg = state.sae, state.cfg
+    f = torch.relu(sae.pre_acts(x))
+    recon = f @ sae.W_dec + sae.b_dec
+    mse = (recon - x).pow(2).sum(-1).mean()
+    warm = int(cfg.l1_warmup_frac * state.total)
+    l1c = cfg.l1 * min(1.0, (state.step + 1) / warm) if warm else cfg.l1
+    sparsity = (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
+    out["l1_loss"] = float(sparsity.detach())
+    out["l1_coeff"] = l1c
+    fvu = (recon - x).pow(2).sum() / total_var
+    return mse + l1c * sparsity, fvu, (f > 0).any(0), float((f > 0).sum()) / x.shape[0]

@@ -107,26 +107,26 @@ def test_import_train_eval_dead_mmcs(tmp_path, capsys):
 
 
 def test_feature_stats_and_live_count(tmp_path, small_store):
-    from rlsae.sae import SAE, SAEConfig
-    from rlsae.sae.metrics import load_feature_stats, save_feature_stats
+    from rlsae.sae import SAE, FeatureStats, SAEConfig
 
     sae = SAE(SAEConfig(d_in=16, d_sae=40, arch="relu"), seed=0)
     with torch.no_grad():
         sae.b_enc.fill_(-1.5)  # only strongly aligned rows fire
-    res = evaluate_sae(sae, ActivationStore(small_store), batch_size=333)
+    res = evaluate_sae(sae, ActivationStore(small_store), batch_size=333).stats
     x = torch.cat(list(ActivationStore(small_store).iter_sequential(1000)))
     with torch.no_grad():
         f = sae.encode(x)
-    assert torch.equal(res["firing_counts"], (f > 0).sum(0))
-    torch.testing.assert_close(res["max_activation"], f.max(0).values)
-    torch.testing.assert_close(res["mean_activation"], f.mean(0))
-    assert live_feature_count(res["firing_counts"]) == int(((f > 0).sum(0) >= 1).sum())
-    assert live_feature_count(res["firing_counts"], threshold=10) == int(
-        ((f > 0).sum(0) >= 10).sum()
+    assert torch.equal(res.firing_counts, (f > 0).sum(0))
+    torch.testing.assert_close(res.max_activation, f.max(0).values)
+    torch.testing.assert_close(res.mean_activation, f.mean(0))
+    assert live_feature_count(res.firing_counts) == int(((f > 0).sum(0) >= 1).sum())
+    assert live_feature_count(res.firing_counts, threshold=10) == int(((f > 0).sum(0) >= 10).sum())
+    res.write(tmp_path)
+    back = FeatureStats.read(tmp_path)
+    assert back.firing_counts.dtype == torch.int64 and torch.equal(
+        back.firing_counts, res.firing_counts
     )
-    save_feature_stats(res, tmp_path)
-    back = load_feature_stats(tmp_path)
-    assert back["firing_counts"].dtype == torch.int64 and torch.equal(
-        back["firing_counts"], res["firing_counts"]
-    )
-    assert back["rows"].tolist() == [1000]
+    assert back.rows == 1000
+    from safetensors.torch import load_file
+
+    assert load_file(str(tmp_path / "feature_stats.safetensors"))["rows"].tolist() == [1000]

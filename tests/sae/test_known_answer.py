@@ -28,12 +28,12 @@ def test_sae_recovers_planted_directions(tmp_path, arch, settings):
     cfg = TrainConfig(arch=arch, d_sae=128, epochs=8, batch_size=128, final_eval=False, **settings)
     sae = train_sae(store, tmp_path / "sae", cfg, progress=False)
     # every planted direction has a decoder row within cosine >= 0.9 on average
-    mmcs = compare_dictionaries(truth, sae.W_dec)["mmcs_ab"]
+    mmcs = compare_dictionaries(truth, sae.W_dec).result.mmcs_ab
     assert mmcs >= 0.9
-    ev = evaluate_sae(sae, ActivationStore(store))
-    assert ev["fvu"] < 0.25
+    ev = evaluate_sae(sae, ActivationStore(store)).metrics
+    assert ev.fvu < 0.25
     # a random dictionary of the same size is far from the truth, so 0.9 is not free
     import torch
 
     rand = torch.randn(128, 32, generator=torch.Generator().manual_seed(9))
-    assert compare_dictionaries(truth, rand)["mmcs_ab"] < 0.7
+    assert compare_dictionaries(truth, rand).result.mmcs_ab < 0.7

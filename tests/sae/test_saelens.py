@@ -6,14 +6,13 @@ import json
 import warnings
 
 import pytest
+import sae_lens
 import torch
 
 from rlsae.analysis.mmcs import compare_dictionaries
 from rlsae.sae import SAE, SAEConfig, load_sae
 
 from .conftest import run_cli, superposition, write_store
-
-sae_lens = pytest.importorskip("sae_lens")
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])
@@ -113,5 +112,5 @@ def test_saelens_trained_sae_evaluates_and_compares_here(tmp_path, capsys, arch)
     assert res["mmcs_ab"] == pytest.approx(float(cos.max(1).values.mean()), abs=1e-5)
     assert res["mmcs_ba"] == pytest.approx(float(cos.max(0).values.mean()), abs=1e-5)
     assert res["mmcs_ab"] == pytest.approx(
-        compare_dictionaries(mine.W_dec, theirs.W_dec)["mmcs_ab"], abs=1e-6
+        compare_dictionaries(mine.W_dec, theirs.W_dec).result.mmcs_ab, abs=1e-6
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlsae.sae.sparse import _group_size, naive_topk_forward, topk_forward, topk_select
+from rlsae.sae._fast.topk import _group_size, topk_select
+
+from .reference import naive_topk_forward, topk_forward
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -63,7 +65,7 @@ def test_sparse_matches_model_encode_decode():
 
 
 def test_blockwise_encoder_equals_one_block(monkeypatch):
-    import rlsae.sae.sparse as sparse
+    import rlsae.sae._fast.loss as loss
 
     g = torch.Generator().manual_seed(11)
     x = torch.randn(100, 8, generator=g, dtype=torch.float64)
@@ -75,7 +77,7 @@ def test_blockwise_encoder_equals_one_block(monkeypatch):
     )
     dead = torch.arange(0, 40, 3)
     whole = topk_forward(x, W_enc, b_enc, W_dec, b_dec, 4, dead, 6)
-    monkeypatch.setattr(sparse, "CHUNK", 16)  # 100 rows -> 7 blocks, the last one short
+    monkeypatch.setattr(loss, "CHUNK", 16)  # 100 rows -> 7 blocks, the last one short
     blocks = topk_forward(x, W_enc, b_enc, W_dec, b_dec, 4, dead, 6)
     for a, b in zip(whole, blocks, strict=True):
         assert torch.equal(a, b)
@@ -93,16 +95,16 @@ def _assert_valid_topk(pre, vals, idx, k):
 def _force_path(path: str, monkeypatch) -> None:
     """Route the step's kernels: "native" (C, float32; float64 goes on to numba), "numba" (the
     numba selection, torch elsewhere) or "torch" (pure torch)."""
-    from rlsae.sae import _native, _select
+    from rlsae.sae._fast import _native, _numba
 
     if path == "native" and _native.lib() is None:
         pytest.fail(f"the native kernels did not build: {_native.status()}")
-    if path == "numba" and not _select.AVAILABLE:
+    if path == "numba" and not _numba.AVAILABLE:
         pytest.fail("numba is not installed (it is a dependency)")
     if path != "native":
         monkeypatch.setattr(_native, "usable", lambda *tensors: False)
     if path == "torch":
-        monkeypatch.setattr(_select, "AVAILABLE", False)
+        monkeypatch.setattr(_numba, "AVAILABLE", False)
 
 
 @pytest.fixture(params=["native", "numba", "torch"])
@@ -185,7 +187,7 @@ def test_topk_select_non_finite_rows_and_gradient(select_path):
 def test_topk_loss_matches_dense_reference(path, tied, with_aux, apply_b_dec, monkeypatch):
     """The training path (the loss terms straight from the forward; C kernels in float32) against
     the dense reference: the same squared errors, latents and gradients of a loss using all."""
-    from rlsae.sae.sparse import Workspace, topk_loss
+    from rlsae.sae._fast import Workspace, topk_loss
 
     _force_path(path, monkeypatch)
     g = torch.Generator().manual_seed(5)
@@ -231,7 +233,7 @@ def test_topk_loss_matches_dense_reference(path, tied, with_aux, apply_b_dec, mo
 def test_topk_loss_workspace_lease():
     """The residual buffer is leased from the forward to the backward: a second forward before
     the first backward gets a fresh buffer, so both backwards see their own residual."""
-    from rlsae.sae.sparse import Workspace, topk_loss
+    from rlsae.sae._fast import Workspace, topk_loss
 
     g = torch.Generator().manual_seed(9)
     B, d, n, k = 64, 16, 128, 4
@@ -264,7 +266,7 @@ def test_native_build_off_and_missing_compiler(monkeypatch, tmp_path):
     import os
     import tempfile
 
-    from rlsae.sae import _native
+    from rlsae.sae._fast import _native
 
     monkeypatch.setenv("RLSAE_NATIVE", "0")
     assert _native._build() == (None, "off (RLSAE_NATIVE=0)")
@@ -301,7 +303,7 @@ def test_native_build_off_and_missing_compiler(monkeypatch, tmp_path):
 def test_native_guards(monkeypatch):
     """A library that computes nothing fails the self-test; a build without OpenMP is used only
     where torch runs on one thread; float64 and non-CPU tensors never go to the kernels."""
-    from rlsae.sae import _native
+    from rlsae.sae._fast import _native
 
     class Inert:  # the entry points exist but do nothing
         def rlsae_openmp(self):

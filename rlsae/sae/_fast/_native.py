@@ -39,7 +39,7 @@ _SIGNATURES = {
     ),
 }
 # tried in order; the first that compiles is used. The vector-width hint is x86-only (GCC's
-# default for AMD Zen is 128-bit vectors, half the speed here). Without -fopenmp the kernels run
+# default for AMD Zen is 128-bit vectors; see docs/benchmarks.md). Without -fopenmp the kernels run
 # on one thread.
 _FLAG_SETS = (
     ["-O3", "-march=native", "-mprefer-vector-width=256", "-fopenmp"],

@@ -11,9 +11,8 @@ For one row with group maxima ``gm`` (group s = columns s, s+m, s+2m, ...):
    that impossible, keep every value above the tie and fill up with tied values (any choice among
    equal values is a valid top k, as with ``torch.topk``).
 
-Every step is a count or a copy over a few hundred floats, with no data-dependent sort: on the
-development CPU this takes ~9 ms for 4096 rows of 2048 latents on one thread, against ~24 ms for
-the two narrow ``torch.topk`` calls it replaces. Rows are split across Python threads (the kernel
+Every step is a count or a copy over a few hundred floats, with no data-dependent sort (the
+figures against ``torch.topk`` are in docs/benchmarks.md). Rows are split across Python threads (the kernel
 releases the GIL). Rows holding NaN or inf are left to ``torch.topk``; without numba,
 ``topk_select`` uses its pure-torch path.
 """

@@ -1,4 +1,4 @@
-"""The fast TopK training step: encoder, TopK, sparse decoder and AuxK in one autograd function.
+"""The TopK training loss in one autograd function: encoder, TopK, sparse decoder and AuxK.
 
 A TopK SAE's latents are (rows, k) values and indices, so the decoder only needs the k active
 decoder rows per input (``F.embedding_bag``) and the backward pass never needs a dense
@@ -9,20 +9,21 @@ decoder rows per input (``F.embedding_bag``) and the backward pass never needs a
 - d loss / d W_enc  = (G^T x_centred)^T                  G = sparse grad of the selected pre-acts
 - d loss / d b_enc  = column sums of G;   d loss / d b_dec = sum(grad_recon) - W_enc @ (d b_enc)
 
-The only dense (rows, d_sae) work left is the encoder matmul and the TopK itself.
-``naive_topk_forward`` is the same computation with dense tensors and ordinary autograd; the
-tests check the two against each other (outputs and every gradient).
+The only dense (rows, d_sae) work left is the encoder matmul and the TopK itself. The tests
+check every output and gradient against a dense float64 reference with plain autograd
+(``tests/sae/reference.py``).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from rlsae.sae import _native, _select
+from rlsae.sae._fast import _native
+from rlsae.sae._fast.topk import topk_select
 
 
 def _csc_order(cols: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,89 +61,10 @@ def _sampled_dot(g: torch.Tensor, W: torch.Tensor, idx: torch.Tensor) -> torch.T
     return torch.sparse.sampled_addmm(mask, g, W.t(), beta=0.0).values().reshape(B, k)
 
 
-def _group_size(n: int, k: int) -> int:
-    """Columns per group for ``topk_select``: the power of two nearest sqrt(n / k), which balances
-    the two narrow TopKs (over n/g group maxima, then over k*g candidates); 1 (plain TopK) when
-    grouping would not narrow them."""
-    if k < 1 or n < max(16 * k, 512):  # narrow rows: torch.topk is as fast
-        return 1
-    g = 1 << max(0, round(math.log2(math.sqrt(n / k))))
-    return g if g >= 4 and n % g == 0 else 1
-
-
-def topk_select(
-    pre: torch.Tensor, k: int, bias: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest entries along the last dimension of ``pre`` (any leading dimensions) as
-    (values, indices), in no particular order: the same selection as ``pre.topk(k, sorted=False)``
-    (ties may be broken differently; the values are the same), found faster.
-
-    Torch's CPU TopK over 2048 latents costs about 0.45x the encoder matmul on the development
-    machine, mostly branchy per-row work. Split the n columns into m = n/g strided groups
-    {j, j+m, j+2m, ...} and take each group's maximum (an elementwise max of g contiguous
-    slices). Every one of the row's k largest entries is at least the k-th largest group maximum,
-    so it lies in one of the k groups with the largest maxima: the exact TopK is among those
-    groups' members. The native kernel (``_kernels.c``, float32) or the numba one
-    (``_select.py``) finds it from the group maxima by counting against thresholds (rows with NaN
-    or inf go to torch.topk); without either, two ``torch.topk`` calls over ~sqrt(n*k) columns
-    do (top k groups, then top k of their k*g members). Values carry gradient to ``pre`` when it
-    requires one.
-
-    ``bias`` (n,), for a 2-D block without gradient (the training step's encoder): the top k of
-    ``pre + bias``, ``pre`` unchanged. The native kernel adds it row by row in cache, so the
-    block is read once and never written."""
-    n = pre.shape[-1]
-    g = _group_size(n, k)
-    if bias is not None:
-        if pre.requires_grad or pre.ndim != 2:
-            raise ValueError("topk_select's bias is for a 2-D block without gradient")
-        if g > 1 and pre.is_contiguous() and _native.usable(pre, bias):
-            return _native_select(pre, k, g, bias)
-        return topk_select(pre + bias, k)
-    if g == 1:
-        return pre.topk(k, dim=-1, sorted=False)
-    if pre.ndim != 2:
-        vals, idx = topk_select(pre.reshape(-1, n), k)
-        return vals.view(*pre.shape[:-1], k), idx.view(*pre.shape[:-1], k)
-    if _native.usable(pre):
-        vals, idx = _native_select(pre.detach().contiguous(), k, g, None)
-        return (pre.gather(1, idx) if pre.requires_grad else vals), idx
-    B = pre.shape[0]
-    m = n // g
-    grouped = pre.reshape(B, g, m)
-    group_max = grouped.amax(dim=1)
-    if (
-        _select.AVAILABLE
-        and pre.device.type == "cpu"
-        and pre.dtype in (torch.float32, torch.float64)
-    ):
-        with torch.profiler.record_function("rlsae::topk_select"):
-            vals, idx = _select.select(pre.detach().contiguous(), group_max.detach(), k, g)
-        return (pre.gather(1, idx) if pre.requires_grad else vals), idx
-    _, top_groups = group_max.topk(k, dim=-1, sorted=False)
-    cand = grouped.gather(2, top_groups.unsqueeze(1).expand(B, g, k))  # (B, g, k) candidates
-    vals, pos = cand.view(B, g * k).topk(k, dim=-1, sorted=False)
-    # candidate (i, j) is column top_groups[j] + i*m
-    return vals, top_groups.gather(1, pos % k) + (pos // k) * m
-
-
-def _native_select(
-    pre: torch.Tensor, k: int, g: int, bias: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.profiler.record_function("rlsae::topk_select"):
-        vals, idx, failed = _native.select(pre, k, g, bias)
-    if failed.any():  # rows with NaN or inf: torch.topk decides
-        rows = failed.nonzero().reshape(-1)
-        block = pre[rows] if bias is None else pre[rows] + bias
-        vals[rows], idx[rows] = block.topk(k, dim=-1, sorted=False)
-    return vals, idx
-
-
 class Workspace:
     """Buffers reused from one training step to the next. The (rows, d_sae) pre-activation block is
-    the step's largest temporary (32 MiB at 4096 x 2048); allocated afresh, its pages are faulted
-    in again on every step, which cost ~15 ms of a ~60 ms matmul on the development machine.
-    Buffers that outlive the forward pass (saved for the backward) are leased: ``take`` hands
+    the step's largest temporary (32 MiB at 4096 x 2048); allocated afresh, its pages would be
+    faulted in again on every step (see docs/benchmarks.md). Buffers that outlive the forward pass (saved for the backward) are leased: ``take`` hands
     out a fresh tensor while the buffer is still out, so nothing is overwritten early."""
 
     def __init__(self) -> None:
@@ -175,8 +97,7 @@ class Workspace:
 
 
 CHUNK = 4096
-"""Rows per encoder block: bounds the (rows, d_sae) pre-activation buffer for large batches.
-(Smaller blocks were no faster on one thread and slower on two: more parallel regions.)"""
+"""Rows per encoder block: bounds the (rows, d_sae) pre-activation buffer for large batches."""
 
 
 def _encode_topk(
@@ -268,48 +189,6 @@ def _sparse_grads(
     return g_W_dec, g_W_enc_t, g_b_enc
 
 
-class TopKSAEFunction(torch.autograd.Function):
-    """Forward: (recon, vals, idx, aux_recon). See the module docstring for the backward."""
-
-    @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):  # type: ignore[override]
-        vals, idx, a_vals, a_idx = _encode_topk(
-            x, W_enc, b_enc, b_dec, apply_b_dec, k, dead_idx, k_aux, workspace
-        )
-        recon = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
-        recon += b_dec
-        if a_idx is not None:
-            aux = F.embedding_bag(a_idx, W_dec, per_sample_weights=a_vals, mode="sum")
-        else:
-            aux = x.new_zeros(0)  # no dead latents: nothing to reconstruct
-        ctx.save_for_backward(x, W_enc, W_dec, b_dec, vals, idx, a_vals, a_idx)
-        ctx.apply_b_dec = apply_b_dec
-        ctx.mark_non_differentiable(idx)
-        return recon, vals, idx, aux
-
-    @staticmethod
-    def backward(ctx, g_recon, g_vals, _g_idx, g_aux):  # type: ignore[override]
-        x, W_enc, W_dec, b_dec, vals, idx, a_vals, a_idx = ctx.saved_tensors
-        n = W_dec.shape[0]
-        g_recon = g_recon if g_recon is not None else torch.zeros_like(x)
-        # latent-value gradients and, through the ReLU, pre-activation gradients
-        gv = _sampled_dot(g_recon, W_dec, idx)
-        if g_vals is not None:
-            gv = gv + g_vals
-        gp = gv * (vals > 0)
-        aux = None
-        if a_idx is not None and g_aux is not None and g_aux.numel() > 0:
-            ga = _sampled_dot(g_aux, W_dec, a_idx) * (a_vals > 0)
-            aux = (a_idx, a_vals, ga, g_aux)
-        g_W_dec, g_W_enc_t, g_b_enc = _sparse_grads(
-            idx, vals, gp, g_recon, x, b_dec, ctx.apply_b_dec, n, aux
-        )
-        g_b_dec = g_recon.sum(0)
-        if ctx.apply_b_dec:
-            g_b_dec -= W_enc @ g_b_enc
-        return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None, None
-
-
 def _residual(
     x: torch.Tensor,
     W_dec: torch.Tensor,
@@ -338,7 +217,7 @@ class TopKLossFunction(torch.autograd.Function):
     aux_sse = |aux_recon - (x - recon)|^2 (the residual detached, as AuxK's target); aux_sse is
     0 without dead latents. Knowing the loss, the forward computes e = recon - x and the dots
     e . W_dec[idx] once, while each row's decoder rows are in cache; the backward only scales
-    them. Gradients as in ``TopKSAEFunction`` (d sse / d recon = 2 e)."""
+    them. Gradients as in the module docstring, with d sse / d recon = 2 e."""
 
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):  # type: ignore[override]
@@ -385,8 +264,20 @@ class TopKLossFunction(torch.autograd.Function):
         return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None, None
 
 
-def _apply(function, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):
-    """Run one of the step's autograd functions (``x`` gets no gradient)."""
+def _apply(
+    function: Any,
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    k: int,
+    dead_idx: torch.Tensor | None,
+    k_aux: int,
+    apply_b_dec: bool,
+    workspace: Workspace | None,
+) -> Any:
+    """Run a TopK autograd function (``x`` gets no gradient); the tests' reference uses it too."""
     x = x.detach().contiguous()
     k, k_aux, apply_b_dec = int(k), int(k_aux), bool(apply_b_dec)
     return function.apply(x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace)
@@ -406,60 +297,9 @@ def topk_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training path: (sse, aux_sse, vals, idx), the summed squared reconstruction error, the
     AuxK summed squared error against the detached residual (0 without ``dead_idx``), and the
-    latents (indices in no particular order). The same quantities as ``topk_forward`` followed
-    by the two squared errors, with fewer passes over the batch."""
+    latents (indices in no particular order): the squared errors of the dense reconstruction,
+    computed in fewer passes over the batch. A training loop passes one ``Workspace`` to every
+    step so the pre-activation buffer is allocated once."""
     return _apply(
         TopKLossFunction, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace
     )
-
-
-def topk_forward(
-    x: torch.Tensor,
-    W_enc: torch.Tensor,
-    b_enc: torch.Tensor,
-    W_dec: torch.Tensor,
-    b_dec: torch.Tensor,
-    k: int,
-    dead_idx: torch.Tensor | None = None,
-    k_aux: int = 0,
-    apply_b_dec: bool = True,
-    workspace: Workspace | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fast path: (recon, vals, idx, aux_recon). ``aux_recon`` (no bias) uses the top ``k_aux``
-    pre-activations among ``dead_idx`` (empty when there are none). Indices are in no particular
-    order within a row. ``x`` gets no gradient. A training loop passes one ``Workspace`` to every
-    step so the pre-activation buffer is allocated once."""
-    return _apply(
-        TopKSAEFunction, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace
-    )
-
-
-def naive_topk_forward(
-    x: torch.Tensor,
-    W_enc: torch.Tensor,
-    b_enc: torch.Tensor,
-    W_dec: torch.Tensor,
-    b_dec: torch.Tensor,
-    k: int,
-    dead_idx: torch.Tensor | None = None,
-    k_aux: int = 0,
-    apply_b_dec: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference: the same outputs from dense tensors and plain autograd (slow; for tests)."""
-    xc = x.detach() - b_dec if apply_b_dec else x.detach()
-    pre = xc @ W_enc + b_enc
-    _, idx = pre.detach().topk(k, dim=-1)
-    idx = idx.sort(dim=-1).values
-    mask = torch.zeros_like(pre).scatter_(-1, idx, 1.0)
-    f = torch.relu(pre) * mask
-    recon = f @ W_dec + b_dec
-    vals = f.gather(-1, idx)
-    aux = x.new_zeros(0)
-    if dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0:
-        dead = torch.zeros(pre.shape[-1], dtype=torch.bool)
-        dead[dead_idx] = True
-        masked = pre.detach().masked_fill(~dead, float("-inf"))
-        _, a_idx = masked.topk(min(k_aux, int(dead_idx.numel())), dim=-1)
-        a_mask = torch.zeros_like(pre).scatter_(-1, a_idx, 1.0)
-        aux = (torch.relu(pre) * a_mask) @ W_dec
-    return recon, vals, idx, aux

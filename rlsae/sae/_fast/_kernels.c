@@ -1,12 +1,13 @@
 /* Native (C) kernels of rlsae's TopK training step, float32 only.
  *
- * Compiled on first use by rlsae/sae/_native.py with the system C compiler (cc -O3 -march=native
- * -fopenmp) and called through ctypes. Rows are split across OpenMP threads in fixed ranges, each
- * row done by one thread, so results never depend on the number of threads. The OpenMP runtime
- * is the one torch has already loaded (libgomp.so.1): the kernels run on torch's own worker
- * threads, with torch.set_num_threads' count, instead of competing with them for the cores.
- * Every kernel has a pure-torch twin in rlsae/sae/sparse.py; the tests check them against each
- * other and against a dense reference with plain autograd.
+ * Compiled on first use by rlsae/sae/_fast/_native.py with the system C compiler
+ * (cc -O3 -march=native -fopenmp) and called through ctypes. Rows are split across OpenMP
+ * threads in fixed ranges, each row done by one thread, so results never depend on the number
+ * of threads. The OpenMP runtime is the one torch has already loaded (libgomp.so.1): the kernels
+ * run on torch's own worker threads, with torch.set_num_threads' count, instead of competing
+ * with them for the cores. Every kernel has a pure-torch twin in rlsae/sae/_fast/ (topk.py,
+ * loss.py); the tests check them against each other and against a dense reference with plain
+ * autograd.
  *
  * Compiled with -fassociative-math (sums may be reordered, as BLAS does) but not
  * -ffinite-math-only: NaN and inf propagate as usual. */

@@ -1,0 +1,193 @@
+"""The SAE core's two configs: ``SAEConfig`` (what an SAE is) and ``TrainConfig`` (how one is
+trained). Plain dataclasses whose field docstrings are the documentation (and the ``sae train``
+help texts); each validates its own fields in ``validate(where)``. Importing this module is
+cheap (no torch), so the CLI can build and check a config before any heavy import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from rlsae.configs import check_range, describe
+from rlsae.errors import RlsaeError
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+"""Parameter dtypes an SAE may have (names of torch dtypes)."""
+
+
+@dataclass
+class SAEConfig:
+    """Shape and kind of a sparse autoencoder. Saved (with SAELens's own keys) in cfg.json."""
+
+    d_in: int
+    """Width of the activations it reads."""
+    d_sae: int
+    """Number of latents (dictionary size)."""
+    arch: Literal["topk", "relu"] = "topk"
+    """``topk``: keep the k largest pre-activations (then ReLU). ``relu``: ReLU, trained with L1."""
+    k: int = 32
+    """Active latents per row for ``topk`` (ignored by ``relu``)."""
+    tied: bool = False
+    """Encoder is the decoder's transpose (one weight matrix)."""
+    hook_name: str = ""
+    """Where the activations came from (e.g. ``blocks.3.hook_resid_post`` or an agent layer)."""
+    source: str = ""
+    """Which model produced them (agent name, ``base``/``tuned``, a model path)."""
+    dtype: str = "float32"
+    """Parameter dtype."""
+    apply_b_dec_to_input: bool = True
+    """Subtract b_dec before encoding (SAELens's default; some SAELens SAEs turn it off)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, where: str = "") -> None:
+        """Raise RlsaeError for impossible settings (prefixed with ``where`` when given)."""
+        pre = f"{where}: " if where else ""
+        if self.arch not in ("topk", "relu"):
+            raise RlsaeError(f"{pre}arch must be topk or relu, not {self.arch!r}")
+        if not _is_int(self.d_in) or not _is_int(self.d_sae) or self.d_in < 1 or self.d_sae < 1:
+            raise RlsaeError(
+                f"{pre}d_in and d_sae must be positive (got {self.d_in}, {self.d_sae})"
+            )
+        if self.arch == "topk" and not (_is_int(self.k) and 1 <= self.k <= self.d_sae):
+            raise RlsaeError(f"{pre}k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
+        if self.dtype not in DTYPES:
+            raise RlsaeError(f"{pre}dtype must be one of {sorted(DTYPES)}, not {self.dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides an SAE training run. Saved in training.json beside the SAE."""
+
+    arch: Literal["topk", "relu"] = "topk"
+    """``topk`` (TopK + AuxK) or ``relu`` (ReLU with an L1 penalty)."""
+    d_sae: int | None = None
+    """Number of latents; None means ``expansion * d_in``."""
+    expansion: float = 4.0
+    """Latents per input dimension when ``d_sae`` is not given."""
+    k: int = 32
+    """TopK: active latents per row."""
+    l1: float = 1e-3
+    """ReLU: coefficient of the penalty sum_i f_i * ||W_dec[i]|| (mean over rows)."""
+    l1_warmup_frac: float = 0.05
+    """ReLU: fraction of the steps over which the L1 coefficient rises linearly from 0."""
+    tied: bool = False
+    """Tie the encoder to the decoder's transpose."""
+    aux_k: int | None = None
+    """TopK: latents used by the AuxK loss; None means d_in // 2, 0 turns AuxK off."""
+    aux_coeff: float = 1 / 32
+    """TopK: weight of the AuxK loss."""
+    dead_rows: int = 1_000_000
+    """A latent is dead once it has not fired for this many training rows (AuxK, logs)."""
+    steps: int | None = None
+    """Optimiser steps; None means ``epochs`` passes over the store."""
+    epochs: float = 1.0
+    """Passes over the store when ``steps`` is not given."""
+    batch_size: int = 4096
+    """Rows per step."""
+    lr: float | None = None
+    """Adam learning rate; None means 2e-4 / sqrt(d_sae / 16384) for topk, 1e-3 for relu."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    warmup_frac: float = 0.01
+    """Fraction of the steps with a linear LR warm-up from 0."""
+    decay_frac: float = 0.2
+    """Fraction of the steps at the end with a linear LR decay to 0."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 turns clipping off)."""
+    init_b_dec: Literal["mean", "zeros"] = "mean"
+    """Initialise b_dec from the data mean (over up to 65536 rows) or at zero."""
+    seed: int = 0
+    """Seeds the initial weights and the data order."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints (the last step is always checkpointed)."""
+    log_every: int = 25
+    """Steps between entries in the training history."""
+    final_eval: bool = True
+    """Evaluate over the whole store at the end and write feature_stats.safetensors."""
+    hook_name: str | None = None
+    """Recorded in cfg.json; None takes the store's hook."""
+    source: str | None = None
+    """Recorded in cfg.json; None takes the store's source."""
+
+    def validate(self, where: str = "TrainConfig") -> None:
+        """Refuse an impossible setting in one line ``WHERE: field: what is wrong``: the one
+        check used by ``sae train``, the studies and ``train_sae`` alike, before any work."""
+        if self.arch not in ("topk", "relu"):
+            raise RlsaeError(f"{where}: arch: expected topk or relu, got {describe(self.arch)}")
+        if self.init_b_dec not in ("mean", "zeros"):
+            raise RlsaeError(
+                f"{where}: init_b_dec: expected mean or zeros, got {describe(self.init_b_dec)}"
+            )
+        for name in ("tied", "final_eval"):
+            if not isinstance(getattr(self, name), bool):
+                raise RlsaeError(f"{where}: {name}: expected true or false")
+        for name in ("hook_name", "source"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise RlsaeError(f"{where}: {name}: expected a string, got {describe(value)}")
+        _int(where, "d_sae", self.d_sae, 1, optional=True)
+        _int(where, "k", self.k, 1)
+        _int(where, "aux_k", self.aux_k, 0, optional=True)
+        _int(where, "dead_rows", self.dead_rows, 1)
+        _int(where, "steps", self.steps, 1, optional=True)
+        _int(where, "batch_size", self.batch_size, 1)
+        _int(where, "seed", self.seed, 0, 2**32 - 1)
+        _int(where, "checkpoint_every", self.checkpoint_every, 1)
+        _int(where, "log_every", self.log_every, 1)
+        check_range(where, "expansion", self.expansion, 0, lo_open=True)
+        check_range(where, "l1", self.l1, 0)
+        check_range(where, "aux_coeff", self.aux_coeff, 0)
+        check_range(where, "epochs", self.epochs, 0, lo_open=True)
+        if self.lr is not None:
+            check_range(where, "lr", self.lr, 0, lo_open=True)
+        for name in ("l1_warmup_frac", "warmup_frac", "decay_frac"):
+            check_range(where, name, getattr(self, name), 0, 1)
+        check_range(where, "grad_clip", self.grad_clip, 0)
+        if not isinstance(self.betas, tuple | list) or len(self.betas) != 2:
+            raise RlsaeError(f"{where}: betas: expected two numbers, got {describe(self.betas)}")
+        for i, beta in enumerate(self.betas):
+            check_range(where, f"betas[{i}]", beta, 0, 1)
+            if beta >= 1:
+                raise RlsaeError(f"{where}: betas[{i}]: must be below 1, got {beta!r}")
+        if self.d_sae is not None and self.arch == "topk" and self.k > self.d_sae:
+            raise RlsaeError(f"{where}: k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
+
+    def resolve(self, d_in: int) -> tuple[SAEConfig, float]:
+        """The SAE's config and the learning rate for activations of width ``d_in`` (validates
+        first; k above the resolved d_sae is refused here)."""
+        self.validate()
+        d_sae = int(self.d_sae) if self.d_sae is not None else int(round(self.expansion * d_in))
+        cfg = SAEConfig(d_in=d_in, d_sae=d_sae, arch=self.arch, k=self.k, tied=self.tied)
+        if self.lr is not None:
+            return cfg, float(self.lr)
+        return cfg, (2e-4 / math.sqrt(d_sae / 16384) if self.arch == "topk" else 1e-3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(
+    where: str, name: str, value: Any, lo: int, hi: int | None = None, *, optional: bool = False
+) -> None:
+    """An integer field in [lo, hi] (None allowed with ``optional``)."""
+    if value is None and optional:
+        return
+    if not _is_int(value):
+        raise RlsaeError(f"{where}: {name}: expected an integer, got {describe(value)}")
+    check_range(where, name, value, lo, hi)
