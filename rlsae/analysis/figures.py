@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rlsae.analysis.fit import FitResult, predict
 from rlsae.fsutil import atomic_write_bytes
 
 
@@ -39,7 +40,7 @@ def write_figure_html(fig: Any, path: str | Path, title: str = "") -> Path:
 def fit_figure(
     x: Sequence[float],
     y: Sequence[float],
-    fit: dict[str, Any],
+    fit: FitResult,
     *,
     x_label: str = "x",
     y_label: str = "y",
@@ -49,15 +50,13 @@ def fit_figure(
     """Scatter of (x, y) with the linear and quadratic least-squares curves of ``fit``."""
     import plotly.graph_objects as go
 
-    from rlsae.analysis.fit import predict
-
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    xs = np.asarray(x, dtype=np.float64)
+    ys = np.asarray(y, dtype=np.float64)
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
-            x=x,
-            y=y,
+            x=xs,
+            y=ys,
             mode="markers",
             name="agents",
             text=list(labels) if labels is not None else None,
@@ -68,42 +67,37 @@ def fit_figure(
             marker={"size": 9},
         )
     )
-    ok = np.isfinite(x)
-    lo, hi = float(x[ok].min()), float(x[ok].max())
+    ok = np.isfinite(xs)
+    lo, hi = float(xs[ok].min()), float(xs[ok].max())
     pad = 0.05 * (hi - lo if hi > lo else 1.0)
     grid = np.linspace(lo - pad, hi + pad, 200)
-    lin, quad = fit["linear"], fit["quadratic"]
-    fig.add_trace(
-        go.Scatter(
-            x=grid,
-            y=predict(lin["coef"], grid),
-            mode="lines",
-            name=f"linear (R²={lin['r2']:.3f}, p={lin['f_pvalue']:.3g})",
-            line={"dash": "dash"},
+    for name, part, line in (
+        ("linear", fit.linear, {"dash": "dash"}),
+        ("quadratic", fit.quadratic, None),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=grid,
+                y=predict(part.coef, grid),
+                mode="lines",
+                name=f"{name} (R²={_g(part.r2, '.3f')}, p={_g(part.f_pvalue, '.3g')})",
+                line=line,
+            )
         )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=grid,
-            y=predict(quad["coef"], grid),
-            mode="lines",
-            name=f"quadratic (R²={quad['r2']:.3f}, p={quad['f_pvalue']:.3g})",
-        )
-    )
-    vx = quad.get("vertex_x")
-    ci = quad.get("vertex_ci") or {}
+    quad = fit.quadratic
+    vx, ci = quad.vertex_x, quad.vertex_ci
     if vx is not None and lo - pad <= vx <= hi + pad:
         fig.add_vline(x=vx, line={"dash": "dot", "color": "grey"}, annotation_text="vertex")
-    if ci.get("low") is not None:
+    if ci is not None and ci.low is not None and ci.high is not None:
         fig.add_vrect(
-            x0=max(ci["low"], lo - pad),
-            x1=min(ci["high"], hi + pad),
+            x0=max(ci.low, lo - pad),
+            x1=min(ci.high, hi + pad),
             fillcolor="grey",
             opacity=0.12,
             line_width=0,
         )
     fig.update_layout(
-        title=title or f"{y_label} vs {x_label} (n={fit['n']})",
+        title=title or f"{y_label} vs {x_label} (n={fit.n})",
         xaxis_title=x_label,
         yaxis_title=y_label,
         template="plotly_white",
@@ -112,8 +106,12 @@ def fit_figure(
     return fig
 
 
+def _g(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
 def curve_figure(
-    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     *,
     x_label: str = "step",
     y_label: str = "",

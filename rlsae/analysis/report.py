@@ -1,48 +1,112 @@
-"""``analysis/report.html`` of a dead-features study: the fit, the agents, their training curves
-and their SAEs' metrics. One file, plotly.js embedded, opens from disk without a network."""
+"""The studies' HTML reports and the helpers they share.
+
+Every page is one file with plotly.js embedded (no CDN), so it opens from disk without a
+network. The shared helpers: :func:`esc` (escape any text a run holds: agent names,
+explanations), :func:`num` (one number format), :func:`html_table`, :func:`page` (the shell:
+title, style, plotly.js) and :func:`write_page`.
+
+* :func:`write_atari_report`: ``analysis/report.html`` of the dead-features study (the fit, the
+  agents, their training curves, their SAEs' metrics).
+* :func:`write_llm_report`: ``analysis/report.html`` of one model of the language-model study
+  (RLHF, Tables 3 and 4, the divergence figure, MMCS, the shared features and explanations),
+  from typed inputs: the caller draws the divergence figure.
+* :func:`write_utility_html`: ``analysis/utility.html`` (Tables 3 and 4 and every explanation).
+"""
 
 from __future__ import annotations
 
 import html
 import json
 import math
+import os
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlsae.analysis.figures import curve_figure, figure_div, fit_figure, plotly_js_tag
+from rlsae.analysis.fit import FitResult
+from rlsae.analysis.mmcs import SharedFeatures
+from rlsae.analysis.utility import UtilityTables
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, read_json
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1200px;
 padding:0 1em;color:#222}
 h1{margin-bottom:.2em} h2{margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:13px} th,td{padding:3px 8px;border-bottom:1px solid #eee;
-text-align:right} th{background:#f6f6f6;position:sticky;top:0} td.l,th.l{text-align:left}
+table{border-collapse:collapse;font-size:13px;margin:.6em 0} th,td{padding:3px 8px;
+border-bottom:1px solid #eee;text-align:right} th{background:#f6f6f6;position:sticky;top:0}
+td.l,th.l{text-align:left}
 .headline{font-size:1.1em;background:#f4f8ff;padding:.8em 1em;border-radius:6px}
 .muted{color:#777} .scroll{overflow-x:auto}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1em}
 """
 
+# ----------------------------------------------------------------------------- shared helpers
 
-def _fmt(v: Any) -> str:
+
+def esc(text: Any) -> str:
+    """``text`` as inert HTML (quotes too): ``<img onerror=...>`` stays literal text."""
+    return html.escape(str(text), quote=True)
+
+
+def num(v: Any, spec: str = ".4g", missing: str = "") -> str:
+    """A number for a report: ``missing`` for None or NaN, ``spec`` for floats, escaped text
+    for anything else (integers as they are)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
+        return missing
     if isinstance(v, float):
-        return f"{v:.4g}"
-    return html.escape(str(v))
+        return format(v, spec)
+    return esc(v)
 
 
-def _table(df: Any, left: tuple[str, ...] = ("agent", "run", "agent_dir")) -> str:
-    head = "".join(
-        f"<th class='{'l' if c in left else ''}'>{html.escape(str(c))}</th>" for c in df.columns
+def html_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    left: Collection[str] = (),
+    *,
+    scroll: bool = False,
+) -> str:
+    """A table; ``rows`` hold ready HTML cells (pass text through :func:`esc`/:func:`num`);
+    the columns named in ``left`` are left-aligned (``class='l'``)."""
+
+    def cls(h: str) -> str:
+        return " class='l'" if h in left else ""
+
+    head = "".join(f"<th{cls(h)}>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td{cls(h)}>{c}</td>" for h, c in zip(headers, r, strict=True)) + "</tr>"
+        for r in rows
     )
-    body = []
-    for _, row in df.iterrows():
-        cells = "".join(
-            f"<td class='{'l' if c in left else ''}'>{_fmt(row[c])}</td>" for c in df.columns
-        )
-        body.append(f"<tr>{cells}</tr>")
-    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'>{table}</div>" if scroll else table
+
+
+def page(title: str, body: str, *, plotly: bool = True, css: str = CSS) -> str:
+    """A whole page: ``title`` (escaped), the style, plotly.js embedded when ``plotly``, and
+    ``body`` (ready HTML)."""
+    js = plotly_js_tag() if plotly else ""
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{esc(title)}</title><style>{css}</style>{js}</head><body>\n"
+        f"{body}\n</body></html>\n"
+    )
+
+
+def write_page(path: str | os.PathLike, title: str, body: str, *, plotly: bool = True) -> Path:
+    """Write :func:`page` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    atomic_write_bytes(path, page(title, body, plotly=plotly).encode())
+    return path
+
+
+def _df_table(df: Any, left: Collection[str] = ("agent", "run", "agent_dir")) -> str:
+    rows = ([num(row[c]) for c in df.columns] for _, row in df.iterrows())
+    return html_table([str(c) for c in df.columns], rows, left, scroll=True)
+
+
+# ----------------------------------------------------------------------------- Atari study
 
 
 def _tensorboard_scalars(logdir: Path, tags: tuple[str, ...]) -> dict[str, tuple[list, list]]:
@@ -115,12 +179,149 @@ def _firing_frequencies(sae_dir: Path) -> Any:
     return np.sort(np.asarray(st["firing_counts"], dtype=np.float64))[::-1] / rows
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/analysis/report.html`` from the study's artifacts; returns its path."""
-    import numpy as np
-    import pandas as pd
+def _fit_headline(fit: FitResult) -> str:
+    q, lin, sp = fit.quadratic, fit.linear, fit.spearman
+    ci = q.vertex_ci
+    vtx = ""
+    if q.vertex_x is not None:
+        vtx = f"; vertex at {esc(fit.x)} = {q.vertex_x:.4g}"
+        if ci is not None and ci.low is not None and ci.high is not None:
+            vtx += f" (95% bootstrap [{ci.low:.4g}, {ci.high:.4g}])"
+    exact = " (an exact fit: F is infinite)" if q.exact else ""
+    return (
+        "<p class='headline'>"
+        f"{fit.n} agents. Quadratic fit of {esc(fit.y)} on {esc(fit.x)}: "
+        f"R² = {num(q.r2, '.3f', 'n/a')} (adjusted {num(q.adj_r2, '.3f', 'n/a')}), "
+        f"F-test p = {num(q.f_pvalue, '.3g', 'n/a')}{exact}{vtx}. "
+        f"Linear: R² = {num(lin.r2, '.3f', 'n/a')}, p = {num(lin.f_pvalue, '.3g', 'n/a')}. "
+        f"Spearman ρ = {num(sp.rho, '.3f', 'n/a')} (p = {num(sp.pvalue, '.3g', 'n/a')}). "
+        "<span class='muted'>The poster: quadratic R² = 0.33, p = 0.015 over 24 agents.</span></p>"
+    )
 
-    from rlsae.analysis.figures import curve_figure, figure_div, fit_figure, plotly_js_tag
+
+def _fit_section(fit: FitResult | None, df: Any) -> str:
+    if fit is None:
+        return "<p class='headline'>No fit yet: fewer than 4 agents have finished.</p>"
+    fig = fit_figure(
+        df[fit.x].to_numpy(float),
+        df[fit.y].to_numpy(float),
+        fit,
+        x_label=f"{fit.x} features",
+        y_label=fit.y,
+        labels=df["agent"].astype(str).tolist(),
+        title=f"{fit.y} vs {fit.x} features",
+    )
+    return _fit_headline(fit) + "<h2>Live features vs return</h2>" + figure_div(fig, "fit")
+
+
+def _training_curves(run_dir: Path, df: Any) -> str:
+    """One figure per run: SB3's episode return and the checkpoints' evaluation."""
+    curves = []
+    runs = [r for r in df["run"].dropna().astype(str).unique() if r] if "run" in df.columns else []
+    for run in runs:
+        series: dict[str, tuple[list, list]] = {}
+        tag = "rollout/ep_rew_mean"
+        tb = _tensorboard_scalars(run_dir / "agents" / run / "tensorboard", (tag,))
+        if tag in tb:
+            series[f"training episodes ({tag})"] = tb[tag]
+        sub = df[df["run"].astype(str) == run]
+        if "mean_return" in sub and "step" in sub:
+            sub = sub.sort_values("step")
+            series["evaluation of checkpoints (mean_return)"] = (
+                sub["step"].tolist(),
+                sub["mean_return"].tolist(),
+            )
+        if series:
+            fig = curve_figure(
+                series, x_label="environment step", y_label="return", title=f"run {run}"
+            )
+            curves.append(figure_div(fig))
+    if not curves:
+        return ""
+    return "<h2>Training curves</h2><div class='grid'>" + "".join(curves) + "</div>"
+
+
+def _sae_name(cfg: Mapping[str, Any]) -> str:
+    """The study's SAE directory name (``topk-2048-k50``, ``relu-2048``)."""
+    sae = cfg.get("sae", {})
+    arch = sae.get("arch", "topk")
+    return f"{arch}-{sae.get('d_sae')}" + (f"-k{sae.get('k')}" if arch == "topk" else "")
+
+
+def _sae_figures(run_dir: Path, df: Any, cfg: Mapping[str, Any]) -> list[str]:
+    """SAE training curves and sorted firing frequencies, every agent overlaid."""
+    import numpy as np
+
+    layer = cfg.get("recording", {}).get("layer", "")
+    loss_series: dict[str, dict[str, tuple[list, list]]] = {}
+    freq_series: dict[str, tuple[list, list]] = {}
+    for agent in df["agent"].astype(str):
+        sdir = run_dir / "saes" / agent / layer / _sae_name(cfg)
+        for metric, xy in _training_history(sdir).items():
+            loss_series.setdefault(metric, {})[agent] = xy
+        freqs = _firing_frequencies(sdir)
+        if freqs is not None:
+            ranks = np.arange(1, freqs.size + 1)
+            keep = freqs > 0
+            freq_series[agent] = (ranks[keep].tolist(), freqs[keep].tolist())
+    figs = []
+    preferred = [m for m in ("loss", "fvu", "l0", "dead") if m in loss_series]
+    for metric in preferred or sorted(loss_series)[:4]:
+        fig = curve_figure(
+            loss_series[metric], x_label="step", y_label=metric, title=f"SAE training: {metric}"
+        )
+        figs.append(figure_div(fig))
+    if freq_series:
+        f = curve_figure(
+            freq_series,
+            x_label="feature rank",
+            y_label="firing frequency",
+            title="Sorted firing frequency of live features",
+        )
+        f.update_yaxes(type="log")
+        figs.append(figure_div(f))
+    return figs
+
+
+_SAE_COLUMNS = ("agent", "mean_return", "live", "dead", "fvu", "explained_variance", "l0")
+
+
+def _sae_section(run_dir: Path, df: Any, cfg: Mapping[str, Any]) -> str:
+    cols = [c for c in (*_SAE_COLUMNS, "mse", "rows") if c in df.columns]
+    cols += [c for c in df.columns if c.startswith("splice_")]
+    figs = _sae_figures(run_dir, df, cfg)
+    return (
+        "<h2>SAE metrics</h2>" + _df_table(df[cols]) + "<div class='grid'>" + "".join(figs)
+    ) + "</div>"
+
+
+def _links(run_dir: Path) -> str:
+    note = ""
+    if not (run_dir / "viewer" / "index.html").is_file():
+        note = (
+            " <span class='muted'>(not exported yet: "
+            f"<code>rlsae viewer export --run {esc(run_dir)}</code>)</span>"
+        )
+    return (
+        f"<p><a href='../viewer/index.html'>Feature viewer</a>{note} · "
+        "<a href='agents.csv'>agents.csv</a> · <a href='fit_live_vs_return.json'>fit JSON</a></p>"
+    )
+
+
+_RUN_KEYS = ("study", "source", "config_hash", "created", "finished", "git_commit", "versions")
+
+
+def _study_section(info: Mapping[str, Any]) -> str:
+    head = json.dumps({k: info.get(k) for k in _RUN_KEYS}, indent=1)
+    cfg = json.dumps(info.get("config", {}), indent=1)
+    return f"<h2>Study</h2><pre>{esc(head)}\n{esc(cfg)}</pre>"
+
+
+def write_atari_report(run_dir: str | os.PathLike) -> Path:
+    """Write ``run_dir/analysis/report.html`` of a dead-features study from its artifacts
+    (``run.json``, ``analysis/agents.csv``, ``analysis/fit_live_vs_return.json``, the agents'
+    tensorboard logs, the SAEs' ``training.json`` and ``feature_stats.safetensors``)."""
+    import pandas as pd
 
     run_dir = Path(run_dir)
     info = read_json(run_dir / "run.json")
@@ -130,184 +331,167 @@ def write_report(run_dir: str | Path) -> Path:
         raise RlsaeError(f"{csv} not found; run the study first")
     df = pd.read_csv(csv)
     cfg = info.get("config", {})
-    name = info.get("study", run_dir.name)
-    parts: list[str] = []
-
-    # headline and fit
     fit_path = analysis / "fit_live_vs_return.json"
-    fit = read_json(fit_path) if fit_path.is_file() else None
-    if fit:
-        q, lin, sp = fit["quadratic"], fit["linear"], fit["spearman"]
-        ci = q.get("vertex_ci") or {}
-        vtx = (
-            f"; vertex at {fit['x']} = {q['vertex_x']:.4g}"
-            + (
-                f" (95% bootstrap [{ci['low']:.4g}, {ci['high']:.4g}])"
-                if ci.get("low") is not None
-                else ""
-            )
-            if q.get("vertex_x") is not None
-            else ""
-        )
-        parts.append(
-            "<p class='headline'>"
-            f"{fit['n']} agents. Quadratic fit of {html.escape(fit['y'])} on {html.escape(fit['x'])}: "
-            f"R² = {q['r2']:.3f} (adjusted {q['adj_r2']:.3f}), F-test p = {q['f_pvalue']:.3g}{vtx}. "
-            f"Linear: R² = {lin['r2']:.3f}, p = {lin['f_pvalue']:.3g}. "
-            f"Spearman ρ = {sp['rho']:.3f} (p = {sp['pvalue']:.3g}). "
-            "<span class='muted'>The poster: quadratic R² = 0.33, p = 0.015 over 24 agents.</span></p>"
-        )
-        fig = fit_figure(
-            df[fit["x"]].to_numpy(float),
-            df[fit["y"]].to_numpy(float),
-            fit,
-            x_label=f"{fit['x']} features",
-            y_label=fit["y"],
-            labels=df["agent"].astype(str).tolist(),
-            title=f"{fit['y']} vs {fit['x']} features",
-        )
-        parts.append("<h2>Live features vs return</h2>" + figure_div(fig, "fit"))
-    else:
-        parts.append("<p class='headline'>No fit yet: fewer than 4 agents have finished.</p>")
-
-    # the agents
-    parts.append("<h2>Agents</h2>" + _table(df))
-
-    # training curves, one figure per run: SB3's episode return and the checkpoints' evaluation
-    curves = []
-    runs = [r for r in df["run"].dropna().astype(str).unique() if r] if "run" in df.columns else []
-    for run in runs:
-        series: dict[str, tuple[list, list]] = {}
-        tb = _tensorboard_scalars(
-            run_dir / "agents" / run / "tensorboard", ("rollout/ep_rew_mean",)
-        )
-        if "rollout/ep_rew_mean" in tb:
-            series["training episodes (rollout/ep_rew_mean)"] = tb["rollout/ep_rew_mean"]
-        sub = df[df["run"].astype(str) == run]
-        if "mean_return" in sub and "step" in sub:
-            sub = sub.sort_values("step")
-            series["evaluation of checkpoints (mean_return)"] = (
-                sub["step"].tolist(),
-                sub["mean_return"].tolist(),
-            )
-        if series:
-            curves.append(
-                figure_div(
-                    curve_figure(
-                        series, x_label="environment step", y_label="return", title=f"run {run}"
-                    )
-                )
-            )
-    if curves:
-        parts.append("<h2>Training curves</h2><div class='grid'>" + "".join(curves) + "</div>")
-
-    # SAE metrics: training curves and firing frequencies, every agent overlaid
-    layer = cfg.get("recording", {}).get("layer", "")
-    sae_cfg = cfg.get("sae", {})
-    sae_name = f"{sae_cfg.get('arch', 'topk')}-{sae_cfg.get('d_sae')}" + (
-        f"-k{sae_cfg.get('k')}" if sae_cfg.get("arch", "topk") == "topk" else ""
-    )
-    loss_series: dict[str, dict[str, tuple[list, list]]] = {}
-    freq_series: dict[str, tuple[list, list]] = {}
-    for agent in df["agent"].astype(str):
-        sdir = run_dir / "saes" / agent / layer / sae_name
-        for metric, xy in _training_history(sdir).items():
-            loss_series.setdefault(metric, {})[agent] = xy
-        freqs = _firing_frequencies(sdir)
-        if freqs is not None:
-            ranks = np.arange(1, freqs.size + 1)
-            keep = freqs > 0
-            freq_series[agent] = (ranks[keep].tolist(), freqs[keep].tolist())
-    sae_figs = []
-    preferred = [m for m in ("loss", "fvu", "l0", "dead") if m in loss_series]
-    for metric in preferred or sorted(loss_series)[:4]:
-        sae_figs.append(
-            figure_div(
-                curve_figure(
-                    loss_series[metric],
-                    x_label="step",
-                    y_label=metric,
-                    title=f"SAE training: {metric}",
-                )
-            )
-        )
-    if freq_series:
-        f = curve_figure(
-            freq_series,
-            x_label="feature rank",
-            y_label="firing frequency",
-            title="Sorted firing frequency of live features",
-        )
-        f.update_yaxes(type="log")
-        sae_figs.append(figure_div(f))
-    cols = [
-        c
-        for c in (
-            "agent",
-            "mean_return",
-            "live",
-            "dead",
-            "fvu",
-            "explained_variance",
-            "l0",
-            "mse",
-            "rows",
-        )
-        if c in df.columns
+    fit = FitResult.read(fit_path) if fit_path.is_file() else None
+    parts = [
+        _links(run_dir),
+        _fit_section(fit, df),
+        "<h2>Agents</h2>" + _df_table(df),
+        _training_curves(run_dir, df),
+        _sae_section(run_dir, df, cfg),
+        _study_section(info),
     ]
-    cols += [c for c in df.columns if c.startswith("splice_")]
-    parts.append(
-        "<h2>SAE metrics</h2>"
-        + _table(df[cols])
-        + "<div class='grid'>"
-        + "".join(sae_figs)
-        + "</div>"
+    name = str(info.get("study", run_dir.name))
+    body = f"<h1>{esc(name)}: dead features vs agent return</h1>" + "\n".join(parts)
+    return write_page(analysis / "report.html", f"{name}: dead features vs return", body)
+
+
+# ----------------------------------------------------------------------------- LM study
+
+
+@dataclass
+class RLHFSummary:
+    """What the LM report says of the RLHF run (None where the run did not record it)."""
+
+    reward_first: float | None = None
+    """Mean reward of the first batch."""
+    reward_last: float | None = None
+    """Mean reward of the last batch."""
+    steps: int | None = None
+    """Optimisation steps."""
+    kl_last: float | None = None
+    """KL to the reference model at the end."""
+
+
+def _tables_3_4(util: UtilityTables) -> str:
+    t3, t4 = util.table3, util.table4
+
+    def pair(values: Mapping[str, Any], attr: str, spec: str = ".1f") -> str:
+        cells = (getattr(values[m], attr) if m in values else None for m in ("base", "tuned"))
+        return "".join(f"<td>{num(v, spec, '–')}</td>" for v in cells)
+
+    return (
+        "<h2>Tables 3 and 4: utility of features and of completions</h2>"
+        "<table><tr><th class='l'></th><th>M_base</th><th>M_RLHF</th></tr>"
+        f"<tr><td class='l'>summed |utility| of the top-{esc(util.k)} shared features' "
+        f"explanations</td>{pair(t3, 'score')}</tr>"
+        f"<tr><td class='l'>aggregate |utility| of completions</td>"
+        f"{pair(t4, 'aggregate_abs_utility')}</tr>"
+        f"<tr><td class='l'>mean reward of completions</td>{pair(t4, 'mean_reward', '.3f')}</tr>"
+        "</table>"
     )
 
-    # config and provenance
-    viewer = run_dir / "viewer" / "index.html"
-    viewer_note = (
-        ""
-        if viewer.is_file()
-        else (
-            f" <span class='muted'>(not exported yet: <code>rlsae viewer export --run {html.escape(str(run_dir))}</code>)</span>"
-        )
-    )
-    parts.insert(
-        0,
-        f"<p><a href='../viewer/index.html'>Feature viewer</a>{viewer_note} · "
-        "<a href='agents.csv'>agents.csv</a> · <a href='fit_live_vs_return.json'>fit JSON</a></p>",
-    )
-    parts.append(
-        "<h2>Study</h2><pre>"
-        + html.escape(
-            json.dumps(
-                {
-                    k: info.get(k)
-                    for k in (
-                        "study",
-                        "source",
-                        "config_hash",
-                        "created",
-                        "finished",
-                        "git_commit",
-                        "versions",
-                    )
-                },
-                indent=1,
+
+def _mmcs_table(shared: SharedFeatures) -> str:
+    rows = []
+    for entry in shared.layers:
+        for src, m in entry.models.items():
+            rows.append(
+                [str(entry.layer), esc(src), str(m.d_sae_a), str(m.d_sae_b)]
+                + [num(m.mmcs_ab, ".4f"), num(m.mmcs_ba, ".4f")]
             )
-        )
-        + "\n"
-        + html.escape(json.dumps(cfg, indent=1))
-        + "</pre>"
+        bt = entry.base_vs_tuned
+        if bt is not None:
+            rows.append(
+                [str(entry.layer), "base small ↔ tuned small", "", ""]
+                + [num(bt.mmcs_ab, ".4f"), num(bt.mmcs_ba, ".4f")]
+            )
+    heads = ["layer", "model", "d_sae small", "d_sae large", "MMCS small→large"]
+    return "<h2>SAE pairs: MMCS(small, large)</h2>" + html_table(
+        [*heads, "MMCS large→small"], rows, {"model"}
     )
-    page = (
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(name)}: dead features vs return</title><style>{_CSS}</style>"
-        f"{plotly_js_tag()}</head><body><h1>{html.escape(name)}: dead features vs agent return</h1>"
-        + "\n".join(parts)
-        + "</body></html>\n"
-    )
-    out = analysis / "report.html"
-    atomic_write_bytes(out, page.encode())
-    return out
+
+
+def _explanations(shared: SharedFeatures, util: UtilityTables) -> str:
+    parts = ["<h2>Top shared features and their explanations</h2>"]
+    for src, layers in util.features.items():
+        for layer, scored in layers.items():
+            pair = shared.layer(int(layer)).models.get(src)
+            cos = {r.feature: r.cosine for r in pair.top_k_utility} if pair else {}
+            rows = [
+                [str(r.feature), num(cos.get(r.feature), ".3f", "nan")]
+                + [num(r.utility, ".2f"), esc(r.explanation)]
+                for r in scored
+            ]
+            heads = ["feature", "max cos", "|utility|", "explanation"]
+            parts.append(f"<h3>{esc(src)}, layer {esc(layer)}</h3>")
+            parts.append(html_table(heads, rows, {"explanation"}))
+    return "".join(parts)
+
+
+def write_llm_report(
+    path: str | os.PathLike,
+    *,
+    model: str,
+    rlhf: RLHFSummary,
+    shared: SharedFeatures,
+    utility: UtilityTables,
+    divergence_figure: Any | None = None,
+) -> Path:
+    """``analysis/report.html`` of one model of the LM study: RLHF, Tables 3 and 4, the layer
+    divergence figure (a plotly figure the caller draws; omitted when None), MMCS per SAE pair,
+    and the shared features with their explanations. Returns the path."""
+    r = rlhf
+    body = [
+        f"<h1>Implicit reward model of {esc(model)}</h1>",
+        "<p><a href='../viewer/index.html'>feature viewer</a> · "
+        "<a href='utility.html'>utility tables</a> · <a href='divergence.html'>divergence</a></p>",
+        "<h2>RLHF</h2>",
+        f"<p>mean reward {num(r.reward_first, '.3f', '–')} → {num(r.reward_last, '.3f', '–')}"
+        f" over {esc(r.steps)} steps (final KL {num(r.kl_last, '.3f', '–')}).</p>",
+        _tables_3_4(utility),
+    ]
+    if divergence_figure is not None:
+        body.append("<h2>Layer divergence (Figure 3)</h2>" + figure_div(divergence_figure))
+    body += [_mmcs_table(shared), _explanations(shared, utility)]
+    return write_page(path, "rlsae: implicit reward model", "\n".join(body))
+
+
+def write_utility_html(result: UtilityTables, path: str | os.PathLike) -> Path:
+    """``analysis/utility.html``: Tables 3 and 4 and, when the tables hold them, the per-layer
+    scores and every scored explanation."""
+    t3, t4 = result.table3, result.table4
+    label = esc(result.label or "model")
+
+    def cell(values: Mapping[str, Any], model: str, attr: str) -> str:
+        return num(getattr(values[model], attr) if model in values else None, ".1f", "–")
+
+    body = [
+        "<h1>Utility scores: features and completions</h1>",
+        f"<h2>Table 3: summed absolute utility of the top-{esc(result.k)} shared features' "
+        "explanations</h2>",
+        html_table(
+            ["Model", "M_base score", "M_RLHF score"],
+            [[label, cell(t3, "base", "score"), cell(t3, "tuned", "score")]],
+            {"Model"},
+        ),
+        "<h2>Table 4: aggregate absolute utility of completions</h2>",
+        html_table(
+            ["Model", "M_base", "M_RLHF", "mean reward base", "mean reward RLHF"],
+            [
+                [label]
+                + [cell(t4, m, "aggregate_abs_utility") for m in ("base", "tuned")]
+                + [cell(t4, m, "mean_reward") for m in ("base", "tuned")]
+            ],
+            {"Model"},
+        ),
+    ]
+    if result.features:
+        per_layer = [
+            [esc(m), esc(layer), num(v, ".2f")]
+            for m, d in t3.items()
+            for layer, v in d.per_layer.items()
+        ]
+        body += [
+            "<h2>Per layer</h2>",
+            html_table(["model", "layer", "score"], per_layer, {"model"}),
+        ]
+        rows = [
+            [esc(m), esc(layer), str(r.feature), num(r.utility, ".2f"), esc(r.explanation)]
+            for m, layers in result.features.items()
+            for layer, scored in layers.items()
+            for r in scored
+        ]
+        heads = ["model", "layer", "feature", "utility", "explanation"]
+        body += ["<h2>Explanations</h2>", html_table(heads, rows, {"model", "explanation"})]
+    return write_page(path, "Utility scores", "\n".join(body), plotly=False)

@@ -10,159 +10,189 @@
   (``rlsae llm score``: ``aggregate_abs_utility`` over 100 completions of 30-token prefixes).
 
 If the tuned model learned the table, both numbers should be higher for it than for the base.
+The result is :class:`UtilityTables` (``rlsae.utility-tables``, ``analysis/utility.json``);
+:func:`rlsae.analysis.report.write_utility_html` draws it as a page.
 """
 
 from __future__ import annotations
 
-import html
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
-from rlsae.fsutil import atomic_write_bytes
+from rlsae.artifacts import Artifact
 
 
-def explanation_utility(texts: Sequence[str], table: Any) -> float:
+class WordUtility(Protocol):
+    """What the scores need of a utility table (e.g. :class:`rlsae.llm.rewards.UtilityTable`)."""
+
+    def abs_utility(self, text: str) -> float:
+        """Σ |U(word)| over the words of ``text``."""
+        ...
+
+
+@dataclass
+class ScoredFeature:
+    """One explained feature and the summed absolute utility of its explanation."""
+
+    feature: int
+    """Feature index in the (small) SAE."""
+    explanation: str
+    """The explanation text."""
+    utility: float
+    """Σ |U(word)| over the explanation (mean over samples when there are several)."""
+
+
+@dataclass
+class FeatureScore:
+    """Table 3 for one model."""
+
+    score: float
+    """Σ over layers and features of the explanations' absolute utility."""
+    per_layer: dict[str, float] = field(default_factory=dict)
+    """The same sum per layer (keys are layer indices as strings)."""
+    features: int = 0
+    """Features scored."""
+    nonzero_features: int = 0
+    """Features whose explanation has a non-zero utility."""
+
+
+@dataclass
+class CompletionScore:
+    """Table 4 for one model."""
+
+    aggregate_abs_utility: float
+    """Aggregate absolute utility of the completions of the test prefixes."""
+    mean_reward: float | None = None
+    """Mean reward of those completions; None when the scorer reported none."""
+    n: int = 0
+    """Completions scored."""
+
+
+@dataclass
+class UtilityTables(Artifact):
+    """The paper's Tables 3 and 4 for one model (``analysis/utility.json``)."""
+
+    FORMAT: ClassVar[str] = "rlsae.utility-tables"
+    VERSION: ClassVar[int] = 1
+
+    label: str = ""
+    """Model label shown in the tables (e.g. ``pythia-70m``)."""
+    k: int | None = None
+    """Shared features per layer scored (top-k by MMCS); None when not given."""
+    table3: dict[str, FeatureScore] = field(default_factory=dict)
+    """Per model (``base``, ``tuned``): the features' summed absolute utility."""
+    table4: dict[str, CompletionScore] = field(default_factory=dict)
+    """Per model: the completions' aggregate absolute utility."""
+    table3_tuned_minus_base: float | None = None
+    """Table 3 tuned score minus base score; None unless both models are in ``table3``."""
+    table4_tuned_minus_base: float | None = None
+    """Table 4 tuned minus base; None unless both models are in ``table4``."""
+    layers: list[int] = field(default_factory=list)
+    """Layers scored, in the study's order."""
+    explainer: str = ""
+    """Explanation method (e.g. ``top-tokens``); empty when not recorded."""
+    features: dict[str, dict[str, list[ScoredFeature]]] = field(default_factory=dict)
+    """Per model and layer (as a string): every scored feature."""
+
+
+def explanation_utility(texts: Sequence[str], table: WordUtility) -> float:
     """Σ over texts of Σ |U(word)| (the paper's per-feature score, summed)."""
     return float(sum(table.abs_utility(t) for t in texts))
 
 
 def feature_scores(
-    explanations: Mapping[str, Any], features: Sequence[int], table: Any
-) -> list[dict[str, Any]]:
-    """Per feature ``{feature, explanation, utility}``; missing explanations raise KeyError."""
+    explanations: Mapping[str, Any], features: Sequence[int], table: WordUtility
+) -> list[ScoredFeature]:
+    """Score each feature's explanation; ``explanations`` maps the feature index (a string) to
+    ``{"explanation": text, "samples": [texts] (optional)}`` (or an object with those
+    attributes); a missing feature raises KeyError."""
     rows = []
     for f in features:
         entry = explanations[str(int(f))]
-        samples = entry.get("samples") or [entry["explanation"]]
+        text = str(_get(entry, "explanation"))
+        samples = _get(entry, "samples") or [text]
         util = explanation_utility(samples, table) / len(samples)
-        rows.append({"feature": int(f), "explanation": entry["explanation"], "utility": util})
+        rows.append(ScoredFeature(int(f), text, util))
     return rows
 
 
+def _get(obj: Any, key: str) -> Any:
+    """``obj[key]`` of a mapping or ``obj.key`` of an artifact; None when absent."""
+    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+
+def _completion(res: CompletionScore | Mapping[str, Any] | Any) -> CompletionScore:
+    """A Table 4 row from a score result (a mapping or an object with the same attributes)."""
+    if isinstance(res, CompletionScore):
+        return res
+    agg, mean = _get(res, "aggregate_abs_utility"), _get(res, "mean_reward")
+    if agg is None:
+        raise KeyError("aggregate_abs_utility")
+    return CompletionScore(
+        aggregate_abs_utility=float(agg),
+        mean_reward=None if mean is None else float(mean),
+        n=int(_get(res, "n") or 0),
+    )
+
+
 def utility_tables(
-    per_model: Mapping[str, Mapping[int, list[dict[str, Any]]]],
-    completions: Mapping[str, Mapping[str, Any]] | None = None,
+    per_model: Mapping[str, Mapping[int, list[ScoredFeature]]],
+    completions: Mapping[str, Any] | None = None,
     *,
     k: int | None = None,
     label: str = "",
-) -> dict[str, Any]:
+    explainer: str = "",
+) -> UtilityTables:
     """Assemble Tables 3 and 4.
 
     ``per_model``: ``{"base": {layer: feature_scores(...)}, "tuned": {...}}``.
-    ``completions``: ``{"base": score_result, "tuned": score_result}`` from
-    :func:`rlsae.llm.score.score_model` (uses ``aggregate_abs_utility``, ``mean_reward``, ``n``).
+    ``completions``: ``{"base": score, "tuned": score}``, each with ``aggregate_abs_utility``,
+    ``mean_reward`` and ``n`` (as :func:`rlsae.llm.score.score_model` reports them).
     """
-    table3: dict[str, Any] = {}
+    out = UtilityTables(label=label, k=k, explainer=explainer)
     for model, layers in per_model.items():
-        per_layer = {
-            str(layer): float(sum(r["utility"] for r in rows)) for layer, rows in layers.items()
-        }
-        table3[model] = {
-            "score": float(sum(per_layer.values())),
-            "per_layer": per_layer,
-            "features": int(sum(len(rows) for rows in layers.values())),
-            "nonzero_features": int(
-                sum(r["utility"] > 0 for rows in layers.values() for r in rows)
-            ),
-        }
-    table4: dict[str, Any] = {}
+        per_layer = {str(L): float(sum(r.utility for r in rows)) for L, rows in layers.items()}
+        out.table3[model] = FeatureScore(
+            score=float(sum(per_layer.values())),
+            per_layer=per_layer,
+            features=sum(len(rows) for rows in layers.values()),
+            nonzero_features=sum(r.utility > 0 for rows in layers.values() for r in rows),
+        )
+        out.features[model] = {str(L): list(rows) for L, rows in layers.items()}
+        out.layers += [int(L) for L in layers if int(L) not in out.layers]
     for model, res in (completions or {}).items():
-        table4[model] = {
-            "aggregate_abs_utility": float(res["aggregate_abs_utility"]),
-            "mean_reward": float(res.get("mean_reward", float("nan"))),
-            "n": int(res.get("n", 0)),
-        }
-    out: dict[str, Any] = {"label": label, "k": k, "table3": table3, "table4": table4}
-    if "base" in table3 and "tuned" in table3:
-        out["table3_tuned_minus_base"] = table3["tuned"]["score"] - table3["base"]["score"]
-    if "base" in table4 and "tuned" in table4:
-        out["table4_tuned_minus_base"] = (
-            table4["tuned"]["aggregate_abs_utility"] - table4["base"]["aggregate_abs_utility"]
+        out.table4[model] = _completion(res)
+    t3, t4 = out.table3, out.table4
+    if "base" in t3 and "tuned" in t3:
+        out.table3_tuned_minus_base = t3["tuned"].score - t3["base"].score
+    if "base" in t4 and "tuned" in t4:
+        out.table4_tuned_minus_base = (
+            t4["tuned"].aggregate_abs_utility - t4["base"].aggregate_abs_utility
         )
     return out
 
 
-def tables_markdown(result: Mapping[str, Any]) -> str:
+def _cell(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def tables_markdown(result: UtilityTables) -> str:
     """The two tables as Markdown (for the README and the console)."""
-    label = result.get("label") or "model"
-    t3, t4 = result["table3"], result["table4"]
-    lines = [
-        f"| Model | M_base features (top-{result.get('k')}) | M_RLHF features | "
-        "M_base completions | M_RLHF completions |",
-        "|---|---|---|---|---|",
-    ]
+    t3, t4 = result.table3, result.table4
 
-    def g(d: Mapping[str, Any], model: str, key: str) -> str:
-        v = d.get(model, {}).get(key)
-        return "–" if v is None else f"{v:.1f}"
+    def s3(m: str) -> str:
+        return _cell(t3[m].score if m in t3 else None)
 
-    lines.append(
-        f"| {label} | {g(t3, 'base', 'score')} | {g(t3, 'tuned', 'score')} | "
-        f"{g(t4, 'base', 'aggregate_abs_utility')} | {g(t4, 'tuned', 'aggregate_abs_utility')} |"
+    def s4(m: str) -> str:
+        return _cell(t4[m].aggregate_abs_utility if m in t4 else None)
+
+    return "\n".join(
+        [
+            f"| Model | M_base features (top-{result.k}) | M_RLHF features | "
+            "M_base completions | M_RLHF completions |",
+            "|---|---|---|---|---|",
+            f"| {result.label or 'model'} | {s3('base')} | {s3('tuned')} | "
+            f"{s4('base')} | {s4('tuned')} |",
+        ]
     )
-    return "\n".join(lines)
-
-
-def write_utility_html(
-    result: Mapping[str, Any],
-    path: str | os.PathLike,
-    features: Mapping[str, Mapping[int, list[dict[str, Any]]]] | None = None,
-) -> Path:
-    """An HTML page with Tables 3 and 4 and, optionally, every scored explanation."""
-    e = html.escape
-    t3, t4 = result["table3"], result["table4"]
-    k = result.get("k")
-    label = e(str(result.get("label") or "model"))
-
-    def cell(d: Mapping[str, Any], model: str, key: str) -> str:
-        v = d.get(model, {}).get(key)
-        return "–" if v is None else f"{v:.1f}"
-
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Utility scores</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px}"
-        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;"
-        "padding:4px 10px;text-align:right}td.l,th.l{text-align:left}</style></head><body>",
-        "<h1>Utility scores: features and completions</h1>",
-        f"<h2>Table 3: summed absolute utility of the top-{e(str(k))} shared features' "
-        "explanations</h2>",
-        "<table><tr><th class='l'>Model</th><th>M_base score</th><th>M_RLHF score</th></tr>",
-        f"<tr><td class='l'>{label}</td><td>{cell(t3, 'base', 'score')}</td>"
-        f"<td>{cell(t3, 'tuned', 'score')}</td></tr></table>",
-        "<h2>Table 4: aggregate absolute utility of completions</h2>",
-        "<table><tr><th class='l'>Model</th><th>M_base</th><th>M_RLHF</th>"
-        "<th>mean reward base</th><th>mean reward RLHF</th></tr>",
-        f"<tr><td class='l'>{label}</td><td>{cell(t4, 'base', 'aggregate_abs_utility')}</td>"
-        f"<td>{cell(t4, 'tuned', 'aggregate_abs_utility')}</td>"
-        f"<td>{cell(t4, 'base', 'mean_reward')}</td><td>{cell(t4, 'tuned', 'mean_reward')}</td>"
-        "</tr></table>",
-    ]
-    if features:
-        parts.append(
-            "<h2>Per layer</h2><table><tr><th class='l'>model</th><th>layer</th><th>score</th></tr>"
-        )
-        for model, d in t3.items():
-            for layer, v in d["per_layer"].items():
-                parts.append(
-                    f"<tr><td class='l'>{e(model)}</td><td>{e(layer)}</td><td>{v:.2f}</td></tr>"
-                )
-        parts.append("</table><h2>Explanations</h2>")
-        parts.append(
-            "<table><tr><th class='l'>model</th><th>layer</th><th>feature</th>"
-            "<th>utility</th><th class='l'>explanation</th></tr>"
-        )
-        for model, layers in features.items():
-            for layer, rows in layers.items():
-                for r in rows:
-                    parts.append(
-                        f"<tr><td class='l'>{e(model)}</td><td>{e(str(layer))}</td>"
-                        f"<td>{r['feature']}</td><td>{r['utility']:.2f}</td>"
-                        f"<td class='l'>{e(r['explanation'])}</td></tr>"
-                    )
-        parts.append("</table>")
-    parts.append("</body></html>\n")
-    path = Path(path)
-    atomic_write_bytes(path, "".join(parts).encode())
-    return path

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from rlsae.fsutil import json_default
+from rlsae.fsutil import dumps_json, json_default
 
 _opts: dict[str, Any] = {"no_args_is_help": True, "pretty_exceptions_enable": False}
 
@@ -33,9 +33,14 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 
 
 def emit(result: dict[str, Any], as_json: bool, human: str | None = None) -> None:
-    """Print a command's result: one JSON object with ``--json``, else a readable summary."""
+    """Print a command's result: one strict-JSON object with ``--json`` (non-finite numbers as
+    ``null``, see :func:`rlsae.fsutil.dumps_json`), else a readable summary."""
     if as_json:
-        sys.stdout.write(json.dumps(result, default=_default) + "\n")
+        try:
+            text = dumps_json(result)
+        except TypeError:  # an odd object in a result: its str(), as before
+            text = dumps_json(json.loads(json.dumps(result, default=_default)))
+        sys.stdout.write(text + "\n")
         return
     if human is not None:
         sys.stdout.write(human.rstrip("\n") + "\n")

@@ -23,8 +23,10 @@ def analyze_fit(
     as_json: bool = JsonOpt,
 ) -> None:
     """Linear and quadratic OLS of Y on X (R², adjusted R², F-test), vertex, Spearman's rho."""
+    from rlsae.analysis.fit import check_fit_options, describe_fit, fit_table
+
+    check_fit_options(bootstrap, seed)
     from rlsae.analysis.figures import fit_figure, write_figure_html
-    from rlsae.analysis.fit import describe_fit, fit_table
 
     res, df = fit_table(table, x, y, bootstrap=bootstrap, seed=seed)
     if html_out is not None:
@@ -40,9 +42,11 @@ def analyze_fit(
             labels=labels,
         )
         write_figure_html(fig, html_out, title=f"{y} vs {x}")
-        res["html"] = str(html_out)
     human = describe_fit(res) + (f"\nfigure: {html_out}" if html_out else "")
-    emit(res, as_json, human)
+    out = res.to_json()
+    if html_out is not None:
+        out["html"] = str(html_out)
+    emit(out, as_json, human)
 
 
 @analyze_app.command("mmcs")
@@ -55,25 +59,28 @@ def analyze_mmcs(
     as_json: bool = JsonOpt,
 ) -> None:
     """Mean max cosine similarity between two SAEs' decoder directions, both ways."""
-    from rlsae.analysis.mmcs import compare_dictionaries, json_result
-    from rlsae.sae.io import load_sae
+    from rlsae.analysis.mmcs import check_top_k, compare_dictionaries
 
+    check_top_k(top_k)
     if len(saes) != 2:
         raise RlsaeError(f"give exactly two SAEs (--sae A --sae B), got {len(saes)}")
+    from rlsae.sae import load_sae
+
     a, b = (load_sae(p) for p in saes)
-    res = json_result(compare_dictionaries(a.W_dec, b.W_dec, top_k=top_k, hungarian=hungarian))
-    res = {"sae_a": str(saes[0]), "sae_b": str(saes[1]), **res}
+    res = compare_dictionaries(a.W_dec, b.W_dec, top_k=top_k, hungarian=hungarian).result
+    res.sae_a, res.sae_b = str(saes[0]), str(saes[1])
     human = None
     if not as_json:
         lines = [
-            f"MMCS A->B {res['mmcs_ab']:.4f}   B->A {res['mmcs_ba']:.4f}   ({res['n_a']} vs {res['n_b']} features)"
+            f"MMCS A->B {res.mmcs_ab:.4f}   B->A {res.mmcs_ba:.4f}   "
+            f"({res.n_a} vs {res.n_b} features)"
         ]
-        if "hungarian_mean_cos" in res:
-            lines.append(f"one-to-one (Hungarian) mean cosine {res['hungarian_mean_cos']:.4f}")
+        if res.hungarian_mean_cos is not None:
+            lines.append(f"one-to-one (Hungarian) mean cosine {res.hungarian_mean_cos:.4f}")
         lines.append("top features of A by max cosine in B:")
-        lines += [f"  {t['feature']:>6} -> {t['match']:<6} {t['cosine']:.4f}" for t in res["top_k"]]
+        lines += [f"  {t.feature:>6} -> {t.match:<6} {t.cosine:.4f}" for t in res.top_k]
         human = "\n".join(lines)
-    emit(res, as_json, human)
+    emit(res.to_json(), as_json, human)
 
 
 @analyze_app.command("dead")
@@ -87,9 +94,7 @@ def analyze_dead(
     as_json: bool = JsonOpt,
 ) -> None:
     """Count live and dead latents of an SAE over a store."""
-    from rlsae.sae.io import load_sae
-    from rlsae.sae.metrics import evaluate_sae, live_feature_count
-    from rlsae.sae.store import ActivationStore
+    from rlsae.sae import ActivationStore, evaluate_sae, live_feature_count, load_sae
 
     if threshold < 1:
         raise RlsaeError("--threshold must be at least 1")
@@ -97,13 +102,13 @@ def analyze_dead(
     result = evaluate_sae(
         sae, ActivationStore(acts), batch_size=batch_size, check_hook=True, progress=True
     )
-    live = live_feature_count(result["firing_counts"], threshold)
+    live = live_feature_count(result.stats.firing_counts, threshold)
     emit(
         {
             "live": live,
             "dead": sae.cfg.d_sae - live,
             "d_sae": sae.cfg.d_sae,
-            "rows": result["rows"],
+            "rows": result.metrics.rows,
             "threshold": threshold,
         },
         as_json,

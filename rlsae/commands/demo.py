@@ -58,9 +58,9 @@ def run_demo(
             )
             result.setdefault("viewer_seconds", {})[rd.name] = time.perf_counter() - t
         # the report links to ../viewer/index.html: refresh it now that the viewer exists
-        from rlsae.analysis.report import write_report
+        from rlsae.analysis.report import write_atari_report
 
-        write_report(atari_dir)
+        write_atari_report(atari_dir)
     result["seconds"] = time.perf_counter() - t0
     return result
 

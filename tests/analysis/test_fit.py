@@ -29,23 +29,23 @@ def test_hand_worked_line() -> None:
     # RSS = 0.01+0.64+1.69+0.36 = 2.7, TSS = 8.75, F = 6.05/(2.7/2), and for F(1, 2) the
     # tail is 1 - sqrt(F / (F + 2)) (a t with 2 degrees of freedom).
     res = ols_poly(np.array([0.0, 1, 2, 3]), np.array([1.0, 3, 2, 5]), 1)
-    assert res["coef"] == pytest.approx([1.1, 1.1], abs=1e-12)
-    assert res["r2"] == pytest.approx(1 - 2.7 / 8.75, abs=1e-12)
-    assert res["adj_r2"] == pytest.approx(1 - (2.7 / 8.75) * 3 / 2, abs=1e-12)
+    assert res.coef == pytest.approx([1.1, 1.1], abs=1e-12)
+    assert res.r2 == pytest.approx(1 - 2.7 / 8.75, abs=1e-12)
+    assert res.adj_r2 == pytest.approx(1 - (2.7 / 8.75) * 3 / 2, abs=1e-12)
     f = 6.05 / 1.35
-    assert res["f_stat"] == pytest.approx(f, rel=1e-12)
-    assert res["f_pvalue"] == pytest.approx(1 - math.sqrt(f / (f + 2)), rel=1e-10)
+    assert res.f_stat == pytest.approx(f, rel=1e-12)
+    assert res.f_pvalue == pytest.approx(1 - math.sqrt(f / (f + 2)), rel=1e-10)
 
 
 def test_exact_parabola_vertex() -> None:
     x = np.array([0.0, 1, 2, 3, 4])
     res = fit_xy(x, 1 + 2 * x - x**2, bootstrap=0)
-    assert res["quadratic"]["coef"] == pytest.approx([1.0, 2.0, -1.0], abs=1e-9)
-    assert res["quadratic"]["vertex_x"] == pytest.approx(1.0, abs=1e-9)
-    assert res["quadratic"]["vertex_y"] == pytest.approx(2.0, abs=1e-9)
-    assert res["quadratic"]["opens"] == "down"
-    assert res["quadratic"]["r2"] == pytest.approx(1.0)
-    assert res["quadratic"]["f_pvalue"] < 1e-20
+    assert res.quadratic.coef == pytest.approx([1.0, 2.0, -1.0], abs=1e-9)
+    assert res.quadratic.vertex_x == pytest.approx(1.0, abs=1e-9)
+    assert res.quadratic.vertex_y == pytest.approx(2.0, abs=1e-9)
+    assert res.quadratic.opens == "down"
+    assert res.quadratic.r2 == pytest.approx(1.0)
+    assert res.quadratic.f_pvalue < 1e-20
 
 
 @pytest.mark.parametrize("degree", [1, 2])
@@ -55,13 +55,13 @@ def test_matches_statsmodels(degree: int, seed: int) -> None:
     ours = ols_poly(x, y, degree)
     X = sm.add_constant(np.column_stack([x**d for d in range(1, degree + 1)]))
     ref = sm.OLS(y, X).fit()
-    assert ours["r2"] == pytest.approx(ref.rsquared, rel=1e-9)
-    assert ours["adj_r2"] == pytest.approx(ref.rsquared_adj, rel=1e-9)
-    assert ours["f_stat"] == pytest.approx(ref.fvalue, rel=1e-8)
-    assert ours["f_pvalue"] == pytest.approx(ref.f_pvalue, rel=1e-8)
-    assert ours["coef"] == pytest.approx(list(ref.params), rel=1e-7)
-    assert ours["stderr"] == pytest.approx(list(ref.bse), rel=1e-6)
-    assert ours["df_resid"] == ref.df_resid
+    assert ours.r2 == pytest.approx(ref.rsquared, rel=1e-9)
+    assert ours.adj_r2 == pytest.approx(ref.rsquared_adj, rel=1e-9)
+    assert ours.f_stat == pytest.approx(ref.fvalue, rel=1e-8)
+    assert ours.f_pvalue == pytest.approx(ref.f_pvalue, rel=1e-8)
+    assert ours.coef == pytest.approx(list(ref.params), rel=1e-7)
+    assert ours.stderr == pytest.approx(list(ref.bse), rel=1e-6)
+    assert ours.df_resid == ref.df_resid
 
 
 def test_partial_f_and_spearman_match_references() -> None:
@@ -70,27 +70,27 @@ def test_partial_f_and_spearman_match_references() -> None:
     lin = sm.OLS(y, sm.add_constant(x)).fit()
     quad = sm.OLS(y, sm.add_constant(np.column_stack([x, x**2]))).fit()
     f, p, _ = quad.compare_f_test(lin)
-    assert res["quadratic_vs_linear"]["f_stat"] == pytest.approx(f, rel=1e-8)
-    assert res["quadratic_vs_linear"]["f_pvalue"] == pytest.approx(p, rel=1e-8)
+    assert res.quadratic_vs_linear.f_stat == pytest.approx(f, rel=1e-8)
+    assert res.quadratic_vs_linear.f_pvalue == pytest.approx(p, rel=1e-8)
     # Spearman: pandas' rank correlation, p from the t approximation by hand
     rho = pd.Series(x).corr(pd.Series(y), method="spearman")
     n = len(x)
     t = rho * math.sqrt((n - 2) / (1 - rho**2))
-    assert res["spearman"]["rho"] == pytest.approx(rho, rel=1e-12)
-    assert res["spearman"]["pvalue"] == pytest.approx(2 * stats.t.sf(abs(t), n - 2), rel=1e-9)
+    assert res.spearman.rho == pytest.approx(rho, rel=1e-12)
+    assert res.spearman.pvalue == pytest.approx(2 * stats.t.sf(abs(t), n - 2), rel=1e-9)
 
 
 def test_planted_quadratic_found_and_bootstrap_seeded() -> None:
     x, y = _planted()
     res = fit_xy(x, y, bootstrap=500, seed=7)
-    assert res["quadratic"]["r2"] > 0.6 > res["linear"]["r2"]
-    ci = res["quadratic"]["vertex_ci"]
-    assert ci["low"] < 480 < ci["high"]
-    assert ci["high"] - ci["low"] < 150
-    again = fit_xy(x, y, bootstrap=500, seed=7)["quadratic"]["vertex_ci"]
-    other = fit_xy(x, y, bootstrap=500, seed=8)["quadratic"]["vertex_ci"]
+    assert res.quadratic.r2 > 0.6 > res.linear.r2
+    ci = res.quadratic.vertex_ci
+    assert ci.low < 480 < ci.high
+    assert ci.high - ci.low < 150
+    again = fit_xy(x, y, bootstrap=500, seed=7).quadratic.vertex_ci
+    other = fit_xy(x, y, bootstrap=500, seed=8).quadratic.vertex_ci
     assert again == ci
-    assert other["low"] != ci["low"]
+    assert other.low != ci.low
 
 
 def test_large_x_offsets_stay_accurate() -> None:
@@ -99,9 +99,9 @@ def test_large_x_offsets_stay_accurate() -> None:
     x, y = _planted(seed=4)
     a = ols_poly(x + 1e6, y, 2)
     ref = sm.OLS(y, sm.add_constant(np.column_stack([x, x**2]))).fit()
-    assert a["r2"] == pytest.approx(ref.rsquared, rel=1e-9)
-    assert a["f_pvalue"] == pytest.approx(ref.f_pvalue, rel=1e-7)
-    assert a["vertex_x"] == pytest.approx(ols_poly(x, y, 2)["vertex_x"] + 1e6, rel=1e-9)
+    assert a.r2 == pytest.approx(ref.rsquared, rel=1e-9)
+    assert a.f_pvalue == pytest.approx(ref.f_pvalue, rel=1e-7)
+    assert a.vertex_x == pytest.approx(ols_poly(x, y, 2).vertex_x + 1e6, rel=1e-9)
 
 
 def test_bad_inputs(tmp_path) -> None:
@@ -118,7 +118,7 @@ def test_bad_inputs(tmp_path) -> None:
     with pytest.raises(RlsaeError, match="no column 'mean'"):
         fit_table(p, "live", "mean")
     res, _ = fit_table(p, "live", "ret", bootstrap=0)
-    assert res["n"] == 5 and res["n_dropped"] == 1
+    assert res.n == 5 and res.n_dropped == 1
 
 
 def _cli(capsys, argv: list[str]) -> tuple[int, str, str]:
@@ -160,7 +160,7 @@ def test_cli_json_and_offline_html(tmp_path, capsys) -> None:
         assert key in res["linear"] and key in res["quadratic"]
     assert res["n"] == 24
     assert res["quadratic"]["vertex_x"] == pytest.approx(
-        fit_xy(x, y, bootstrap=0)["quadratic"]["vertex_x"]
+        fit_xy(x, y, bootstrap=0).quadratic.vertex_x
     )
     text = html.read_text()
     assert re.search(r"<script[^>]*\bsrc=", text) is None  # nothing fetched from a CDN

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlsae.analysis.mmcs import compare_dictionaries
+from rlsae.analysis.mmcs import FeatureMatch, compare_dictionaries
 from rlsae.errors import RlsaeError
 
 
@@ -17,12 +17,12 @@ def test_hand_worked_example():
     r = compare_dictionaries(A, B, top_k=2)
     s = 1 / math.sqrt(2)
     # A->B maxima: a0: 1 (b0); a1: max(0, -s) = 0 (b0); a2: max(s, 0) = s (b0)
-    assert r["mmcs_ab"] == pytest.approx((1 + 0 + s) / 3)
+    assert r.result.mmcs_ab == pytest.approx((1 + 0 + s) / 3)
     # B->A maxima: b0: 1 (a0); b1: max(s, -s, 0) = s (a0)
-    assert r["mmcs_ba"] == pytest.approx((1 + s) / 2)
-    assert r["top_k"] == [
-        {"feature": 0, "match": 0, "cosine": pytest.approx(1.0)},
-        {"feature": 2, "match": 0, "cosine": pytest.approx(s)},
+    assert r.result.mmcs_ba == pytest.approx((1 + s) / 2)
+    assert r.result.top_k == [
+        FeatureMatch(feature=0, match=0, cosine=pytest.approx(1.0)),
+        FeatureMatch(feature=2, match=0, cosine=pytest.approx(s)),
     ]
 
 
@@ -31,12 +31,12 @@ def test_chunked_equals_full_and_rotation_invariance():
     A, B = torch.randn(300, 24, generator=g), torch.randn(170, 24, generator=g)
     full = compare_dictionaries(A, B, chunk=10_000)
     chunked = compare_dictionaries(A, B, chunk=7)
-    assert full["mmcs_ab"] == pytest.approx(chunked["mmcs_ab"], abs=1e-6)
-    assert full["mmcs_ba"] == pytest.approx(chunked["mmcs_ba"], abs=1e-6)
-    assert torch.equal(full["argmax_ab"], chunked["argmax_ab"])
+    assert full.result.mmcs_ab == pytest.approx(chunked.result.mmcs_ab, abs=1e-6)
+    assert full.result.mmcs_ba == pytest.approx(chunked.result.mmcs_ba, abs=1e-6)
+    assert torch.equal(full.argmax_ab, chunked.argmax_ab)
     Q, _ = torch.linalg.qr(torch.randn(24, 24, generator=g))
     rotated = compare_dictionaries(A @ Q, B @ Q)
-    assert rotated["mmcs_ab"] == pytest.approx(full["mmcs_ab"], abs=1e-5)
+    assert rotated.result.mmcs_ab == pytest.approx(full.result.mmcs_ab, abs=1e-5)
 
 
 def test_permuted_copy_scores_one_and_hungarian_recovers_permutation():
@@ -45,18 +45,18 @@ def test_permuted_copy_scores_one_and_hungarian_recovers_permutation():
     perm = torch.randperm(40, generator=g)
     B = A[perm] * (torch.rand(40, 1, generator=g) + 0.5)  # scaled rows: cosine ignores norms
     r = compare_dictionaries(A, B, top_k=5, hungarian=True)
-    assert r["mmcs_ab"] == pytest.approx(1.0) and r["mmcs_ba"] == pytest.approx(1.0)
-    assert r["hungarian_mean_cos"] == pytest.approx(1.0)
+    assert r.result.mmcs_ab == pytest.approx(1.0) and r.result.mmcs_ba == pytest.approx(1.0)
+    assert r.result.hungarian_mean_cos == pytest.approx(1.0)
     inv = torch.argsort(perm)
-    assert all(b == int(inv[a]) for a, b, _ in r["hungarian_pairs"])
+    assert all(b == int(inv[a]) for a, b, _ in r.result.hungarian_pairs)
 
 
 def test_hungarian_is_one_to_one_where_greedy_is_not():
     A = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
     B = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     r = compare_dictionaries(A, B, hungarian=True)
-    assert r["argmax_ab"].tolist() == [0, 0]  # both of A pick b0 greedily
-    assert sorted(b for _, b, _ in r["hungarian_pairs"]) == [0, 1]
+    assert r.argmax_ab.tolist() == [0, 0]  # both of A pick b0 greedily
+    assert sorted(b for _, b, _ in r.result.hungarian_pairs) == [0, 1]
 
 
 def test_width_mismatch_is_an_error():
