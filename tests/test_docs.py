@@ -4,9 +4,12 @@ every ``rlsae`` command line they show; the generated CLI reference covers every
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
 import importlib.util
 import re
 import shlex
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,15 +28,16 @@ TESTS = (
 )
 
 
-def _gen_cli() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rlsae_docs_gen_cli", DOCS / "gen_cli.py")
+def _gen_pages() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rlsae_docs_gen_pages", DOCS / "gen_pages.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-GEN = _gen_cli()
+GEN = _gen_pages()
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +78,7 @@ def _nav_pages(nav: Any) -> list[str]:
 def test_every_nav_page_exists_and_every_page_is_in_the_nav() -> None:
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
     nav = _nav_pages(config["nav"])
-    generated = {GEN.PAGE}
+    generated = set(GEN.PAGES)
     assert generated <= set(nav)
     for page in nav:
         assert page in generated or (DOCS / page).is_file(), page
@@ -86,7 +90,7 @@ _LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_relative_links_resolve(page: Path) -> None:
-    generated = {DOCS / GEN.PAGE}
+    generated = {DOCS / page for page in GEN.PAGES}
     missing = [
         target
         for target, _anchor in _LINK.findall(page.read_text(encoding="utf-8"))
@@ -189,7 +193,7 @@ def test_command_lines_in_the_docs_name_real_commands_and_options(
 def test_cli_reference_covers_every_command_and_option(
     commands: dict[tuple[str, ...], Any],
 ) -> None:
-    page = GEN.render()
+    page = GEN.render_cli()
     sections = re.split(r"\n(?=#{2,3} `rlsae )", page)
     by_command = {re.match(r"#+ `rlsae ([^`]+)`", s).group(1): s for s in sections[1:]}  # type: ignore[union-attr]
     assert set(by_command) == {" ".join(p) for p in commands}
@@ -208,3 +212,25 @@ def test_cli_reference_covers_every_command_and_option(
         for param, row in zip(visible, rows, strict=True):
             assert all(f"`{o}`" in row for o in [*param.opts, *param.secondary_opts]), row
             assert ("**required**" in row) == bool(param.required), row
+
+
+_FORMAT = re.compile(r'^    FORMAT: ClassVar\[str\] = "([^"]+)"', flags=re.M)
+
+
+def test_artifact_schemas_list_every_format_with_the_dataclass_fields() -> None:
+    from rlsae.artifacts import Artifact
+
+    records = GEN.collect()
+    formats = [r.format for r in records]
+    declared = [
+        fmt for path in (ROOT / "rlsae").rglob("*.py") for fmt in _FORMAT.findall(path.read_text())
+    ]
+    assert sorted(formats) == sorted(declared)
+    assert len(set(formats)) == len(formats), "two artifact classes share a format"
+    page = GEN.render_artifacts(records)
+    for rec in records:
+        cls = getattr(importlib.import_module(rec.module), rec.name)
+        assert issubclass(cls, Artifact), rec.name
+        assert (cls.FORMAT, cls.VERSION) == (rec.format, rec.version)
+        assert [f.name for f in rec.fields] == [f.name for f in dataclasses.fields(cls)], rec.name
+        assert f"## `{rec.format}`" in page
