@@ -112,20 +112,20 @@ def main() -> None:
     lr = 2e-4 / (d_sae / 16384) ** 0.5
 
     # --- rlsae -------------------------------------------------------------------------------
-    from rlsae.sae import SAE, SAEConfig, _native
-    from rlsae.sae.sparse import Workspace
-    from rlsae.sae.train import TrainConfig, make_optimizer, train_step
+    from rlsae.sae import SAE, SAEConfig
+    from rlsae.sae._fast import kernel_status
+    from rlsae.sae.train import TrainConfig, TrainState, train_step
 
     cfg = TrainConfig(d_sae=d_sae, k=k, batch_size=B, lr=lr, steps=n)
     ours = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, k=k), seed=0)
     with torch.no_grad():
         ours.b_dec.copy_(data[0].mean(0))
-    opt = make_optimizer(ours, lr)
-    since = torch.zeros(d_sae, dtype=torch.int64)
-    workspace = Workspace()  # as rlsae's training loop does
+    # what rlsae's training loop carries from step to step (Adam, workspace, dead counters)
+    state = TrainState.new(ours, cfg, total=n, base_lr=lr, aux_k=d_in // 2)
 
     def ours_step(i: int) -> None:
-        train_step(ours, opt, data[i], cfg, i, n, lr, since, d_in // 2, workspace)
+        state.step = i
+        train_step(state, data[i])
 
     # --- SAELens -----------------------------------------------------------------------------
     from sae_lens.config import SAETrainerConfig
@@ -202,7 +202,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
-        "native_kernels": _native.status(),
+        "native_kernels": kernel_status(),
     }
     print(
         f"SAE training step on CPU: d_in {d_in}, d_sae {d_sae}, k {k}, batch {B}, {torch.get_num_threads()} threads"

@@ -231,3 +231,135 @@ def test_console_script_exit_status(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+# --- values a user can type: refused in one line before any work or file (issue 18) ----------
+
+TRAIN_BASE = ("--d-sae", 32, "--k", 4, "--steps", 5, "--batch-size", 100)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("--lr", -0.001), "lr: must be above 0"),
+        (("--lr", 0), "lr: must be above 0"),
+        (("--lr", "nan"), "lr: expected a finite number"),
+        (("--lr", "inf"), "lr: expected a finite number"),
+        (("--aux-k", -1), "aux_k: must be at least 0"),
+        (("--dead-rows", -5), "dead_rows: must be at least 1"),
+        (("--checkpoint-every", 0), "checkpoint_every: must be at least 1"),
+        (("--batch-size", 0), "batch_size: must be at least 1"),
+        (("--batch-size", -3), "batch_size: must be at least 1"),
+        (("--k", 0), "k: must be at least 1"),
+        (("--k", 33), "k must be between 1 and d_sae=32"),
+        (("--steps", 0), "steps: must be at least 1"),
+        (("--seed", -1), "seed: must be between 0"),
+        (("--l1", -1), "l1: must be at least 0"),
+        (("--arch", "gated"), "arch: expected topk or relu"),
+        (("--threads", 0), "--threads must be at least 1"),
+    ],
+)
+def test_sae_train_refuses_bad_values(tmp_path, capsys, acts16, args, match):
+    """Each bad value: exit 2, one ``error:`` line, no traceback, nothing at --out and no
+    .partial left to block the corrected run (``--checkpoint-every 0`` used to leave one)."""
+    out_dir = tmp_path / "sae"
+    # the settings win over the store: a bad value is refused before the store is even opened
+    base = [a for a in TRAIN_BASE]
+    for i in range(0, len(args), 2):  # the value given replaces the base's
+        if args[i] in base:
+            del base[base.index(args[i]) : base.index(args[i]) + 2]
+    cmd = ["sae", "train", "--acts", acts16, "--out", out_dir, *base, *args]
+    code, out, err = run_cli(capsys, *cmd)
+    _assert_clean_failure(code, out, err, tmp_path, match=match, must_not_exist=[out_dir])
+    assert "Traceback" not in err and out == ""
+    # the corrected command then runs
+    fixed = ["sae", "train", "--acts", acts16, "--out", out_dir, *TRAIN_BASE, "--json"]
+    code, out, err = run_cli(capsys, *fixed)
+    assert code == 0, err
+
+
+def test_bad_setting_is_refused_before_the_store_is_read(tmp_path, capsys):
+    code, out, err = run_cli(
+        capsys, "sae", "train", "--acts", tmp_path / "missing", "--out", tmp_path / "s", "--lr", -1
+    )
+    _assert_clean_failure(code, out, err, tmp_path, match="lr: must be above 0")
+
+
+def test_epochs_and_expansion_refused(tmp_path, capsys, acts16):
+    for args, match in ((("--epochs", 0), "epochs: must be above 0"), (("--expansion", 0), "expansion: must be above 0")):  # fmt: skip
+        code, out, err = run_cli(
+            capsys, "sae", "train", "--acts", acts16, "--out", tmp_path / "s", *args
+        )
+        _assert_clean_failure(
+            code, out, err, tmp_path, match=match, must_not_exist=[tmp_path / "s"]
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("--batch-size", 0), "batch size must be a positive integer, got 0"),
+        (("--batch-size", -4), "batch size must be a positive integer, got -4"),
+        (("--max-rows", -5), "max rows must be a positive integer, got -5"),
+        (("--max-rows", 0), "max rows must be a positive integer, got 0"),
+    ],
+)
+def test_sae_eval_and_analyze_dead_refuse_bad_sizes(tmp_path, capsys, acts16, args, match):
+    """``--max-rows -5`` used to drop the last 5 rows silently; ``--batch-size 0`` was a
+    traceback. Nothing is written (no feature_stats)."""
+    SAE(SAEConfig(d_in=16, d_sae=32, k=4), seed=0).save(tmp_path / "sae")
+    stats = tmp_path / "sae" / "feature_stats.safetensors"
+    code, out, err = run_cli(
+        capsys, "sae", "eval", "--sae", tmp_path / "sae", "--acts", acts16, *args, "--json"
+    )
+    _assert_clean_failure(code, out, err, tmp_path, match=match, must_not_exist=[stats])
+    if args[0] == "--batch-size":  # analyze dead has no --max-rows
+        code, out, err = run_cli(
+            capsys, "analyze", "dead", "--sae", tmp_path / "sae", "--acts", acts16, *args
+        )
+        _assert_clean_failure(code, out, err, tmp_path, match=match, must_not_exist=[stats])
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt"])
+def test_complex_activations_are_refused(tmp_path, capsys, small_acts, suffix):
+    """A complex matrix used to be imported with its imaginary part dropped."""
+    z = small_acts.numpy() + 1j * small_acts.numpy()
+    src = tmp_path / f"z{suffix}"
+    if suffix == ".npy":
+        np.save(src, z)
+    else:
+        torch.save(torch.from_numpy(z), src)
+    code, out, err = run_cli(capsys, "acts", "import", "--from", src, "--out", tmp_path / "a")
+    _assert_clean_failure(
+        code, out, err, tmp_path, match="complex", must_not_exist=[tmp_path / "a"]
+    )
+
+
+def test_acts_import_refuses_bad_shard_rows_before_reading(tmp_path, capsys, small_acts):
+    np.save(tmp_path / "m.npy", small_acts.numpy())
+    code, out, err = run_cli(
+        capsys, "acts", "import", "--from", tmp_path / "m.npy", "--out", tmp_path / "a",
+        "--shard-rows", 0,
+    )  # fmt: skip
+    _assert_clean_failure(
+        code, out, err, tmp_path, match="shard_rows must be a positive integer",
+        must_not_exist=[tmp_path / "a"],
+    )  # fmt: skip
+
+
+def test_train_config_validate_is_the_one_check():
+    """The same validate() serves the Python API (train_sae), config files (from_mapping, with
+    the file and key in the message) and the CLI."""
+    from rlsae.configs import from_mapping
+    from rlsae.errors import RlsaeError
+    from rlsae.sae import TrainConfig, train_sae
+
+    with pytest.raises(RlsaeError, match=r"^study\.yaml: lr: must be above 0, got -1"):
+        from_mapping(TrainConfig, {"lr": -1}, "study.yaml")
+    with pytest.raises(RlsaeError, match=r"^study\.yaml: batch_size: expected an integer"):
+        from_mapping(TrainConfig, {"batch_size": "big"}, "study.yaml")
+    with pytest.raises(RlsaeError, match=r"^TrainConfig: betas\[1\]: must be below 1"):
+        train_sae("nowhere", "nowhere_out", TrainConfig(betas=(0.9, 1.0)))
+    with pytest.raises(RlsaeError, match=r"^TrainConfig: aux_k: expected an integer, got 2.5"):
+        TrainConfig(aux_k=2.5).validate()  # type: ignore[arg-type]
+    TrainConfig().validate()  # the defaults are valid

@@ -96,3 +96,51 @@ def test_pinned_end_to_end_figures(tmp_path, arch, settings, pinned):
     assert final["fvu"] == pytest.approx(pinned["fvu"], abs=0.01)
     assert final["l0"] == pytest.approx(pinned["l0"], abs=0.1)
     assert abs(final["dead"] - pinned["dead"]) <= 3
+
+
+def test_kill_9_at_random_points_then_resume_matches_uninterrupted_run(tmp_path):
+    """``kill -9`` (no cleanup of any kind) at seeded random points, three times, each followed
+    by ``--resume``: the result equals an uninterrupted run, and no temporary file of a write
+    the kill cut short reaches the finished SAE directory."""
+    import os
+    import random
+
+    from rlsae.sae.train import FINISHED
+
+    x, _ = superposition(20000, d=64, n_true=256, p=0.02, seed=5)
+    store = write_store(tmp_path / "acts", x, shard_rows=5000)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        _train_cmd(store, tmp_path / "full"), check=True, capture_output=True, timeout=600, env=env
+    )
+    rng = random.Random(1234)
+    history = tmp_path / ".cut.partial" / "history.json"
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen(
+            _train_cmd(store, tmp_path / "cut", "--resume"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        deadline = time.time() + 300
+        while time.time() < deadline and not history.is_file() and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL
+            kills += 1
+        proc.wait(timeout=60)
+    assert kills >= 1, "training finished before any kill"
+    done = subprocess.run(
+        _train_cmd(store, tmp_path / "cut", "--resume"), capture_output=True, timeout=600, env=env
+    )
+    assert done.returncode == 0, done.stderr.decode()[-500:]
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == sorted(FINISHED)
+    assert not (tmp_path / ".cut.partial").exists()
+    a, b = load_sae(tmp_path / "full"), load_sae(tmp_path / "cut")
+    for name, p in a.state_dict().items():
+        assert torch.equal(p, b.state_dict()[name]), name
+    ha = json.loads((tmp_path / "full" / "training.json").read_text())
+    hb = json.loads((tmp_path / "cut" / "training.json").read_text())
+    assert ha["history"] == hb["history"] and ha["final"] == hb["final"]
