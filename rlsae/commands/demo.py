@@ -1,9 +1,8 @@
 """``rlsae demo``: the main job. The dead-features study at demo scale, then the language-model
-study (when that part is installed), then the static viewer of each; prints where they are."""
+study, then the static viewer of each; prints where they are."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -13,43 +12,30 @@ import typer
 from rlsae.commands._apps import JsonOpt, app, emit
 
 
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def run_demo(
     out: Path, *, llm: bool = True, viewer: bool = True, preset: str = "demo"
 ) -> dict[str, Any]:
     """Run the demo studies into ``out/atari`` and ``out/llm`` (resuming what is there)."""
+    from rlsae.analysis.report import write_atari_report
     from rlsae.study.atari import run_atari_pipeline
+    from rlsae.study.llm import run_llm_pipeline
+    from rlsae.viewer.export import export_site
 
     t0 = time.perf_counter()
     result: dict[str, Any] = {"out": str(out)}
     atari_dir = out / "atari"
-    t = time.perf_counter()
-    resume = (atari_dir / "run.json").is_file()
-    atari = run_atari_pipeline(atari_dir, preset, resume=resume)
-    atari["seconds"] = time.perf_counter() - t
+    atari = run_atari_pipeline(atari_dir, preset, resume=(atari_dir / "run.json").is_file())
+    atari["seconds"] = time.perf_counter() - t0
     result["atari"] = atari
     run_dirs = [atari_dir]
-    if llm and _has("rlsae.study.llm"):
-        from rlsae.study import llm as llm_pipeline
-
-        if hasattr(llm_pipeline, "run_llm_pipeline"):
-            llm_dir = out / "llm"
-            t = time.perf_counter()
-            res = llm_pipeline.run_llm_pipeline(
-                llm_dir, preset, resume=(llm_dir / "run.json").is_file()
-            )
-            result["llm"] = {**res, "run_dir": str(llm_dir), "seconds": time.perf_counter() - t}
-            run_dirs.append(llm_dir)
+    if llm:
+        llm_dir = out / "llm"
+        t = time.perf_counter()
+        res = run_llm_pipeline(llm_dir, preset, resume=(llm_dir / "run.json").is_file())
+        result["llm"] = {**res, "run_dir": str(llm_dir), "seconds": time.perf_counter() - t}
+        run_dirs.append(llm_dir)
     result["viewers"] = {}
-    if viewer and _has("rlsae.viewer.export"):
-        from rlsae.viewer.export import export_site
-
+    if viewer:
         for rd in run_dirs:
             t = time.perf_counter()
             site = Path(export_site(rd))
@@ -58,8 +44,6 @@ def run_demo(
             )
             result.setdefault("viewer_seconds", {})[rd.name] = time.perf_counter() - t
         # the report links to ../viewer/index.html: refresh it now that the viewer exists
-        from rlsae.analysis.report import write_atari_report
-
         write_atari_report(atari_dir)
     result["seconds"] = time.perf_counter() - t0
     return result

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 
 from rlsae.commands._apps import JsonOpt, app, emit, pipeline_app
+from rlsae.errors import RlsaeError
 
 
 def _human_study(res: dict) -> str:
@@ -42,19 +44,16 @@ def pipeline_atari(
 ) -> None:
     """The dead-features study: train agents, evaluate, record, train SAEs, count live features,
     splice, fit live features against return, write the report."""
-    from rlsae.study.atari import resolve_config, run_atari_pipeline
+    from rlsae.study.atari import resolve_config, run_study
+    from rlsae.study.engine import config_yaml
 
+    cfg, source = resolve_config(preset)
     if print_config:
-        import yaml
-
-        cfg, _ = resolve_config(preset)
-        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+        sys.stdout.write(config_yaml(cfg))
         return
     if out is None:
-        from rlsae.errors import RlsaeError
-
         raise RlsaeError("--out is required: the run directory of the study")
-    res = run_atari_pipeline(out, preset, resume=resume)
+    res = run_study(cfg, out, resume=resume, source=source)
     emit(res, as_json, _human_study(res))
 
 
@@ -70,12 +69,9 @@ def sweep(
 ) -> None:
     """Run a study's per-agent work in parallel: a local process pool or one Ray task per agent."""
     from rlsae.study.atari import resolve_config, run_study
-    from rlsae.errors import RlsaeError
+    from rlsae.study.sweep import check_engine
 
-    if engine not in ("local", "ray", "serial"):
-        raise RlsaeError(f"unknown engine {engine!r}; use local or ray")
-    if address and engine != "ray":
-        raise RlsaeError("--address is for --engine ray")
+    check_engine(engine, address)
     cfg, source = resolve_config(str(config))
     run_dir = out if out is not None else Path("runs") / cfg.name
     res = run_study(
@@ -86,15 +82,25 @@ def sweep(
 
 @pipeline_app.command("llm")
 def pipeline_llm_cmd(
-    preset: str = typer.Option("demo", "--preset", help="smoke, demo, paper or a YAML file."),
-    out: Path = typer.Option(..., "--out", help="Run directory."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+    preset: str = typer.Option("demo", "--preset", help="smoke, demo, paper, or a config file."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory of the study."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a study already in --out."),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the preset's config as YAML and exit."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """The implicit-reward-model study: tune, divergence, SAE pairs, MMCS, explanations, tables."""
-    from rlsae.study.llm import run_llm_pipeline
+    from rlsae.study.engine import config_yaml
+    from rlsae.study.llm import resolve_config, run_llm_study
 
-    res = run_llm_pipeline(out, preset, resume=resume)
+    cfg, source = resolve_config(preset)
+    if print_config:
+        sys.stdout.write(config_yaml(cfg))
+        return
+    if out is None:
+        raise RlsaeError("--out is required: the run directory of the study")
+    res = run_llm_study(cfg, out, resume=resume, source=source)
     if "runs" in res:
         human = "\n".join(f"{r['model']}: {r['run_dir']}" for r in res["runs"])
         human += f"\ntables: {res['utility_md']}"

@@ -1,9 +1,11 @@
-"""The implicit-reward-model study end to end (the paper's Algorithm 1), resumable stage by stage.
+"""The implicit-reward-model study (the paper's Algorithm 1) declared on the study engine.
 
-For each model of the preset, in its own run directory::
+The config is :class:`~rlsae.study.llm_config.LLMStudyConfig`; the presets ``smoke``, ``demo``
+and ``paper`` are in :mod:`rlsae.study.presets`. The unit is a base model; for each, in its
+directory (the run directory itself for one model, ``OUT/<label>/`` for several)::
 
     models/base/            base model (the tiny model is pretrained here; hub models stay names)
-    rlhf/                   the RLHF run (rlsae.llm.rlhf.rlhf_tune): log, curve, checkpoint
+    rlhf/                   the RLHF run (rlsae.llm.rlhf.run_rlhf): log, curve, checkpoint
     models/tuned/           the tuned model (hard links to rlhf/model)
     analysis/divergence.json, divergence.html      Δ per layer, the paper's Figure 3
     acts/{base,tuned}/blocks.L.hook_resid_post/    activations of the top-n divergent layers
@@ -12,12 +14,12 @@ For each model of the preset, in its own run directory::
     saes/.../small/explanations.json               explanations of the shared features
     analysis/score_{base,tuned}.json               completions' utility (Table 4)
     analysis/utility.json, utility.html, utility.md   Tables 3 and 4
-    run.json                                       config, stage timings, versions
+    analysis/report.html                           everything on one page
 
-Every stage skips work already on disk (each artifact is written atomically), so
-``resume=True`` continues an interrupted run. A preset with several models (``paper``) writes
-one such run directory per model under ``OUT/<label>/`` and the combined tables in
-``OUT/analysis/``.
+The stages per model: ``pretrain``, ``rlhf``, ``divergence``, ``record``, ``saes``, ``mmcs``,
+``explain``, ``score``, ``utility``, ``report``; then once per study ``tables`` (with several
+models: the combined ``OUT/analysis/utility.md`` and ``summary.json``). Markers:
+``OUT/analysis/stages/model/<label>/STAGE.json``; ``OUT/run.json`` owns the directory.
 
 Shared features: for each model and layer, MMCS(D_small, D_large); the small SAE's features
 with the highest max cosine in the large dictionary are the shared set D_g (the paper's
@@ -30,208 +32,442 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from rlsae.errors import RlsaeError
+from rlsae.analysis.mmcs import SharedFeatures
+from rlsae.analysis.report import RLHFSummary
+from rlsae.analysis.utility import UtilityTables
+from rlsae.artifacts import Artifact
+from rlsae.configs import to_mapping
 from rlsae.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
-from rlsae.provenance import git_commit, package_versions
+from rlsae.study.engine import Context, Stage, Study, Units, load_config
+from rlsae.study.engine import resolve_config as resolve_study_config
+from rlsae.study.engine import run as run_engine
+from rlsae.study.llm_config import (
+    PAPER_DICT_SIZES,
+    TINY,
+    LLMStudyConfig,
+    SAEPairConfig,
+    dict_sizes,
+    model_label,
+)
+from rlsae.study.presets import LLM_PRESETS
+from rlsae.threads import torch_threads
 
-TINY = "tiny"
+__all__ = [
+    "LLM",
+    "PAPER_DICT_SIZES",
+    "LLMStudyConfig",
+    "SAEPairConfig",
+    "dict_sizes",
+    "preset_config",
+    "resolve_config",
+    "run_llm_pipeline",
+    "run_llm_study",
+]
 
-# The paper's Table 2 (large, small). Other models: 2 x d_model and d_model (Algorithm 1).
-PAPER_DICT_SIZES = {
-    "EleutherAI/pythia-70m": (1024, 512),
-    "EleutherAI/pythia-160m": (1536, 768),
-    "EleutherAI/pythia-410m": (2048, 1024),
-    "EleutherAI/gpt-neo-125m": (768, 1536),
-}
-
-
-@dataclass
-class SAEPairConfig:
-    """How each SAE of a pair is trained (defaults: the paper's section 5.2)."""
-
-    arch: str = "relu"
-    """``relu`` (ReLU + L1, the paper) or ``topk``."""
-    tied: bool = True
-    """Tied encoder/decoder weights (the paper)."""
-    l1: float = 1e-3
-    """L1 coefficient (the paper: 0.001)."""
-    k: int = 32
-    """Active latents for ``topk``."""
-    lr: float = 1e-3
-    """Adam learning rate (the paper: 1e-3)."""
-    batch_size: int = 32
-    """Rows per step (the paper: 32)."""
-    epochs: float = 3.0
-    """Passes over the activations (the paper: 3)."""
-    large: int | None = None
-    """Large dictionary size; None: the paper's Table 2 for its models, else 2 x d_model."""
-    small: int | None = None
-    """Small dictionary size; None: Table 2, else d_model."""
-    seed: int = 0
-    """Seed of the SAE initialisation and data order."""
+SOURCES = ("base", "tuned")
+SIZES = (("large", 1), ("small", 0))
+"""SAE sizes of a pair and their seed offsets: same-seed pairs start from identical rows."""
 
 
 @dataclass
-class LLMStudyConfig:
-    """One preset of the study. Saved in run.json."""
+class ModelUnit:
+    """One base model of the study."""
 
-    models: list[str] = field(default_factory=lambda: [TINY])
-    """Base models: hub names, model directories, or ``tiny`` (pretrained offline here)."""
-    tiny: dict[str, Any] = field(default_factory=dict)
-    """Overrides of :class:`rlsae.llm.tiny.TinyConfig` for the ``tiny`` model."""
-    rlhf: dict[str, Any] = field(default_factory=dict)
-    """Overrides of :class:`rlsae.llm.rlhf.RLHFConfig` (reward, algo, steps, ...)."""
-    top_n_layers: int = 5
-    """Layers (most divergent first) that get SAE pairs (the paper: 5)."""
-    hook: str = "resid_post"
-    """Hook recorded in each chosen block."""
-    data: str | None = None
-    """Documents for activations: None = the tiny model's test corpus or IMDb test."""
-    prefixes: int = 1000
-    """Documents recorded per model."""
-    prefix_tokens: int = 50
-    """Tokens per document (the paper explains on the first 50)."""
-    sae: SAEPairConfig = field(default_factory=SAEPairConfig)
-    """SAE pair training."""
-    top_k: int = 10
-    """Shared features listed per pair (the paper: 10)."""
-    utility_k: int = 30
-    """Shared features explained and scored for Table 3 (the paper: 30)."""
-    explainer: str = "offline"
-    """``offline`` (token lift) or ``llm`` (OpenAI-compatible endpoint from the environment)."""
-    explainer_samples: int = 1
-    """LLM explanations per feature; Table 3 uses their mean utility (the paper: 3)."""
-    explainer_temperature: float = 0.0
-    """LLM sampling temperature (above 0 when drawing several samples)."""
-    score_prefixes: int = 100
-    """Completions scored for Table 4 (the paper: 100)."""
-    score_prefix_tokens: int = 30
-    """Prefix length for Table 4 (the paper: 30)."""
-    score_new_tokens: int = 30
-    """Completion length for Table 4."""
-    seed: int = 0
-    """Seed for the tiny model, tuning and scoring."""
-    device: str = "cpu"
-    """Where models run."""
-    threads: int | None = None
-    """torch CPU threads (None: torch's default). 1 is much faster on a shared, busy machine."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LLMStudyConfig:
-        d = dict(d)
-        if isinstance(d.get("sae"), dict):
-            d["sae"] = SAEPairConfig(**d["sae"])
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise RlsaeError(f"unknown llm study option(s) {sorted(unknown)}")
-        return cls(**d)
+    name: str
+    """Its label (``tiny``, ``pythia-70m``): the unit's name and directory name."""
+    model: str
+    """Hub name, model directory, or ``tiny``."""
+    dir: str
+    """Its directory relative to the run directory ("" when the study has one model)."""
 
 
-def preset_config(preset: str) -> LLMStudyConfig:
-    """``smoke`` (CI, about a minute), ``demo`` (tiny model end to end, minutes) or ``paper``."""
-    if preset == "paper":
-        return LLMStudyConfig(
-            models=["EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "EleutherAI/pythia-410m"],
-            rlhf={"reward": "utility", "algo": "ppo", "data": "imdb", "steps": 200},
-            top_n_layers=5,
-            data="imdb",
-            prefixes=2000,
-            prefix_tokens=50,
-            sae=SAEPairConfig(),
-            top_k=10,
-            utility_k=30,
-            explainer="llm",
-            explainer_samples=3,
-            explainer_temperature=1.0,
-            score_prefixes=100,
-            score_prefix_tokens=30,
+def _list_models(ctx: Context[LLMStudyConfig]) -> list[ModelUnit]:
+    models = ctx.config.models
+    one = len(models) == 1
+    return [ModelUnit(model_label(m), m, "" if one else model_label(m)) for m in models]
+
+
+def _home(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> Path:
+    return ctx.run_dir / unit.dir if unit.dir else ctx.run_dir
+
+
+# --------------------------------------------------------------------------------------------
+# The stages' results
+
+
+@dataclass
+class BaseModel(Artifact):
+    """The base model and the documents the later stages read."""
+
+    FORMAT: ClassVar[str] = "rlsae.llm_study_base"
+    VERSION: ClassVar[int] = 1
+    ref: str
+    """Hub name or model directory."""
+    data: str
+    """Documents for activations and scoring."""
+
+
+@dataclass
+class TunedModel(Artifact):
+    """The RLHF-tuned model and what its run recorded."""
+
+    FORMAT: ClassVar[str] = "rlsae.llm_study_tuned"
+    VERSION: ClassVar[int] = 1
+    ref: str
+    rlhf: RLHFSummary = field(default_factory=RLHFSummary)
+
+
+@dataclass
+class ChosenLayers(Artifact):
+    """The most divergent layers (``analysis/divergence.json`` holds every layer's Δ)."""
+
+    FORMAT: ClassVar[str] = "rlsae.llm_study_layers"
+    VERSION: ClassVar[int] = 1
+    layers: list[int]
+
+
+@dataclass
+class Stores(Artifact):
+    """The activation stores of the chosen layers, by layer: their directory names."""
+
+    FORMAT: ClassVar[str] = "rlsae.llm_study_stores"
+    VERSION: ClassVar[int] = 1
+    hooks: dict[str, str]
+
+
+@dataclass
+class SAEEntry:
+    """One SAE of a pair."""
+
+    source: str
+    layer: int
+    size: str
+    path: str
+    """Relative to the model's directory."""
+
+
+@dataclass
+class SAEPairs(Artifact):
+    """Every SAE of the study's pairs (base and tuned x layer x large and small)."""
+
+    FORMAT: ClassVar[str] = "rlsae.llm_study_saes"
+    VERSION: ClassVar[int] = 1
+    saes: list[SAEEntry]
+
+    def path(self, source: str, layer: int, size: str) -> str:
+        return next(
+            e.path for e in self.saes if (e.source, e.layer, e.size) == (source, layer, size)
         )
-    if preset == "demo":
-        return LLMStudyConfig(
-            models=[TINY],
-            tiny={"steps": 300, "n_train_reviews": 4000, "n_test_reviews": 1000},
-            rlhf={
-                "reward": "utility",
-                "algo": "ppo",
-                "steps": 40,
-                "ppo": {
-                    "batch_size": 32,
-                    "mini_batch_size": 8,
-                    "learning_rate": 3e-5,
-                    "init_kl_coef": 0.05,
-                    "max_new_tokens": 16,
-                },
-            },
-            top_n_layers=2,
-            prefixes=1000,
-            prefix_tokens=32,
-            # The paper's tied ReLU SAE, lr, batch and epochs; L1 3.0 instead of 0.001: the tiny
-            # model's residual stream has norm ~30 and with 0.001 every latent fires on half the
-            # rows (L0 = d_sae / 2); 3.0 gives L0 ~ 20 of 128 at FVU ~ 0.03.
-            sae=SAEPairConfig(l1=3.0, epochs=3.0, batch_size=32),
-            top_k=10,
-            utility_k=30,
-            score_prefixes=100,
-            score_prefix_tokens=8,
-            score_new_tokens=20,
-            threads=1,  # fastest on a busy shared CPU, and still well within budget when idle
-        )
-    if preset == "smoke":
-        return LLMStudyConfig(
-            models=[TINY],
-            tiny={
-                "steps": 30,
-                "n_train_reviews": 400,
-                "n_test_reviews": 100,
-                "n_layers": 2,
-                "d_model": 32,
-                "d_mlp": 64,
-                "vocab_size": 300,
-            },
-            rlhf={
-                "reward": "utility",
-                "algo": "ppo",
-                "steps": 2,
-                "ppo": {
-                    "batch_size": 8,
-                    "mini_batch_size": 4,
-                    "learning_rate": 1e-4,
-                    "max_new_tokens": 8,
-                },
-            },
-            top_n_layers=1,
-            prefixes=60,
-            prefix_tokens=16,
-            sae=SAEPairConfig(l1=3.0, epochs=1.0, batch_size=64),
-            top_k=5,
-            utility_k=8,
-            score_prefixes=12,
-            score_prefix_tokens=6,
-            score_new_tokens=8,
-            threads=1,
-        )
-    path = Path(preset)
-    if path.is_file():
-        import yaml
-
-        try:
-            return LLMStudyConfig.from_dict(yaml.safe_load(path.read_text()) or {})
-        except yaml.YAMLError as e:
-            raise RlsaeError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    raise RlsaeError(f"unknown preset {preset!r}; use smoke, demo, paper or a YAML config file")
 
 
-# ----------------------------------------------------------------------------- helpers
+@dataclass
+class FilesWritten(Artifact):
+    """A stage whose result is files (paths relative to the model's directory)."""
+
+    FORMAT: ClassVar[str] = "rlsae.llm_study_files"
+    VERSION: ClassVar[int] = 1
+    files: list[str]
 
 
-def _label(model: str) -> str:
-    return "tiny" if model == TINY else Path(model.rstrip("/")).name
+@dataclass
+class Tables(Artifact):
+    """Tables 3 and 4 of one model: summed |utility| of features and of completions."""
+
+    FORMAT: ClassVar[str] = "rlsae.llm_study_tables"
+    VERSION: ClassVar[int] = 1
+    table3: dict[str, float | None]
+    table4: dict[str, float | None]
+
+
+@dataclass
+class Combined(Artifact):
+    """The combined tables of a study of several models (None for one model)."""
+
+    FORMAT: ClassVar[str] = "rlsae.llm_study_combined"
+    VERSION: ClassVar[int] = 1
+    utility_md: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# The stages
+
+
+def pretrain(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> BaseModel:
+    """The tiny model is pretrained offline here; a hub model or directory is used as it is."""
+    cfg = ctx.config
+    if unit.model != TINY:
+        return BaseModel(ref=unit.model, data=cfg.data or "imdb")
+    from rlsae.llm.tiny import pretrain_tiny
+
+    base = _home(ctx, unit) / "models" / "base"
+    if not (base / "config.json").is_file():
+        pretrain_tiny(base, progress=ctx.progress, **to_mapping(cfg.tiny))
+    # the tuned model's directory has no corpus: both read the base's test corpus
+    return BaseModel(ref=str(base), data=cfg.data or str(base / "corpus_test.txt"))
+
+
+def tune(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> TunedModel:
+    """RLHF on the base model (resuming an interrupted run), linked to ``models/tuned``."""
+    from rlsae.llm.rlhf import run_rlhf
+
+    home = _home(ctx, unit)
+    base = ctx.result(BaseModel, "pretrain", unit.name)
+    tuned, rl_dir = home / "models" / "tuned", home / "rlhf"
+    if not (tuned / "config.json").is_file():
+        if not (rl_dir / "result.json").is_file():
+            rl_cfg = dataclasses.replace(ctx.config.rlhf, model=base.ref)
+            run_rlhf(rl_cfg, rl_dir, resume=rl_dir.exists(), progress=ctx.progress)
+        _link_tree(rl_dir / "model", tuned)
+    res = read_json(rl_dir / "result.json") if (rl_dir / "result.json").is_file() else {}
+    keys = ("reward_first", "reward_last", "steps", "kl_last")
+    return TunedModel(ref=str(tuned), rlhf=RLHFSummary(**{k: res.get(k) for k in keys}))
+
+
+def divergence(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> ChosenLayers:
+    """Δ per layer between base and tuned; the ``top_n_layers`` most divergent are chosen."""
+    from rlsae.llm.divergence import layer_divergence, write_divergence_html
+
+    n = ctx.config.top_n_layers
+    base = ctx.result(BaseModel, "pretrain", unit.name)
+    tuned = ctx.result(TunedModel, "rlhf", unit.name)
+    analysis = _home(ctx, unit) / "analysis"
+    div = layer_divergence(base.ref, tuned.ref).choose(n)
+    write_divergence_html(div, analysis / "divergence.html", n)
+    div.write(analysis / "divergence.json")
+    return ChosenLayers(layers=list(div.top_layers))
+
+
+def record(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> Stores:
+    """Activations of the chosen layers in the base and the tuned model."""
+    from rlsae.llm.record import record_lm_activations
+
+    cfg, home = ctx.config, _home(ctx, unit)
+    layers = ctx.result(ChosenLayers, "divergence", unit.name).layers
+    base = ctx.result(BaseModel, "pretrain", unit.name)
+    refs = {"base": base.ref, "tuned": ctx.result(TunedModel, "rlhf", unit.name).ref}
+    for src in SOURCES:
+        missing = [L for L in layers if not _store_done(home / "acts" / src, L, cfg.hook)]
+        if missing:
+            record_lm_activations(
+                refs[src],
+                missing,
+                home / "acts" / src,
+                hook=cfg.hook,
+                prefixes=cfg.prefixes,
+                prefix_tokens=cfg.prefix_tokens,
+                data=base.data,
+                source=src,
+                seed=cfg.seed,
+                device=cfg.device,
+                progress=ctx.progress,
+            )
+    return Stores({str(L): _store_path(home / "acts" / "base", L, cfg.hook).name for L in layers})
+
+
+def train_pairs(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> SAEPairs:
+    """A large and a small SAE per model and layer (different seeds)."""
+    from rlsae.sae.store import ActivationStore
+    from rlsae.sae.train import TrainConfig, train_sae
+
+    cfg, home = ctx.config, _home(ctx, unit)
+    hooks = ctx.result(Stores, "record", unit.name).hooks
+    entries = []
+    for src in SOURCES:
+        for layer, hook in hooks.items():
+            store = ActivationStore(home / "acts" / src / hook)
+            large, small = dict_sizes(unit.model, store.d_in, cfg.sae)
+            for size, d_sae in (("large", large), ("small", small)):
+                out = home / "saes" / src / hook / size
+                entries.append(SAEEntry(src, int(layer), size, out.relative_to(home).as_posix()))
+                if (out / "cfg.json").is_file():
+                    continue
+                seed = cfg.sae.seed + dict(SIZES)[size]
+                tc = TrainConfig(
+                    arch=cfg.sae.arch,
+                    d_sae=d_sae,
+                    k=min(cfg.sae.k, d_sae),
+                    l1=cfg.sae.l1,
+                    tied=cfg.sae.tied,
+                    epochs=cfg.sae.epochs,
+                    batch_size=cfg.sae.batch_size,
+                    lr=cfg.sae.lr,
+                    seed=seed,
+                    hook_name=hook,
+                    source=src,
+                )
+                train_sae(store, out, tc, resume=True, progress=ctx.progress)
+    return SAEPairs(entries)
+
+
+def mmcs(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
+    """MMCS(small, large) per model and layer with the top-k shared features, base vs tuned."""
+    from rlsae.analysis.mmcs import LayerShared, compare_dictionaries, sae_pair, size_pair
+    from rlsae.sae import load_sae
+
+    cfg, home = ctx.config, _home(ctx, unit)
+    hooks = ctx.result(Stores, "record", unit.name).hooks
+    pairs = ctx.result(SAEPairs, "saes", unit.name)
+
+    def w_dec(src: str, layer: int, size: str) -> Any:
+        return load_sae(home / pairs.path(src, layer, size)).W_dec.detach()
+
+    out = SharedFeatures(k=cfg.top_k, utility_k=cfg.utility_k)
+    for key, hook in hooks.items():
+        L = int(key)
+        entry = LayerShared(layer=L, hook=hook)
+        for src in SOURCES:
+            ws, wl = w_dec(src, L, "small"), w_dec(src, L, "large")
+            res = compare_dictionaries(ws, wl, top_k=max(cfg.top_k, cfg.utility_k)).result
+            paths = pairs.path(src, L, "small"), pairs.path(src, L, "large")
+            entry.models[src] = size_pair(res, *paths, cfg.top_k, cfg.utility_k)
+        res = compare_dictionaries(w_dec("base", L, "small"), w_dec("tuned", L, "small"), cfg.top_k)
+        paths = pairs.path("base", L, "small"), pairs.path("tuned", L, "small")
+        entry.base_vs_tuned = sae_pair(res.result, *paths, cfg.top_k)
+        out.layers.append(entry)
+    out.write(home / "analysis" / "llm_shared_features.json")
+    return FilesWritten(["analysis/llm_shared_features.json"])
+
+
+def explain(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
+    """Explanations of each small SAE's top shared features (``explanations.json``)."""
+    from rlsae.llm.configs import ExplainConfig
+    from rlsae.llm.explain import explain_features
+    from rlsae.llm.rewards import UtilityTable
+
+    cfg, home = ctx.config, _home(ctx, unit)
+    shared = _shared(ctx, unit)
+    hooks = ctx.result(Stores, "record", unit.name).hooks
+    pairs = ctx.result(SAEPairs, "saes", unit.name)
+    table = UtilityTable.load(cfg.rlhf.table)
+    ecfg = ExplainConfig(
+        method=cfg.explainer, samples=cfg.explainer_samples, temperature=cfg.explainer_temperature
+    )
+    files = []
+    for src in SOURCES:
+        for key, hook in hooks.items():
+            L = int(key)
+            feats = [row.feature for row in shared.layer(L).models[src].top_k_utility]
+            sae = pairs.path(src, L, "small")
+            explain_features(
+                home / sae, home / "acts" / src / hook, feats, cfg=ecfg, table=table, layer=L
+            )
+            files.append(f"{sae}/explanations.json")
+    return FilesWritten(files)
+
+
+def score(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
+    """Completions of the base and the tuned model scored under the utility table (Table 4)."""
+    from rlsae.llm.configs import ScoreConfig
+    from rlsae.llm.score import score_model
+
+    cfg, analysis = ctx.config, _home(ctx, unit) / "analysis"
+    base = ctx.result(BaseModel, "pretrain", unit.name)
+    refs = {"base": base.ref, "tuned": ctx.result(TunedModel, "rlhf", unit.name).ref}
+    scfg = ScoreConfig(
+        prefixes=cfg.score_prefixes,
+        prefix_tokens=cfg.score_prefix_tokens,
+        max_new_tokens=cfg.score_new_tokens,
+        seed=cfg.seed,
+        data=base.data,
+        table=cfg.rlhf.table,
+    )
+    for src in SOURCES:
+        if not (analysis / f"score_{src}.json").is_file():
+            score_model(refs[src], scfg).write(analysis / f"score_{src}.json")
+    return FilesWritten([f"analysis/score_{src}.json" for src in SOURCES])
+
+
+def utility(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> Tables:
+    """Tables 3 and 4 for one model: ``analysis/utility.{json,html,md}``."""
+    from rlsae.analysis.report import write_utility_html
+    from rlsae.analysis.utility import feature_scores, tables_markdown, utility_tables
+    from rlsae.llm.explain import load_explanations
+    from rlsae.llm.rewards import UtilityTable
+    from rlsae.llm.score import ScoreResult
+
+    cfg, home = ctx.config, _home(ctx, unit)
+    shared = _shared(ctx, unit)
+    pairs = ctx.result(SAEPairs, "saes", unit.name)
+    table = UtilityTable.load(cfg.rlhf.table)
+    per_model: dict[str, dict[int, Any]] = {src: {} for src in SOURCES}
+    for src in SOURCES:
+        for entry in shared.layers:
+            L = entry.layer
+            expl = load_explanations(home / pairs.path(src, L, "small") / "explanations.json")
+            feats = [r.feature for r in entry.models[src].top_k_utility]
+            per_model[src][L] = feature_scores(_plain_features(expl), feats, table)
+    scores = {
+        src: ScoreResult.read(home / "analysis" / f"score_{src}.json").to_json() for src in SOURCES
+    }
+    result = utility_tables(
+        per_model, scores, k=cfg.utility_k, label=unit.name, explainer=cfg.explainer
+    )
+    analysis = home / "analysis"
+    result.write(analysis / "utility.json")
+    write_utility_html(result, analysis / "utility.html")
+    atomic_write_bytes(analysis / "utility.md", (tables_markdown(result) + "\n").encode())
+    return Tables(
+        table3={m: v.score for m, v in result.table3.items()},
+        table4={m: v.aggregate_abs_utility for m, v in result.table4.items()},
+    )
+
+
+def report(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
+    """``analysis/report.html``: RLHF, Tables 3 and 4, divergence, MMCS, explanations."""
+    from rlsae.analysis.report import write_llm_report
+    from rlsae.llm.divergence import DivergenceResult, divergence_figure
+
+    analysis = _home(ctx, unit) / "analysis"
+    div = DivergenceResult.read(analysis / "divergence.json")
+    write_llm_report(
+        analysis / "report.html",
+        model=unit.model,
+        rlhf=ctx.result(TunedModel, "rlhf", unit.name).rlhf,
+        shared=_shared(ctx, unit),
+        utility=UtilityTables.read(analysis / "utility.json"),
+        divergence_figure=divergence_figure(div, div.top_n),
+    )
+    return FilesWritten(["analysis/report.html"])
+
+
+def combine(ctx: Context[LLMStudyConfig]) -> Combined:
+    """With several models: their Table 3 and 4 rows in ``analysis/utility.md``, and every
+    model's summary in ``analysis/summary.json``."""
+    from rlsae.analysis.utility import tables_markdown
+
+    units = _units(ctx)
+    if len(units) == 1:
+        return Combined()
+    tables = [UtilityTables.read(_home(ctx, u) / "analysis" / "utility.json") for u in units]
+    head = tables_markdown(tables[0]).splitlines()[:2]
+    md = "\n".join(head + [tables_markdown(t).splitlines()[-1] for t in tables]) + "\n"
+    analysis = ctx.run_dir / "analysis"
+    atomic_write_bytes(analysis / "utility.md", md.encode())
+    summary = {"runs": _summaries(ctx), "utility_md": str(analysis / "utility.md")}
+    atomic_write_json(analysis / "summary.json", summary)
+    return Combined(utility_md="analysis/utility.md")
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers of the stages
+
+
+def _units(ctx: Context[LLMStudyConfig]) -> list[ModelUnit]:
+    return [u for u in ctx.units("model") if isinstance(u, ModelUnit)]
+
+
+def _shared(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> SharedFeatures:
+    return SharedFeatures.read(_home(ctx, unit) / "analysis" / "llm_shared_features.json")
+
+
+def _plain_features(expl: Any) -> dict[str, Any]:
+    """The explanations by feature as mappings (what ``feature_scores`` reads)."""
+    feats = expl.features if hasattr(expl, "features") else expl["features"]
+    return {k: to_mapping(v) if dataclasses.is_dataclass(v) else v for k, v in feats.items()}
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -248,270 +484,6 @@ def _link_tree(src: Path, dst: Path) -> None:
         shutil.copytree(src, tmp, copy_function=link)
 
 
-def dict_sizes(model: str, d_model: int, cfg: SAEPairConfig) -> tuple[int, int]:
-    """(large, small) dictionary sizes for ``model`` of width ``d_model``."""
-    large, small = PAPER_DICT_SIZES.get(model, (2 * d_model, d_model))
-    return int(cfg.large or large), int(cfg.small or small)
-
-
-class _Run:
-    """run.json bookkeeping: config, per-stage seconds and status, written after each stage."""
-
-    def __init__(self, run_dir: Path, info: dict[str, Any]) -> None:
-        self.dir = run_dir
-        self.path = run_dir / "run.json"
-        old = read_json(self.path) if self.path.is_file() else {}
-        self.info = {**info, "stages": old.get("stages", {}), "started": old.get("started")}
-        self.info["started"] = self.info["started"] or time.strftime("%Y-%m-%dT%H:%M:%S")
-
-    def stage(self, name: str, seconds: float, status: str, **extra: Any) -> None:
-        if status.startswith("skipped") and name in self.info["stages"]:
-            return  # keep the record of the run that did the work
-        self.info["stages"][name] = {"status": status, "seconds": round(seconds, 2), **extra}
-        atomic_write_json(self.path, self.info)
-
-
-# ----------------------------------------------------------------------------- one model
-
-
-def run_model_study(
-    run_dir: str | os.PathLike,
-    model: str,
-    cfg: LLMStudyConfig,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    preset: str = "",
-) -> dict[str, Any]:
-    """Run every stage for one base model into ``run_dir``; returns the summary."""
-    run = Path(run_dir)
-    if run.exists() and any(run.iterdir()) and not resume:
-        raise RlsaeError(f"{run} already holds a run; pass --resume to continue it or remove it")
-    run.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(int(cfg.threads))
-    book = _Run(
-        run,
-        {
-            "pipeline": "llm",
-            "preset": preset,
-            "model": model,
-            "config": dataclasses.asdict(cfg),
-            "versions": package_versions(
-                "rlsae", "torch", "transformers", "transformer-lens", "sae-lens"
-            ),
-            "git_commit": git_commit(),
-        },
-    )
-    analysis = run / "analysis"
-    analysis.mkdir(exist_ok=True)
-
-    # 1. base model
-    t = time.time()
-    if model == TINY:
-        from rlsae.llm.tiny import pretrain_tiny
-
-        base = run / "models" / "base"
-        if not (base / "config.json").is_file():
-            pretrain_tiny(base, seed=cfg.seed, progress=progress, **cfg.tiny)
-            book.stage("pretrain", time.time() - t, "done")
-        else:
-            book.stage("pretrain", 0.0, "skipped (exists)")
-        base_ref = str(base)
-        # the tuned model's directory has no corpus: both read the base's test corpus
-        data = cfg.data or str(base / "corpus_test.txt")
-    else:
-        base_ref = model
-        data = cfg.data or "imdb"
-    # 2. RLHF
-    t = time.time()
-    tuned = run / "models" / "tuned"
-    if not (tuned / "config.json").is_file():
-        from rlsae.llm.rlhf import rlhf_tune
-
-        rl_dir = run / "rlhf"
-        rl_opts = {"seed": cfg.seed, **cfg.rlhf}
-        if not (rl_dir / "result.json").is_file():
-            rlhf_tune(base_ref, rl_dir, resume=rl_dir.exists(), progress=progress, **rl_opts)
-        _link_tree(rl_dir / "model", tuned)
-        book.stage("rlhf", time.time() - t, "done", **_rlhf_summary(rl_dir))
-    else:
-        book.stage("rlhf", 0.0, "skipped (exists)", **_rlhf_summary(run / "rlhf"))
-    tuned_ref = str(tuned)
-
-    # 3. divergence
-    t = time.time()
-    from rlsae.llm.divergence import layer_divergence, write_divergence_html
-
-    div_path = analysis / "divergence.json"
-    if div_path.is_file():
-        div = read_json(div_path)
-        book.stage("divergence", 0.0, "skipped (exists)")
-    else:
-        res = layer_divergence(base_ref, tuned_ref)
-        div = res.to_json()
-        div["top_n"] = cfg.top_n_layers
-        div["top_layers"] = res.top_layers(cfg.top_n_layers)
-        write_divergence_html(res, analysis / "divergence.html", cfg.top_n_layers)
-        atomic_write_json(div_path, div)
-        book.stage("divergence", time.time() - t, "done")
-    layers = [int(x) for x in div["top_layers"]]
-
-    # 4. activations
-    t = time.time()
-    from rlsae.llm.record import record_lm_activations
-
-    hook_names: dict[int, str] = {}
-    recorded = 0
-    for src, ref in (("base", base_ref), ("tuned", tuned_ref)):
-        missing = [L for L in layers if not _store_done(run / "acts" / src, L, cfg.hook)]
-        if missing:
-            paths = record_lm_activations(
-                ref,
-                missing,
-                run / "acts" / src,
-                hook=cfg.hook,
-                prefixes=cfg.prefixes,
-                prefix_tokens=cfg.prefix_tokens,
-                data=data,
-                source=src,
-                seed=cfg.seed,
-                device=cfg.device,
-                progress=progress,
-            )
-            recorded += len(paths)
-    for L in layers:
-        hook_names[L] = _store_path(run / "acts" / "base", L, cfg.hook).name
-    book.stage("record", time.time() - t, "done" if recorded else "skipped (exists)")
-
-    # 5. SAE pairs
-    t = time.time()
-    from rlsae.sae.store import ActivationStore
-    from rlsae.sae.train import TrainConfig, train_sae
-
-    sae_dirs: dict[tuple[str, int, str], Path] = {}
-    trained = 0
-    for src in ("base", "tuned"):
-        for L in layers:
-            hp = hook_names[L]
-            store = ActivationStore(run / "acts" / src / hp)
-            large, small = dict_sizes(model, store.d_in, cfg.sae)
-            # different seeds: same-seed pairs start from identical leading decoder rows
-            for size_name, d_sae, seed in (
-                ("large", large, cfg.sae.seed + 1),
-                ("small", small, cfg.sae.seed),
-            ):
-                out = run / "saes" / src / hp / size_name
-                sae_dirs[(src, L, size_name)] = out
-                if (out / "cfg.json").is_file():
-                    continue
-                tc = TrainConfig(
-                    arch=cfg.sae.arch,
-                    d_sae=d_sae,
-                    k=min(cfg.sae.k, d_sae),
-                    l1=cfg.sae.l1,
-                    tied=cfg.sae.tied,
-                    epochs=cfg.sae.epochs,
-                    batch_size=cfg.sae.batch_size,
-                    lr=cfg.sae.lr,
-                    seed=seed,
-                    hook_name=hp,
-                    source=src,
-                )
-                train_sae(store, out, tc, resume=True, progress=progress)
-                trained += 1
-    book.stage("saes", time.time() - t, "done" if trained else "skipped (exists)")
-
-    # 6. MMCS and shared features
-    t = time.time()
-    shared = shared_features(run, layers, hook_names, sae_dirs, cfg)
-    atomic_write_json(analysis / "llm_shared_features.json", shared)
-    book.stage("mmcs", time.time() - t, "done")
-
-    # 7. explanations
-    t = time.time()
-    from rlsae.llm.explain import ExplainConfig, explain_features
-    from rlsae.llm.rewards import UtilityTable
-
-    table = UtilityTable.load(cfg.rlhf.get("table", "vader"))
-    ecfg = ExplainConfig(
-        method=cfg.explainer,
-        samples=cfg.explainer_samples,
-        temperature=cfg.explainer_temperature,
-    )
-    for src in ("base", "tuned"):
-        for L in layers:
-            entry = _layer_entry(shared, L)["models"][src]
-            feats = [row["feature"] for row in entry["top_k_utility"]]
-            explain_features(
-                sae_dirs[(src, L, "small")],
-                run / "acts" / src / hook_names[L],
-                feats,
-                cfg=ecfg,
-                table=table,
-                layer=L,
-            )
-    book.stage("explain", time.time() - t, "done")
-
-    # 8. completions (Table 4)
-    t = time.time()
-    from rlsae.llm.score import ScoreConfig, score_model
-
-    scores = {}
-    for src, ref in (("base", base_ref), ("tuned", tuned_ref)):
-        path = analysis / f"score_{src}.json"
-        if path.is_file():
-            scores[src] = read_json(path)
-            continue
-        scfg = ScoreConfig(
-            prefixes=cfg.score_prefixes,
-            prefix_tokens=cfg.score_prefix_tokens,
-            max_new_tokens=cfg.score_new_tokens,
-            seed=cfg.seed,
-            data=data,
-            table=cfg.rlhf.get("table", "vader"),
-        )
-        scores[src] = score_model(ref, scfg)
-        atomic_write_json(path, scores[src])
-    book.stage("score", time.time() - t, "done")
-
-    # 9. utility tables
-    t = time.time()
-    result = utility_result(run, layers, hook_names, sae_dirs, shared, scores, table, model, cfg)
-    book.stage("utility", time.time() - t, "done")
-    report = write_llm_report(run)
-    book.info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    book.info["seconds"] = round(sum(s["seconds"] for s in book.info["stages"].values()), 1)
-    atomic_write_json(book.path, book.info)
-    return {
-        "run_dir": str(run),
-        "model": model,
-        "layers": layers,
-        "divergence": div["layers"][: cfg.top_n_layers],
-        "mmcs": {
-            f"{src}/{L}": round(_layer_entry(shared, L)["models"][src]["mmcs_ab"], 4)
-            for src in ("base", "tuned")
-            for L in layers
-        },
-        "table3": {m: v["score"] for m, v in result["table3"].items()},
-        "table4": {m: v["aggregate_abs_utility"] for m, v in result["table4"].items()},
-        "utility_json": str(analysis / "utility.json"),
-        "utility_html": str(analysis / "utility.html"),
-        "report": str(report),
-        "seconds": book.info["seconds"],
-    }
-
-
-def _rlhf_summary(rl_dir: Path) -> dict[str, Any]:
-    p = rl_dir / "result.json"
-    if not p.is_file():
-        return {}
-    r = read_json(p)
-    return {k: r.get(k) for k in ("reward_first", "reward_last", "steps", "kl_last")}
-
-
 def _store_path(parent: Path, layer: int, hook: str) -> Path:
     short = hook[len("hook_") :] if hook.startswith("hook_") else hook
     for cand in (parent / f"blocks.{layer}.hook_{short}", parent / f"blocks.{layer}.{short}"):
@@ -524,227 +496,117 @@ def _store_done(parent: Path, layer: int, hook: str) -> bool:
     return (_store_path(parent, layer, hook) / "meta.json").is_file()
 
 
-def _layer_entry(shared: dict[str, Any], layer: int) -> dict[str, Any]:
-    for e in shared["layers"]:
-        if e["layer"] == layer:
-            return e
-    raise KeyError(layer)
+# --------------------------------------------------------------------------------------------
+# The declaration
+
+LLM = Study(
+    kind="llm-irm-study",
+    config=LLMStudyConfig,
+    presets=LLM_PRESETS,
+    versions=("rlsae", "torch", "transformers", "transformer-lens", "sae-lens", "numpy"),
+    units=(Units("model", _list_models),),
+    stages=(
+        Stage("pretrain", pretrain, BaseModel, per="model"),
+        Stage("rlhf", tune, TunedModel, after=("pretrain",), per="model"),
+        Stage("divergence", divergence, ChosenLayers, after=("pretrain", "rlhf"), per="model"),
+        Stage("record", record, Stores, after=("divergence",), per="model"),
+        Stage("saes", train_pairs, SAEPairs, after=("record",), per="model"),
+        Stage("mmcs", mmcs, FilesWritten, after=("saes",), per="model"),
+        Stage("explain", explain, FilesWritten, after=("mmcs",), per="model"),
+        Stage("score", score, FilesWritten, after=("pretrain", "rlhf"), per="model"),
+        Stage("utility", utility, Tables, after=("explain", "score"), per="model"),
+        Stage("report", report, FilesWritten, after=("utility",), per="model"),
+        Stage("tables", combine, Combined, after=("utility",)),
+    ),
+)
 
 
-def shared_features(
-    run: Path,
-    layers: list[int],
-    hook_names: dict[int, str],
-    sae_dirs: dict[tuple[str, int, str], Path],
-    cfg: LLMStudyConfig,
-) -> dict[str, Any]:
-    """MMCS(small, large) per model and layer with the top-k shared features, and base vs tuned."""
-    from rlsae.analysis.mmcs import compare_dictionaries
-    from rlsae.sae import load_sae
-
-    def rel(p: Path) -> str:
-        return p.relative_to(run).as_posix()
-
-    out: dict[str, Any] = {"k": cfg.top_k, "utility_k": cfg.utility_k, "layers": []}
-    for L in layers:
-        entry: dict[str, Any] = {"layer": L, "hook": hook_names[L], "models": {}}
-        for src in ("base", "tuned"):
-            small, large = sae_dirs[(src, L, "small")], sae_dirs[(src, L, "large")]
-            ws, wl = load_sae(small).W_dec.detach(), load_sae(large).W_dec.detach()
-            res = compare_dictionaries(ws, wl, top_k=max(cfg.top_k, cfg.utility_k))
-            entry["models"][src] = {
-                "sae_a": rel(small),
-                "sae_b": rel(large),
-                "d_sae_a": int(ws.shape[0]),
-                "d_sae_b": int(wl.shape[0]),
-                "mmcs_ab": res["mmcs_ab"],
-                "mmcs_ba": res["mmcs_ba"],
-                "top_k": res["top_k"][: cfg.top_k],
-                "top_k_utility": res["top_k"][: cfg.utility_k],
-            }
-        a, b = sae_dirs[("base", L, "small")], sae_dirs[("tuned", L, "small")]
-        res = compare_dictionaries(
-            load_sae(a).W_dec.detach(), load_sae(b).W_dec.detach(), cfg.top_k
-        )
-        entry["base_vs_tuned"] = {
-            "sae_a": rel(a),
-            "sae_b": rel(b),
-            "mmcs_ab": res["mmcs_ab"],
-            "mmcs_ba": res["mmcs_ba"],
-            "top_k": res["top_k"],
-        }
-        out["layers"].append(entry)
-    return out
+# --------------------------------------------------------------------------------------------
+# Entry points
 
 
-def utility_result(
-    run: Path,
-    layers: list[int],
-    hook_names: dict[int, str],
-    sae_dirs: dict[tuple[str, int, str], Path],
-    shared: dict[str, Any],
-    scores: dict[str, Any],
-    table: Any,
-    model: str,
-    cfg: LLMStudyConfig,
-) -> dict[str, Any]:
-    """Tables 3 and 4 for one model, written as utility.json / .html / .md."""
-    from rlsae.analysis.utility import (
-        feature_scores,
-        tables_markdown,
-        utility_tables,
-        write_utility_html,
-    )
-    from rlsae.llm.explain import load_explanations
+def resolve_config(
+    preset_or_path: str | os.PathLike | LLMStudyConfig,
+) -> tuple[LLMStudyConfig, str]:
+    """A preset name (smoke, demo, paper), a YAML/TOML file or a config -> (config, source)."""
+    return resolve_study_config(LLM, preset_or_path)
 
-    per_model: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    for src in ("base", "tuned"):
-        per_model[src] = {}
-        for L in layers:
-            expl = load_explanations(sae_dirs[(src, L, "small")] / "explanations.json")
-            feats = [r["feature"] for r in _layer_entry(shared, L)["models"][src]["top_k_utility"]]
-            per_model[src][L] = feature_scores(expl["features"], feats, table)
-    result = utility_tables(per_model, scores, k=cfg.utility_k, label=_label(model))
-    result["layers"] = layers
-    result["explainer"] = cfg.explainer
-    result["features"] = {
-        src: {str(L): rows for L, rows in d.items()} for src, d in per_model.items()
+
+def preset_config(preset: str) -> LLMStudyConfig:
+    """``smoke`` (CI, about a minute), ``demo`` (tiny model end to end, minutes), ``paper``,
+    or a YAML/TOML config file."""
+    return resolve_config(preset)[0]
+
+
+def load_llm_config(path: str | os.PathLike) -> LLMStudyConfig:
+    """A study config from a YAML or TOML file."""
+    return load_config(LLM, path)
+
+
+def _model_summary(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> dict[str, Any]:
+    from rlsae.llm.divergence import DivergenceResult
+
+    home, n = _home(ctx, unit), ctx.config.top_n_layers
+    div = DivergenceResult.read(home / "analysis" / "divergence.json")
+    shared = _shared(ctx, unit)
+    tables = ctx.result(Tables, "utility", unit.name)
+    markers = [ctx.marker(s.name, unit.name) for s in ctx.study.stages if s.per]
+    seconds = sum(m.seconds for m in markers if m is not None)
+    return {
+        "run_dir": str(home),
+        "model": unit.model,
+        "layers": ctx.result(ChosenLayers, "divergence", unit.name).layers,
+        "divergence": div.head(n).to_json()["layers"],
+        "mmcs": {
+            f"{src}/{e.layer}": round(e.models[src].mmcs_ab, 4)
+            for src in SOURCES
+            for e in shared.layers
+        },
+        "table3": tables.table3,
+        "table4": tables.table4,
+        "utility_json": str(home / "analysis" / "utility.json"),
+        "utility_html": str(home / "analysis" / "utility.html"),
+        "report": str(home / "analysis" / "report.html"),
+        "seconds": round(seconds, 1),
     }
-    analysis = run / "analysis"
-    atomic_write_json(analysis / "utility.json", result)
-    write_utility_html(result, analysis / "utility.html", per_model)
-    atomic_write_bytes(analysis / "utility.md", (tables_markdown(result) + "\n").encode())
-    return result
 
 
-# ----------------------------------------------------------------------------- entry point
+def _summaries(ctx: Context[LLMStudyConfig]) -> list[dict[str, Any]]:
+    return [_model_summary(ctx, u) for u in _units(ctx)]
+
+
+def run_llm_study(
+    cfg: LLMStudyConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    source: str = "config",
+    progress: bool = True,
+    study: Study[LLMStudyConfig] = LLM,
+) -> dict[str, Any]:
+    """Run (or resume) the study into ``out_dir``; returns its summary.
+
+    One model: the model's summary (layers, MMCS, Tables 3 and 4, paths). Several: ``runs``
+    (one summary per model) and ``utility_md`` (the combined tables). ``cfg.threads`` holds for
+    the whole run and is restored afterwards.
+    """
+    with torch_threads(cfg.threads):
+        out = run_engine(study, cfg, out_dir, resume=resume, source=source, progress=progress)
+    ctx = Context(study, cfg, Path(out_dir))
+    counts = {"stages_run": out.count("model"), "stages_skipped": out.count("model", "skipped")}
+    runs = _summaries(ctx)
+    if len(runs) == 1:
+        return {**runs[0], **counts}
+    return {"runs": runs, "utility_md": str(Path(out_dir) / "analysis" / "utility.md"), **counts}
 
 
 def run_llm_pipeline(
     out_dir: str | os.PathLike,
-    preset: str = "demo",
+    preset: str | os.PathLike | LLMStudyConfig = "demo",
     resume: bool = False,
     *,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the study for ``preset`` (smoke | demo | paper | a YAML file) into ``out_dir``."""
-    cfg = preset_config(preset)
-    out = Path(out_dir)
-    if len(cfg.models) == 1:
-        return run_model_study(
-            out, cfg.models[0], cfg, resume=resume, progress=progress, preset=preset
-        )
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise RlsaeError(f"{out} already holds a run; pass --resume to continue it or remove it")
-    results = []
-    for m in cfg.models:
-        results.append(
-            run_model_study(
-                out / _label(m), m, cfg, resume=resume, progress=progress, preset=preset
-            )
-        )
-    from rlsae.analysis.utility import tables_markdown
-
-    rows = []
-    for r in results:
-        u = read_json(Path(r["run_dir"]) / "analysis" / "utility.json")
-        rows.append(tables_markdown(u).splitlines()[-1])
-    head = tables_markdown(read_json(Path(results[0]["run_dir"]) / "analysis" / "utility.json"))
-    md = "\n".join(head.splitlines()[:2] + rows) + "\n"
-    atomic_write_bytes(out / "analysis" / "utility.md", md.encode())
-    summary = {"runs": results, "utility_md": str(out / "analysis" / "utility.md")}
-    atomic_write_json(out / "analysis" / "summary.json", summary)
-    return summary
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def write_llm_report(run: str | os.PathLike) -> Path:
-    """``analysis/report.html`` of one model's run: RLHF, divergence chart, MMCS, shared
-    features with explanations, Tables 3 and 4. One file, plotly.js embedded, offline."""
-    import html as _html
-
-    from rlsae.analysis.figures import figure_div, plotly_js_tag
-    from rlsae.llm.divergence import DivergenceResult, divergence_figure
-
-    run = Path(run)
-    e = _html.escape
-    info = read_json(run / "run.json")
-    div = read_json(run / "analysis" / "divergence.json")
-    shared = read_json(run / "analysis" / "llm_shared_features.json")
-    util = read_json(run / "analysis" / "utility.json")
-    rl = info.get("stages", {}).get("rlhf", {})
-    res = DivergenceResult(
-        layers=div["layers"],
-        embeddings=div["embeddings"],
-        final_norm=div["final_norm"],
-        other=div.get("other", 0.0),
-        n_layers=div["n_layers"],
-        tensors={},
-    )
-    t3, t4 = util["table3"], util["table4"]
-
-    def num(v: Any, f: str = ".1f") -> str:
-        return "–" if v is None else format(v, f)
-
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>rlsae: implicit reward model"
-        f"</title>{plotly_js_tag()}<style>body{{font-family:system-ui,sans-serif;margin:2em auto;"
-        "max-width:1100px;padding:0 1em}table{border-collapse:collapse;margin:.6em 0}"
-        "th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;font-size:13px}"
-        "td.l,th.l{text-align:left}h2{border-bottom:1px solid #ddd;margin-top:1.6em}</style>"
-        "</head><body>",
-        f"<h1>Implicit reward model of {e(str(info.get('model')))}</h1>",
-        "<p><a href='../viewer/index.html'>feature viewer</a> · "
-        "<a href='utility.html'>utility tables</a> · <a href='divergence.html'>divergence</a></p>",
-        "<h2>RLHF</h2>",
-        f"<p>mean reward {num(rl.get('reward_first'), '.3f')} → {num(rl.get('reward_last'), '.3f')}"
-        f" over {e(str(rl.get('steps')))} steps (final KL {num(rl.get('kl_last'), '.3f')}).</p>",
-        "<h2>Tables 3 and 4: utility of features and of completions</h2>",
-        "<table><tr><th class='l'></th><th>M_base</th><th>M_RLHF</th></tr>",
-        f"<tr><td class='l'>summed |utility| of the top-{e(str(util.get('k')))} shared features' "
-        f"explanations</td><td>{num(t3.get('base', {}).get('score'))}</td>"
-        f"<td>{num(t3.get('tuned', {}).get('score'))}</td></tr>",
-        "<tr><td class='l'>aggregate |utility| of completions</td>"
-        f"<td>{num(t4.get('base', {}).get('aggregate_abs_utility'))}</td>"
-        f"<td>{num(t4.get('tuned', {}).get('aggregate_abs_utility'))}</td></tr>",
-        "<tr><td class='l'>mean reward of completions</td>"
-        f"<td>{num(t4.get('base', {}).get('mean_reward'), '.3f')}</td>"
-        f"<td>{num(t4.get('tuned', {}).get('mean_reward'), '.3f')}</td></tr></table>",
-        "<h2>Layer divergence (Figure 3)</h2>",
-        figure_div(divergence_figure(res, div.get("top_n"))),
-        "<h2>SAE pairs: MMCS(small, large)</h2><table><tr><th>layer</th><th class='l'>model</th>"
-        "<th>d_sae small</th><th>d_sae large</th><th>MMCS small→large</th>"
-        "<th>MMCS large→small</th></tr>",
-    ]
-    for entry in shared["layers"]:
-        for src, m in entry["models"].items():
-            parts.append(
-                f"<tr><td>{entry['layer']}</td><td class='l'>{e(src)}</td><td>{m['d_sae_a']}</td>"
-                f"<td>{m['d_sae_b']}</td><td>{m['mmcs_ab']:.4f}</td><td>{m['mmcs_ba']:.4f}</td></tr>"
-            )
-        bt = entry["base_vs_tuned"]
-        parts.append(
-            f"<tr><td>{entry['layer']}</td><td class='l'>base small ↔ tuned small</td><td></td>"
-            f"<td></td><td>{bt['mmcs_ab']:.4f}</td><td>{bt['mmcs_ba']:.4f}</td></tr>"
-        )
-    parts.append("</table><h2>Top shared features and their explanations</h2>")
-    for src, layers in util.get("features", {}).items():
-        for layer, rows in layers.items():
-            entry = next(x for x in shared["layers"] if str(x["layer"]) == str(layer))
-            cos = {r["feature"]: r["cosine"] for r in entry["models"][src]["top_k_utility"]}
-            parts.append(
-                f"<h3>{e(src)}, layer {e(str(layer))}</h3><table><tr><th>feature</th>"
-                "<th>max cos</th><th>|utility|</th><th class='l'>explanation</th></tr>"
-            )
-            for r in rows:
-                parts.append(
-                    f"<tr><td>{r['feature']}</td><td>{cos.get(r['feature'], float('nan')):.3f}</td>"
-                    f"<td>{r['utility']:.2f}</td><td class='l'>{e(r['explanation'])}</td></tr>"
-                )
-            parts.append("</table>")
-    parts.append("</body></html>\n")
-    path = run / "analysis" / "report.html"
-    atomic_write_bytes(path, "".join(parts).encode())
-    return path
+    """Run the study for ``preset`` (smoke | demo | paper | a YAML/TOML file) into ``out_dir``."""
+    cfg, source = resolve_config(preset)
+    return run_llm_study(cfg, out_dir, resume=resume, source=source, progress=progress)

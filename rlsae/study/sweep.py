@@ -1,14 +1,15 @@
-"""Sweep engines: run a study's per-run and per-agent work serially, on a process pool, or on Ray.
+"""Executors for a study's per-unit tasks: serially, on a local process pool, or on Ray.
 
-Every unit of work is a module-level function of ``(run_dir, spec_dict)`` that reads the study
-config from ``run_dir/run.json`` and writes its results into the run directory layout, so the
-results are the same whichever engine ran them. On a Ray cluster the run directory must be on a
-file system every node sees (NFS, a shared volume).
+A task is a picklable callable ``fn(run_dir, unit)`` (the engine's
+:func:`rlsae.study.engine.run_unit` bound to a study, its config and a group of stages) that
+writes its results into the run directory, so the results are the same whichever executor ran
+them. On a Ray cluster the run directory must be on a file system every node sees (NFS, a shared
+volume).
 
 Example::
 
     eng = make_engine("ray", address="auto", resources=ResourcesConfig(cpus=2, gpus=0.25))
-    results = eng.map(run_agent, "runs/big", [asdict(a) for a in agents])
+    results = eng.map(task, "runs/big", agents, label="agents")
 """
 
 from __future__ import annotations
@@ -21,26 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from rlsae.errors import RlsaeError
+from rlsae.threads import torch_threads
 
 ENGINES = ("serial", "local", "ray")
 
-Work = Callable[[str | os.PathLike, dict[str, Any]], dict[str, Any]]
+Work = Callable[[str, Any], Any]
 
 
-def _name(spec: dict[str, Any]) -> str:
-    return str(spec.get("name", spec))
+def _name(spec: Any) -> str:
+    if isinstance(spec, dict):
+        return str(spec.get("name", spec))
+    return str(getattr(spec, "name", spec))
 
 
-def _set_threads(cpus: float) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, int(cpus)))
-
-
-def _call(fn: Work, run_dir: str, spec: dict[str, Any], cpus: float) -> dict[str, Any]:
+def _call(fn: Work, run_dir: str, spec: Any, cpus: float) -> Any:
     """What a worker runs: thread count from the resource request, then the work."""
-    _set_threads(cpus)
-    return fn(run_dir, spec)
+    with torch_threads(max(1, int(cpus))):
+        return fn(run_dir, spec)
 
 
 def _raise_failures(failures: list[tuple[str, str]], label: str) -> None:
@@ -71,10 +69,11 @@ class SerialEngine:
         self,
         fn: Work,
         run_dir: str | os.PathLike,
-        specs: list[dict[str, Any]],
+        specs: list[Any],
         label: str = "tasks",
-    ) -> list[dict[str, Any]]:
-        results, failures = [], []
+    ) -> list[Any]:
+        results: list[Any] = []
+        failures: list[tuple[str, str]] = []
         with _progress(len(specs), label) as bar:
             for spec in specs:
                 try:
@@ -113,15 +112,16 @@ class LocalEngine:
         self,
         fn: Work,
         run_dir: str | os.PathLike,
-        specs: list[dict[str, Any]],
+        specs: list[Any],
         label: str = "tasks",
-    ) -> list[dict[str, Any]]:
+    ) -> list[Any]:
         if len(specs) <= 1:  # one task: run it here, with all of this process's threads
             return SerialEngine().map(fn, run_dir, specs, label)
-        futs: dict[Future, dict[str, Any]] = {
+        futs: dict[Future[Any], Any] = {
             self.pool.submit(_call, fn, str(run_dir), spec, self.cpus): spec for spec in specs
         }
-        results, failures = [], []
+        results: list[Any] = []
+        failures: list[tuple[str, str]] = []
         with _progress(len(specs), label) as bar:
             for fut in as_completed(futs):
                 try:
@@ -177,9 +177,9 @@ class RayEngine:
         self,
         fn: Work,
         run_dir: str | os.PathLike,
-        specs: list[dict[str, Any]],
+        specs: list[Any],
         label: str = "tasks",
-    ) -> list[dict[str, Any]]:
+    ) -> list[Any]:
         ray = self.ray
         opts = {"num_cpus": self.cpus, "num_gpus": self.gpus, "max_retries": 0}
         refs = {
@@ -188,7 +188,8 @@ class RayEngine:
             ): spec
             for spec in specs
         }
-        results, failures = [], []
+        results: list[Any] = []
+        failures: list[tuple[str, str]] = []
         pending = list(refs)
         with _progress(len(specs), label) as bar:
             while pending:
@@ -208,6 +209,14 @@ class RayEngine:
     def close(self) -> None:
         if self.owns:
             self.ray.shutdown()
+
+
+def check_engine(engine: str, address: str | None = None) -> None:
+    """Refuse an unknown engine, or ``address`` without Ray, before anything is written."""
+    if engine not in ENGINES:
+        raise RlsaeError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if address and engine != "ray":
+        raise RlsaeError("--address is for --engine ray")
 
 
 def make_engine(

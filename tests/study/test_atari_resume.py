@@ -2,20 +2,55 @@
 
 The stages here are small stand-ins that write what the real ones write (a stage's JSON marker
 and its artifact) and count their calls; the real stages run end to end in
-test_study_pipeline.py (slow tier).
+test_atari_study.py (slow tier).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from rlsae.study import atari as study
-from rlsae.study.presets import preset_dict
-from rlsae.study.atari import StudyConfig, run_study
+from rlsae.agents.results import Evaluation, SpliceResult
+from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
+from rlsae.study import atari as study
+from rlsae.study.atari import ATARI, AgentSpec, LiveFeatures, Recording, TrainedSAE, run_study
+from rlsae.study.atari_config import StudyConfig
+from rlsae.study.engine import Context
+
+
+def _score(spec: AgentSpec, run_dir: Path) -> float:
+    return json.loads((spec.path(run_dir) / "score.json").read_text())["mean_return"]
+
+
+def stand_in_result(stage: str, ctx: Context, spec: AgentSpec):
+    """What each real stage returns, cheaply: eval gives score.json's return, live a count
+    that is exactly linear in it."""
+    ret = _score(spec, ctx.run_dir)
+    if stage == "eval":
+        return Evaluation(
+            agent=spec.agent_dir, arch="poster", steps_trained=None, episodes=1, epsilon=0.05,
+            seed=0, mean_return=ret, std_return=0.0, min_return=ret, max_return=ret,
+            median_return=ret, human_normalized=0.0, mean_length=1.0,
+        )  # fmt: skip
+    if stage == "record":
+        return Recording(path="acts", rows=1, d_in=1)
+    if stage == "sae":
+        return TrainedSAE(path="sae", train_config={}, train_seconds=0.0)
+    if stage == "live":
+        live = int(400 + (ret - 500) / 4)
+        return LiveFeatures(
+            live=live, dead=2048 - live, d_sae=2048, live_threshold=1, rows=1,
+            firing_counts_q10_q50_q90=[0.0, 0.0, 0.0], source_of_counts="test", fvu=0.1, l0=50.0,
+        )  # fmt: skip
+    return SpliceResult(
+        agent=spec.agent_dir, sae="sae", layer="fc1", episodes=1, seed=0, epsilon=0.05,
+        return_original=ret, return_sae=ret, return_ablated=0.0, return_recovered=1.0,
+        action_agreement=1.0, action_agreement_spliced=1.0, q_fvu=0.0, states=1,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -31,34 +66,32 @@ def external_agents(tmp_path: Path) -> list[str]:
 
 
 @pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> dict:
+def counted() -> dict:
+    """The study with every per-agent stage replaced by a counted stand-in (``state["study"]``)."""
     calls: dict[str, list[str]] = {s: [] for s in study.STAGES}
-    state = {"fail": None, "calls": calls}
+    state: dict = {"fail": None, "calls": calls}
 
     def make(stage: str):
-        def fn(run_dir: Path, cfg: StudyConfig, spec: study.AgentSpec) -> dict:
+        def fn(ctx: Context, spec: AgentSpec):
             if state["fail"] == (spec.name, stage):
                 raise RlsaeError("simulated failure")
             calls[stage].append(spec.name)
-            if stage == "eval":
-                return json.loads((spec.path(run_dir) / "score.json").read_text())
-            if stage == "live":
-                ret = json.loads((spec.path(run_dir) / "score.json").read_text())["mean_return"]
-                live = int(400 + (ret - 500) / 4)
-                return {"live": live, "dead": 2048 - live, "d_sae": 2048, "fvu": 0.1, "l0": 50.0}
-            return {"ok": True}
+            return stand_in_result(stage, ctx, spec)
 
         return fn
 
-    monkeypatch.setattr(study, "STAGE_FUNCS", {s: make(s) for s in study.STAGES})
+    variant = ATARI
+    for s in study.STAGES:
+        variant = variant.with_stage(replace(ATARI.stage(s), run=make(s)))
+    state["study"] = variant
     return state
 
 
 def _cfg(agents: list[str]) -> StudyConfig:
-    d = preset_dict("smoke")
+    d = study.preset_dict("smoke")
     d["population"] = {"train_steps": 0, "agents": agents}
     d["fit"] = {"bootstrap": 50}
-    return StudyConfig.from_dict(d)
+    return from_mapping(StudyConfig, d, "config")
 
 
 def test_interrupted_study_resumes_without_redoing_stages(tmp_path, external_agents, counted):
@@ -66,7 +99,7 @@ def test_interrupted_study_resumes_without_redoing_stages(tmp_path, external_age
     run = tmp_path / "run"
     counted["fail"] = ("agent2", "sae")
     with pytest.raises(RlsaeError, match="agent2: agent agent2, stage sae: simulated failure"):
-        run_study(cfg, run, engine="serial")
+        run_study(cfg, run, engine="serial", study=counted["study"])
     calls = counted["calls"]
     assert calls["eval"] == [f"agent{i}" for i in range(5)]
     assert "agent2" not in calls["sae"] and len(calls["sae"]) == 4
@@ -79,8 +112,8 @@ def test_interrupted_study_resumes_without_redoing_stages(tmp_path, external_age
     for v in calls.values():
         v.clear()
     with pytest.raises(RlsaeError, match="pass --resume"):
-        run_study(cfg, run, engine="serial")
-    res = run_study(cfg, run, resume=True, engine="serial")
+        run_study(cfg, run, engine="serial", study=counted["study"])
+    res = run_study(cfg, run, resume=True, engine="serial", study=counted["study"])
     assert calls == {
         "eval": [],
         "record": [],
@@ -97,29 +130,30 @@ def test_interrupted_study_resumes_without_redoing_stages(tmp_path, external_age
     assert "Linear: R² = 1.000, p = " in html and "../viewer/index.html" in html
     assert all(f"<td class='l'>agent{i}</td>" in html for i in range(5))
     info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "finished" and info["agents"] == [f"agent{i}" for i in range(5)]
+    assert info["status"] == "finished" and info["units"]["agent"] == [
+        f"agent{i}" for i in range(5)
+    ]
 
     # a finished study re-run with --resume does nothing
     for v in calls.values():
         v.clear()
-    again = run_study(cfg, run, resume=True, engine="serial")
+    again = run_study(cfg, run, resume=True, engine="serial", study=counted["study"])
     assert again["stages_run"] == 0 and all(not v for v in calls.values())
 
 
-def test_interrupt_mid_stage_keeps_no_marker(tmp_path, external_agents, counted, monkeypatch):
+def test_interrupt_mid_stage_keeps_no_marker(tmp_path, external_agents, counted):
     cfg = _cfg(external_agents[:4])
     run = tmp_path / "run"
 
-    def boom(run_dir, cfg, spec):
+    def boom(ctx, spec):
         raise KeyboardInterrupt
 
-    funcs = dict(study.STAGE_FUNCS)
-    monkeypatch.setitem(study.STAGE_FUNCS, "record", boom)
+    variant = counted["study"]
+    broken = variant.with_stage(replace(variant.stage("record"), run=boom))
     with pytest.raises(KeyboardInterrupt):
-        run_study(cfg, run, engine="serial")
+        run_study(cfg, run, engine="serial", study=broken)
     assert (run / "analysis/agents/agent0/eval.json").is_file()
     assert not (run / "analysis/agents/agent0/record.json").exists()
-    monkeypatch.setitem(study.STAGE_FUNCS, "record", funcs["record"])
-    res = run_study(cfg, run, resume=True, engine="serial")
+    res = run_study(cfg, run, resume=True, engine="serial", study=counted["study"])
     assert counted["calls"]["eval"] == ["agent0", "agent1", "agent2", "agent3"]  # agent0 once
     assert res["stages_run"] == 4 * 5 - 1

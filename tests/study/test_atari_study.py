@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import ray
 import torch
 
-from rlsae.study.presets import preset_dict
-from rlsae.study.atari import StudyConfig, run_atari_pipeline, run_study
 from rlsae.analysis.fit import fit_xy
+from rlsae.configs import from_mapping
+from rlsae.study.atari import preset_dict, run_atari_pipeline, run_study
+from rlsae.study.atari_config import StudyConfig
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +28,15 @@ STAGE_FILES = ("eval.json", "record.json", "sae.json", "live.json", "splice.json
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> tuple[Path, dict]:
     run = tmp_path_factory.mktemp("study") / "smoke"
-    res = run_atari_pipeline(run, "smoke")
+    res = run_atari_pipeline(run, "smoke", workers=2)  # a pool of two, whatever the core count
     return run, res
 
 
 def test_smoke_study_end_to_end(smoke_run) -> None:
     run, res = smoke_run
     assert res["agents"] == 4 and res["stages_run"] == 20 and res["stages_skipped"] == 0
-    assert len(res["worker_pids"]) == 2 and os.getpid() not in res["worker_pids"]  # the pool
+    # the four agents ran on the pool's two worker processes, not here
+    assert len(res["worker_pids"]) == 2 and os.getpid() not in res["worker_pids"]
     df = pd.read_csv(run / "analysis" / "agents.csv")
     assert df["agent"].tolist() == [f"seed0-step{s}" for s in (50, 100, 150, 200)]
     for col in ("mean_return", "live", "dead", "fvu", "l0", "splice_return_sae", "splice_q_fvu"):
@@ -54,8 +58,8 @@ def test_smoke_study_end_to_end(smoke_run) -> None:
     fit = json.loads((run / "analysis" / "fit_live_vs_return.json").read_text())
     ref = fit_xy(df["live"], df["mean_return"], bootstrap=0)
     assert fit["n"] == 4
-    assert fit["quadratic"]["r2"] == pytest.approx(ref["quadratic"]["r2"])
-    assert res["fit"]["quadratic_r2"] == pytest.approx(ref["quadratic"]["r2"])
+    assert fit["quadratic"]["r2"] == pytest.approx(ref.quadratic.r2)
+    assert res["fit"]["quadratic_r2"] == pytest.approx(ref.quadratic.r2)
 
     html = (run / "analysis" / "report.html").read_text()
     assert re.search(r"<script[^>]*\bsrc=", html) is None
@@ -70,17 +74,27 @@ def test_smoke_study_resumes(smoke_run, capsys) -> None:
     markers = sorted(run.glob("analysis/agents/*/*.json"))
     assert len(markers) == 20
     before = {p: p.stat().st_mtime_ns for p in markers}
-    again = run_atari_pipeline(run, "smoke", resume=True)
+    every_file = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    t0 = time.perf_counter()
+    again = run_atari_pipeline(run, "smoke", resume=True, workers=2)
+    took = time.perf_counter() - t0
     assert again["stages_run"] == 0 and again["stages_skipped"] == 20
-    assert {p: p.stat().st_mtime_ns for p in markers} == before
+    # a finished study resumed: no worker pool, no file rewritten (report included), fast
+    assert again["worker_pids"] == [] and took < 2.0
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == every_file
     # an agent whose splice never finished: only that stage runs again
     gone = run / "analysis" / "agents" / "seed0-step100" / "splice.json"
     old = json.loads(gone.read_text())["result"]
     gone.unlink()
+    table = run / "analysis" / "stages" / "table.json"
+    table_before = json.loads(table.read_text())["token"]
     third = run_atari_pipeline(run, "smoke", resume=True)
     assert third["stages_run"] == 1
+    # what read the splice results (agents.csv, fit, report) is refreshed
+    assert json.loads(table.read_text())["token"] != table_before
     assert json.loads(gone.read_text())["result"]["return_sae"] == old["return_sae"]
     assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p != gone)
+    before = {p: p.stat().st_mtime_ns for p in markers}
     # the CLI verbs on the finished study: one JSON object each, nothing re-run
     from rlsae.cli import main
 
@@ -103,16 +117,16 @@ def test_smoke_study_resumes(smoke_run, capsys) -> None:
         assert e.value.code == 0
         out = json.loads(capsys.readouterr().out)
         assert out["stages_run"] == 0 and out["agents"] == 4 and out["run_dir"] == str(run)
+    assert {p: p.stat().st_mtime_ns for p in markers} == before
 
 
 def test_ray_sweep_two_agents_same_layout_and_numbers(smoke_run, tmp_path) -> None:
-    ray = pytest.importorskip("ray")
     run, _ = smoke_run
     d = preset_dict("smoke")
     ck = run / "agents" / "seed0" / "checkpoints"
     d["population"] = {"train_steps": 0, "agents": [str(ck / "step_50"), str(ck / "step_200")]}
     d["name"] = "ray-smoke"
-    cfg = StudyConfig.from_dict(d)
+    cfg = from_mapping(StudyConfig, d, "config")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         res = run_study(cfg, tmp_path / "ray", engine="ray")

@@ -4,11 +4,15 @@ preset end to end, interrupted and resumed, with the files the viewer reads."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
+from rlsae.study.engine import open_run
 from rlsae.study.llm import (
+    LLM,
     LLMStudyConfig,
     SAEPairConfig,
     dict_sizes,
@@ -16,19 +20,40 @@ from rlsae.study.llm import (
     run_llm_pipeline,
 )
 
+# The paper's protocol as /work/shared/DESIGN.md states it (quoted, the oracle for ``paper``).
+PAPER = """PPO-tune Pythia (70m/160m/410m) on IMDb review prefixes with
+   a utility-table reward (VADER lexicon: reward = clip(Σ U(word) / 5, −10, 10)) or a sentiment
+   classifier (DistilBERT-IMDb, logit of the positive label). Hyperparameters: batch 64, mini-batch
+   16, initial KL coefficient 0.5 (adaptive), max grad norm 1, lr 1e-6. Rank layers by parameter
+   divergence Δ (sum of Euclidean distances between corresponding tensors of base and tuned model),
+   train a large and a small SAE on each of the top-n layers of both models (tied weights, L1 0.001,
+   lr 1e-3, batch 32, 3 epochs; sizes e.g. 1024/512 for Pythia-70m)"""
 
-def test_paper_preset_has_the_papers_hyperparameters():
+
+def _num(pattern: str) -> float:
+    return float(re.search(pattern, PAPER).group(1))
+
+
+def test_paper_preset_follows_the_papers_protocol():
+    """The resolved paper preset against the numbers read from the protocol's text."""
     cfg = preset_config("paper")
-    assert cfg.models == [
-        "EleutherAI/pythia-70m",
-        "EleutherAI/pythia-160m",
-        "EleutherAI/pythia-410m",
-    ]
-    assert (cfg.sae.arch, cfg.sae.tied, cfg.sae.l1, cfg.sae.lr) == ("relu", True, 1e-3, 1e-3)
-    assert (cfg.sae.batch_size, cfg.sae.epochs) == (32, 3.0)
-    assert (cfg.top_n_layers, cfg.top_k, cfg.utility_k) == (5, 10, 30)
-    assert (cfg.score_prefixes, cfg.score_prefix_tokens) == (100, 30)
-    assert cfg.rlhf["reward"] == "utility" and cfg.data == "imdb"
+    sizes = re.search(r"Pythia \(([\dm/]+)\)", PAPER).group(1).split("/")
+    assert cfg.models == [f"EleutherAI/pythia-{s}" for s in sizes]
+    assert cfg.data == "imdb" and cfg.rlhf.data == "imdb"
+    assert (cfg.rlhf.reward, cfg.rlhf.algo, cfg.rlhf.reward_scale) == ("utility", "ppo", 1 / 5)
+    assert cfg.rlhf.reward_clip == _num(r"−(\d+), \d+\)\)")
+    ppo = cfg.rlhf.ppo
+    assert ppo.batch_size == _num(r"batch (\d+), mini")
+    assert ppo.mini_batch_size == _num(r"mini-batch\s+(\d+)")
+    assert ppo.init_kl_coef == _num(r"initial KL coefficient ([\d.]+)") and ppo.adaptive_kl
+    assert ppo.max_grad_norm == _num(r"max grad norm ([\d.]+)")
+    assert ppo.learning_rate == _num(r"grad norm \d+, lr ([\de.-]+)\.")
+    s = cfg.sae
+    assert (s.arch, s.tied) == ("relu", "tied weights" in PAPER)
+    assert s.l1 == _num(r"L1 ([\d.]+)") and s.lr == _num(r"L1 [\d.]+,\s+lr ([\de.-]+),")
+    assert s.batch_size == _num(r"batch (\d+), \d+ epochs") and s.epochs == _num(r"(\d+) epochs")
+    large, small = map(int, re.search(r"sizes e.g. (\d+)/(\d+) for Pythia-70m", PAPER).groups())
+    assert dict_sizes(cfg.models[0], 512, s) == (large, small)
 
 
 def test_dictionary_sizes_follow_table_2():
@@ -46,16 +71,15 @@ def test_yaml_preset_and_bad_presets(tmp_path):
     cfg = preset_config(str(p))
     assert cfg.top_n_layers == 3 and cfg.sae.arch == "topk" and cfg.sae.k == 8
     p.write_text("top_n_layer: 3\n")
-    with pytest.raises(RlsaeError, match="unknown llm study option"):
+    with pytest.raises(RlsaeError, match=f"^{re.escape(str(p))}: top_n_layer: unknown key"):
         preset_config(str(p))
     with pytest.raises(RlsaeError, match="unknown preset 'huge'"):
         preset_config("huge")
-    assert isinstance(LLMStudyConfig.from_dict({}), LLMStudyConfig)
+    assert isinstance(from_mapping(LLMStudyConfig, {}), LLMStudyConfig)
 
 
 def test_existing_run_needs_resume(tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "run.json").write_text("{}")
+    open_run(LLM, preset_config("smoke"), tmp_path / "run", "preset:smoke", resume=False)
     with pytest.raises(RlsaeError, match="--resume"):
         run_llm_pipeline(tmp_path / "run", "smoke")
 
@@ -74,7 +98,8 @@ def test_smoke_pipeline_interrupted_and_resumed(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_llm_pipeline(run, "smoke", progress=False)
     monkeypatch.setattr(score_mod, "score_model", real)
-    done_before = json.loads((run / "run.json").read_text())["stages"]
+    markers = run / "analysis" / "stages" / "model" / "tiny"
+    done_before = {p.stem: p.read_bytes() for p in markers.glob("*.json")}
     assert {"pretrain", "rlhf", "divergence", "record", "saes", "mmcs", "explain"} <= set(
         done_before
     )
@@ -87,8 +112,9 @@ def test_smoke_pipeline_interrupted_and_resumed(tmp_path, monkeypatch):
     # nothing already done was redone
     assert {p: p.stat().st_mtime_ns for p in sae_files} == mtimes
     assert (run / "models" / "base" / "model.safetensors").stat().st_mtime_ns == base_mtime
-    stages = json.loads((run / "run.json").read_text())["stages"]
-    assert stages["saes"] == done_before["saes"] and stages["score"]["status"] == "done"
+    stages = {p.stem: p.read_bytes() for p in markers.glob("*.json")}
+    assert stages["saes"] == done_before["saes"] and "score" in stages
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
 
     # the viewer's inputs
     shared = json.loads((run / "analysis" / "llm_shared_features.json").read_text())
@@ -145,7 +171,7 @@ def test_cli_pipeline_bad_preset_is_one_line(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "error: unknown preset 'huge'; use smoke, demo, paper or a YAML config file"
+        "error: unknown preset 'huge'; use one of smoke, demo, paper or a YAML/TOML config file"
     ]
     assert r.stdout == "" and not (tmp_path / "run").exists()
 
@@ -160,8 +186,9 @@ def test_preset_options_are_valid_for_the_stages(preset):
     from rlsae.sae.train import TrainConfig
 
     cfg = preset_config(preset)
-    RLHFConfig(**cfg.rlhf)
-    TinyConfig(**cfg.tiny)
+    assert isinstance(cfg.rlhf, RLHFConfig) and isinstance(cfg.tiny, TinyConfig)
+    cfg.rlhf.validate()
+    cfg.tiny.validate()
     TrainConfig(
         arch=cfg.sae.arch,
         l1=cfg.sae.l1,

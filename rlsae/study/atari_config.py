@@ -1,0 +1,217 @@
+"""The dead-features study's config: who the agents are, what is recorded, the SAE, the scoring.
+
+One YAML (or TOML) file describes the whole study (``rlsae pipeline atari --preset demo
+--print-config`` prints a complete one)::
+
+    name: my-study
+    population:              # who the agents are
+      arch: poster           # poster | nature
+      train_steps: 200000    # environment steps per training run
+      seeds: [0, 1, 2]       # one training run per seed (and per grid point)
+      grid:                  # optional hyperparameter grid (train_dqn overrides)
+        learning_rate: [0.0001, 0.0005]
+      checkpoint_every: 50000  # optional: every checkpoint of every run is an agent too
+      agents: []             # optional: existing agent directories, used as they are
+    recording: {layer: fc1, steps: 1500000, epsilon: 0.2}
+    sae: {arch: topk, d_sae: 2048, k: 50}
+    evaluation: {episodes: 10, epsilon: 0.05, live_threshold: 1, splice_episodes: 5}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlsae.configs import check_range
+from rlsae.errors import RlsaeError
+
+
+@dataclass
+class PopulationConfig:
+    """Which agents the study compares."""
+
+    arch: str = "poster"
+    """Q-network: ``poster`` (the poster's CNN on raw RGB) or ``nature`` (NatureCNN, 84x84x4)."""
+    train_steps: int = 200_000
+    """Environment steps per training run (0: no training; use ``agents`` only)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Independent training runs, one per seed (and per grid point)."""
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    """Hyperparameter grid: every combination x every seed is one training run. Keys are
+    ``train_dqn`` overrides (SB3 ``DQN`` arguments such as ``learning_rate``)."""
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    """``train_dqn`` overrides for every run (SB3 ``DQN`` arguments, e.g. ``buffer_size``)."""
+    checkpoint_every: int | None = None
+    """With a value, every checkpoint of every run is an agent too: a cheap way to get agents of
+    very different skill. Without, each run's final model is one agent."""
+    n_envs: int | None = None
+    """Parallel environments per training run (``None``: ``train_dqn``'s default)."""
+    agents: list[str] = field(default_factory=list)
+    """Existing agent directories to add to the population as they are (not trained here)."""
+
+
+@dataclass
+class RecordingConfig:
+    """Where and how long activations are recorded for each agent's SAE."""
+
+    layer: str = "fc1"
+    """Layer to record (poster: ``conv3``, ``fc1``, ``fc2``; nature: ``conv3``, ``fc1``)."""
+    steps: int = 1_500_000
+    """Environment steps surveyed per agent (the poster: about 1.5 M)."""
+    epsilon: float = 0.2
+    """Exploration rate while recording (the poster: 0.2)."""
+    seed: int = 0
+    """Seed of the recording episodes."""
+
+
+@dataclass
+class SAESettings:
+    """The SAE trained on each agent's activations (poster defaults: TopK, 2048 latents, k 50)."""
+
+    arch: str = "topk"
+    """``topk`` or ``relu`` (ReLU + L1)."""
+    d_sae: int = 2048
+    """Latents (the poster: 512 -> 2048)."""
+    k: int = 50
+    """Active latents per row for TopK (the poster: 50)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """Further ``rlsae.sae.train.TrainConfig`` fields (e.g. ``epochs``, ``batch_size``, ``lr``)."""
+
+
+@dataclass
+class EvaluationConfig:
+    """How agents are scored and features counted."""
+
+    episodes: int = 10
+    """Evaluation episodes per agent (mean return over these)."""
+    epsilon: float = 0.05
+    """Exploration rate during evaluation (0.05 is the usual Atari evaluation setting)."""
+    seed: int = 1000
+    """Seed of the evaluation episodes (distinct from the recording seed)."""
+    live_threshold: int = 1
+    """A latent is live if it fires at least this many times over the recorded rows."""
+    splice_episodes: int = 5
+    """Episodes with the SAE spliced into the network (0: skip the splice stage)."""
+    max_episode_steps: int | None = None
+    """Cut evaluation, recording and splice episodes after this many steps (None: whole games)."""
+
+
+@dataclass
+class ResourcesConfig:
+    """What one agent's work asks of a sweep engine (a Ray task's resource request)."""
+
+    cpus: float = 1.0
+    """CPU cores per task (also its torch thread count)."""
+    gpus: float = 0.0
+    """GPUs per task (Ray only)."""
+
+
+@dataclass
+class FitConfig:
+    """The fit across agents."""
+
+    x: str = "live"
+    """Column of agents.csv on the x axis."""
+    y: str = "mean_return"
+    """Column of agents.csv on the y axis."""
+    bootstrap: int = 2000
+    """Bootstrap resamples for the vertex interval."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+
+
+@dataclass
+class StudyConfig:
+    """One dead-features study. Saved in the run directory's ``run.json``."""
+
+    name: str = "study"
+    """Name of the study (a run directory belongs to exactly one study)."""
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    """Which agents the study compares."""
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    """Where and how long activations are recorded."""
+    sae: SAESettings = field(default_factory=SAESettings)
+    """The SAE trained per agent."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """How agents are scored and features counted."""
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    """What one agent's task asks of the executor."""
+    fit: FitConfig = field(default_factory=FitConfig)
+    """The fit across agents."""
+
+    def validate(self, where: str = "config") -> None:
+        """Ranges and cross-field rules; the first problem is one line ``where: key: what``."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise RlsaeError(f"{where}: name {self.name!r} may hold only letters, digits, _ . -")
+        _check_population(self.population, where)
+        _check_layer(self.population.arch, self.recording.layer, where)
+        r, s, e, res = self.recording, self.sae, self.evaluation, self.resources
+        check_range(where, "recording.steps", r.steps, 1)
+        check_range(where, "recording.epsilon", r.epsilon, 0, 1)
+        if s.arch not in ("topk", "relu"):
+            raise RlsaeError(
+                f"{where}: sae.arch: unknown SAE architecture {s.arch!r}; use topk or relu"
+            )
+        check_range(where, "sae.d_sae", s.d_sae, 1)
+        if s.arch == "topk":
+            check_range(where, "sae.k", s.k, 1, s.d_sae)
+        _check_train_keys(s.train, where)
+        check_range(where, "evaluation.episodes", e.episodes, 1)
+        check_range(where, "evaluation.epsilon", e.epsilon, 0, 1)
+        check_range(where, "evaluation.live_threshold", e.live_threshold, 1)
+        check_range(where, "evaluation.splice_episodes", e.splice_episodes, 0)
+        if e.max_episode_steps is not None:
+            check_range(where, "evaluation.max_episode_steps", e.max_episode_steps, 1)
+        check_range(where, "resources.cpus", res.cpus, 0)
+        check_range(where, "resources.gpus", res.gpus, 0)
+        check_range(where, "fit.bootstrap", self.fit.bootstrap, 0)
+
+
+def _check_population(p: PopulationConfig, where: str) -> None:
+    check_range(where, "population.train_steps", p.train_steps, 0)
+    if p.train_steps == 0 and not p.agents:
+        raise RlsaeError(f"{where}: population.train_steps is 0 and population.agents is empty")
+    if len(set(p.seeds)) != len(p.seeds):
+        raise RlsaeError(f"{where}: population.seeds: has duplicates")
+    for key, values in p.grid.items():
+        if not values:
+            raise RlsaeError(f"{where}: population.grid.{key}: needs at least one value")
+    if p.checkpoint_every is not None:
+        check_range(where, "population.checkpoint_every", p.checkpoint_every, 1)
+    if p.n_envs is not None:
+        check_range(where, "population.n_envs", p.n_envs, 1)
+    for ext in p.agents:
+        if not (Path(ext).expanduser() / "model.zip").is_file():
+            raise RlsaeError(
+                f"{where}: population.agents: {ext} is not an agent directory (no model.zip)"
+            )
+
+
+def _check_layer(arch: str, layer: str, where: str) -> None:
+    # networks imports torch and SB3: loaded only once the fields above are known to be sound
+    from rlsae.agents.networks import LAYERS, check_layer
+
+    if arch not in LAYERS:
+        raise RlsaeError(
+            f"{where}: population.arch: unknown architecture {arch!r}; use one of "
+            f"{', '.join(LAYERS)}"
+        )
+    try:
+        check_layer(arch, layer)
+    except RlsaeError as e:
+        raise RlsaeError(f"{where}: recording.layer: {e}") from None
+
+
+def _check_train_keys(train: dict[str, Any], where: str) -> None:
+    from rlsae.sae.train import TrainConfig  # imports torch: after the cheap checks
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in train:
+        if key not in known:
+            raise RlsaeError(
+                f"{where}: sae.train.{key}: unknown TrainConfig field; known: "
+                f"{', '.join(sorted(known))}"
+            )
