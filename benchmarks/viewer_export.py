@@ -23,9 +23,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+
+def _browser_helpers() -> tuple[Any, Any]:
+    """``browser_page`` and ``poll`` of the viewer tests (headless Chromium via Playwright)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "viewer" / "viewer_browser.py"
+    spec = importlib.util.spec_from_file_location("viewer_browser", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.browser_page, module.poll
 
 
 def main() -> None:
@@ -37,6 +51,7 @@ def main() -> None:
     ap.add_argument("--no-browser", action="store_true")
     args = ap.parse_args()
 
+    from rlsae.llm.viewer_source import viewer_source
     from rlsae.sae import SAE, ActivationStore, ActivationWriter, SAEConfig
     from rlsae.viewer.export import export_site
     from rlsae.viewer.scan import ScanConfig, scan_features
@@ -74,7 +89,7 @@ def main() -> None:
     scan = scan_features(sae, store, groups, ScanConfig(top=25))
     t_scan = time.perf_counter() - t0
     t0 = time.perf_counter()
-    index = export_site(run, top=25)
+    index = export_site(run, top=25, sources=[viewer_source()])
     t_export = time.perf_counter() - t0
     site = index.parent
     files = [p for p in site.rglob("*") if p.is_file()]
@@ -83,8 +98,7 @@ def main() -> None:
 
     browser = {}
     if not args.no_browser:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "viewer"))
-        from viewer_browser import browser_page, poll
+        browser_page, poll = _browser_helpers()
 
         live = int(np.flatnonzero(scan.firing_counts > 0)[0])
         with browser_page() as w:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from rlsae.commands._apps import JsonOpt, emit, viewer_app
+from rlsae.configs import field_default, field_docs
+from rlsae.viewer.config import ExportConfig
+
+if TYPE_CHECKING:
+    from rlsae.viewer.source import ViewerSource
 
 
 @viewer_app.command("export")
 def viewer_export(
     run: Path = typer.Option(..., "--run", help="Run directory (saes/, acts/, analysis/, ...)."),
     out: Path | None = typer.Option(None, "--out", help="Site folder (default RUN/viewer)."),
-    top: int = typer.Option(25, "--top", help="Top states/contexts per feature."),
+    top: int = typer.Option(
+        field_default(ExportConfig, "top"), "--top", help=field_docs(ExportConfig)["top"]
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -21,10 +29,14 @@ def viewer_export(
     features in a run."""
     import time
 
-    from rlsae.viewer.export import export_site
+    from rlsae.viewer.config import ExportConfig, check_export, site_folder
 
     t0 = time.perf_counter()
-    index = export_site(run, out, top=top, progress=not quiet)
+    cfg = ExportConfig(top=top)
+    check_export(run, site_folder(run, out), cfg)  # bad arguments are refused before torch loads
+    from rlsae.viewer.export import export_site
+
+    index = export_site(run, out, config=cfg, sources=viewer_sources(), progress=not quiet)
     site = index.parent
     meta = read_json_index(site)
     files = [p for p in site.rglob("*") if p.is_file()]
@@ -56,7 +68,15 @@ def viewer_export(
     emit(result, as_json, "\n".join(lines))
 
 
-def read_json_index(site: Path) -> dict:
+def viewer_sources() -> list[ViewerSource]:
+    """The viewer sources of every provider: agent stores and language-model stores."""
+    from rlsae.agents.viewer_source import viewer_source as agent_source
+    from rlsae.llm.viewer_source import viewer_source as lm_source
+
+    return [agent_source(), lm_source()]
+
+
+def read_json_index(site: Path) -> dict[str, Any]:
     """The index data the export wrote (``data/index.js`` holds ``RLSAE.put("index", {...});``)."""
     import json
 

@@ -4,29 +4,18 @@ and the pages load every image in a real headless browser."""
 from __future__ import annotations
 
 import io
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-from viewer_browser import browser_page, poll  # noqa: E402
-
-
-def _data(path: Path) -> dict:
-    text = path.read_text()
-    return json.loads(text[text.index(",") + 1 : text.rstrip().rindex(")")])
-
-
-def _live(site: Path) -> list[int]:
-    summary = _data(site.parent / "data" / "saes" / "s0" / "summary.js")
+def _live(site: Path, viewer_data) -> list[int]:
+    summary = viewer_data(site.parent / "data" / "saes" / "s0" / "summary.js")
     return [i for i, d in enumerate(summary["density"]) if d > 0]
 
 
-def test_agent_pages_match_replay_and_sae(agent_run: Path, agent_site: Path):
+def test_agent_pages_match_replay_and_sae(agent_run: Path, agent_site: Path, viewer_data):
     from PIL import Image
 
     from rlsae.agents.replay import replay_frames
@@ -35,10 +24,10 @@ def test_agent_pages_match_replay_and_sae(agent_run: Path, agent_site: Path):
     store = ActivationStore(agent_run / "acts" / "a0" / "fc1")
     sae = load_sae(agent_run / "saes" / "a0" / "fc1" / "topk_64")
     ctx = store.context()
-    live = _live(agent_site)
+    live = _live(agent_site, viewer_data)
     assert live
     f = live[0]
-    page = _data(agent_site.parent / "data" / "saes" / "s0" / "features" / f"{f}.js")
+    page = viewer_data(agent_site.parent / "data" / "saes" / "s0" / "features" / f"{f}.js")
     top = page["top"]
     assert 1 <= len(top) <= 5
     assert len({t["episode"] for t in top}) == len(top)  # distinct episodes
@@ -63,24 +52,24 @@ def test_agent_pages_match_replay_and_sae(agent_run: Path, agent_site: Path):
     assert gif.n_frames >= 2 and gif.size == (160, 210)
 
 
-def test_agent_site_in_browser(agent_site: Path):
+def test_agent_site_in_browser(agent_site: Path, browser, viewer_data):
     url = agent_site.resolve().as_uri()
-    f = _live(agent_site)[0]
-    with browser_page() as w:
+    f = _live(agent_site, viewer_data)[0]
+    with browser() as w:
         pg = w.page
         pg.goto(url)
         pg.wait_for_selector("#sae-table")
         pg.click("a.sae-link")
         pg.wait_for_selector("#feature-table")
         pg.select_option("#filter", "live")
-        poll(pg, "location.hash.includes('filter=live')")
+        w.poll("location.hash.includes('filter=live')")
         pg.wait_for_selector("#feature-table")
         first = pg.locator("#feature-table a.feat-link").first
         assert first.text_content() == f"#{f}"
         first.click()
         pg.wait_for_selector("figure.state")
         pg.wait_for_load_state("load")
-        poll(pg, "Array.from(document.images).every(i => i.complete)")
+        w.poll("Array.from(document.images).every(i => i.complete)")
         n_states = pg.locator("figure.state").count()
         assert n_states >= 1
         assert pg.locator("img.frame").count() == n_states
@@ -92,6 +81,6 @@ def test_agent_site_in_browser(agent_site: Path):
         assert widths and all(x == 160 for x in widths)
         pg.fill("#jump", "3")
         pg.press("#jump", "Enter")
-        poll(pg, "document.querySelector('#feature-title')?.textContent.endsWith('#3')")
+        w.poll("document.querySelector('#feature-title')?.textContent.endsWith('#3')")
         assert w.errors == []
         assert w.dialogs == []

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from viewer_browser import browser_page  # noqa: E402
-
-from rlsae.cli import main  # noqa: E402
-from rlsae.errors import RlsaeError  # noqa: E402
-from rlsae.viewer.export import export_site  # noqa: E402
-
-
-def _data(path: Path) -> dict:
-    text = path.read_text()
-    return json.loads(text[text.index(",") + 1 : text.rstrip().rindex(")")])
+from rlsae.cli import main
+from rlsae.errors import RlsaeError
+from rlsae.viewer.export import export_site
 
 
 def _import_run(root: Path, dead: int = 2, d: int = 6, d_sae: int = 10) -> Path:
@@ -39,31 +30,31 @@ def _import_run(root: Path, dead: int = 2, d: int = 6, d_sae: int = 10) -> Path:
     return run
 
 
-def test_dead_feature_listed_and_pages_for_every_feature(tmp_path):
+def test_dead_feature_listed_and_pages_for_every_feature(tmp_path, viewer_data):
     run = _import_run(tmp_path)
     site = export_site(run, top=4).parent
     assert site == run / "viewer"
-    summary = _data(site / "data" / "saes" / "s0" / "summary.js")
+    summary = viewer_data(site / "data" / "saes" / "s0" / "summary.js")
     assert summary["d_sae"] == 10 and summary["kind"] == "generic"
     assert summary["density"][2] == 0
     assert sorted(p.name for p in (site / "data/saes/s0/features").iterdir()) == sorted(
         f"{i}.js" for i in range(10)
     )
-    dead = _data(site / "data" / "saes" / "s0" / "features" / "2.js")
+    dead = viewer_data(site / "data" / "saes" / "s0" / "features" / "2.js")
     assert dead["dead"] is True and dead["top"] == [] and dead["count"] == 0
-    index = _data(site / "data" / "index.js")
+    index = viewer_data(site / "data" / "index.js")
     assert index["saes"][0]["metrics"]["dead"] >= 1
-    live = _data(site / "data" / "saes" / "s0" / "features" / "0.js")
+    live = viewer_data(site / "data" / "saes" / "s0" / "features" / "0.js")
     assert len(live["top"]) == 4 and live["count"] == sum(live["hist"])
     assert (site / "index.html").is_file() and (site / "static" / "viewer.js").is_file()
     assert not (site / "static" / "plotly.min.js").exists()  # no study, no plotly
     # a re-export replaces the old one and leaves no temporary folders behind
     export_site(run, top=2)
-    assert len(_data(site / "data" / "saes" / "s0" / "features" / "0.js")["top"]) == 2
+    assert len(viewer_data(site / "data" / "saes" / "s0" / "features" / "0.js")["top"]) == 2
     assert sorted(p.name for p in run.iterdir()) == ["acts", "saes", "viewer"]
 
 
-def test_analysis_only_run_shows_study_figure(tmp_path):
+def test_analysis_only_run_shows_study_figure(tmp_path, browser, viewer_data):
     from rlsae.analysis.fit import fit_xy
 
     run = tmp_path / "study"
@@ -75,21 +66,20 @@ def test_analysis_only_run_shows_study_figure(tmp_path):
         f"{n},{x},{y}" for n, x, y in zip(names, live, ret, strict=True)
     ]
     (run / "analysis" / "agents.csv").write_text("\n".join(rows) + "\n")
-    fit = fit_xy(live, ret, bootstrap=0)
-    fit.update({"x": "live", "y": "mean_return"})
-    (run / "analysis" / "fit_live_vs_return.json").write_text(json.dumps(fit, default=float))
+    fit = replace(fit_xy(live, ret, bootstrap=0), x="live", y="mean_return")
+    fit.write(run / "analysis" / "fit_live_vs_return.json")
     (run / "analysis" / "report.html").write_text("<html><body>report</body></html>")
     site = export_site(run)
-    assert _data(site.parent / "data" / "index.js")["reports"] == [
+    assert viewer_data(site.parent / "data" / "index.js")["reports"] == [
         ["report", "../analysis/report.html"]
     ]
-    st = _data(site.parent / "data" / "index.js")["study"]
+    st = viewer_data(site.parent / "data" / "index.js")["study"]
     assert st["x_label"] == "live" and st["n"] == 7
     g = np.array(st["grid"])
-    q = fit["quadratic"]["coef"]
+    q = fit.quadratic.coef
     np.testing.assert_allclose(st["quadratic"]["curve"], q[0] + q[1] * g + q[2] * g**2, rtol=1e-9)
-    assert st["quadratic"]["r2"] == pytest.approx(fit["quadratic"]["r2"])
-    with browser_page() as w:
+    assert st["quadratic"]["r2"] == pytest.approx(fit.quadratic.r2)
+    with browser() as w:
         pg = w.page
         pg.goto(site.resolve().as_uri())
         pg.wait_for_selector("#study-plot .main-svg", timeout=20000)
@@ -105,13 +95,13 @@ def test_analysis_only_run_shows_study_figure(tmp_path):
         assert w.errors == [] and w.dialogs == []
 
 
-def test_sae_without_store_is_listed_with_a_note(tmp_path):
+def test_sae_without_store_is_listed_with_a_note(tmp_path, viewer_data):
     run = _import_run(tmp_path)
     import shutil
 
     shutil.copytree(run / "saes" / "imp", run / "saes" / "other")
     site = export_site(run).parent
-    saes = _data(site / "data" / "index.js")["saes"]
+    saes = viewer_data(site / "data" / "index.js")["saes"]
     assert [s["name"] for s in saes] == ["imp/h/relu", "other/h/relu"]
     assert saes[1]["kind"] == "none" and "no activation store" in saes[1]["notes"][0]
     assert not (site / "data" / "saes" / "s1").exists()

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-from viewer_browser import browser_page, poll  # noqa: E402
-from viewer_fixtures import DEAD, MARKUP  # noqa: E402
-
-
-def test_lm_site_navigates_and_renders_data_as_text(lm_site: Path):
+def test_lm_site_navigates_and_renders_data_as_text(
+    lm_site: Path, browser, markup: str, dead_feature: int
+):
     url = lm_site.resolve().as_uri()
-    with browser_page() as w:
+    with browser() as w:
         pg = w.page
         pg.goto(url)
         pg.wait_for_selector("#sae-table")
@@ -28,15 +24,15 @@ def test_lm_site_navigates_and_renders_data_as_text(lm_site: Path):
         # search by index
         pg.fill("#jump", "5")
         pg.press("#jump", "Enter")
-        poll(pg, "document.querySelector('#feature-title')?.textContent.endsWith('#5')")
+        w.poll("document.querySelector('#feature-title')?.textContent.endsWith('#5')")
         assert "film words" in pg.locator("#explanation").text_content()
 
         # feature 0: its contexts and explanation hold the markup token
         pg.goto(url + "#sae=s0&f=0")
         pg.wait_for_selector("#top-contexts")
         toks = pg.locator("#top-contexts span.tok").all_text_contents()
-        assert MARKUP in toks  # shown literally, as one token
-        assert MARKUP in pg.locator("#explanation .expl-text").text_content()
+        assert markup in toks  # shown literally, as one token
+        assert markup in pg.locator("#explanation .expl-text").text_content()
         assert pg.locator("img").count() == 0  # the markup made no element
         assert pg.locator("ol.tokens.pos li").count() == 10
         assert pg.locator("ol.tokens.neg li").count() == 10
@@ -50,7 +46,7 @@ def test_lm_site_navigates_and_renders_data_as_text(lm_site: Path):
         assert "models/base: base/blocks.1.hook_resid_post/large_missing #2" in pair_items[1]
         assert pg.locator("#pairs a.pair-link").count() == 1  # the missing SAE is not linked
         pg.click("#pairs a.pair-link")
-        poll(pg, "document.querySelector('#feature-title')?.textContent.endsWith('#7')")
+        w.poll("document.querySelector('#feature-title')?.textContent.endsWith('#7')")
         assert pg.locator("#feature-title").text_content().startswith("tuned/")
 
         # the dead feature is listed and labelled as such
@@ -58,7 +54,7 @@ def test_lm_site_navigates_and_renders_data_as_text(lm_site: Path):
         pg.wait_for_selector("#feature-table")
         rows = pg.locator("#feature-table tbody tr")
         assert rows.count() == 1
-        assert rows.first.locator("td").nth(0).text_content() == f"#{DEAD}"
+        assert rows.first.locator("td").nth(0).text_content() == f"#{dead_feature}"
         assert rows.first.locator("td").nth(1).text_content() == "dead"
         rows.first.locator("a").click()
         pg.wait_for_selector("#dead-banner")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,7 @@ from rlsae.sae import ActivationStore, load_sae
 HOOK = "blocks.1.hook_resid_post"
 
 
-def _data(path: Path) -> dict:
-    text = path.read_text()
-    return json.loads(text[text.index(",") + 1 : text.rstrip().rindex(")")])
-
-
-def test_contexts_logits_and_intervals(lm_run: Path, lm_site: Path):
+def test_contexts_logits_and_intervals(lm_run: Path, lm_site: Path, viewer_data):
     from transformers import AutoModelForCausalLM
 
     site = lm_site.parent
@@ -30,7 +24,7 @@ def test_contexts_logits_and_intervals(lm_run: Path, lm_site: Path):
     model = AutoModelForCausalLM.from_pretrained(lm_run / "models" / "base", local_files_only=True)
     logits = (sae.W_dec.detach() @ model.get_output_embeddings().weight.detach().T).numpy()
     for f in (0, 1, 5):
-        page = _data(site / "data" / "saes" / "s0" / "features" / f"{f}.js")
+        page = viewer_data(site / "data" / "saes" / "s0" / "features" / f"{f}.js")
         col = acts[:, f]
         assert page["count"] == int((col > 0).sum())
         # promoted / suppressed: the decoder direction through the unembedding

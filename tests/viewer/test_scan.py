@@ -83,7 +83,7 @@ def test_gather_and_neighbours(tmp_path):
 
 
 def test_round_relative_keeps_digits_of_the_scale():
-    from rlsae.viewer.lm_data import round_relative
+    from rlsae.llm.viewer_source import round_relative
 
     v = np.array([0.0123456, 0.0000123, 123.456, -0.5])
     got = round_relative(v, np.array([0.0123456, 0.0123456, 500.0, 2.0]))

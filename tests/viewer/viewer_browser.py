@@ -31,6 +31,10 @@ class Watched:
     dialogs: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
 
+    def poll(self, expression: str, timeout: float = 10.0) -> None:
+        """Wait until ``expression`` is truthy in the page (see :func:`poll`)."""
+        poll(self.page, expression, timeout)
+
     def images_loaded(self) -> list[str]:
         """The src of every <img> on the page that has not loaded (empty when all did)."""
         return self.page.evaluate(

@@ -26,6 +26,7 @@ def _docs(n: int = 24) -> list[str]:
 def build_lm_run(root: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlsae.analysis.mmcs import FeatureMatch, LayerShared, SAEPair, SharedFeatures, SizePair
     from rlsae.llm.record import record_lm_activations
     from rlsae.llm.tiny import pretrain_tiny
     from rlsae.sae import load_sae
@@ -76,32 +77,32 @@ def build_lm_run(root: Path) -> Path:
         }
     }
     (sae_dir / "explanations.json").write_text(json.dumps(expl))
-    (run / "analysis").mkdir(parents=True)
-    # the layout rlsae.llm.pipeline writes: small-vs-large per model, and base_vs_tuned
-    shared = {
-        "k": 1,
-        "layers": [
-            {
-                "layer": 1,
-                "hook": HOOK,
-                "base_vs_tuned": {
-                    "sae_a": f"saes/base/{HOOK}/relu_64",
-                    "sae_b": f"saes/tuned/{HOOK}/relu_64",
-                    "mmcs_ab": 0.9,
-                    "top_k": [{"feature": 0, "match": 7, "cosine": 0.97}],
+    # the layout rlsae.study.llm writes: small-vs-large per model, and base_vs_tuned
+    base, tuned = f"saes/base/{HOOK}/relu_64", f"saes/tuned/{HOOK}/relu_64"
+    shared = SharedFeatures(
+        k=1,
+        utility_k=1,
+        layers=[
+            LayerShared(
+                layer=1,
+                hook=HOOK,
+                base_vs_tuned=SAEPair(base, tuned, 0.9, 0.9, [FeatureMatch(0, 7, 0.97)]),
+                models={
+                    "base": SizePair(
+                        base,
+                        f"saes/base/{HOOK}/large_missing",
+                        0.5,
+                        0.5,
+                        [FeatureMatch(0, 2, 0.5)],
+                        d_sae_a=64,
+                        d_sae_b=128,
+                        top_k_utility=[FeatureMatch(0, 2, 0.5)],
+                    )  # fmt: skip
                 },
-                "models": {
-                    "base": {
-                        "sae_a": f"saes/base/{HOOK}/relu_64",
-                        "sae_b": f"saes/base/{HOOK}/large_missing",
-                        "top_k": [{"feature": 0, "match": 2, "cosine": 0.5}],
-                        "top_k_utility": [{"feature": 0, "match": 2, "cosine": 0.5}],
-                    }
-                },
-            }
+            )
         ],
-    }
-    (run / "analysis" / "llm_shared_features.json").write_text(json.dumps(shared))
+    )
+    shared.write(run / "analysis" / "llm_shared_features.json")
     return run
 
 
