@@ -64,6 +64,8 @@ def analyze_mmcs(
     check_top_k(top_k)
     if len(saes) != 2:
         raise RlsaeError(f"give exactly two SAEs (--sae A --sae B), got {len(saes)}")
+    for path in saes:
+        _need_dir(path, "SAE directory")
     from rlsae.sae import load_sae
 
     a, b = (load_sae(p) for p in saes)
@@ -94,10 +96,14 @@ def analyze_dead(
     as_json: bool = JsonOpt,
 ) -> None:
     """Count live and dead latents of an SAE over a store."""
-    from rlsae.sae import ActivationStore, evaluate_sae, live_feature_count, load_sae
-
     if threshold < 1:
         raise RlsaeError("--threshold must be at least 1")
+    _need_dir(sae_dir, "SAE directory")
+    _need_dir(acts, "activation store")
+    from rlsae.sae import ActivationStore, evaluate_sae, live_feature_count, load_sae
+    from rlsae.sae.metrics import check_eval_args
+
+    check_eval_args(batch_size)
     sae = load_sae(sae_dir)
     result = evaluate_sae(
         sae, ActivationStore(acts), batch_size=batch_size, check_hook=True, progress=True
@@ -113,3 +119,9 @@ def analyze_dead(
         },
         as_json,
     )
+
+
+def _need_dir(path: Path, what: str) -> None:
+    """A missing input is refused before torch is imported (a fast one-line error)."""
+    if not path.is_dir():
+        raise RlsaeError(f"{what} {path} not found")

@@ -177,3 +177,64 @@ def test_cli_bad_input_one_line(tmp_path, capsys) -> None:
     assert err.startswith("error: ") and err.count("\n") == 1 and "at least 4 rows" in err
     code, _, err = _cli(capsys, ["analyze", "fit", "--table", str(p), "--x", "dead", "--y", "ret"])
     assert code == 2 and "no column 'dead'" in err
+
+
+def test_huge_x_fits_correctly_or_is_refused_in_one_line(tmp_path, capsys) -> None:
+    # issue 18: x near 1e200 raised OverflowError in the rescaling of the coefficients
+    x, y = _planted(seed=5)
+    ref = fit_xy(x, y, bootstrap=0)
+    for scale in (1e150, 1e-150):  # x**2 still representable: the same fit, rescaled
+        res = fit_xy(x * scale, y, bootstrap=20)
+        assert res.quadratic.r2 == pytest.approx(ref.quadratic.r2, rel=1e-9)
+        assert res.quadratic.f_pvalue == pytest.approx(ref.quadratic.f_pvalue, rel=1e-7)
+        assert res.quadratic.coef == pytest.approx(
+            [c / scale**i for i, c in enumerate(ref.quadratic.coef)], rel=1e-7
+        )
+        assert res.quadratic.stderr == pytest.approx(
+            [s / scale**i for i, s in enumerate(ref.quadratic.stderr)], rel=1e-6
+        )
+        assert res.quadratic.vertex_x == pytest.approx(ref.quadratic.vertex_x * scale, rel=1e-9)
+    for bad in (x * 1e200, x * 1e-200):
+        with pytest.raises(RlsaeError, match="leaves float64's range"):
+            fit_xy(bad, y)
+    with pytest.raises(RlsaeError, match="overflow float64; rescale y"):
+        fit_xy(x, y * 1e200)
+    p = tmp_path / "huge.csv"
+    pd.DataFrame({"live": x * 1e200, "ret": y}).to_csv(p, index=False)
+    code, out, err = _cli(
+        capsys, ["analyze", "fit", "--table", str(p), "--x", "live", "--y", "ret"]
+    )
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: x values up to ") and "Traceback" not in err
+
+
+def test_exact_fit_of_four_agents_is_strict_json_on_the_cli(tmp_path, capsys) -> None:
+    p = tmp_path / "four.csv"
+    live = np.array([100.0, 200.0, 300.0, 400.0])
+    pd.DataFrame({"live": live, "ret": 5 + 0.5 * live - 0.001 * live**2}).to_csv(p, index=False)
+    argv = ["analyze", "fit", "--table", str(p), "--x", "live", "--y", "ret", "--json"]
+    code, out, _ = _cli(capsys, argv)
+    assert code == 0 and "Infinity" not in out and "NaN" not in out
+    res = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}"))
+    assert res["quadratic"]["f_stat"] is None and res["quadratic"]["exact"] is True
+    assert res["quadratic"]["f_pvalue"] == 0.0 and res["format"] == "rlsae.fit"
+    code, out, _ = _cli(capsys, argv[:-1])  # the readable summary names the exact fit
+    assert code == 0 and "(exact fit)" in out
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--bootstrap", "-5", "--bootstrap must be a whole number >= 0, got -5"),
+        ("--seed", "-1", "--seed must be a whole number >= 0, got -1"),
+    ],
+)
+def test_negative_options_refused_before_any_work(tmp_path, capsys, option, value, message):
+    # the table does not exist: the option is checked first, nothing is read or written
+    html = tmp_path / "fit.html"
+    argv = ["analyze", "fit", "--table", str(tmp_path / "missing.csv"), "--x", "a", "--y", "b"]
+    code, out, err = _cli(capsys, [*argv, option, value, "--html", str(html)])
+    assert code == 2 and out == "" and err == f"error: {message}\n"
+    assert not html.exists()
+    with pytest.raises(RlsaeError, match="--bootstrap must be"):
+        fit_xy([1.0, 2, 3, 4], [1.0, 2, 3, 5], bootstrap=-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -62,3 +63,59 @@ def test_hungarian_is_one_to_one_where_greedy_is_not():
 def test_width_mismatch_is_an_error():
     with pytest.raises(RlsaeError, match="different spaces"):
         compare_dictionaries(torch.randn(4, 8), torch.randn(4, 9))
+
+
+def test_top_k_negative_refused_and_zero_lists_none():
+    with pytest.raises(RlsaeError, match="--top-k must be a whole number >= 0, got -3"):
+        compare_dictionaries(torch.eye(3), torch.eye(3), top_k=-3)
+    assert compare_dictionaries(torch.eye(3), torch.eye(3), top_k=0).result.top_k == []
+
+
+def _cli(capsys, argv):
+    from rlsae.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out = capsys.readouterr()
+    return int(e.value.code or 0), out.out, out.err
+
+
+def test_cli_top_k_negative_one_line_before_loading(tmp_path, capsys):
+    missing = [str(tmp_path / "a"), str(tmp_path / "b")]  # never opened: --top-k is checked first
+    code, out, err = _cli(
+        capsys, ["analyze", "mmcs", "--sae", missing[0], "--sae", missing[1], "--top-k", "-3"]
+    )
+    assert code == 2 and out == "" and err == "error: --top-k must be a whole number >= 0, got -3\n"
+    code, out, err = _cli(capsys, ["analyze", "mmcs", "--sae", missing[0], "--sae", missing[1]])
+    assert code == 2 and out == "" and err == f"error: SAE directory {missing[0]} not found\n"
+
+
+def test_cli_json_is_the_mmcs_artifact(tmp_path, capsys):
+    from rlsae.analysis.mmcs import MMCSResult
+    from rlsae.sae import SAE, SAEConfig, load_sae
+
+    dirs = []
+    for i, d_sae in enumerate((6, 10)):
+        SAE(SAEConfig(d_in=4, d_sae=d_sae, arch="relu"), seed=i).save(tmp_path / f"s{i}")
+        dirs.append(str(tmp_path / f"s{i}"))
+    code, out, _ = _cli(
+        capsys,
+        [
+            "analyze",
+            "mmcs",
+            "--sae",
+            dirs[0],
+            "--sae",
+            dirs[1],
+            "--top-k",
+            "3",
+            "--json",
+            "--hungarian",
+        ],
+    )
+    assert code == 0
+    res = MMCSResult.from_json(json.loads(out))
+    ref = compare_dictionaries(load_sae(dirs[0]).W_dec, load_sae(dirs[1]).W_dec, 3).result
+    assert res.mmcs_ab == pytest.approx(ref.mmcs_ab) and res.top_k == ref.top_k
+    assert (res.sae_a, res.sae_b, res.n_a, res.n_b) == (dirs[0], dirs[1], 6, 10)
+    assert res.hungarian_pairs is not None and len(res.hungarian_pairs) == 6
