@@ -17,6 +17,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo studies into ``out/atari`` and ``out/llm`` (resuming what is there)."""
     from rlsae.analysis.report import write_atari_report
+    from rlsae.commands.viewer import viewer_sources
     from rlsae.study.atari import run_atari_pipeline
     from rlsae.study.llm import run_llm_pipeline
     from rlsae.viewer.export import export_site
@@ -38,7 +39,7 @@ def run_demo(
     if viewer:
         for rd in run_dirs:
             t = time.perf_counter()
-            site = Path(export_site(rd))
+            site = Path(export_site(rd, sources=viewer_sources()))
             result["viewers"][rd.name] = str(
                 site if site.suffix == ".html" else site / "index.html"
             )
