@@ -1,170 +1,250 @@
-"""``rlsae llm``: tiny Pythia, RLHF, scoring, divergence, recording, explanations."""
+"""``rlsae llm``: tiny Pythia, RLHF, scoring, divergence, recording, explanations.
+
+The options of a verb backed by a config (``pretrain-tiny``, ``rlhf``, ``score``, ``record``,
+``explain``) take their defaults and help texts from the config's dataclass fields
+(:mod:`rlsae.llm.configs`), listed once per verb in a table ``parameter -> (field, flag)``.
+The values go through :func:`rlsae.configs.from_mapping`, so the config's own ``validate``
+refuses a bad value in one line naming the option, before torch is imported or anything is
+written.
+"""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from rlsae.commands._apps import JsonOpt, emit, llm_app
+from rlsae.configs import check_range, field_default, field_docs, from_mapping, to_mapping
+from rlsae.errors import RlsaeError
+from rlsae.llm.configs import (
+    ExplainConfig,
+    LMRecordConfig,
+    RLHFConfig,
+    ScoreConfig,
+    TinyConfig,
+    parse_layers,
+)
+from rlsae.llm.models import resolve_model_ref
+from rlsae.llm.rewards import UtilityTable
+
+Spec = dict[str, tuple[str, str]]
+"""CLI parameter -> (dotted config field, option flag)."""
+
+TINY_OPTIONS: Spec = {
+    "steps": ("steps", "--steps"),
+    "layers": ("n_layers", "--layers"),
+    "d_model": ("d_model", "--d-model"),
+    "seed": ("seed", "--seed"),
+}
+RLHF_OPTIONS: Spec = {
+    "model": ("model", "--model"),
+    "reward": ("reward", "--reward"),
+    "algo": ("algo", "--algo"),
+    "steps": ("steps", "--steps"),
+    "seed": ("seed", "--seed"),
+    "lr": ("ppo.learning_rate", "--lr"),
+    "batch_size": ("ppo.batch_size", "--batch-size"),
+    "mini_batch_size": ("ppo.mini_batch_size", "--mini-batch-size"),
+    "init_kl_coef": ("ppo.init_kl_coef", "--kl-coef"),
+    "ppo_epochs": ("ppo.ppo_epochs", "--ppo-epochs"),
+    "max_new_tokens": ("ppo.max_new_tokens", "--max-new-tokens"),
+    "prefix_tokens": ("prefix_tokens", "--prefix-tokens"),
+    "rloo_k": ("rloo_k", "--rloo-k"),
+    "data": ("data", "--data"),
+    "table": ("table", "--table"),
+    "classifier": ("classifier", "--classifier"),
+    "completion_only": ("completion_only", "--completion-only"),
+    "checkpoint_every": ("checkpoint_every", "--checkpoint-every"),
+}
+SCORE_OPTIONS: Spec = {
+    "prefixes": ("prefixes", "--prefixes"),
+    "prefix_tokens": ("prefix_tokens", "--prefix-tokens"),
+    "max_new_tokens": ("max_new_tokens", "--max-new-tokens"),
+    "seed": ("seed", "--seed"),
+    "data": ("data", "--data"),
+    "table": ("table", "--table"),
+}
+RECORD_OPTIONS: Spec = {
+    "hook": ("hook", "--hook"),
+    "prefixes": ("prefixes", "--prefixes"),
+    "prefix_tokens": ("prefix_tokens", "--prefix-tokens"),
+    "data": ("data", "--data"),
+    "batch_size": ("batch_size", "--batch-size"),
+    "dtype": ("dtype", "--dtype"),
+    "seed": ("seed", "--seed"),
+}
+EXPLAIN_OPTIONS: Spec = {
+    "method": ("method", "--method"),
+    "base_url": ("base_url", "--base-url"),
+    "explainer_model": ("model", "--explainer-model"),
+    "samples": ("samples", "--samples"),
+    "temperature": ("temperature", "--temperature"),
+}
+CONFIG_OPTIONS: dict[str, tuple[type, Spec]] = {
+    "pretrain-tiny": (TinyConfig, TINY_OPTIONS),
+    "rlhf": (RLHFConfig, RLHF_OPTIONS),
+    "score": (ScoreConfig, SCORE_OPTIONS),
+    "record": (LMRecordConfig, RECORD_OPTIONS),
+    "explain": (ExplainConfig, EXPLAIN_OPTIONS),
+}
+"""Each config-backed verb: its config class and its options (checked by the tests)."""
 
 _THREADS_HELP = "Torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)."
 
 
-def _threads(n: int | None) -> None:
-    if n is not None:
-        import torch
+def field_owner(cls: type, dotted: str) -> tuple[type, str]:
+    """The dataclass that declares ``dotted`` (``ppo.batch_size`` -> PPOConfig) and the name."""
+    *parents, name = dotted.split(".")
+    for part in parents:
+        cls = typing.get_type_hints(cls)[part]
+    return cls, name
 
-        torch.set_num_threads(n)
+
+def _opt(cls: type, spec: Spec, param: str) -> Any:
+    """A typer option whose default and help are those of the config field behind ``param``."""
+    dotted, flag = spec[param]
+    owner, name = field_owner(cls, dotted)
+    return typer.Option(field_default(owner, name), flag, help=field_docs(owner)[name])
+
+
+def build_config(cls: type, spec: Spec, values: dict[str, Any], where: str) -> Any:
+    """The config from the CLI values; a bad value is one line naming its option."""
+    data: dict[str, Any] = {}
+    for param, (dotted, _) in spec.items():
+        *parents, name = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = values[param]
+    try:
+        return from_mapping(cls, data, where)
+    except RlsaeError as e:
+        msg = str(e)
+        for dotted, flag in spec.values():
+            if msg.startswith(f"{where}: {dotted}: "):
+                raise RlsaeError(f"{flag}: {msg[len(where) + len(dotted) + 4 :]}") from None
+        raise
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None:
+        check_range("--threads", "", threads, 1)
 
 
 @llm_app.command("pretrain-tiny")
 def pretrain_tiny_cmd(
     out: Path = typer.Option(..., "--out", help="Model directory to create."),
-    steps: int = typer.Option(800, "--steps", min=1, help="Optimiser steps."),
-    layers: int = typer.Option(4, "--layers", min=1, help="Transformer blocks."),
-    d_model: int = typer.Option(128, "--d-model", min=8, help="Residual width."),
-    seed: int = typer.Option(0, "--seed"),
+    steps: int = _opt(TinyConfig, TINY_OPTIONS, "steps"),
+    layers: int = _opt(TinyConfig, TINY_OPTIONS, "layers"),
+    d_model: int = _opt(TinyConfig, TINY_OPTIONS, "d_model"),
+    seed: int = _opt(TinyConfig, TINY_OPTIONS, "seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
-    threads: int = typer.Option(None, "--threads", min=1, help=_THREADS_HELP),
+    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train the tiny offline Pythia (GPT-NeoX) on synthetic movie reviews; save in HF format."""
+    cfg = build_config(TinyConfig, TINY_OPTIONS, locals(), "llm pretrain-tiny")
+    _check_threads(threads)
+    if out.exists() and not overwrite:
+        raise RlsaeError(f"{out} already exists; pass --overwrite or choose another --out")
     from rlsae.llm.tiny import pretrain_tiny, read_tiny_meta
+    from rlsae.threads import torch_threads
 
-    _threads(threads)
-    path = pretrain_tiny(
-        out, seed=seed, overwrite=overwrite, steps=steps, n_layers=layers, d_model=d_model
-    )
+    with torch_threads(threads):
+        path = pretrain_tiny(out, overwrite=overwrite, **to_mapping(cfg))
     meta = read_tiny_meta(path) or {}
-    result = {
-        "model_dir": str(path),
-        "n_params": meta.get("n_params"),
-        "vocab_size": meta.get("vocab_size"),
-        "train_loss_last": meta.get("train_loss_last"),
-        "test_loss": meta.get("test_loss"),
-        "seconds": meta.get("seconds"),
-    }
-    emit(result, as_json)
+    keys = ("n_params", "vocab_size", "train_loss_last", "test_loss", "seconds")
+    emit({"model_dir": str(path), **{k: meta.get(k) for k in keys}}, as_json)
 
 
 @llm_app.command("rlhf")
 def rlhf_cmd(
-    model: str = typer.Option(
-        "EleutherAI/pythia-70m", "--model", help="Base model: hub name or model directory."
-    ),
-    reward: str = typer.Option("utility", "--reward", help="utility (VADER table) or sentiment."),
-    algo: str = typer.Option("ppo", "--algo", help="ppo (ours) or rloo (TRL)."),
+    model: str = _opt(RLHFConfig, RLHF_OPTIONS, "model"),
+    reward: str = _opt(RLHFConfig, RLHF_OPTIONS, "reward"),
+    algo: str = _opt(RLHFConfig, RLHF_OPTIONS, "algo"),
     out: Path = typer.Option(..., "--out", help="Run directory (tuned model in OUT/model)."),
-    steps: int = typer.Option(100, "--steps", min=1, help="Updates of --batch-size completions."),
-    seed: int = typer.Option(0, "--seed"),
+    steps: int = _opt(RLHFConfig, RLHF_OPTIONS, "steps"),
+    seed: int = _opt(RLHFConfig, RLHF_OPTIONS, "seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
-    lr: float = typer.Option(
-        1e-6, "--lr", help="Learning rate (paper: 1e-6 for Pythia; ~1e-4 for the tiny model)."
-    ),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
-    mini_batch_size: int = typer.Option(16, "--mini-batch-size", min=1),
-    init_kl_coef: float = typer.Option(
-        0.5, "--kl-coef", help="Initial KL coef (PPO) / beta (RLOO)."
-    ),
-    prefix_tokens: int = typer.Option(8, "--prefix-tokens", min=1),
-    max_new_tokens: int = typer.Option(24, "--max-new-tokens", min=1),
-    data: str = typer.Option("auto", "--data", help="auto, imdb, or a .txt/.jsonl file."),
-    table: str = typer.Option("vader", "--table", help="Utility table: vader or a TSV file."),
-    classifier: str = typer.Option(
-        "lvwerra/distilbert-imdb", "--classifier", help="Classifier for --reward sentiment."
-    ),
-    completion_only: bool = typer.Option(
-        False, "--completion-only", help="Score the completion alone (paper: prefix + completion)."
-    ),
-    checkpoint_every: int = typer.Option(10, "--checkpoint-every", min=1),
-    threads: int = typer.Option(None, "--threads", min=1, help=_THREADS_HELP),
+    lr: float = _opt(RLHFConfig, RLHF_OPTIONS, "lr"),
+    batch_size: int = _opt(RLHFConfig, RLHF_OPTIONS, "batch_size"),
+    mini_batch_size: int = _opt(RLHFConfig, RLHF_OPTIONS, "mini_batch_size"),
+    init_kl_coef: float = _opt(RLHFConfig, RLHF_OPTIONS, "init_kl_coef"),
+    ppo_epochs: int = _opt(RLHFConfig, RLHF_OPTIONS, "ppo_epochs"),
+    prefix_tokens: int = _opt(RLHFConfig, RLHF_OPTIONS, "prefix_tokens"),
+    max_new_tokens: int = _opt(RLHFConfig, RLHF_OPTIONS, "max_new_tokens"),
+    rloo_k: int = _opt(RLHFConfig, RLHF_OPTIONS, "rloo_k"),
+    data: str = _opt(RLHFConfig, RLHF_OPTIONS, "data"),
+    table: str = _opt(RLHFConfig, RLHF_OPTIONS, "table"),
+    classifier: str = _opt(RLHFConfig, RLHF_OPTIONS, "classifier"),
+    completion_only: bool = _opt(RLHFConfig, RLHF_OPTIONS, "completion_only"),
+    checkpoint_every: int = _opt(RLHFConfig, RLHF_OPTIONS, "checkpoint_every"),
+    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """RLHF-tune a language model with PPO (ours) or RLOO (TRL) on a reward; resumable."""
-    from rlsae.llm.rlhf import rlhf_tune
+    cfg = build_config(RLHFConfig, RLHF_OPTIONS, locals(), "llm rlhf")
+    _check_threads(threads)
+    from rlsae.llm.rlhf import run_rlhf
+    from rlsae.threads import torch_threads
 
-    _threads(threads)
-    result = rlhf_tune(
-        model,
-        out,
-        resume=resume,
-        reward=reward,
-        algo=algo,
-        steps=steps,
-        seed=seed,
-        ppo={
-            "learning_rate": lr,
-            "batch_size": batch_size,
-            "mini_batch_size": mini_batch_size,
-            "init_kl_coef": init_kl_coef,
-            "max_new_tokens": max_new_tokens,
-        },
-        prefix_tokens=prefix_tokens,
-        data=data,
-        table=table,
-        classifier=classifier,
-        completion_only=completion_only,
-        checkpoint_every=checkpoint_every,
-    )
+    with torch_threads(threads):
+        result = run_rlhf(cfg, out, resume=resume)
     emit(result.to_json(), as_json)
 
 
 @llm_app.command("score")
 def score_cmd(
     model: str = typer.Option(..., "--model", help="Hub name or model directory."),
-    prefixes: int = typer.Option(100, "--prefixes", min=1, help="Test prefixes (paper: 100)."),
-    prefix_tokens: int = typer.Option(30, "--prefix-tokens", min=1, help="Tokens (paper: 30)."),
-    max_new_tokens: int = typer.Option(30, "--max-new-tokens", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    data: str = typer.Option("auto", "--data", help="auto, imdb, or a .txt/.jsonl file."),
-    table: str = typer.Option("vader", "--table", help="Utility table: vader or a TSV file."),
-    threads: int = typer.Option(None, "--threads", min=1, help=_THREADS_HELP),
+    prefixes: int = _opt(ScoreConfig, SCORE_OPTIONS, "prefixes"),
+    prefix_tokens: int = _opt(ScoreConfig, SCORE_OPTIONS, "prefix_tokens"),
+    max_new_tokens: int = _opt(ScoreConfig, SCORE_OPTIONS, "max_new_tokens"),
+    seed: int = _opt(ScoreConfig, SCORE_OPTIONS, "seed"),
+    data: str = _opt(ScoreConfig, SCORE_OPTIONS, "data"),
+    table: str = _opt(ScoreConfig, SCORE_OPTIONS, "table"),
+    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """Aggregate absolute utility of completions of test prefixes (the paper's Table 4)."""
-    from rlsae.llm.score import ScoreConfig, score_model
+    cfg = build_config(ScoreConfig, SCORE_OPTIONS, locals(), "llm score")
+    _check_threads(threads)
 
-    _threads(threads)
-    cfg = ScoreConfig(
-        prefixes=prefixes,
-        prefix_tokens=prefix_tokens,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        data=data,
-        table=table,
-    )
-    result = score_model(model, cfg)
-    if as_json:
-        emit(result, True)
-        return
-    emit(
-        {
-            k: result[k]
-            for k in ("model", "n", "aggregate_abs_utility", "aggregate_utility", "mean_reward")
-        },
-        False,
-    )
+    resolve_model_ref(model)
+    UtilityTable.load(cfg.table)  # a bad table is refused before torch loads
+    from rlsae.llm.score import score_model
+    from rlsae.threads import torch_threads
+
+    with torch_threads(threads):
+        result = score_model(model, cfg)
+    emit(result.to_json() if as_json else result.summary(), as_json)
 
 
 @llm_app.command("divergence")
 def divergence_cmd(
     base: str = typer.Option(..., "--base", help="Base model: hub name or model directory."),
     tuned: str = typer.Option(..., "--tuned", help="Tuned model: hub name or model directory."),
-    top_n: int = typer.Option(None, "--top-n", min=1, help="Only list the N most divergent."),
+    top_n: int = typer.Option(None, "--top-n", help="Only list the N most divergent."),
     html: Path = typer.Option(None, "--html", help="Write the per-layer bar chart here."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Rank layers by parameter divergence Δ = Σ‖W_tuned − W_base‖₂ (high to low)."""
+    if top_n is not None:
+        check_range("--top-n", "", top_n, 1)
+
+    resolve_model_ref(base)
+    resolve_model_ref(tuned)
     from rlsae.llm.divergence import layer_divergence, write_divergence_html
 
-    res = layer_divergence(base, tuned)
-    out = res.to_json(top_n)
+    res = layer_divergence(base, tuned).head(top_n)
+    out = res.to_json()
     if html is not None:
         out["html"] = str(write_divergence_html(res, html, top_n))
     lines = [f"{'layer':>5}  divergence"]
-    lines += [f"{r['layer']:>5}  {r['divergence']:.6g}" for r in out["layers"]]
-    lines.append(f"embeddings {out['embeddings']:.6g}   final_norm {out['final_norm']:.6g}")
+    lines += [f"{r.layer:>5}  {r.divergence:.6g}" for r in res.layers]
+    lines.append(f"embeddings {res.embeddings:.6g}   final_norm {res.final_norm:.6g}")
     if "html" in out:
         lines.append(f"chart: {out['html']}")
     emit(out, as_json, "\n".join(lines))
@@ -175,36 +255,28 @@ def record_cmd(
     model: str = typer.Option(..., "--model", help="Hub name or model directory."),
     layers: str = typer.Option(..., "--layers", help="Comma-separated block indices, e.g. 3,4."),
     out: Path = typer.Option(..., "--out", help="Parent dir; one store per layer inside."),
-    hook: str = typer.Option("resid_post", "--hook", help="resid_post, mlp_out, attn_out, ..."),
-    prefixes: int = typer.Option(1000, "--prefixes", min=1, help="Documents to run."),
-    prefix_tokens: int = typer.Option(64, "--prefix-tokens", min=1, help="Tokens per document."),
-    data: Path = typer.Option(None, "--data", help="Text/JSONL file; default IMDb test split."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
+    hook: str = _opt(LMRecordConfig, RECORD_OPTIONS, "hook"),
+    prefixes: int = _opt(LMRecordConfig, RECORD_OPTIONS, "prefixes"),
+    prefix_tokens: int = _opt(LMRecordConfig, RECORD_OPTIONS, "prefix_tokens"),
+    data: str = _opt(LMRecordConfig, RECORD_OPTIONS, "data"),
+    batch_size: int = _opt(LMRecordConfig, RECORD_OPTIONS, "batch_size"),
+    dtype: str = _opt(LMRecordConfig, RECORD_OPTIONS, "dtype"),
     source: str = typer.Option(None, "--source", help="Source name in the stores' meta."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = _opt(LMRecordConfig, RECORD_OPTIONS, "seed"),
     device: str = typer.Option("cpu", "--device"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing stores."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Record a hook of some layers through TransformerLens into activation stores."""
+    cfg = build_config(LMRecordConfig, RECORD_OPTIONS, locals(), "llm record")
+
+    layer_list = parse_layers(layers)
+    resolve_model_ref(model)
     from rlsae.llm.record import record_lm_activations
     from rlsae.sae.store import ActivationStore
 
     paths = record_lm_activations(
-        model,
-        layers,
-        out,
-        hook=hook,
-        prefixes=prefixes,
-        prefix_tokens=prefix_tokens,
-        data=data,
-        batch_size=batch_size,
-        dtype=dtype,
-        seed=seed,
-        source=source,
-        device=device,
-        overwrite=overwrite,
+        model, layer_list, out, cfg, source=source, device=device, overwrite=overwrite
     )
     stores = []
     for p in paths:
@@ -218,11 +290,11 @@ def explain_cmd(
     sae: Path = typer.Option(..., "--sae", help="SAE directory."),
     acts: Path = typer.Option(..., "--acts", help="The LM activation store it was trained on."),
     features: str = typer.Option(..., "--features", help="Comma-separated feature indices."),
-    method: str = typer.Option("offline", "--method", help="offline or llm."),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint base URL."),
-    explainer_model: str = typer.Option(None, "--explainer-model", help="Chat model name."),
-    samples: int = typer.Option(1, "--samples", min=1, help="LLM explanations per feature."),
-    temperature: float = typer.Option(0.0, "--temperature", help="LLM sampling temperature."),
+    method: str = _opt(ExplainConfig, EXPLAIN_OPTIONS, "method"),
+    base_url: str = _opt(ExplainConfig, EXPLAIN_OPTIONS, "base_url"),
+    explainer_model: str = _opt(ExplainConfig, EXPLAIN_OPTIONS, "explainer_model"),
+    samples: int = _opt(ExplainConfig, EXPLAIN_OPTIONS, "samples"),
+    temperature: float = _opt(ExplainConfig, EXPLAIN_OPTIONS, "temperature"),
     layer: int = typer.Option(None, "--layer", help="Refuse an SAE of another layer."),
     table: str = typer.Option(None, "--table", help="Utility table TSV (default VADER)."),
     out: Path = typer.Option(None, "--out", help="Default: SAE_DIR/explanations.json."),
@@ -234,31 +306,26 @@ def explain_cmd(
     The API key comes from OPENAI_API_KEY; base URL and model also from
     RLSAE_EXPLAINER_BASE_URL / RLSAE_EXPLAINER_MODEL.
     """
-    from rlsae.llm.explain import ExplainConfig, explain_features
-    from rlsae.llm.record import parse_layers
-    from rlsae.llm.rewards import UtilityTable
+    cfg = build_config(ExplainConfig, EXPLAIN_OPTIONS, locals(), "llm explain")
 
-    cfg = ExplainConfig(
-        method=method,
-        base_url=base_url,
-        model=explainer_model,
-        samples=samples,
-        temperature=temperature,
-    )
+    feature_list = parse_layers(features, what="--features")
+    utility_table = UtilityTable.load(table)
+    from rlsae.llm.explain import explain_features
+
     res = explain_features(
         sae,
         acts,
-        parse_layers(features),
+        feature_list,
         cfg=cfg,
         out=out,
-        table=UtilityTable.load(table),
+        table=utility_table,
         layer=layer,
         redo=redo,
         progress=True,
     )
     feats = {
-        k: {"explanation": v["explanation"], "utility": v["utility"], "method": v["method"]}
-        for k, v in res["features"].items()
+        str(k): {"explanation": v.explanation, "utility": v.utility, "method": v.method}
+        for k, v in res.features.items()
     }
     lines = [f"{k:>6}  {v['utility']:5.2f}  {v['explanation']}" for k, v in feats.items()]
     emit(

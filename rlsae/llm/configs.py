@@ -6,11 +6,16 @@ torch, and each config checks its own fields in one ``validate(where)`` that the
 and the Python API all go through before any work starts or any file is written.
 
 - :class:`PPOConfig`: one PPO update (the paper's Table 1; TRL's PPO defaults elsewhere);
-- :class:`RLHFConfig`: a tuning run (PPO or RLOO), holding its :class:`PPOConfig` as ``ppo``.
+- :class:`RLHFConfig`: a tuning run (PPO or RLOO), holding its :class:`PPOConfig` as ``ppo``;
+- :class:`TinyConfig`: the tiny offline Pythia (``llm pretrain-tiny``);
+- :class:`ScoreConfig`: the completions score of the paper's Table 4 (``llm score``);
+- :class:`LMRecordConfig`: recording a hook of some layers (``llm record``);
+- :class:`ExplainConfig`: explaining SAE features (``llm explain``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rlsae.configs import check_range
@@ -29,6 +34,22 @@ def check_choice(where: str, name: str, value: str, choices: tuple[str, ...]) ->
     """Refuse ``value`` not among ``choices`` (one line naming the field)."""
     if value not in choices:
         raise RlsaeError(f"{where}: {name}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def parse_layers(text: str | Sequence[int], what: str = "--layers") -> list[int]:
+    """``"1,3"`` or ``[1, 3]`` -> ``[1, 3]`` (order kept, duplicates dropped); no negatives."""
+    if isinstance(text, str):
+        try:
+            items = [int(t) for t in text.replace(" ", "").split(",") if t]
+        except ValueError:
+            raise RlsaeError(f"{what} must be comma-separated integers, got {text!r}") from None
+    else:
+        items = [int(t) for t in text]
+    if not items:
+        raise RlsaeError(f"{what}: give at least one index")
+    if min(items) < 0:
+        raise RlsaeError(f"{what}: indices must not be negative, got {min(items)}")
+    return list(dict.fromkeys(items))
 
 
 @dataclass
@@ -167,3 +188,164 @@ class RLHFConfig:
                     f"{where}: RLOO needs rloo_k >= 2 dividing the batch size "
                     f"{self.ppo.batch_size} (got {self.rloo_k})"
                 )
+
+
+@dataclass
+class TinyConfig:
+    """Size and training of the tiny GPT-NeoX. Defaults train in a few minutes on 2 CPU cores."""
+
+    steps: int = 800
+    """Optimiser steps."""
+    n_layers: int = 4
+    """Transformer blocks."""
+    d_model: int = 128
+    """Residual stream width."""
+    n_heads: int = 4
+    """Attention heads."""
+    d_mlp: int = 512
+    """MLP hidden width."""
+    context: int = 128
+    """Maximum sequence length (max_position_embeddings)."""
+    vocab_size: int = 1024
+    """BPE vocabulary size (upper bound)."""
+    seq_len: int = 64
+    """Training window length in tokens."""
+    batch_size: int = 32
+    """Windows per step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (linear warm-up over 5% of steps, cosine decay to 10%)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    n_train_reviews: int = 8000
+    """Reviews in corpus_train.txt."""
+    n_test_reviews: int = 1000
+    """Reviews in corpus_test.txt (for scoring and activations)."""
+    seed: int = 0
+    """Seed for the corpus, the initialisation and the batches."""
+
+    def validate(self, where: str = "tiny config") -> None:
+        """Ranges, heads dividing the width, the window within the context."""
+        for name in ("steps", "n_layers", "n_heads", "batch_size", "seq_len"):
+            check_range(where, name, getattr(self, name), 1)
+        for name in ("n_train_reviews", "n_test_reviews"):
+            check_range(where, name, getattr(self, name), 1)
+        check_range(where, "d_model", self.d_model, 1)
+        check_range(where, "d_mlp", self.d_mlp, 1)
+        check_range(where, "vocab_size", self.vocab_size, 64)
+        check_range(where, "lr", self.lr, 0, lo_open=True)
+        check_range(where, "weight_decay", self.weight_decay, 0)
+        check_range(where, "seed", self.seed, 0, 2**32 - 1)
+        if self.d_model % self.n_heads:
+            raise RlsaeError(
+                f"{where}: d_model: {self.d_model} is not divisible by n_heads {self.n_heads}"
+            )
+        if self.seq_len + 1 > self.context:
+            raise RlsaeError(
+                f"{where}: seq_len: {self.seq_len} + 1 exceeds the context {self.context}"
+            )
+
+
+@dataclass
+class ScoreConfig:
+    """How completions are sampled and scored (the paper's Table 4)."""
+
+    prefixes: int = 100
+    """Test prefixes, one completion each (paper: 100)."""
+    prefix_tokens: int = 30
+    """Prefix length in tokens (paper: 30)."""
+    max_new_tokens: int = 30
+    """Completion length in tokens (shorter if the model writes EOS)."""
+    seed: int = 0
+    """Seed for the prefix draw and the sampling."""
+    data: str = "auto"
+    """Prefix source: 'auto' (tiny model's corpus, else IMDb), 'imdb', or a .txt/.jsonl file."""
+    split: str = "test"
+    """Split the prefixes come from: 'test' or 'train'."""
+    table: str = "vader"
+    """Utility table: 'vader' or a TSV file."""
+    batch_size: int = 50
+    """Completions sampled per generate() call."""
+
+    def validate(self, where: str = "score config") -> None:
+        """Ranges and the split."""
+        check_range(where, "prefixes", self.prefixes, 1)
+        check_range(where, "prefix_tokens", self.prefix_tokens, 1)
+        check_range(where, "max_new_tokens", self.max_new_tokens, 1)
+        check_range(where, "seed", self.seed, 0, 2**32 - 1)
+        check_range(where, "batch_size", self.batch_size, 1)
+        check_choice(where, "split", self.split, ("test", "train"))
+        if not self.data:
+            raise RlsaeError(f"{where}: data: must not be empty")
+
+
+@dataclass
+class LMRecordConfig:
+    """How a language model's activations are recorded (saved in each store's
+    ``meta.extra.record``)."""
+
+    hook: str = "resid_post"
+    """Hook inside each block: resid_post, resid_pre, mlp_out, attn_out, ... or any
+    TransformerLens name below blocks.L. (mlp.hook_post)."""
+    prefixes: int = 1000
+    """Documents run through the model."""
+    prefix_tokens: int = 64
+    """Tokens kept from the start of each document (the paper explains on the first 50)."""
+    data: str | None = None
+    """Text file (one document per line), JSONL (text field) or 'imdb'; default: a tiny model's
+    corpus_test.txt, else the IMDb test split."""
+    batch_size: int = 32
+    """Documents per forward pass."""
+    dtype: str = "float32"
+    """Store dtype: float32 or float16."""
+    seed: int = 0
+    """Shuffles IMDb before taking the documents (files are read in order)."""
+
+    def validate(self, where: str = "record config") -> None:
+        """Ranges and the dtype."""
+        if not self.hook.strip():
+            raise RlsaeError(f"{where}: hook: must not be empty")
+        check_range(where, "prefixes", self.prefixes, 1)
+        check_range(where, "prefix_tokens", self.prefix_tokens, 1)
+        check_range(where, "batch_size", self.batch_size, 1)
+        check_range(where, "seed", self.seed, 0, 2**32 - 1)
+        check_choice(where, "dtype", self.dtype, ("float32", "float16"))
+        if self.data is not None and not self.data:
+            raise RlsaeError(f"{where}: data: must not be empty")
+
+
+EXPLAIN_METHODS = ("offline", "llm")
+
+
+@dataclass
+class ExplainConfig:
+    """How features are explained (saved in explanations.json under ``config``)."""
+
+    method: str = "offline"
+    """offline (token lift against the base rate) or llm (OpenAI-compatible endpoint)."""
+    n_top: int = 50
+    """Top activations whose tokens the offline explainer counts."""
+    n_records: int = 5
+    """Top documents shown (to the LLM, and kept as contexts); the paper used 5."""
+    max_tokens_shown: int = 3
+    """Tokens named by an offline explanation."""
+    min_count: int = 2
+    """A token must occur this often among the top activations to be named."""
+    base_url: str | None = None
+    """LLM endpoint base URL, e.g. https://api.openai.com/v1 (env RLSAE_EXPLAINER_BASE_URL)."""
+    model: str | None = None
+    """LLM model name (env RLSAE_EXPLAINER_MODEL)."""
+    timeout: float = 60.0
+    """Seconds to wait for one LLM answer."""
+    temperature: float = 0.0
+    """LLM sampling temperature."""
+    samples: int = 1
+    """LLM explanations drawn per feature (the paper averaged 3); the utility is their mean and
+    the explanation is the first. Use a temperature above 0 with more than one."""
+
+    def validate(self, where: str = "explain config") -> None:
+        """Ranges and the method."""
+        check_choice(where, "method", self.method, EXPLAIN_METHODS)
+        for name in ("n_top", "n_records", "max_tokens_shown", "min_count", "samples"):
+            check_range(where, name, getattr(self, name), 1)
+        check_range(where, "timeout", self.timeout, 0, lo_open=True)
+        check_range(where, "temperature", self.temperature, 0, 2)

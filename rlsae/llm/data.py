@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsae.errors import RlsaeError
+from rlsae.llm.models import context_length
 
 IMDB = "stanfordnlp/imdb"
 
@@ -138,7 +139,6 @@ def make_prefixes(
 
 def check_fits_context(model: Any, prefix_tokens: int, max_new_tokens: int) -> None:
     """RlsaeError unless a prefix plus its completion fits in the model's context."""
-    from rlsae.llm.models import context_length
 
     ctx = context_length(model)
     if prefix_tokens + max_new_tokens > ctx:

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from rlsae.analysis.figures import write_figure_html
+from rlsae.artifacts import Artifact
 from rlsae.errors import RlsaeError
+from rlsae.llm.models import load_model
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _EMBED_RE = re.compile(r"(embed_in|embed_out|wte|wpe|embed_tokens|lm_head|unembed|W_U|W_E|W_pos)")
@@ -27,11 +30,26 @@ _FINAL_NORM_RE = re.compile(r"(final_layer_norm|ln_f|(?:^|\.)norm\.|ln_final)")
 
 
 @dataclass
-class DivergenceResult:
-    """Δ per layer (sorted high to low) and for the non-layer groups."""
+class LayerDivergence:
+    """Δ of one transformer layer."""
 
-    layers: list[dict[str, Any]]
-    """``[{"layer": i, "divergence": Δ, "tensors": n}]``, sorted by divergence, descending."""
+    layer: int
+    """Layer index."""
+    divergence: float
+    """Σ distances over the layer's tensors."""
+    tensors: int = 0
+    """Number of tensors summed."""
+
+
+@dataclass
+class DivergenceResult(Artifact):
+    """Δ per layer (sorted high to low) and for the non-layer groups (``divergence.json``)."""
+
+    FORMAT: ClassVar[str] = "rlsae.divergence"
+    VERSION: ClassVar[int] = 1
+
+    layers: list[LayerDivergence]
+    """Δ per layer, sorted by divergence, descending (ties by layer index)."""
     embeddings: float
     """Σ distances over embedding / unembedding tensors."""
     final_norm: float
@@ -40,24 +58,26 @@ class DivergenceResult:
     """Σ distances over tensors in none of the groups above (0 for GPT-NeoX)."""
     n_layers: int
     """Number of transformer layers."""
-    tensors: dict[str, float]
+    total: float
+    """Σ distances over every tensor."""
+    tensors: dict[str, float] = field(default_factory=dict)
     """Distance of every single tensor, by parameter name."""
+    top_n: int | None = None
+    """How many layers were chosen (:meth:`choose`); None: no choice made."""
+    top_layers: list[int] = field(default_factory=list)
+    """The chosen layers, most divergent first (the study trains SAEs on these)."""
 
-    def top_layers(self, n: int) -> list[int]:
+    def ranked(self, n: int) -> list[int]:
         """The indices of the ``n`` most divergent layers, most divergent first."""
-        return [row["layer"] for row in self.layers[: max(0, n)]]
+        return [row.layer for row in self.layers[: max(0, n)]]
 
-    def to_json(self, top_n: int | None = None) -> dict[str, Any]:
-        """JSON form; with ``top_n`` the ``layers`` list is cut to that many."""
-        layers = self.layers if top_n is None else self.layers[:top_n]
-        return {
-            "layers": [{"layer": r["layer"], "divergence": r["divergence"]} for r in layers],
-            "embeddings": self.embeddings,
-            "final_norm": self.final_norm,
-            "other": self.other,
-            "n_layers": self.n_layers,
-            "total": sum(self.tensors.values()),
-        }
+    def choose(self, n: int) -> DivergenceResult:
+        """This result with the ``n`` most divergent layers recorded as chosen."""
+        return replace(self, top_n=n, top_layers=self.ranked(n))
+
+    def head(self, n: int | None) -> DivergenceResult:
+        """This result with only the ``n`` most divergent layers listed (all for None)."""
+        return self if n is None else replace(self, layers=self.layers[: max(0, n)])
 
 
 def _named_parameters(model: Any) -> dict[str, torch.Tensor]:
@@ -77,8 +97,6 @@ def _group(name: str) -> tuple[str, int | None]:
 
 def _load(model: Any) -> Any:
     if isinstance(model, str | os.PathLike | Path):
-        from rlsae.llm.models import load_model
-
         return load_model(model)[0]
     return model
 
@@ -133,11 +151,8 @@ def layer_divergence(base: Any, tuned: Any) -> DivergenceResult:
                 per_layer_count[layer] = per_layer_count.get(layer, 0) + 1
             else:
                 groups[group] += d
-    layers = [
-        {"layer": i, "divergence": per_layer[i], "tensors": per_layer_count[i]}
-        for i in sorted(per_layer)
-    ]
-    layers.sort(key=lambda r: (-r["divergence"], r["layer"]))
+    layers = [LayerDivergence(i, per_layer[i], per_layer_count[i]) for i in sorted(per_layer)]
+    layers.sort(key=lambda r: (-r.divergence, r.layer))
     n_layers = getattr(getattr(base_m, "config", None), "num_hidden_layers", None)
     return DivergenceResult(
         layers=layers,
@@ -145,6 +160,7 @@ def layer_divergence(base: Any, tuned: Any) -> DivergenceResult:
         final_norm=groups["final_norm"],
         other=groups["other"],
         n_layers=int(n_layers) if n_layers is not None else len(layers),
+        total=sum(tensors.values()),
         tensors=tensors,
     )
 
@@ -153,13 +169,13 @@ def divergence_figure(result: DivergenceResult, top_n: int | None = None, title:
     """Bar chart of Δ per layer in layer order (the paper's Figure 3); top-n layers highlighted."""
     import plotly.graph_objects as go
 
-    top = set(result.top_layers(top_n)) if top_n else set()
-    rows = sorted(result.layers, key=lambda r: r["layer"])
+    top = set(result.ranked(top_n)) if top_n else set()
+    rows = sorted(result.layers, key=lambda r: r.layer)
     fig = go.Figure(
         go.Bar(
-            x=[str(r["layer"]) for r in rows],
-            y=[r["divergence"] for r in rows],
-            marker={"color": ["#d62728" if r["layer"] in top else "#1f77b4" for r in rows]},
+            x=[str(r.layer) for r in rows],
+            y=[r.divergence for r in rows],
+            marker={"color": ["#d62728" if r.layer in top else "#1f77b4" for r in rows]},
             hovertemplate="layer %{x}<br>Δ=%{y:.4g}<extra></extra>",
             name="layers",
         )
@@ -187,8 +203,6 @@ def write_divergence_html(
     result: DivergenceResult, path: str | os.PathLike, top_n: int | None = None
 ) -> Path:
     """Write the bar chart as a standalone HTML page (plotly.js embedded, opens offline)."""
-    from rlsae.analysis.figures import write_figure_html
-
     return write_figure_html(
-        divergence_figure(result, top_n), path, title="Layer divergence (base vs tuned)"
+        divergence_figure(result, top_n), Path(path), title="Layer divergence (base vs tuned)"
     )

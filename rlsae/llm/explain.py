@@ -32,14 +32,18 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from rlsae.artifacts import Artifact
 from rlsae.errors import RlsaeError
-from rlsae.fsutil import atomic_write_json, read_json
+from rlsae.llm.configs import ExplainConfig
+from rlsae.llm.rewards import UtilityTable
+from rlsae.sae.model import load_sae
+from rlsae.sae.store import ActivationStore
 
 EXPLANATIONS = "explanations.json"
 ENV_BASE_URL = "RLSAE_EXPLAINER_BASE_URL"
@@ -47,31 +51,77 @@ ENV_MODEL = "RLSAE_EXPLAINER_MODEL"
 ENV_KEY = "OPENAI_API_KEY"
 
 
-@dataclass
-class ExplainConfig:
-    """How features are explained (saved in explanations.json under ``config``)."""
+# ----------------------------------------------------------------------------- the artifact
 
-    method: str = "offline"
-    """``offline`` (token lift against base rate) or ``llm`` (OpenAI-compatible endpoint)."""
-    n_top: int = 50
-    """Top activations whose tokens the offline explainer counts."""
-    n_records: int = 5
-    """Top documents shown (to the LLM, and kept as contexts); the paper used 5."""
-    max_tokens_shown: int = 3
-    """Tokens named by an offline explanation."""
-    min_count: int = 2
-    """A token must occur this often among the top activations to be named."""
-    base_url: str | None = None
-    """LLM endpoint base URL, e.g. ``https://api.openai.com/v1`` (env RLSAE_EXPLAINER_BASE_URL)."""
-    model: str | None = None
-    """LLM model name (env RLSAE_EXPLAINER_MODEL)."""
-    timeout: float = 60.0
-    """Seconds to wait for one LLM answer."""
-    temperature: float = 0.0
-    """LLM sampling temperature."""
-    samples: int = 1
-    """LLM explanations drawn per feature (the paper averaged 3); the utility is their mean and
-    ``explanation`` is the first. Use a temperature above 0 with more than one."""
+
+@dataclass
+class NamedToken:
+    """A token an offline explanation names."""
+
+    token: str
+    """Its text (stripped)."""
+    token_id: int
+    """Its id."""
+    count: int
+    """Occurrences among the feature's top activations."""
+    lift: float
+    """Share among the top activations / share over all rows."""
+
+
+@dataclass
+class ContextRecord:
+    """One top document of a feature, with the feature's activation per token."""
+
+    document: int
+    """Document index in the store's context."""
+    position: int
+    """Position of the top activation in the document."""
+    tokens: list[str]
+    """The document's tokens."""
+    activations: list[float]
+    """The feature's activation on each token."""
+
+
+@dataclass
+class FeatureExplanation:
+    """One feature's explanation and its utility."""
+
+    explanation: str
+    """The explanation (the first sample's, with several)."""
+    utility: float
+    """Σ |U(word)| over the explanation (mean over the samples), the paper's Table 3 score."""
+    method: str
+    """'offline-lift' or 'llm:MODEL'."""
+    max_activation: float = 0.0
+    """The feature's largest activation on the store."""
+    top_tokens: list[NamedToken] = field(default_factory=list)
+    """Tokens named by an offline explanation (empty for LLM explanations)."""
+    contexts: list[ContextRecord] = field(default_factory=list)
+    """The top documents shown to the explainer."""
+    samples: list[str] = field(default_factory=list)
+    """Every LLM sample when more than one was drawn (empty otherwise)."""
+
+
+@dataclass
+class Explanations(Artifact):
+    """The explanations of an SAE's features (``SAE_DIR/explanations.json``)."""
+
+    FORMAT: ClassVar[str] = "rlsae.explanations"
+    VERSION: ClassVar[int] = 1
+
+    features: dict[str, FeatureExplanation] = field(default_factory=dict)
+    """By feature index (as a string, JSON's key type)."""
+    config: ExplainConfig | None = None
+    """How the latest features were explained (never an API key)."""
+    sae: str = ""
+    """The SAE directory."""
+    acts: str = ""
+    """The activation store explained on."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Explanations:
+        """The file at ``path``, or an empty one if there is none (foreign files: one line)."""
+        return cls.read(path) if Path(path).exists() else cls()
 
 
 # ----------------------------------------------------------------------------- activations
@@ -131,8 +181,8 @@ class FeatureRecords:
     max_activation: float
     top_rows: list[int]
     """Rows of the ``n_top`` highest (positive) activations, highest first."""
-    records: list[dict[str, Any]]
-    """Top documents: ``{document, position, tokens, activations}`` (position = argmax)."""
+    records: list[ContextRecord]
+    """Top documents, highest activation first."""
 
 
 def feature_records(
@@ -144,7 +194,7 @@ def feature_records(
     k = min(n_top, positive)
     top_rows = torch.topk(acts, k).indices.tolist() if k else []
     docs_arr = context["document"].to_numpy()
-    records: list[dict[str, Any]] = []
+    records: list[ContextRecord] = []
     seen: set[int] = set()
     for row in top_rows:
         doc = int(docs_arr[row])
@@ -156,12 +206,12 @@ def feature_records(
         order = sub["position"].to_numpy().argsort(kind="stable")
         rows = rows[order]
         records.append(
-            {
-                "document": doc,
-                "position": int(context["position"].iloc[row]),
-                "tokens": [str(t) for t in context["token"].to_numpy()[rows]],
-                "activations": [round(float(a), 6) for a in acts[rows].tolist()],
-            }
+            ContextRecord(
+                document=doc,
+                position=int(context["position"].iloc[row]),
+                tokens=[str(t) for t in context["token"].to_numpy()[rows]],
+                activations=[round(float(a), 6) for a in acts[rows].tolist()],
+            )
         )
         if len(records) >= n_records:
             break
@@ -192,8 +242,8 @@ def token_lift(
 
 def offline_explanation(
     rec: FeatureRecords, context: Any, cfg: ExplainConfig
-) -> tuple[str, list[dict[str, Any]]]:
-    """Explanation text and the named tokens (``{token, count, lift}``) for one feature."""
+) -> tuple[str, list[NamedToken]]:
+    """Explanation text and the named tokens for one feature."""
     if not rec.top_rows:
         return "never fires on these activations", []
     ids = context["token_id"].to_numpy()
@@ -202,12 +252,9 @@ def offline_explanation(
     keep = [r for r in lifted if r[1] >= cfg.min_count][: cfg.max_tokens_shown]
     if not keep:
         keep = sorted(lifted, key=lambda r: (-r[1], -r[2], r[0]))[:1]
-    named = [
-        {"token": texts[t].strip() or texts[t], "token_id": t, "count": c, "lift": round(lf, 3)}
-        for t, c, lf in keep
-    ]
-    words = ", ".join(json.dumps(n["token"], ensure_ascii=False) for n in named)
-    lifts = ", ".join(f"{n['lift']:.1f}x" for n in named)
+    named = [NamedToken(texts[t].strip() or texts[t], t, c, round(lf, 3)) for t, c, lf in keep]
+    words = ", ".join(json.dumps(n.token, ensure_ascii=False) for n in named)
+    lifts = ", ".join(f"{n.lift:.1f}x" for n in named)
     return f"tokens {words} (lift {lifts})", named
 
 
@@ -231,11 +278,11 @@ def normalise_activations(values: Sequence[float], max_activation: float) -> lis
 
 def bills_prompt(rec: FeatureRecords, label: str = "1") -> str:
     """The user message: records as token<TAB>0-10 lines, then with zeros filtered out."""
-    top = max((max(r["activations"]) for r in rec.records), default=0.0)
+    top = max((max(r.activations) for r in rec.records), default=0.0)
     full, nonzero = [], []
     for r in rec.records:
-        scaled = normalise_activations(r["activations"], top)
-        lines = [f"{_clean(t)}\t{a}" for t, a in zip(r["tokens"], scaled, strict=True)]
+        scaled = normalise_activations(r.activations, top)
+        lines = [f"{_clean(t)}\t{a}" for t, a in zip(r.tokens, scaled, strict=True)]
         full.append("<start>\n" + "\n".join(lines) + "\n<end>")
         nz = [ln for ln, a in zip(lines, scaled, strict=True) if a > 0]
         nonzero.append("<start>\n" + "\n".join(nz) + "\n<end>")
@@ -335,15 +382,9 @@ def llm_explanation(rec: FeatureRecords, endpoint: ChatEndpoint) -> str:
 # ----------------------------------------------------------------------------- driver
 
 
-def load_explanations(path: str | os.PathLike) -> dict[str, Any]:
+def load_explanations(path: str | os.PathLike) -> Explanations:
     """The explanations file, or an empty one if it does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return {"features": {}}
-    data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("features"), dict):
-        raise RlsaeError(f"{path} is not an explanations file (no 'features' object)")
-    return data
+    return Explanations.load(path)
 
 
 def explain_features(
@@ -358,8 +399,8 @@ def explain_features(
     layer: int | None = None,
     redo: bool = False,
     progress: bool = False,
-    on_feature: Callable[[int, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+    on_feature: Callable[[int, FeatureExplanation], None] | None = None,
+) -> Explanations:
     """Explain ``features`` of the SAE in ``sae_dir`` on the activations in ``store_dir``.
 
     Writes (and returns) ``out`` (default ``sae_dir/explanations.json``) after every feature.
@@ -369,14 +410,47 @@ def explain_features(
     """
     from tqdm.auto import tqdm
 
-    from rlsae.llm.rewards import UtilityTable
-    from rlsae.sae import load_sae
-    from rlsae.sae.store import ActivationStore
-
     cfg = cfg or ExplainConfig()
-    if cfg.method not in ("offline", "llm"):
-        raise RlsaeError(f"explainer method must be offline or llm, not {cfg.method!r}")
+    cfg.validate()
     table = table or UtilityTable.vader()
+    out = Path(out) if out is not None else Path(sae_dir) / EXPLANATIONS
+    result = Explanations.load(out)  # a foreign file is refused before any work
+    sae, store, ctx = _open(sae_dir, store_dir, layer)
+    endpoint = None
+    if cfg.method == "llm":
+        endpoint = ChatEndpoint.from_options(
+            cfg.base_url, cfg.model, api_key, cfg.timeout, cfg.temperature
+        )
+        cfg = replace(cfg, base_url=endpoint.base_url, model=endpoint.model)  # never the key
+    result.config = cfg
+    result.sae = result.sae or str(sae_dir)
+    result.acts = str(store_dir)
+    method = _method_name(cfg)
+    todo = [
+        f
+        for f in dict.fromkeys(int(x) for x in features)
+        if redo or getattr(result.features.get(str(f)), "method", None) != method
+    ]
+    if not todo:
+        return result
+    acts = feature_activations(sae, store, todo)
+    for j, f in enumerate(tqdm(todo, desc="explaining", unit="feature", disable=not progress)):
+        rec = feature_records(acts[:, j], ctx, f, cfg.n_top, cfg.n_records)
+        try:
+            entry = _explain_one(rec, ctx, cfg, endpoint, table)
+        except RlsaeError as e:
+            raise RlsaeError(
+                f"{e}; {len(result.features)} explanations so far kept in {out}"
+            ) from None
+        result.features[str(f)] = entry
+        result.write(out)
+        if on_feature is not None:
+            on_feature(f, entry)
+    return result
+
+
+def _open(sae_dir: str | os.PathLike, store_dir: str | os.PathLike, layer: int | None) -> Any:
+    """``(sae, store, context)``, checked to belong together and to hold token contexts."""
     sae = load_sae(sae_dir)
     store = ActivationStore(store_dir)
     check_sae_matches(sae, store, layer)
@@ -386,58 +460,31 @@ def explain_features(
             f"{store.path} has no language-model context (document, position, token_id, token); "
             "record it with `rlsae llm record`"
         )
-    endpoint = None
-    if cfg.method == "llm":
-        endpoint = ChatEndpoint.from_options(
-            cfg.base_url, cfg.model, api_key, cfg.timeout, cfg.temperature
-        )
-        cfg = replace(cfg, base_url=endpoint.base_url, model=endpoint.model)  # never the key
-    out = Path(out) if out is not None else Path(sae_dir) / EXPLANATIONS
-    result = load_explanations(out)
-    saved_cfg = asdict(cfg)
-    result["config"] = saved_cfg
-    result.setdefault("sae", str(sae_dir))
-    result["acts"] = str(store_dir)
-    todo = [
-        int(f)
-        for f in dict.fromkeys(int(x) for x in features)
-        if redo or result["features"].get(str(int(f)), {}).get("method") != _method_name(cfg)
-    ]
-    if not todo:
-        return result
-    acts = feature_activations(sae, store, todo)
-    for j, f in enumerate(tqdm(todo, desc="explaining", unit="feature", disable=not progress)):
-        rec = feature_records(acts[:, j], ctx, f, cfg.n_top, cfg.n_records)
-        named: list[dict[str, Any]] = []
-        samples: list[str] = []
-        if cfg.method == "offline":
-            text, named = offline_explanation(rec, ctx, cfg)
-        else:
-            try:
-                samples = [
-                    llm_explanation(rec, endpoint)  # type: ignore[arg-type]
-                    for _ in range(max(1, cfg.samples))
-                ]
-                text = samples[0]
-            except RlsaeError as e:
-                done = sum(1 for v in result["features"].values() if v.get("method"))
-                raise RlsaeError(f"{e}; {done} explanations so far kept in {out}") from None
-        texts = samples if cfg.method == "llm" else [text]
-        entry = {
-            "explanation": text,
-            "utility": sum(table.abs_utility(t) for t in texts) / len(texts),
-            "method": _method_name(cfg),
-            "max_activation": rec.max_activation,
-            "top_tokens": named,
-            "contexts": rec.records,
-        }
-        if len(texts) > 1:
-            entry["samples"] = texts
-        result["features"][str(f)] = entry
-        atomic_write_json(out, result)
-        if on_feature is not None:
-            on_feature(f, entry)
-    return result
+    return sae, store, ctx
+
+
+def _explain_one(
+    rec: FeatureRecords,
+    ctx: Any,
+    cfg: ExplainConfig,
+    endpoint: ChatEndpoint | None,
+    table: Any,
+) -> FeatureExplanation:
+    named: list[NamedToken] = []
+    if endpoint is None:
+        text, named = offline_explanation(rec, ctx, cfg)
+        texts = [text]
+    else:
+        texts = [llm_explanation(rec, endpoint) for _ in range(max(1, cfg.samples))]
+    return FeatureExplanation(
+        explanation=texts[0],
+        utility=sum(table.abs_utility(t) for t in texts) / len(texts),
+        method=_method_name(cfg),
+        max_activation=rec.max_activation,
+        top_tokens=named,
+        contexts=rec.records,
+        samples=texts if len(texts) > 1 else [],
+    )
 
 
 def _method_name(cfg: ExplainConfig) -> str:

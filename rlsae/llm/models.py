@@ -12,8 +12,11 @@ on the left so that generation continues right after each prompt.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,23 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No progress bars ("Loading weights", "Writing model shards") or warnings from
+    transformers and torch while a model is loaded or saved (library code never prints)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_tokenizer(name_or_dir: str | os.PathLike) -> Any:
     """Load only the tokenizer (same rules as :func:`load_model`)."""
     from transformers import AutoTokenizer
@@ -77,7 +97,8 @@ def load_model(name_or_dir: str | os.PathLike, device: str = "cpu") -> tuple[Any
     name, local = resolve_model_ref(name_or_dir)
     tokenizer = load_tokenizer(name_or_dir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local)
     except LOAD_ERRORS as e:
         raise RlsaeError(load_error(name, local, e)) from None
     model.to(device)
@@ -121,6 +142,11 @@ def resolve_model_ref(name_or_dir: str | os.PathLike) -> tuple[str, bool]:
 
 def load_error(name: str, local: bool, e: Exception) -> str:
     """The one-line message for a model or tokenizer that failed to load."""
+    if isinstance(e, pickle.UnpicklingError):
+        return (
+            f"{name} holds a pickled weights file (pytorch_model.bin) with objects other than "
+            "tensors; it was refused without running it. Use a model saved as safetensors"
+        )
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if local:
         return f"could not load the model in {name} ({first}); is it a complete model directory?"

@@ -18,7 +18,7 @@ import torch
 
 from rlsae.fsutil import atomic_dir, read_json
 from rlsae.llm.configs import RLHFConfig
-from rlsae.llm.models import load_model
+from rlsae.llm.models import load_model, quiet_loading
 from rlsae.llm.ppo import PPOTrainer, sample_batch
 from rlsae.llm.rewards import RewardFn
 from rlsae.llm.tuning import (
@@ -94,7 +94,8 @@ def save_checkpoint(
 ) -> None:
     """The policy, the trainer's state and the log so far, replacing ``ckpt`` atomically."""
     with atomic_dir(ckpt, overwrite=True) as tmp:
-        trainer.policy.save_pretrained(tmp / "policy")
+        with quiet_loading():
+            trainer.policy.save_pretrained(tmp / "policy")
         tokenizer.save_pretrained(tmp / "policy")
         buf = io.BytesIO()
         torch.save(trainer.state_dict(), buf)

@@ -23,36 +23,17 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlsae.configs import from_mapping, to_mapping
 from rlsae.errors import RlsaeError
-
-
-@dataclass
-class RecordConfig:
-    """How activations are recorded (saved in every store's ``meta.extra.record``)."""
-
-    hook: str = "resid_post"
-    """Hook inside each block: ``resid_post``, ``resid_pre``, ``mlp_out``, ``attn_out``, ... or
-    any TransformerLens name below ``blocks.L.`` (``mlp.hook_post``)."""
-    prefixes: int = 1000
-    """Number of documents to run through the model."""
-    prefix_tokens: int = 64
-    """Tokens kept from the start of each document (the paper explains on the first 50)."""
-    data: str | None = None
-    """Text file (one document per line) or JSONL (``text`` field), ``imdb``; None: ``auto`` (a
-    tiny model's corpus_test.txt, else the IMDb test split)."""
-    batch_size: int = 32
-    """Documents per forward pass."""
-    dtype: str = "float32"
-    """Store dtype: float32 or float16."""
-    seed: int = 0
-    """Shuffles IMDb before taking ``prefixes`` documents (files are read in order)."""
-
+from rlsae.llm.configs import LMRecordConfig, parse_layers
+from rlsae.llm.data import load_texts
+from rlsae.llm.models import load_model
+from rlsae.sae.store import ActivationWriter
 
 # ----------------------------------------------------------------------------- loading
 
@@ -64,8 +45,6 @@ def load_hooked_model(
 
     The HookedTransformer's weights are exactly the Hugging Face model's (no folding/centring).
     """
-    from rlsae.llm.models import load_model
-
     if isinstance(model, str | os.PathLike):
         name = os.fspath(model)
         if Path(name).expanduser().is_dir():
@@ -166,20 +145,6 @@ def hook_point(ht: Any, layer: int, hook: str) -> str:
     raise RlsaeError(f"hook {hook!r} does not exist; valid hooks: {', '.join(valid_hooks(ht))}")
 
 
-def parse_layers(text: str | Sequence[int]) -> list[int]:
-    """``"1,3"`` or ``[1, 3]`` -> ``[1, 3]`` (order kept, duplicates dropped)."""
-    if isinstance(text, str):
-        try:
-            items = [int(t) for t in text.replace(" ", "").split(",") if t]
-        except ValueError:
-            raise RlsaeError(f"--layers must be comma-separated integers, got {text!r}") from None
-    else:
-        items = [int(t) for t in text]
-    if not items:
-        raise RlsaeError("give at least one layer")
-    return list(dict.fromkeys(items))
-
-
 # ----------------------------------------------------------------------------- documents
 
 
@@ -196,8 +161,6 @@ def load_documents(
     directory, else the IMDb test split (shuffled with ``seed``). A .txt file (one document per
     line) or .jsonl file (``text`` field) is read in order.
     """
-    from rlsae.llm.data import load_texts
-
     if n < 1:
         raise RlsaeError("the number of documents (--prefixes) must be at least 1")
     src = "auto" if data is None else os.fspath(data)
@@ -263,105 +226,98 @@ def record_lm_activations(
     model: Any,
     layers: str | Sequence[int],
     out_dir: str | os.PathLike,
+    cfg: LMRecordConfig | None = None,
     *,
-    hook: str = "resid_post",
-    prefixes: int = 1000,
-    prefix_tokens: int = 64,
-    data: str | os.PathLike | None = None,
-    batch_size: int = 32,
-    dtype: str = "float32",
-    seed: int = 0,
     source: str | None = None,
     device: str = "cpu",
     tokenizer: Any = None,
     overwrite: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> list[Path]:
-    """Record ``hook`` of each layer in ``layers`` into ``out_dir/blocks.L.hook_NAME`` stores.
+    """Record ``cfg.hook`` of each layer in ``layers`` into ``out_dir/blocks.L.hook_NAME``.
 
     ``model`` is a hub name, a model directory, or an in-memory HF model (with ``tokenizer``).
-    Returns the store paths in the order of ``layers``. Every store is written atomically; a
-    store that already exists raises unless ``overwrite``.
+    ``options`` are :class:`LMRecordConfig` fields overriding ``cfg`` (``hook=``,
+    ``prefixes=``, ...). Returns the store paths in the order of ``layers``. Every store is
+    written atomically (all or none: a failure leaves none of them); a store that already exists
+    raises unless ``overwrite``.
     """
     from tqdm.auto import tqdm
 
-    from rlsae.sae.store import ActivationWriter
-
-    cfg = RecordConfig(
-        hook=hook,
-        prefixes=prefixes,
-        prefix_tokens=prefix_tokens,
-        data=None if data is None else str(data),
-        batch_size=batch_size,
-        dtype=dtype,
-        seed=seed,
-    )
-    if batch_size < 1:
-        raise RlsaeError("batch_size must be at least 1")
+    base = to_mapping(cfg) if cfg is not None else {}
+    if options.get("data") is not None:
+        options["data"] = os.fspath(options["data"])
+    cfg = from_mapping(LMRecordConfig, {**base, **options}, "record options")
     layer_list = parse_layers(layers)
     ht, tokenizer, name = load_hooked_model(model, tokenizer=tokenizer, device=device)
-    names = [hook_point(ht, layer, hook) for layer in layer_list]
-    out_dir = Path(out_dir)
-    paths = [out_dir / n for n in names]
+    names = [hook_point(ht, layer, cfg.hook) for layer in layer_list]
+    paths = [Path(out_dir) / n for n in names]
     if not overwrite:
         for p in paths:
             if p.exists():
                 raise RlsaeError(f"{p} already exists; remove it or choose another --out")
     docs = load_documents(
-        data, prefixes, seed=seed, model=model if isinstance(model, str | os.PathLike) else None
+        cfg.data,
+        cfg.prefixes,
+        seed=cfg.seed,
+        model=model if isinstance(model, str | os.PathLike) else None,
     )
-    token_lists = tokenize_documents(tokenizer, docs, prefix_tokens)
+    token_lists = tokenize_documents(tokenizer, docs, cfg.prefix_tokens)
     if not any(token_lists):
         raise RlsaeError("every document tokenised to zero tokens; nothing to record")
     vocab_text = _TokenText(tokenizer)
     src = source or Path(name).name
-    writers = {}
-    d_out: dict[str, int] = {}
-    try:
+    # ExitStack: on an exception every writer aborts (nothing published); else all close.
+    with contextlib.ExitStack() as stack:
+        writers = {}
         for layer, hp, p in zip(layer_list, names, paths, strict=True):
-            d_out[hp] = _hook_width(ht, hp)
-            writers[hp] = ActivationWriter(
-                p,
-                d_out[hp],
-                dtype=dtype,
-                hook=hp,
-                source=src,
-                provider="lm",
-                overwrite=overwrite,
-                extra={
-                    "model": name,
-                    "layer": layer,
-                    "hook_point": hp,
-                    "record": asdict(cfg),
-                    "data": cfg.data or "auto:test",
-                },
+            extra = {
+                "model": name,
+                "layer": layer,
+                "hook_point": hp,
+                "record": to_mapping(cfg),
+                "data": cfg.data or "auto:test",
+            }
+            writers[hp] = stack.enter_context(
+                ActivationWriter(
+                    p,
+                    _hook_width(ht, hp),
+                    dtype=cfg.dtype,
+                    hook=hp,
+                    source=src,
+                    provider="lm",
+                    overwrite=overwrite,
+                    extra=extra,
+                )
             )
         bar = tqdm(total=len(token_lists), desc="recording", unit="doc", disable=not progress)
-        for idx, acts in iter_hook_activations(ht, token_lists, names, batch_size):
-            ctx_doc, ctx_pos, ctx_id = [], [], []
-            for i in idx:
-                ids = token_lists[i]
-                ctx_doc += [i] * len(ids)
-                ctx_pos += list(range(len(ids)))
-                ctx_id += list(ids)
-            context = {
-                "document": ctx_doc,
-                "position": ctx_pos,
-                "token_id": ctx_id,
-                "token": [vocab_text(t) for t in ctx_id],
-            }
+        for idx, acts in iter_hook_activations(ht, token_lists, names, cfg.batch_size):
+            context = _context_columns([token_lists[i] for i in idx], idx, vocab_text)
             for hp in names:
                 writers[hp].append(torch.cat(acts[hp]), context)
             bar.update(len(idx))
         bar.close()
-        for hp in names:
-            writers[hp].close()
-    except BaseException:
-        for w in writers.values():
-            if not getattr(w, "_closed", False):
-                w.abort()
-        raise
     return paths
+
+
+def _context_columns(
+    token_lists: Sequence[Sequence[int]], docs: Sequence[int], vocab_text: _TokenText
+) -> dict[str, list[Any]]:
+    """Per-row ``document, position, token_id, token`` of a batch of documents."""
+    ctx_doc: list[int] = []
+    ctx_pos: list[int] = []
+    ctx_id: list[int] = []
+    for doc, ids in zip(docs, token_lists, strict=True):
+        ctx_doc += [doc] * len(ids)
+        ctx_pos += list(range(len(ids)))
+        ctx_id += [int(t) for t in ids]
+    return {
+        "document": ctx_doc,
+        "position": ctx_pos,
+        "token_id": ctx_id,
+        "token": [vocab_text(t) for t in ctx_id],
+    }
 
 
 def _hook_width(ht: Any, name: str) -> int:

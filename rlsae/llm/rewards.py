@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from rlsae.errors import RlsaeError
+from rlsae.fsutil import atomic_write_bytes
 from rlsae.llm.configs import DEFAULT_CLASSIFIER
-from rlsae.llm.models import LOAD_ERRORS, load_error, resolve_model_ref
+from rlsae.llm.models import LOAD_ERRORS, load_error, quiet_loading, resolve_model_ref
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], list[float]]
 
@@ -131,8 +132,6 @@ class UtilityTable:
 
     def save_tsv(self, path: str | os.PathLike) -> None:
         """Write the table as ``word<TAB>utility`` lines (atomically)."""
-        from rlsae.fsutil import atomic_write_bytes
-
         lines = [f"{w}\t{u:g}\n" for w, u in sorted(self.utilities.items())]
         atomic_write_bytes(path, "".join(lines).encode())
 
@@ -230,9 +229,10 @@ class ClassifierReward:
         name, local = resolve_model_ref(self.cfg.model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                name, local_files_only=local
-            )
+            with quiet_loading():
+                self.model = AutoModelForSequenceClassification.from_pretrained(
+                    name, local_files_only=local
+                )
         except LOAD_ERRORS as e:
             raise RlsaeError(load_error(name, local, e)) from None
         self.model.to(device).eval()

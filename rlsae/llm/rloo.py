@@ -18,7 +18,7 @@ from typing import Any
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import read_json
 from rlsae.llm.configs import RLHFConfig
-from rlsae.llm.models import load_model
+from rlsae.llm.models import load_model, quiet_loading
 from rlsae.llm.rewards import RewardFn
 from rlsae.llm.tuning import (
     RLHFResult,
@@ -150,7 +150,8 @@ def run_rloo(
         del log[done_steps:]
     start_run(out, cfg)
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with quiet_loading():  # TRL's checkpoints save through transformers' progress bars
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except ValueError as e:
         raise RlsaeError(f"RLOO training failed: {str(e).splitlines()[0]}") from None
     bar.close()

@@ -18,18 +18,18 @@ train and test corpora (one review per line) beside them as ``corpus_train.txt``
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlsae.errors import RlsaeError
+from rlsae.configs import from_mapping, to_mapping
 from rlsae.fsutil import atomic_dir, atomic_write_json
+from rlsae.llm.configs import TinyConfig
+from rlsae.llm.models import quiet_loading
 
 EOS = "<|endoftext|>"
 TINY_META = "tiny.json"
@@ -126,40 +126,6 @@ def synth_corpus(n: int, seed: int = 0) -> list[str]:
     return [synth_review(rng) for _ in range(n)]
 
 
-@dataclass
-class TinyConfig:
-    """Size and training of the tiny GPT-NeoX. Defaults train in a few minutes on 2 CPU cores."""
-
-    steps: int = 800
-    """Optimiser steps."""
-    n_layers: int = 4
-    """Transformer blocks."""
-    d_model: int = 128
-    """Residual stream width."""
-    n_heads: int = 4
-    """Attention heads."""
-    d_mlp: int = 512
-    """MLP hidden width."""
-    context: int = 128
-    """Maximum sequence length (max_position_embeddings)."""
-    vocab_size: int = 1024
-    """BPE vocabulary size (upper bound)."""
-    seq_len: int = 64
-    """Training window length in tokens."""
-    batch_size: int = 32
-    """Windows per step."""
-    lr: float = 3e-3
-    """Peak AdamW learning rate (linear warm-up over 5% of steps, cosine decay to 10%)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay."""
-    n_train_reviews: int = 8000
-    """Reviews in corpus_train.txt."""
-    n_test_reviews: int = 1000
-    """Reviews in corpus_test.txt (for scoring and activations)."""
-    seed: int = 0
-    """Seed for the corpus, the initialisation and the batches."""
-
-
 def pretrain_tiny(
     out_dir: str | os.PathLike,
     *,
@@ -173,18 +139,7 @@ def pretrain_tiny(
     ``overrides`` are :class:`TinyConfig` fields (``steps=150`` for a 20-40 s test model).
     Written atomically: an interrupted run leaves nothing at ``out_dir``.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    fields = {f.name for f in dataclasses.fields(TinyConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise RlsaeError(f"unknown tiny-model option(s) {sorted(unknown)}; known: {sorted(fields)}")
-    cfg = TinyConfig(seed=seed, **overrides)
-    if cfg.steps < 1 or cfg.d_model % cfg.n_heads or cfg.seq_len + 1 > cfg.context:
-        raise RlsaeError(
-            "invalid tiny config: need steps >= 1, d_model divisible by n_heads, seq_len < context"
-        )
+    cfg = from_mapping(TinyConfig, {"seed": seed, **overrides}, "tiny-model options")
     t0 = time.time()
     train_docs = synth_corpus(cfg.n_train_reviews, seed=cfg.seed)
     test_docs = synth_corpus(cfg.n_test_reviews, seed=cfg.seed + 1_000_003)
@@ -195,35 +150,12 @@ def pretrain_tiny(
         ids = _token_stream(tokenizer, train_docs)
         test_ids = _token_stream(tokenizer, test_docs)
 
-        gen = torch.Generator().manual_seed(cfg.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warm = max(1, cfg.steps // 20)
-
-        def lr_at(step: int) -> float:
-            if step < warm:
-                return cfg.lr * (step + 1) / warm
-            frac = (step - warm) / max(1, cfg.steps - warm)
-            return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-        model.train()
-        losses = []
-        bar = tqdm(range(cfg.steps), desc="pretrain-tiny", disable=not progress, leave=False)
-        for step in bar:
-            batch = _windows(ids, cfg.batch_size, cfg.seq_len + 1, gen)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            loss = model(input_ids=batch, labels=batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(loss.item())
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses = _train(model, ids, cfg, progress)
         model.eval()
         test_loss = _eval_loss(model, test_ids, cfg.seq_len + 1)
 
-        model.save_pretrained(tmp)
+        with quiet_loading():
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "corpus_train.txt").write_text("\n".join(train_docs) + "\n")
         (tmp / "corpus_test.txt").write_text("\n".join(test_docs) + "\n")
@@ -231,7 +163,7 @@ def pretrain_tiny(
             tmp / TINY_META,
             {
                 "format": "rlsae-tiny",
-                "config": dataclasses.asdict(cfg),
+                "config": to_mapping(cfg),
                 "train_loss_first": losses[0],
                 "train_loss_last": float(sum(losses[-20:]) / len(losses[-20:])),
                 "test_loss": test_loss,
@@ -241,6 +173,39 @@ def pretrain_tiny(
             },
         )
     return Path(out_dir)
+
+
+def _train(model: Any, ids: Any, cfg: TinyConfig, progress: bool) -> list[float]:
+    """AdamW with linear warm-up (5% of steps) and cosine decay to 10%; the loss per step."""
+    import torch
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, cfg.steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        frac = (step - warm) / max(1, cfg.steps - warm)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    model.train()
+    losses = []
+    bar = tqdm(range(cfg.steps), desc="pretrain-tiny", disable=not progress, leave=False)
+    for step in bar:
+        batch = _windows(ids, cfg.batch_size, cfg.seq_len + 1, gen)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return losses
 
 
 def read_tiny_meta(model_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -285,8 +250,12 @@ def _build_model(cfg: TinyConfig, tokenizer: Any) -> Any:
         num_attention_heads=cfg.n_heads,
         intermediate_size=cfg.d_mlp,
         max_position_embeddings=cfg.context,
-        rotary_pct=0.25,
-        rotary_emb_base=10000,
+        # Pythia: rotary embeddings on a quarter of each head's dimensions
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000,
+            "partial_rotary_factor": 0.25,
+        },
         use_parallel_residual=True,
         tie_word_embeddings=False,
         bos_token_id=eos,

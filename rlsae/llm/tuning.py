@@ -18,6 +18,7 @@ from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
 from rlsae.llm.configs import RLHFConfig
 from rlsae.llm.data import check_fits_context, load_texts, make_prefixes
+from rlsae.llm.models import quiet_loading
 from rlsae.llm.rewards import (
     ClassifierReward,
     ClassifierRewardConfig,
@@ -164,7 +165,8 @@ def write_log(out: Path, log: list[dict[str, Any]], cfg: RLHFConfig) -> None:
 def save_tuned_model(out: Path, model: Any, tokenizer: Any, cfg: RLHFConfig) -> Path:
     """The tuned model, its tokenizer and rlhf.json in ``out/model`` (atomically)."""
     with atomic_dir(out / "model", overwrite=True) as tmp:
-        model.save_pretrained(tmp)
+        with quiet_loading():
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "rlhf.json", {"config": to_mapping(cfg), "base_model": cfg.model})
         # A tiny model's corpora travel with it, so 'auto' data still finds its prefixes.

@@ -3,7 +3,8 @@
 - ``tiny_model_dir``: the tiny offline Pythia (GPT-NeoX), pretrained once per session;
 - ``random_lm_dir`` / ``make_lm`` / ``save_lm``: a randomly initialised 3-layer GPT-NeoX with a
   word-level tokenizer, saved as a Hugging Face model directory;
-- ``tiny_classifier``: a hand-weighted DistilBERT sentiment classifier.
+- ``tiny_classifier``: a hand-weighted DistilBERT sentiment classifier;
+- ``run_cli``: the ``rlsae`` entry point (:func:`rlsae.cli.main`) run in-process.
 """
 
 from __future__ import annotations
@@ -18,28 +19,38 @@ TINY_TEST_OPTIONS = {"steps": 100, "n_train_reviews": 2000, "n_test_reviews": 40
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
     from rlsae.llm.tiny import pretrain_tiny
+    from rlsae.threads import torch_threads
 
     out = tmp_path_factory.mktemp("tiny") / "model"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return pretrain_tiny(out, seed=0, progress=False, **TINY_TEST_OPTIONS)
-    finally:
-        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """``run_cli([args])`` -> (exit code, stdout, stderr) of :func:`rlsae.cli.main`."""
+    from rlsae.cli import main
+
+    def run(args):
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run
 
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tuning is many small ops: one thread is several times faster on a shared 2-core machine."""
-    import torch
+    from rlsae.threads import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from rlsae.llm.data import load_texts, make_prefixes
 from rlsae.llm.generate import completion_mask, left_pad, sample_completions
 from rlsae.llm.models import load_model
 from rlsae.llm.rewards import UtilityTable
-from rlsae.llm.score import summarise
+from rlsae.llm.score import ScoreConfig, ScoreExample, ScoreResult, summarise
 
 
 def test_local_txt_and_jsonl(tmp_path):
@@ -81,8 +81,26 @@ def test_summarise_hand_worked():
     table = UtilityTable({"good": 2.0, "bad": -3.0})
     res = summarise(table, ["p", "p", "p"], ["good good", "bad", "good bad"], [0.1, 0.2, 0.3])
     # per completion: 4, -3, -1 -> |.| sum 8, signed sum 0; word-level |U| sum 4 + 3 + 5 = 12
-    assert res["aggregate_abs_utility"] == pytest.approx(8.0)
-    assert res["aggregate_utility"] == pytest.approx(0.0)
-    assert res["aggregate_word_abs_utility"] == pytest.approx(12.0)
-    assert res["mean_reward"] == pytest.approx(0.2)
-    assert res["n"] == 3 and res["positive_fraction"] == pytest.approx(1 / 3)
+    assert res.aggregate_abs_utility == pytest.approx(8.0)
+    assert res.aggregate_utility == pytest.approx(0.0)
+    assert res.aggregate_word_abs_utility == pytest.approx(12.0)
+    assert res.mean_reward == pytest.approx(0.2)
+    assert res.n == 3 and res.positive_fraction == pytest.approx(1 / 3)
+
+
+def test_score_artifact_round_trip(tmp_path):
+    table = UtilityTable({"good": 2.0, "bad": -3.0})
+    res = summarise(table, ["p", "q"], ["good", "bad bad"], [0.5, -1.0])
+    res.model, res.seconds = "m", 1.5
+    res.config = ScoreConfig(prefixes=2, table="t.tsv")
+    res.examples = [ScoreExample("p", "good"), ScoreExample("q", "bad bad")]
+    path = res.write(tmp_path / "score.json")
+    data = json.loads(path.read_text())
+    assert (data["format"], data["version"]) == ("rlsae.score", 1)
+    assert data["aggregate_abs_utility"] == 8.0 and data["config"]["prefixes"] == 2
+    assert data["examples"][1] == {"prefix": "q", "completion": "bad bad"}
+    assert ScoreResult.read(path) == res
+    data["version"] = 2
+    path.write_text(json.dumps(data))
+    with pytest.raises(RlsaeError, match="rlsae.score version 2; this rlsae reads version 1"):
+        ScoreResult.read(path)

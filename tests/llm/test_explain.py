@@ -14,6 +14,7 @@ import torch
 from rlsae.errors import RlsaeError
 from rlsae.llm.explain import (
     ExplainConfig,
+    Explanations,
     bills_prompt,
     explain_features,
     feature_records,
@@ -65,23 +66,23 @@ def planted(tmp_path):
 def test_offline_explainer_names_the_planted_token(planted):
     n_top = int(planted["great"].sum())
     res = explain_features(planted["sae"], planted["store"], [0, 1], cfg=ExplainConfig(n_top=n_top))
-    f0 = res["features"]["0"]
-    assert f0["top_tokens"][0]["token"] == "great"
+    f0 = res.features["0"]
+    assert f0.top_tokens[0].token == "great"
     # every top row is " great": lift = 1 / base rate of " great"
     want_lift = len(planted["ids"]) / n_top
-    assert f0["top_tokens"][0]["lift"] == pytest.approx(want_lift, rel=1e-3)
-    assert f0["top_tokens"][0]["count"] == n_top
-    assert len(f0["top_tokens"]) == 1  # no other token occurs among the top rows
-    assert f0["explanation"].startswith('tokens "great"')
-    assert f0["utility"] == pytest.approx(UtilityTable.vader().get("great"))
-    assert f0["max_activation"] == pytest.approx(float(planted["x"][:, 0].max()), rel=1e-6)
-    assert res["features"]["1"]["top_tokens"][0]["token"] == "awful"
-    assert res["features"]["1"]["utility"] == pytest.approx(abs(UtilityTable.vader().get("awful")))
+    assert f0.top_tokens[0].lift == pytest.approx(want_lift, rel=1e-3)
+    assert f0.top_tokens[0].count == n_top
+    assert len(f0.top_tokens) == 1  # no other token occurs among the top rows
+    assert f0.explanation.startswith('tokens "great"')
+    assert f0.utility == pytest.approx(UtilityTable.vader().get("great"))
+    assert f0.max_activation == pytest.approx(float(planted["x"][:, 0].max()), rel=1e-6)
+    assert res.features["1"].top_tokens[0].token == "awful"
+    assert res.features["1"].utility == pytest.approx(abs(UtilityTable.vader().get("awful")))
     # contexts are whole documents with the feature's activation per token
-    c = f0["contexts"][0]
-    assert len(c["tokens"]) == len(c["activations"]) and max(c["activations"]) > 2.0
+    c = f0.contexts[0]
+    assert len(c.tokens) == len(c.activations) and max(c.activations) > 2.0
     on_disk = json.loads((planted["sae"] / "explanations.json").read_text())
-    assert on_disk["features"]["0"]["explanation"] == f0["explanation"]
+    assert on_disk["features"]["0"]["explanation"] == f0.explanation
 
 
 def test_normalisation_and_prompt_format(planted):
@@ -147,9 +148,9 @@ def test_llm_explainer_against_local_server(planted, server, monkeypatch):
     monkeypatch.setenv("RLSAE_EXPLAINER_MODEL", "tiny-gpt")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     res = explain_features(planted["sae"], planted["store"], [0], cfg=ExplainConfig(method="llm"))
-    assert res["features"]["0"]["explanation"] == "the word great in reviews."
-    assert res["features"]["0"]["method"] == "llm:tiny-gpt"
-    assert res["features"]["0"]["utility"] == pytest.approx(UtilityTable.vader().get("great"))
+    assert res.features["0"].explanation == "the word great in reviews."
+    assert res.features["0"].method == "llm:tiny-gpt"
+    assert res.features["0"].utility == pytest.approx(UtilityTable.vader().get("great"))
     (req,) = _Handler.requests
     assert req["path"] == "/v1/chat/completions"
     assert req["auth"] == "Bearer sk-test"
@@ -206,44 +207,37 @@ def test_sae_of_another_layer_is_refused(planted, tmp_path):
         explain_features(planted["sae"], planted["store"], [0], layer=3)
 
 
-def test_cli_explain(planted):
-    from typer.testing import CliRunner
-
-    from rlsae.cli import app
-
-    r = CliRunner().invoke(
-        app,
-        [
-            "llm",
-            "explain",
-            "--sae",
-            str(planted["sae"]),
-            "--acts",
-            str(planted["store"]),
-            "--features",
-            "0,1",
-            "--json",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)
+def test_cli_explain(planted, run_cli):
+    args = ["llm", "explain", "--sae", planted["sae"], "--acts", planted["store"]]
+    code, out, err = run_cli([*args, "--features", "0,1", "--json"])
+    assert code == 0, err
+    out = json.loads(out)
     assert out["features"]["0"]["explanation"].startswith('tokens "great"')
-    r = CliRunner().invoke(
-        app,
-        [
-            "llm",
-            "explain",
-            "--sae",
-            str(planted["sae"]),
-            "--acts",
-            str(planted["store"]),
-            "--features",
-            "0",
-            "--layer",
-            "2",
-        ],
-    )
-    assert r.exit_code != 0 and "not the requested layer 2" in str(r.exception)
+    code, out, err = run_cli([*args, "--features", "0", "--layer", "2"])
+    assert code == 2 and out == "" and "not the requested layer 2" in err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    for bad, message in [
+        (["--features", "0,x"], "--features must be comma-separated integers"),
+        (["--features", "0", "--samples", "0"], "--samples: must be at least 1, got 0"),
+        (["--features", "0", "--method", "gpt"], "--method: expected one of offline, llm"),
+        (["--features", "0", "--temperature", "-1"], "--temperature: must be between 0 and 2"),
+    ]:
+        code, out, err = run_cli([*args, *bad])
+        assert code == 2 and err.startswith("error: ") and message in err, err
+        assert err.count("\n") == 1
+
+
+def test_explanations_artifact_round_trip(planted, tmp_path):
+    res = explain_features(planted["sae"], planted["store"], [0, 1], out=tmp_path / "e.json")
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert (data["format"], data["version"]) == ("rlsae.explanations", 1)
+    assert data["features"]["0"]["top_tokens"][0]["token"] == "great"
+    assert data["config"]["method"] == "offline" and data["acts"] == str(planted["store"])
+    assert Explanations.read(tmp_path / "e.json") == res
+    assert Explanations.load(tmp_path / "none.json") == Explanations()
+    (tmp_path / "old.json").write_text(json.dumps({"features": {}}))
+    with pytest.raises(RlsaeError, match="has no 'format' field; it is not a 'rlsae.explanations'"):
+        explain_features(planted["sae"], planted["store"], [0], out=tmp_path / "old.json")
 
 
 def test_llm_samples_average_utility(planted, server):
@@ -251,11 +245,11 @@ def test_llm_samples_average_utility(planted, server):
     url = f"http://127.0.0.1:{server.server_address[1]}"
     cfg = ExplainConfig(method="llm", base_url=url, model="m", samples=3, temperature=1.0)
     res = explain_features(planted["sae"], planted["store"], [0], cfg=cfg)
-    entry = res["features"]["0"]
+    entry = res.features["0"]
     t = UtilityTable.vader()
     want = (t.get("great") + (abs(t.get("awful")) + t.get("great")) + 0.0) / 3
-    assert entry["utility"] == pytest.approx(want)
-    assert entry["samples"] == _Handler.answers and entry["explanation"] == "great things"
+    assert entry.utility == pytest.approx(want)
+    assert entry.samples == _Handler.answers and entry.explanation == "great things"
     assert all(r["body"]["temperature"] == 1.0 for r in _Handler.requests)
 
 
