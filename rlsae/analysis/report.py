@@ -134,21 +134,17 @@ def _tensorboard_scalars(logdir: Path, tags: tuple[str, ...]) -> dict[str, tuple
 
 
 def _training_history(sae_dir: Path) -> dict[str, tuple[list, list]]:
-    """Loss-like curves from an SAE's ``training.json`` (a list of per-step records)."""
-    p = sae_dir / "training.json"
-    if not p.is_file():
+    """Loss-like curves from an SAE's ``training.json``; none when it is missing or unreadable."""
+    from rlsae.sae.train import TrainingRecord
+
+    if not (sae_dir / "training.json").is_file():
         return {}
     try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return {}
-    hist = data.get("history", data) if isinstance(data, dict) else data
-    if not isinstance(hist, list):
+        history = TrainingRecord.read(sae_dir / "training.json").history
+    except RlsaeError:  # another version or a damaged file: the report leaves the curves out
         return {}
     series: dict[str, tuple[list, list]] = {}
-    for i, rec in enumerate(hist):
-        if not isinstance(rec, dict):
-            continue
+    for i, rec in enumerate(history):
         step = rec.get("step", i)
         for k, v in rec.items():
             if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
@@ -160,23 +156,18 @@ def _training_history(sae_dir: Path) -> dict[str, tuple[list, list]]:
 
 def _firing_frequencies(sae_dir: Path) -> Any:
     """Sorted firing frequencies (descending) from ``feature_stats.safetensors``, or None."""
-    p = sae_dir / "feature_stats.safetensors"
-    if not p.is_file():
-        return None
-    from safetensors.numpy import load_file
+    from rlsae.sae.metrics import FeatureStats
 
+    if not (sae_dir / "feature_stats.safetensors").is_file():
+        return None
     try:
-        st = load_file(str(p))
-    except Exception:
+        stats = FeatureStats.read(sae_dir)
+    except RlsaeError:
         return None
-    if "firing_counts" not in st or "rows" not in st:
+    if stats.rows <= 0:
         return None
-    import numpy as np
-
-    rows = float(np.asarray(st["rows"]).ravel()[0])
-    if rows <= 0:
-        return None
-    return np.sort(np.asarray(st["firing_counts"], dtype=np.float64))[::-1] / rows
+    counts = stats.firing_counts.double().sort(descending=True).values
+    return (counts / stats.rows).numpy()
 
 
 def _fit_headline(fit: FitResult) -> str:
@@ -186,7 +177,7 @@ def _fit_headline(fit: FitResult) -> str:
     if q.vertex_x is not None:
         vtx = f"; vertex at {esc(fit.x)} = {q.vertex_x:.4g}"
         if ci is not None and ci.low is not None and ci.high is not None:
-            vtx += f" (95% bootstrap [{ci.low:.4g}, {ci.high:.4g}])"
+            vtx += f" ({ci.level:.0%} bootstrap [{ci.low:.4g}, {ci.high:.4g}])"
     exact = " (an exact fit: F is infinite)" if q.exact else ""
     return (
         "<p class='headline'>"
@@ -241,22 +232,22 @@ def _training_curves(run_dir: Path, df: Any) -> str:
     return "<h2>Training curves</h2><div class='grid'>" + "".join(curves) + "</div>"
 
 
-def _sae_name(cfg: Mapping[str, Any]) -> str:
-    """The study's SAE directory name (``topk-2048-k50``, ``relu-2048``)."""
-    sae = cfg.get("sae", {})
-    arch = sae.get("arch", "topk")
-    return f"{arch}-{sae.get('d_sae')}" + (f"-k{sae.get('k')}" if arch == "topk" else "")
+def _agent_sae(run_dir: Path, agent: str) -> Path | None:
+    """The agent's SAE: the first directory under ``saes/AGENT/`` holding a ``cfg.json``."""
+    found = sorted((run_dir / "saes" / agent).glob("**/cfg.json"))
+    return found[0].parent if found else None
 
 
-def _sae_figures(run_dir: Path, df: Any, cfg: Mapping[str, Any]) -> list[str]:
+def _sae_figures(run_dir: Path, df: Any) -> list[str]:
     """SAE training curves and sorted firing frequencies, every agent overlaid."""
     import numpy as np
 
-    layer = cfg.get("recording", {}).get("layer", "")
     loss_series: dict[str, dict[str, tuple[list, list]]] = {}
     freq_series: dict[str, tuple[list, list]] = {}
     for agent in df["agent"].astype(str):
-        sdir = run_dir / "saes" / agent / layer / _sae_name(cfg)
+        sdir = _agent_sae(run_dir, agent)
+        if sdir is None:
+            continue
         for metric, xy in _training_history(sdir).items():
             loss_series.setdefault(metric, {})[agent] = xy
         freqs = _firing_frequencies(sdir)
@@ -286,10 +277,10 @@ def _sae_figures(run_dir: Path, df: Any, cfg: Mapping[str, Any]) -> list[str]:
 _SAE_COLUMNS = ("agent", "mean_return", "live", "dead", "fvu", "explained_variance", "l0")
 
 
-def _sae_section(run_dir: Path, df: Any, cfg: Mapping[str, Any]) -> str:
+def _sae_section(run_dir: Path, df: Any) -> str:
     cols = [c for c in (*_SAE_COLUMNS, "mse", "rows") if c in df.columns]
     cols += [c for c in df.columns if c.startswith("splice_")]
-    figs = _sae_figures(run_dir, df, cfg)
+    figs = _sae_figures(run_dir, df)
     return (
         "<h2>SAE metrics</h2>" + _df_table(df[cols]) + "<div class='grid'>" + "".join(figs)
     ) + "</div>"
@@ -319,8 +310,9 @@ def _study_section(info: Mapping[str, Any]) -> str:
 
 def write_atari_report(run_dir: str | os.PathLike) -> Path:
     """Write ``run_dir/analysis/report.html`` of a dead-features study from its artifacts
-    (``run.json``, ``analysis/agents.csv``, ``analysis/fit_live_vs_return.json``, the agents'
-    tensorboard logs, the SAEs' ``training.json`` and ``feature_stats.safetensors``)."""
+    (``run.json``, ``analysis/agents.csv``, ``analysis/fit_live_vs_return.json``, the runs'
+    tensorboard logs under ``agents/RUN/tensorboard``, and each agent's SAE under
+    ``saes/AGENT/``: its ``training.json`` and ``feature_stats.safetensors``)."""
     import pandas as pd
 
     run_dir = Path(run_dir)
@@ -330,7 +322,6 @@ def write_atari_report(run_dir: str | os.PathLike) -> Path:
     if not csv.is_file():
         raise RlsaeError(f"{csv} not found; run the study first")
     df = pd.read_csv(csv)
-    cfg = info.get("config", {})
     fit_path = analysis / "fit_live_vs_return.json"
     fit = FitResult.read(fit_path) if fit_path.is_file() else None
     parts = [
@@ -338,7 +329,7 @@ def write_atari_report(run_dir: str | os.PathLike) -> Path:
         _fit_section(fit, df),
         "<h2>Agents</h2>" + _df_table(df),
         _training_curves(run_dir, df),
-        _sae_section(run_dir, df, cfg),
+        _sae_section(run_dir, df),
         _study_section(info),
     ]
     name = str(info.get("study", run_dir.name))

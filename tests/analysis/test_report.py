@@ -95,6 +95,28 @@ def test_atari_report_from_the_run_directory(tmp_path):
         write_atari_report(run)
 
 
+def test_atari_report_draws_each_agents_sae_curves_and_firing_frequencies(tmp_path):
+    import torch
+
+    from rlsae.sae import ActivationWriter
+    from rlsae.sae.train import TrainConfig, train_sae
+
+    agents = [f"agent{i}" for i in range(5)]
+    run = _atari_run(tmp_path, agents)
+    store = tmp_path / "acts"
+    with ActivationWriter(store, 8, source="a", hook="fc1") as w:
+        w.append(torch.randn(256, 8, generator=torch.Generator().manual_seed(0)))
+    sae = run / "saes" / "agent1" / "fc1" / "topk-16-k2"
+    cfg = TrainConfig(arch="topk", d_sae=16, k=2, steps=20, batch_size=64, seed=0, log_every=5)
+    train_sae(store, sae, cfg, progress=False)
+    assert (sae / "training.json").is_file() and (sae / "feature_stats.safetensors").is_file()
+    html = write_atari_report(run).read_text()
+    assert "SAE training: loss" in html and "Sorted firing frequency of live features" in html
+    (sae / "training.json").write_text("{}")  # a damaged history leaves only its curves out
+    html = write_atari_report(run).read_text()
+    assert "SAE training: loss" not in html and "Sorted firing frequency" in html
+
+
 def _lm_inputs():
     cmp = MMCSResult(0.81, 0.62, 4, 8, [FeatureMatch(2, 5, 0.99), FeatureMatch(0, 1, 0.9)])
     entry = LayerShared(layer=3, hook="blocks.3.hook_resid_post")
