@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 MISSING = "/nonexistent-rlsae-benchmark/missing"
+TIMEOUT = 60
 
 
 def commands() -> list[tuple[list[str], list[str]]]:
@@ -39,10 +40,14 @@ def commands() -> list[tuple[list[str], list[str]]]:
                 walk(sub, [*path, name])
             return
         args: list[str] = []
+        if not any(getattr(p, "required", False) for p in cmd.params):
+            return  # nothing to get wrong (``demo`` runs the demo): no error to time
         for p in cmd.params:
             if not getattr(p, "required", False) or not p.opts:
                 continue
             value = _placeholder(p)
+            if value == "x" and p.name in ("model", "base", "tuned"):
+                value = MISSING  # a model directory that does not exist, not a hub name
             args += [p.opts[0], value]
         out.append((path, args))
 
@@ -68,12 +73,18 @@ def timed(argv: list[str], repeats: int) -> tuple[float, int, str]:
     times, rc, first = [], 0, ""
     for _ in range(repeats):
         t0 = time.perf_counter()
-        r = subprocess.run(
-            [sys.executable, "-m", "rlsae", *argv], capture_output=True, text=True, check=False
-        )
+        try:
+            r = subprocess.run(
+                [sys.executable, "-m", "rlsae", *argv],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=TIMEOUT,
+            )
+            rc, first = r.returncode, (r.stderr.strip().splitlines() or [""])[0]
+        except subprocess.TimeoutExpired:
+            rc, first = -1, f"no answer within {TIMEOUT} s"
         times.append(time.perf_counter() - t0)
-        rc = r.returncode
-        first = (r.stderr.strip().splitlines() or [""])[0]
     return statistics.median(times), rc, first
 
 
