@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from rlsae.commands._apps import JsonOpt, acts_app, emit
+from rlsae.errors import RlsaeError
 
 
 @acts_app.command("import")
@@ -26,6 +27,16 @@ def acts_import(
     as_json: bool = JsonOpt,
 ) -> None:
     """Import your own activations into an activation store."""
+    # the cheap checks first, before torch is imported (a refused command answers at once)
+    if dtype not in ("float32", "float16"):
+        raise RlsaeError(f"--dtype must be float32 or float16, not {dtype!r}")
+    if shard_rows < 1:
+        raise RlsaeError(f"--shard-rows must be a positive integer, got {shard_rows}")
+    if not src.is_file():
+        raise RlsaeError(f"{src} not found")
+    if out.exists():
+        raise RlsaeError(f"{out} already exists; choose another --out or remove it")
+
     from rlsae.sae.store import ActivationStore, import_activations
 
     path = import_activations(

@@ -148,4 +148,7 @@ def sae_eval(
     )
     if save_stats:
         result.metrics.feature_stats = str(result.stats.write(sae_dir))
-    emit(result.metrics.to_json(), as_json)
+    data = result.metrics.to_json()
+    if not as_json:  # the readable summary: the figures only
+        data = {k: v for k, v in data.items() if k not in ("format", "version")}
+    emit(data, as_json)

@@ -342,9 +342,15 @@ def test_acts_import_refuses_bad_shard_rows_before_reading(tmp_path, capsys, sma
         "--shard-rows", 0,
     )  # fmt: skip
     _assert_clean_failure(
-        code, out, err, tmp_path, match="shard_rows must be a positive integer",
+        code, out, err, tmp_path, match="shard-rows must be a positive integer",
         must_not_exist=[tmp_path / "a"],
     )  # fmt: skip
+    from rlsae.errors import RlsaeError
+    from rlsae.sae import import_activations
+
+    with pytest.raises(RlsaeError, match="shard_rows must be a positive integer, got 0"):
+        import_activations(tmp_path / "m.npy", tmp_path / "a", shard_rows=0)
+    assert not (tmp_path / "a").exists()
 
 
 def test_train_config_validate_is_the_one_check():
