@@ -153,6 +153,22 @@ def _merge_smallest_keys(
     keys[f_[m], rank[m]], vals[f_[m], rank[m]], rows[f_[m], rank[m]] = k_[m], v_[m], r_[m]
 
 
+@dataclass
+class _PassOne:
+    """What the first pass accumulates (see :func:`scan_features`)."""
+
+    firing: torch.Tensor
+    sums: torch.Tensor
+    maxv: torch.Tensor
+    top_v: np.ndarray
+    top_r: np.ndarray
+    top_g: np.ndarray
+    xsum: torch.Tensor
+    xsq: torch.Tensor
+    sse: float = 0.0
+    l0: float = 0.0
+
+
 @torch.no_grad()
 def scan_features(
     sae: Any,
@@ -169,40 +185,88 @@ def scan_features(
     not its width.
     """
     f = int(sae.cfg.d_sae)
-    n = int(cfg.top)
     rows_total = int(store.rows)
+    one = _first_pass(sae, store, groups, cfg, progress)
+    hist, iv_v, iv_r = _second_pass(sae, store, one.maxv, cfg, progress)
+    firing = one.firing
+    sst = float((one.xsq - one.xsum**2 / max(1, rows_total)).sum())
+    metrics = {
+        "rows": rows_total,
+        "d_sae": f,
+        "d_in": int(store.d_in),
+        "l0": one.l0 / max(1, rows_total),
+        "fvu": one.sse / sst if sst > 0 else float("nan"),
+        "mse": one.sse / max(1, rows_total * store.d_in),
+        "dead": int((firing == 0).sum()),
+        "live": int((firing > 0).sum()),
+        "dense": int((firing > 0.1 * rows_total).sum()),
+    }
+    sums = one.sums
+    mean = torch.where(firing > 0, sums / firing.clamp(min=1).double(), torch.zeros_like(sums))
+    return FeatureScan(
+        rows=rows_total,
+        firing_counts=firing.numpy(),
+        max_act=one.maxv.numpy(),
+        mean_act=mean.float().numpy(),
+        hist=hist.view(f, int(cfg.hist_bins)).numpy(),
+        top_vals=one.top_v,
+        top_rows=one.top_r,
+        interval_vals=iv_v,
+        interval_rows=iv_r,
+        metrics=metrics,
+    )
+
+
+def _first_pass(
+    sae: Any,
+    store: Any,
+    groups: np.ndarray | None,
+    cfg: ScanConfig,
+    progress: Callable[[int], None] | None,
+) -> _PassOne:
+    """Firing counts, sums, maxima, the top rows from distinct groups, reconstruction error."""
+    f, n = int(sae.cfg.d_sae), int(cfg.top)
     g_all = np.asarray(groups, dtype=np.int64) if groups is not None else None
-
-    firing = torch.zeros(f, dtype=torch.long)
-    sums = torch.zeros(f, dtype=torch.float64)
-    maxv = torch.zeros(f)
-    top_v = np.full((f, n), NEG, dtype=np.float32)
-    top_r = np.full((f, n), -1, dtype=np.int64)
-    top_g = np.full((f, n), -1, dtype=np.int64)
-    sse = 0.0
-    l0 = 0.0
-    xsum = torch.zeros(store.d_in, dtype=torch.float64)
-    xsq = torch.zeros(store.d_in, dtype=torch.float64)
-
+    one = _PassOne(
+        firing=torch.zeros(f, dtype=torch.long),
+        sums=torch.zeros(f, dtype=torch.float64),
+        maxv=torch.zeros(f),
+        top_v=np.full((f, n), NEG, dtype=np.float32),
+        top_r=np.full((f, n), -1, dtype=np.int64),
+        top_g=np.full((f, n), -1, dtype=np.int64),
+        xsum=torch.zeros(store.d_in, dtype=torch.float64),
+        xsq=torch.zeros(store.d_in, dtype=torch.float64),
+    )
     for start, x in _batches(store, cfg.batch_size):
-        b = x.shape[0]
         acts = sae.encode(x).float()
         rr, ff = (acts > 0).nonzero(as_tuple=True)
         vals = acts[rr, ff]
-        firing += torch.bincount(ff, minlength=f)
-        sums += torch.bincount(ff, weights=vals.double(), minlength=f)
-        maxv = torch.maximum(maxv, acts.amax(0))
-        l0 += float(len(ff))
+        one.firing += torch.bincount(ff, minlength=f)
+        one.sums += torch.bincount(ff, weights=vals.double(), minlength=f)
+        one.maxv = torch.maximum(one.maxv, acts.amax(0))
+        one.l0 += float(len(ff))
         recon = sae.decode(acts)
-        sse += float(((x - recon).double() ** 2).sum())
-        xsum += x.double().sum(0)
-        xsq += (x.double() ** 2).sum(0)
+        one.sse += float(((x - recon).double() ** 2).sum())
+        one.xsum += x.double().sum(0)
+        one.xsq += (x.double() ** 2).sum(0)
         rows = rr.numpy() + start
         grps = g_all[rows] if g_all is not None else rows
-        _merge_top_distinct(top_v, top_r, top_g, ff.numpy(), vals.numpy(), rows, grps)
+        _merge_top_distinct(one.top_v, one.top_r, one.top_g, ff.numpy(), vals.numpy(), rows, grps)
         if progress:
-            progress(b)
+            progress(x.shape[0])
+    return one
 
+
+def _second_pass(
+    sae: Any,
+    store: Any,
+    maxv: torch.Tensor,
+    cfg: ScanConfig,
+    progress: Callable[[int], None] | None,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Histogram counts (flat, F * bins) and the interval samples (values, rows), knowing each
+    feature's maximum."""
+    f = int(sae.cfg.d_sae)
     nb = int(cfg.hist_bins)
     hist = torch.zeros(f * nb, dtype=torch.long)
     intervals = list(cfg.intervals)
@@ -213,7 +277,6 @@ def scan_features(
     rng = np.random.default_rng(int(cfg.seed))
     safe_max = torch.where(maxv > 0, maxv, torch.ones_like(maxv))
     for start, x in _batches(store, cfg.batch_size):
-        b = x.shape[0]
         acts = sae.encode(x).float()
         rr, ff = (acts > 0).nonzero(as_tuple=True)
         vals = acts[rr, ff]
@@ -229,33 +292,8 @@ def scan_features(
                     iv_key[:, j], iv_v[:, j], iv_r[:, j], fn[m], keys[m], vn[m], rn[m]
                 )
         if progress:
-            progress(b)
-
-    sst = float((xsq - xsum**2 / max(1, rows_total)).sum())
-    metrics = {
-        "rows": rows_total,
-        "d_sae": f,
-        "d_in": int(store.d_in),
-        "l0": l0 / max(1, rows_total),
-        "fvu": sse / sst if sst > 0 else float("nan"),
-        "mse": sse / max(1, rows_total * store.d_in),
-        "dead": int((firing == 0).sum()),
-        "live": int((firing > 0).sum()),
-        "dense": int((firing > 0.1 * rows_total).sum()),
-    }
-    mean = torch.where(firing > 0, sums / firing.clamp(min=1).double(), torch.zeros_like(sums))
-    return FeatureScan(
-        rows=rows_total,
-        firing_counts=firing.numpy(),
-        max_act=maxv.numpy(),
-        mean_act=mean.float().numpy(),
-        hist=hist.view(f, nb).numpy(),
-        top_vals=top_v,
-        top_rows=top_r,
-        interval_vals=iv_v,
-        interval_rows=iv_r,
-        metrics=metrics,
-    )
+            progress(x.shape[0])
+    return hist, iv_v, iv_r
 
 
 @torch.no_grad()
