@@ -88,8 +88,8 @@ def _read_cfg(path: Path) -> dict[str, Any]:
 
 
 def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
-    meta = d.get("metadata") if isinstance(d.get("metadata"), dict) else {}
-    ours = meta.get("rlsae") if isinstance(meta.get("rlsae"), dict) else None
+    meta: dict[str, Any] = d["metadata"] if isinstance(d.get("metadata"), dict) else {}
+    ours: dict[str, Any] = meta["rlsae"] if isinstance(meta.get("rlsae"), dict) else {}
     arch = d.get("architecture", "standard")
     if arch not in ("topk", "standard"):
         raise RlsaeError(
@@ -108,12 +108,10 @@ def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
             d_in=int(d["d_in"]),
             d_sae=int(d["d_sae"]),
             arch="topk" if arch == "topk" else "relu",
-            k=int(d.get("k", 32)) if arch == "topk" else int((ours or {}).get("k", 32)),
-            tied=bool((ours or {}).get("tied", False)),
+            k=int(d.get("k", 32)) if arch == "topk" else int(ours.get("k", 32)),
+            tied=bool(ours.get("tied", False)),
             hook_name=str(meta.get("hook_name") or d.get("hook_name") or ""),
-            source=str(
-                (ours or {}).get("source") or meta.get("model_name") or d.get("model_name") or ""
-            ),
+            source=str(ours.get("source") or meta.get("model_name") or d.get("model_name") or ""),
             dtype=str(d.get("dtype", "float32"))
             if str(d.get("dtype", "float32")) in DTYPES
             else "float32",

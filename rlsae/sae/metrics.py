@@ -98,7 +98,12 @@ class FeatureStats:
         missing = [k for k in (*TENSOR_KEYS, "rows") if k not in t]
         if missing:
             raise RlsaeError(f"{path} has no tensor {missing[0]!r}")
-        return cls(*(t[k] for k in TENSOR_KEYS), rows=int(t["rows"].reshape(-1)[0]))
+        return cls(
+            firing_counts=t["firing_counts"],
+            max_activation=t["max_activation"],
+            mean_activation=t["mean_activation"],
+            rows=int(t["rows"].reshape(-1)[0]),
+        )
 
 
 @dataclass

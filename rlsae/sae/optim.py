@@ -29,7 +29,7 @@ class Adam(torch.optim.Adam):
     checkpoints are those of torch's Adam."""
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         flipped = [
             p
             for group in self.param_groups

@@ -207,6 +207,14 @@ def usable(*tensors: torch.Tensor) -> bool:
     return native is not None and (torch.get_num_threads() == 1 or bool(native.rlsae_openmp()))
 
 
+def _loaded() -> ctypes.CDLL:
+    """The kernels, for callers that checked ``usable`` first."""
+    native = lib()
+    if native is None:
+        raise RuntimeError(f"rlsae's native kernels are not available: {status()}")
+    return native
+
+
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
@@ -222,7 +230,7 @@ def select(
     idx = torch.empty(B, k, dtype=torch.long)
     failed = torch.zeros(B, dtype=torch.uint8)
     b = bias.detach().contiguous() if bias is not None else pre
-    rc = lib().select_rows(
+    rc = _loaded().select_rows(
         _ptr(pre), _ptr(b), int(bias is not None), B, n, int(k), int(g),
         _ptr(vals), _ptr(idx), _ptr(failed),
     )  # fmt: skip
@@ -246,7 +254,7 @@ def residual(
     e = torch.empty_like(x) if out is None else out
     sse = torch.empty(B, dtype=x.dtype)
     gdot = torch.empty(B, k, dtype=x.dtype)
-    lib().residual_rows(
+    _loaded().residual_rows(
         _ptr(x), _ptr(W_dec), _ptr(b_dec), _ptr(idx), _ptr(vals), B, d, k,
         _ptr(e), _ptr(sse), _ptr(gdot),
     )  # fmt: skip
@@ -278,7 +286,7 @@ def group_by_latent(
     dec_vals = torch.empty(nnz, dtype=dec.dtype)
     enc_vals = torch.empty(nnz, dtype=enc.dtype)
     enc_sums = torch.empty(n, dtype=enc.dtype)
-    rc = lib().group_by_latent(
+    rc = _loaded().group_by_latent(
         _ptr(idx), _ptr(dec), _ptr(enc), k, _ptr(a_idx), _ptr(a_dec), _ptr(a_enc),
         a_idx.shape[1], B, n, _ptr(offsets), _ptr(enc_rows), _ptr(dec_rows),
         _ptr(dec_vals), _ptr(enc_vals), _ptr(enc_sums),

@@ -119,10 +119,10 @@ def _encode_topk(
     B = x.shape[0]
     vals = torch.empty(B, k, dtype=x.dtype, device=x.device)
     idx = torch.empty(B, k, dtype=torch.long, device=x.device)
-    aux = dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0
-    ka = min(int(k_aux), int(dead_idx.numel())) if aux else 0
-    a_vals = torch.empty(B, ka, dtype=x.dtype, device=x.device) if aux else None
-    a_idx = torch.empty(B, ka, dtype=torch.long, device=x.device) if aux else None
+    dead = dead_idx if dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0 else None
+    ka = min(int(k_aux), int(dead.numel())) if dead is not None else 0
+    a_vals = torch.empty(B, ka, dtype=x.dtype, device=x.device)
+    a_idx = torch.empty(B, ka, dtype=torch.long, device=x.device)
     shape = (min(CHUNK, B), W_enc.shape[1])
     buf = workspace.get("pre", shape, x) if workspace is not None else x.new_empty(shape)
     for s in range(0, B, CHUNK):
@@ -132,14 +132,14 @@ def _encode_topk(
         # + c inside the selection (addmm's broadcast copy of c into ``out`` is several times
         # slower than a separate pass; the native selection needs no pass of its own)
         vals[s:e], idx[s:e] = topk_select(pre, k, bias=c)
-        if aux:
-            dead_pre = pre.index_select(1, dead_idx) + c[dead_idx]
+        if dead is not None:
+            dead_pre = pre.index_select(1, dead) + c[dead]
             av, ai = dead_pre.topk(ka, dim=-1, sorted=False)
-            a_vals[s:e], a_idx[s:e] = av, dead_idx[ai]
+            a_vals[s:e], a_idx[s:e] = av, dead[ai]
     vals.relu_()
-    if aux:
-        a_vals.relu_()
-    return vals, idx, a_vals, a_idx
+    if dead is None:
+        return vals, idx, None, None
+    return vals, idx, a_vals.relu_(), a_idx
 
 
 def _sparse_grads(
@@ -160,7 +160,11 @@ def _sparse_grads(
     encoder's G share one sparsity pattern, so one grouping by latent serves both products."""
     B, k = idx.shape
     if _native.usable(dec_vals, enc_vals, dense_dec, x):  # one counting sort, in C
-        cont = [t.contiguous() for t in aux[:3]] if aux is not None else None
+        cont = (
+            (aux[0].contiguous(), aux[1].contiguous(), aux[2].contiguous())
+            if aux is not None
+            else None
+        )
         offsets, enc_rows, dec_rows, dec_sorted, enc_sorted, g_b_enc = _native.group_by_latent(
             idx.contiguous(), dec_vals.contiguous(), enc_vals.contiguous(), n, cont
         )
@@ -220,7 +224,7 @@ class TopKLossFunction(torch.autograd.Function):
     them. Gradients as in the module docstring, with d sse / d recon = 2 e."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):  # type: ignore[override]
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):
         vals, idx, a_vals, a_idx = _encode_topk(
             x, W_enc, b_enc, b_dec, apply_b_dec, k, dead_idx, k_aux, workspace
         )
@@ -240,7 +244,7 @@ class TopKLossFunction(torch.autograd.Function):
         return sse.sum(), aux_sse, vals, idx
 
     @staticmethod
-    def backward(ctx, g_sse, g_aux, g_vals, _g_idx):  # type: ignore[override]
+    def backward(ctx, g_sse, g_aux, g_vals, _g_idx):
         x, W_enc, W_dec, b_dec, vals, idx, e, gdot, a_vals, a_idx, res = ctx.saved_tensors
         n = W_dec.shape[0]
         s = 2.0 * float(g_sse) if g_sse is not None else 0.0
