@@ -323,8 +323,9 @@ def record(ctx: Context[StudyConfig], spec: AgentSpec) -> Recording:
 def _train_config(cfg: StudyConfig, d_in: int) -> Any:
     from rlsae.sae.train import TrainConfig
 
+    known = set(TrainConfig.__dataclass_fields__)  # sae.train's keys: StudyConfig.validate
     base = {"arch": cfg.sae.arch, "d_sae": cfg.sae.d_sae, "k": cfg.sae.k, "d_in": d_in}
-    return TrainConfig(**{**base, **cfg.sae.train})  # keys checked by StudyConfig.validate
+    return TrainConfig(**{k: v for k, v in {**base, **cfg.sae.train}.items() if k in known})
 
 
 def train_agent_sae(ctx: Context[StudyConfig], spec: AgentSpec) -> TrainedSAE:
