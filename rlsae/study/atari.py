@@ -103,7 +103,7 @@ def _run_agents(cfg: StudyConfig, run_dir: Path, run: RunSpec) -> list[AgentSpec
     """The agents one training run gave: its checkpoints (with ``checkpoint_every``), its end."""
     p = cfg.population
     rdir = Path("agents") / run.name
-    common = {"run": run.name, "seed": run.seed, "overrides": run.overrides}
+    common: dict[str, Any] = {"run": run.name, "seed": run.seed, "overrides": run.overrides}
     agents = []
     if p.checkpoint_every:
         for step, _ in list_checkpoints(run_dir / rdir):

@@ -325,6 +325,7 @@ class Context(Generic[C]):
             if self.study.stage(dep).off(self.config):
                 continue
             per = self.study.stage(dep).per
+            keys: list[tuple[str, str | None]]
             if per is None:
                 keys = [(dep, None)]
             elif per == stage.per:

@@ -324,9 +324,9 @@ def mmcs(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
             res = compare_dictionaries(ws, wl, top_k=max(cfg.top_k, cfg.utility_k)).result
             paths = pairs.path(src, L, "small"), pairs.path(src, L, "large")
             entry.models[src] = size_pair(res, *paths, cfg.top_k, cfg.utility_k)
-        res = compare_dictionaries(w_dec("base", L, "small"), w_dec("tuned", L, "small"), cfg.top_k)
+        bt = compare_dictionaries(w_dec("base", L, "small"), w_dec("tuned", L, "small"), cfg.top_k)
         paths = pairs.path("base", L, "small"), pairs.path("tuned", L, "small")
-        entry.base_vs_tuned = sae_pair(res.result, *paths, cfg.top_k)
+        entry.base_vs_tuned = sae_pair(bt.result, *paths, cfg.top_k)
         out.layers.append(entry)
     out.write(home / "analysis" / "llm_shared_features.json")
     return FilesWritten(["analysis/llm_shared_features.json"])

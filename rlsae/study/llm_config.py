@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from rlsae.configs import check_range
 from rlsae.errors import RlsaeError
@@ -30,7 +31,7 @@ PAPER_DICT_SIZES = {
 class SAEPairConfig:
     """How each SAE of a pair is trained (defaults: the paper's section 5.2)."""
 
-    arch: str = "relu"
+    arch: Literal["relu", "topk"] = "relu"
     """``relu`` (ReLU + L1, the paper) or ``topk``."""
     tied: bool = True
     """Tied encoder/decoder weights (the paper)."""
@@ -52,8 +53,6 @@ class SAEPairConfig:
     """Seed of the SAE initialisation and data order (the large SAE uses seed + 1)."""
 
     def validate(self, where: str = "config") -> None:
-        if self.arch not in ("relu", "topk"):
-            raise RlsaeError(f"{where}: arch: expected relu or topk, got {self.arch!r}")
         check_range(where, "l1", self.l1, 0)
         check_range(where, "k", self.k, 1)
         check_range(where, "lr", self.lr, 0, lo_open=True)
