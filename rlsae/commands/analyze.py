@@ -22,7 +22,10 @@ def analyze_fit(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Linear and quadratic OLS of Y on X (R², adjusted R², F-test), vertex, Spearman's rho."""
+    """Linear and quadratic OLS of Y on X (R², adjusted R², F-test), vertex, Spearman's rho.
+
+    With --json: one rlsae.fit object, as in analysis/fit_live_vs_return.json.
+    Infinite or undefined statistics are null (an exact fit has "exact": true)."""
     from rlsae.analysis.fit import check_fit_options, describe_fit, fit_table
 
     check_fit_options(bootstrap, seed)
@@ -43,10 +46,7 @@ def analyze_fit(
         )
         write_figure_html(fig, html_out, title=f"{y} vs {x}")
     human = describe_fit(res) + (f"\nfigure: {html_out}" if html_out else "")
-    out = res.to_json()
-    if html_out is not None:
-        out["html"] = str(html_out)
-    emit(out, as_json, human)
+    emit(res.to_json(), as_json, human)  # --json: the rlsae.fit artifact, as the study writes it
 
 
 @analyze_app.command("mmcs")
@@ -58,7 +58,9 @@ def analyze_mmcs(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Mean max cosine similarity between two SAEs' decoder directions, both ways."""
+    """Mean max cosine similarity between two SAEs' decoder directions, both ways.
+
+    With --json: one rlsae.mmcs object."""
     from rlsae.analysis.mmcs import check_top_k, compare_dictionaries
 
     check_top_k(top_k)

@@ -12,7 +12,7 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats
 
-from rlsae.analysis.fit import fit_table, fit_xy, ols_poly
+from rlsae.analysis.fit import FitResult, fit_table, fit_xy, ols_poly
 from rlsae.cli import main
 from rlsae.errors import RlsaeError
 
@@ -218,6 +218,7 @@ def test_exact_fit_of_four_agents_is_strict_json_on_the_cli(tmp_path, capsys) ->
     res = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}"))
     assert res["quadratic"]["f_stat"] is None and res["quadratic"]["exact"] is True
     assert res["quadratic"]["f_pvalue"] == 0.0 and res["format"] == "rlsae.fit"
+    assert FitResult.from_json(res) == fit_table(p, "live", "ret", bootstrap=2000)[0]
     code, out, _ = _cli(capsys, argv[:-1])  # the readable summary names the exact fit
     assert code == 0 and "(exact fit)" in out
 
