@@ -11,7 +11,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -146,13 +146,15 @@ def _resolves(dotted: str) -> bool:
     return False
 
 
-_DOTTED = re.compile(r"(?<![\w/.])rlsae(?:\.\w+)+")
+_DOTTED = re.compile(r"(?<![\w/.\"])rlsae(?:\.\w+)+")  # not in a "string": formats are names
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_python_names_in_the_docs_exist(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
-    missing = sorted({d for d in _DOTTED.findall(text) if not _resolves(d)})
+    formats = {r.format for r in GEN.collect()}
+    named = set(_DOTTED.findall(text)) - formats
+    missing = sorted(d for d in named if not _resolves(d))
     assert not missing, f"{page.name}: {missing}"
 
 
@@ -234,3 +236,37 @@ def test_artifact_schemas_list_every_format_with_the_dataclass_fields() -> None:
         assert (cls.FORMAT, cls.VERSION) == (rec.format, rec.version)
         assert [f.name for f in rec.fields] == [f.name for f in dataclasses.fields(cls)], rec.name
         assert f"## `{rec.format}`" in page
+
+
+def test_the_add_a_stage_example_in_architecture_md_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlsae.study.atari import ATARI, LiveFeatures
+
+    section = (DOCS / "architecture.md").read_text(encoding="utf-8").split("## How to add a stage")
+    code = re.search(r"```python\n(.*?)```", section[1], flags=re.S)
+    assert code is not None
+    example = ModuleType("architecture_example")
+    monkeypatch.setitem(sys.modules, example.__name__, example)  # as an imported module is
+    exec(compile(code.group(1), "docs/architecture.md", "exec", dont_inherit=True), vars(example))
+    study = example.STUDY
+    assert [s.name for s in study.stages] == [*(s.name for s in ATARI.stages), "live_fraction"]
+    stage = study.stage("live_fraction")
+    assert (stage.after, stage.per) == (("live",), "agent")
+
+    live = LiveFeatures(
+        live=3,
+        dead=1,
+        d_sae=4,
+        live_threshold=1,
+        rows=10,
+        firing_counts_q10_q50_q90=[0.0, 1.0, 2.0],
+        source_of_counts="evaluate_sae",
+    )
+
+    class Ctx:
+        def result(self, cls: type, name: str, unit: str | None = None) -> Any:
+            assert (cls, name, unit) == (LiveFeatures, "live", "agent0")
+            return live
+
+    result = stage.run(Ctx(), SimpleNamespace(name="agent0"))
+    assert result.fraction == 0.75
+    assert stage.result.from_json(result.to_json()).fraction == 0.75
