@@ -96,6 +96,7 @@ def load_model(name_or_dir: str | os.PathLike, device: str = "cpu") -> tuple[Any
 
     name, local = resolve_model_ref(name_or_dir)
     tokenizer = load_tokenizer(name_or_dir)
+    model: Any  # any causal LM class; transformers' stubs type .to() through a wrapper
     try:
         with quiet_loading():
             model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local)

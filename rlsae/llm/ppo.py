@@ -274,39 +274,8 @@ class PPOTrainer:
             order = torch.randperm(cfg.batch_size, generator=gen)
             for s in range(0, cfg.batch_size, cfg.mini_batch_size):
                 idx = order[s : s + cfg.mini_batch_size]
-                part = rollout.select(idx)
-                m = part.response_mask.to(self.device)
-                logits, hidden = response_logits(self.policy, part, output_hidden=True)
-                logps = token_logprobs(logits, part.response.to(self.device))
-                vpred = self.value_head(hidden)
-                pg, pg_stats = policy_loss(
-                    logps,
-                    old_logps[idx].to(self.device),
-                    advantages[idx].to(self.device),
-                    m,
-                    cfg.cliprange,
-                )
-                vf, vf_stats = value_loss(
-                    vpred,
-                    old_values[idx].to(self.device),
-                    returns[idx].to(self.device),
-                    m,
-                    cfg.cliprange_value,
-                )
-                loss = pg + cfg.vf_coef * vf
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                self.optimizer.step()
-                for k, v in {
-                    "policy_loss": pg.item(),
-                    "value_loss": vf.item(),
-                    "loss": loss.item(),
-                    "grad_norm": float(grad_norm),
-                    **pg_stats,
-                    **vf_stats,
-                }.items():
+                batch = (old_logps[idx], old_values[idx], advantages[idx], returns[idx])
+                for k, v in self._update(rollout.select(idx), *batch).items():
                     totals[k] = totals.get(k, 0.0) + v
                 n_updates += 1
 
@@ -326,6 +295,41 @@ class PPOTrainer:
             }
         )
         return stats
+
+    def _update(
+        self,
+        part: Rollout,
+        old_logps: torch.Tensor,
+        old_values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+    ) -> dict[str, float]:
+        """One gradient step on a mini-batch; its losses and statistics."""
+        cfg = self.cfg
+        m = part.response_mask.to(self.device)
+        logits, hidden = response_logits(self.policy, part, output_hidden=True)
+        logps = token_logprobs(logits, part.response.to(self.device))
+        vpred = self.value_head(hidden)
+        pg, pg_stats = policy_loss(
+            logps, old_logps.to(self.device), advantages.to(self.device), m, cfg.cliprange
+        )
+        vf, vf_stats = value_loss(
+            vpred, old_values.to(self.device), returns.to(self.device), m, cfg.cliprange_value
+        )
+        loss = pg + cfg.vf_coef * vf
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        self.optimizer.step()
+        return {
+            "policy_loss": pg.item(),
+            "value_loss": vf.item(),
+            "loss": loss.item(),
+            "grad_norm": float(grad_norm),
+            **pg_stats,
+            **vf_stats,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizer, value head and KL coefficient (the policy is saved in HF format separately)."""

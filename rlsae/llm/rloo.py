@@ -191,7 +191,14 @@ def _log_callback(
     from transformers import TrainerCallback
 
     class _Log(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+        def on_log(
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            logs: dict[str, float] | None = None,
+            **kwargs: Any,
+        ) -> None:
             if not logs or "reward" not in logs:
                 return
             step = int(state.global_step)
@@ -203,7 +210,7 @@ def _log_callback(
             if callback is not None:
                 callback(step, entry)
 
-        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             write_log(out, log, cfg)
 
     return _Log()

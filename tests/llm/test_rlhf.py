@@ -327,3 +327,74 @@ def test_cli_pretrain_tiny(tmp_path, capsys):
     assert res["n_params"] == sum(p.numel() for p in model.parameters())
     code, out, err = _cli(capsys, "llm", "pretrain-tiny", "--out", str(tmp_path / "t"))
     assert code == 2 and "already exists" in err
+
+
+def _completion_logps(model, batches) -> torch.Tensor:
+    """Σ_t log π(completion_t) of each recorded (prompt, completion), as TRL's loss sums them."""
+    out = []
+    with torch.no_grad():
+        for b in batches:
+            ids = torch.cat([b["prompt_ids"], b["completion_ids"]], dim=1)
+            mask = torch.cat([b["prompt_mask"], b["completion_mask"]], dim=1)
+            n = b["completion_ids"].shape[1]
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, -n - 1 : -1].float()
+            lp = torch.log_softmax(logits, -1).gather(-1, b["completion_ids"][..., None])[..., 0]
+            out.append((lp * b["completion_mask"]).sum(1))
+    return torch.cat(out)
+
+
+def test_rloo_step_follows_the_leave_one_out_gradient(tiny_model_dir, tmp_path, monkeypatch):
+    """One RLOO step, checked another way than "the weights changed":
+
+    1. the advantages TRL trains on are the leave-one-out ones computed here by hand from the
+       rewards our reward function returned, A_i = r_i - mean_{j != i in its group} r_j (the
+       policy is the reference at step 1, so the KL penalty is 0);
+    2. the update moves the policy along them: at step 1 the loss is -mean_i A_i log π(y_i|x_i)
+       with ratio 1, and Adam's first step is lr * sign(gradient) (clipping only rescales), so
+       Σ_i A_i (log π_tuned(y_i|x_i) - log π_base(y_i|x_i)) must be positive: completions with a
+       positive advantage gained probability relative to those with a negative one.
+    """
+    import trl
+
+    from rlsae.llm.configs import PPOConfig, RLHFConfig
+    from rlsae.llm.rloo import run_rloo
+
+    k = 4
+    rewards: list[float] = []
+
+    def vowels(prefixes, completions):
+        out = [sum(ch in "aeiou" for ch in c) / 10.0 for c in completions]
+        rewards.extend(out)
+        return out
+
+    seen: list[dict[str, torch.Tensor]] = []
+    real = trl.RLOOTrainer._compute_loss
+
+    def recording(self, model, inputs):
+        keys = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages")
+        seen.append({key: inputs[key].detach().clone() for key in keys})
+        return real(self, model, inputs)
+
+    monkeypatch.setattr(trl.RLOOTrainer, "_compute_loss", recording)
+    cfg = RLHFConfig(
+        model=str(tiny_model_dir),
+        algo="rloo",
+        steps=1,
+        rloo_k=k,
+        ppo=PPOConfig(batch_size=8, mini_batch_size=4, max_new_tokens=8, learning_rate=1e-4),
+    )
+    run_rloo(cfg, tmp_path / "r", vowels, resume=False, progress=False, callback=None)
+
+    assert len(rewards) == 8 and len(set(rewards)) > 1
+    r = torch.tensor(rewards).view(-1, k)
+    hand = (r - (r.sum(1, keepdim=True) - r) / (k - 1)).flatten()
+    trl_adv = torch.cat([b["advantages"] for b in seen])
+    assert sorted(trl_adv.tolist()) == pytest.approx(sorted(hand.tolist()), abs=1e-5)
+
+    base, _ = load_model(tiny_model_dir)
+    tuned, _ = load_model(tmp_path / "r" / "model")
+    delta = _completion_logps(tuned, seen) - _completion_logps(base, seen)
+    assert float((trl_adv * delta).sum()) > 0
+    # and not by moving every completion the same way: the sign follows the advantage
+    pos, neg = delta[trl_adv > 0].mean(), delta[trl_adv < 0].mean()
+    assert float(pos) > float(neg)
