@@ -15,7 +15,7 @@ import typer
 from rlsae.commands._apps import JsonOpt, emit, sae_app
 from rlsae.configs import field_default, field_docs
 from rlsae.errors import RlsaeError
-from rlsae.sae.config import TrainConfig
+from rlsae.sae.config import TrainConfig, check_eval_args
 
 TRAIN_OPTIONS = {
     "arch": "--arch",
@@ -133,8 +133,6 @@ def sae_eval(
     """Reconstruction (FVU, MSE, explained variance), L0, dead and dense latents over a store.
 
     With ``--json``: one ``rlsae.sae_metrics`` object (see ``rlsae.sae.metrics.SAEMetrics``)."""
-    from rlsae.sae.metrics import check_eval_args
-
     check_eval_args(batch_size, max_rows, where="sae eval")
 
     from rlsae.sae.metrics import evaluate_sae

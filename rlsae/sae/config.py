@@ -178,6 +178,18 @@ class TrainConfig:
         return asdict(self)
 
 
+def check_eval_args(batch_size: Any, max_rows: Any = None, where: str = "") -> None:
+    """RlsaeError unless ``batch_size`` is an integer >= 1 and ``max_rows`` is None or >= 1
+    (``evaluate_sae``'s arguments; here, without torch, so a command refuses them at once)."""
+    pre = f"{where}: " if where else ""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise RlsaeError(f"{pre}batch size must be a positive integer, got {batch_size!r}")
+    if max_rows is not None and (
+        isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1
+    ):
+        raise RlsaeError(f"{pre}max rows must be a positive integer, got {max_rows!r}")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -22,12 +22,23 @@ import torch
 from rlsae.artifacts import Artifact
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes
+from rlsae.sae.config import check_eval_args
 from rlsae.sae.model import SAE
 from rlsae.sae.store import ActivationStore
 
 FEATURE_STATS = "feature_stats.safetensors"
 TENSOR_KEYS = ("firing_counts", "max_activation", "mean_activation")
 DENSE_FRACTION = 0.1
+
+__all__ = [
+    "FeatureStats",
+    "SAEEvaluation",
+    "SAEMetrics",
+    "check_compatible",
+    "check_eval_args",
+    "evaluate_sae",
+    "live_feature_count",
+]
 
 
 @dataclass
@@ -216,17 +227,6 @@ def evaluate_sae(
     if tally.rows == 0:
         raise RlsaeError(f"activation store {store.path} has no rows to evaluate")
     return tally.result()
-
-
-def check_eval_args(batch_size: Any, max_rows: Any = None, where: str = "") -> None:
-    """RlsaeError unless ``batch_size`` is an integer >= 1 and ``max_rows`` is None or >= 1."""
-    pre = f"{where}: " if where else ""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise RlsaeError(f"{pre}batch size must be a positive integer, got {batch_size!r}")
-    if max_rows is not None and (
-        isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1
-    ):
-        raise RlsaeError(f"{pre}max rows must be a positive integer, got {max_rows!r}")
 
 
 def live_feature_count(firing_counts: torch.Tensor | Any, threshold: int = 1) -> int:
