@@ -1,132 +1,40 @@
 """DQN agents on Ms. Pac-Man with stable-baselines3: train (with checkpoints and resume), load.
 
-An agent directory holds ``model.zip`` (SB3 DQN), ``agent.json`` (arch, env, seed, steps trained,
-hyperparameters), ``checkpoints/step_N/`` (each a loadable agent directory), ``tensorboard/`` and,
-while training is resumable, ``resume/`` (the latest replay buffer). ``agent.json`` at the top
-is written last: its presence marks a finished run.
+An agent directory holds ``model.zip`` (SB3 DQN), ``agent.json`` (:class:`AgentInfo`: arch, env,
+seed, steps trained, hyperparameters), ``checkpoints/step_N/`` (each a loadable agent directory),
+``tensorboard/``, ``train.json`` (the run's :class:`DQNTrainConfig`, which a resume must match)
+and, while training is resumable, ``resume/`` (the latest replay buffer). ``agent.json`` at the
+top is written last: its presence marks a finished run.
 
-Hyperparameters (:class:`DQNConfig`):
-
-- ``nature``: rl-zoo3's Atari DQN (``hyperparams/dqn.yml``, ``atari``): lr 1e-4, buffer 100k,
-  learning starts 100k, batch 32, gamma 0.99, train every 4 steps, target sync every 1000 steps,
-  epsilon 1.0 -> 0.01 over the first 10% of training.
-- ``poster``: the poster's: Adam lr 5e-4, gamma 0.98, buffer 50k, batch 256, epsilon
-  0.2 -> 0.05, rewards divided by 100 (env), smooth-L1 loss (SB3's DQN loss), hard target
-  sync. The poster does not give the sync interval, learning start, train frequency or the
-  epsilon decay length: we use 2000, 10k, 4 and 10% of training. A replay buffer of raw RGB
-  frames is large (100,800 bytes per frame): ``optimize_memory_usage`` stores each frame once,
-  so 50k transitions take about 5.0 GB (10 GB without it).
-
-Every field can be overridden per call (``train_dqn(..., buffer_size=5000)``), as can the
-environment's (``repeat_action_probability``, ``noop_max``, ...).
+The hyperparameters and their per-arch defaults are in :mod:`rlsae.agents.config`. Every field
+can be overridden per call (``train_dqn(..., buffer_size=5000)``), as can the environment's
+(``repeat_action_probability``, ``noop_max``, ...).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import zipfile
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from rlsae import threads as _threads
-from rlsae.agents.envs import ENV_ID, EnvConfig, make_vec_env
-from rlsae.agents.networks import (
-    HEAD,
-    LAYERS,
-    check_layer,
-    get_module,
-    layer_widths,
-    policy_kwargs,
-)
+from rlsae.agents.agent_dir import Checkpoint, list_checkpoints, read_agent_info
+from rlsae.agents.config import DQNTrainConfig, EnvConfig, train_config
+from rlsae.agents.envs import ENV_ID, make_vec_env
+from rlsae.agents.networks import HEAD, check_layer, get_module, layer_widths, policy_kwargs
+from rlsae.agents.results import AgentInfo
+from rlsae.configs import differing_keys, from_mapping, to_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_dir, atomic_write_json, read_json
-
-ARCHS = ("nature", "poster")
-
-
-@dataclass
-class DQNConfig:
-    """SB3 ``DQN`` hyperparameters (defaults per arch from :func:`default_config`)."""
-
-    learning_rate: float = 1e-4
-    """Adam learning rate."""
-    buffer_size: int = 100_000
-    """Replay buffer capacity in transitions."""
-    learning_starts: int = 100_000
-    """Env steps of random play before the first gradient step."""
-    batch_size: int = 32
-    """Transitions per gradient step."""
-    gamma: float = 0.99
-    """Discount factor."""
-    tau: float = 1.0
-    """Target update coefficient (1.0 = hard sync)."""
-    train_freq: int = 4
-    """Env steps (per env) between gradient updates."""
-    gradient_steps: int = 1
-    """Gradient steps per update."""
-    target_update_interval: int = 1000
-    """Env steps between target-network syncs."""
-    exploration_fraction: float = 0.1
-    """Fraction of training over which epsilon decays linearly."""
-    exploration_initial_eps: float = 1.0
-    """Epsilon at the start."""
-    exploration_final_eps: float = 0.01
-    """Epsilon after the decay."""
-    max_grad_norm: float = 10.0
-    """Gradient clipping (SB3 default)."""
-    optimize_memory_usage: bool = False
-    """Store each frame once in the replay buffer (halves its memory)."""
-    save_replay_buffer: bool = True
-    """Keep the latest replay buffer in ``resume/`` at each checkpoint, for an exact resume."""
-
-
-def default_config(arch: str) -> DQNConfig:
-    """The documented defaults: rl-zoo3 Atari for ``nature``, the poster's for ``poster``."""
-    if arch == "nature":
-        return DQNConfig()
-    if arch == "poster":
-        return DQNConfig(
-            learning_rate=5e-4,
-            buffer_size=50_000,
-            learning_starts=10_000,
-            batch_size=256,
-            gamma=0.98,
-            target_update_interval=2000,
-            exploration_fraction=0.1,
-            exploration_initial_eps=0.2,
-            exploration_final_eps=0.05,
-            optimize_memory_usage=True,
-        )
-    raise RlsaeError(f"unknown architecture {arch!r}; use nature or poster")
-
-
-_ENV_OVERRIDES = {f.name for f in fields(EnvConfig)} - {"mode"}
-_DQN_FIELDS = {f.name for f in fields(DQNConfig)}
-
-
-def build_configs(arch: str, overrides: dict[str, Any]) -> tuple[DQNConfig, EnvConfig]:
-    """Defaults for ``arch`` with ``overrides`` applied; unknown names raise a listing error."""
-    cfg = default_config(arch)
-    env_kw: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key in _DQN_FIELDS:
-            setattr(cfg, key, type(getattr(cfg, key))(value))
-        elif key in _ENV_OVERRIDES:
-            env_kw[key] = value
-        else:
-            valid = ", ".join(sorted(_DQN_FIELDS | _ENV_OVERRIDES))
-            raise RlsaeError(f"unknown DQN setting {key!r}; valid: {valid}")
-    if cfg.buffer_size < 1 or cfg.batch_size < 1 or cfg.train_freq < 1:
-        raise RlsaeError("buffer_size, batch_size and train_freq must be positive")
-    return cfg, EnvConfig(mode=arch, **env_kw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,17 +44,16 @@ class Agent:
     """A loaded DQN agent: the SB3 model plus named access to its layers.
 
     ``q_values(obs)`` gives Q for a batch of uint8 observations, ``forward(obs, layer)`` also
-    returns the named layer's activations, ``forward_from(layer, h)`` runs the rest of the
-    network from a layer's activations, and ``patched(layer, fn)`` replaces a layer's output
-    (``fn(acts) -> acts``) inside the network for as long as the context is open.
+    returns the named layer's activations, and ``forward_from(layer, h)`` runs the rest of the
+    network from a layer's activations.
     """
 
-    def __init__(self, path: Path, info: dict[str, Any], model: Any) -> None:
+    def __init__(self, path: Path, info: AgentInfo, model: Any) -> None:
         self.path = path
         self.info = info
-        self.arch: str = info["arch"]
+        self.arch: str = info.arch
         self.model = model
-        self.env_config = EnvConfig.from_dict({**info.get("env", {}), "mode": self.arch})
+        self.env_config = EnvConfig.from_dict({**asdict(info.env), "mode": self.arch})
         self.q_network = model.q_net
         self.q_network.eval()
 
@@ -157,7 +64,10 @@ class Agent:
     @property
     def head(self) -> torch.nn.Linear:
         """The linear Q head (512 -> 9)."""
-        return get_module(self.q_network, HEAD)[0]
+        head = get_module(self.q_network, HEAD)
+        linear = head[0] if isinstance(head, torch.nn.Sequential) else head
+        assert isinstance(linear, torch.nn.Linear)
+        return linear
 
     def _obs(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(obs) if not isinstance(obs, torch.Tensor) else obs)
@@ -167,6 +77,7 @@ class Agent:
 
     @torch.no_grad()
     def q_values(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Q-values (n, 9) for a batch (or one) of uint8 observations."""
         fe = self.q_network.features_extractor
         return get_module(self.q_network, HEAD)(fe(self._obs(obs)))
 
@@ -202,16 +113,6 @@ class Agent:
             h = get_module(self.q_network, path)(h)
         return get_module(self.q_network, HEAD)(h)
 
-    @contextlib.contextmanager
-    def patched(self, layer: str, fn: Any) -> Iterator[None]:
-        """Replace ``layer``'s output by ``fn(output)`` within the block."""
-        path, _, _ = check_layer(self.arch, layer)
-        handle = get_module(self.q_network, path).register_forward_hook(lambda _m, _i, out: fn(out))
-        try:
-            yield
-        finally:
-            handle.remove()
-
 
 def _load_model(zip_path: Path) -> Any:
     from stable_baselines3 import DQN
@@ -239,10 +140,8 @@ def load_agent(agent_dir: str | os.PathLike, expect_arch: str | None = None) -> 
     zip_path = path / "model.zip"
     if not zip_path.is_file():
         raise RlsaeError(f"{zip_path} not found; is {path} an agent directory (dqn train --out)?")
-    info = read_json(path / "agent.json")
-    arch = info.get("arch") if isinstance(info, dict) else None
-    if arch not in ARCHS:
-        raise RlsaeError(f"{path / 'agent.json'} has no valid arch (nature or poster)")
+    info = read_agent_info(path)
+    arch = info.arch
     if expect_arch is not None and arch != expect_arch:
         raise RlsaeError(f"{path} holds a {arch} agent, but a {expect_arch} agent was requested")
     model = _load_model(zip_path)
@@ -256,48 +155,21 @@ def load_agent(agent_dir: str | os.PathLike, expect_arch: str | None = None) -> 
     return Agent(path, info, model)
 
 
-# --------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------
-def _checkpoints(out: Path) -> list[tuple[int, Path]]:
-    found = []
-    ck = out / "checkpoints"
-    if ck.is_dir():
-        for p in ck.iterdir():
-            m = re.fullmatch(r"step_(\d+)", p.name)
-            if m and (p / "model.zip").is_file() and (p / "agent.json").is_file():
-                found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def list_checkpoints(agent_dir: str | os.PathLike) -> list[Path]:
-    """The checkpoint agent directories of a training run, oldest first."""
-    return [p for _, p in _checkpoints(Path(agent_dir))]
-
-
-def _agent_info(
-    arch: str, seed: int, steps: int, cfg: DQNConfig, env: EnvConfig, n_envs: int
-) -> dict:
+def agent_summary(agent_dir: str | os.PathLike) -> dict[str, Any]:
+    """agent.json plus the layer table, for ``dqn layers``."""
+    agent = load_agent(agent_dir)
     return {
-        "arch": arch,
-        "env_id": ENV_ID,
-        "seed": seed,
-        "steps_trained": int(steps),
-        "n_envs": n_envs,
-        "hyperparameters": asdict(cfg),
-        "env": env.to_dict(),
+        "agent": str(agent.path),
+        "arch": agent.arch,
+        "steps_trained": agent.info.steps_trained,
+        "layers": agent.layers(),
+        "checkpoints": [str(c.path) for c in list_checkpoints(agent_dir)],
     }
 
 
-def _save_agent(model: Any, dest: Path, info: dict) -> None:
-    """Write model.zip then agent.json, each atomically (agent.json marks completion)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / ".model.tmp.zip"
-    model.save(str(tmp))
-    os.replace(tmp, dest / "model.zip")
-    atomic_write_json(dest / "agent.json", info)
-
-
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
 def train_dqn(
     arch: str,
     steps: int,
@@ -314,147 +186,173 @@ def train_dqn(
 ) -> Path:
     """Train an SB3 DQN on Ms. Pac-Man; returns the agent directory.
 
-    ``overrides`` replace fields of :class:`DQNConfig` or :class:`EnvConfig` (e.g.
-    ``buffer_size=5000, learning_starts=500, batch_size=32``). ``checkpoint_every`` saves a
-    loadable agent to ``checkpoints/step_N`` every N env steps. ``resume`` continues an
-    interrupted run from its last checkpoint (or extends a finished one to ``steps``).
+    ``overrides`` replace fields of :class:`~rlsae.agents.config.DQNConfig` or
+    :class:`~rlsae.agents.config.EnvConfig` (e.g. ``buffer_size=5000, learning_starts=500``).
+    ``checkpoint_every`` saves a loadable agent to ``checkpoints/step_N`` every N env steps.
+    ``resume`` continues an interrupted run from its last checkpoint (or extends a finished one
+    to ``steps``); it is refused, in one line naming the difference, when the settings differ
+    from the run's ``train.json`` (only ``steps`` and ``checkpoint_every`` may change).
+    Every setting is checked before anything is written.
     Training runs on ``torch_threads`` intra-op threads (default 1: on the 2-core machine,
     under load, one thread was 2-4x faster per gradient step and per action choice than two;
     ``None`` keeps torch's setting). ``device`` is passed to SB3 (e.g. ``"cuda"``); saved
     agents load on the CPU.
     """
-    with _threads.torch_threads(torch_threads):
-        return _train(
-            arch, steps, out_dir, seed, checkpoint_every, n_envs, resume, progress, overrides,
-            device,
-        )  # fmt: skip
-
-
-def _train(
-    arch, steps, out_dir, seed, checkpoint_every, n_envs, resume, progress, overrides, device
-) -> Path:
-    from stable_baselines3 import DQN
-
-    if arch not in ARCHS:
-        raise RlsaeError(f"unknown architecture {arch!r}; use nature or poster")
-    if steps < 1:
-        raise RlsaeError(f"steps must be at least 1, got {steps}")
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise RlsaeError(f"checkpoint_every must be positive, got {checkpoint_every}")
+    cfg = train_config(
+        arch, steps, seed=seed, checkpoint_every=checkpoint_every, n_envs=n_envs, **overrides
+    )
     out = Path(out_dir)
+    cfg = _claim_out_dir(cfg, out, resume)
+    with _threads.torch_threads(torch_threads):
+        return _train(cfg, out, resume, progress, device)
+
+
+def _claim_out_dir(cfg: DQNTrainConfig, out: Path, resume: bool) -> DQNTrainConfig:
+    """Refuse an occupied ``out`` without ``resume``, or a resume with other settings; write
+    ``train.json``. Returns the config to train with (a resume keeps the saved checkpoint
+    interval unless a new one is given)."""
     train_json = out / "train.json"
-    started = train_json.is_file()
+    if out.exists() and not out.is_dir():
+        raise RlsaeError(f"{out} is a file; --out must be a directory")
     if out.exists() and any(out.iterdir()) and not resume:
         what = "a finished agent" if (out / "agent.json").is_file() else "an interrupted run"
         raise RlsaeError(
             f"{out} already holds {what}; pass --resume to continue or choose another --out"
         )
-
-    if resume and started:
-        saved = read_json(train_json)
-        if saved.get("arch") != arch:
-            raise RlsaeError(f"{out} holds a {saved.get('arch')} run, cannot resume it as {arch}")
-        cfg = DQNConfig(**saved["hyperparameters"])
-        env_cfg = EnvConfig.from_dict(saved["env"])
-        seed, n_envs = int(saved["seed"]), int(saved["n_envs"])
-        checkpoint_every = (
-            saved.get("checkpoint_every") if checkpoint_every is None else checkpoint_every
-        )
-    else:
-        cfg, env_cfg = build_configs(arch, overrides)
-    if n_envs < 1:
-        raise RlsaeError(f"n_envs must be at least 1, got {n_envs}")
+    if resume and train_json.is_file():
+        saved = from_mapping(DQNTrainConfig, read_json(train_json), str(train_json))
+        if saved.arch != cfg.arch:
+            raise RlsaeError(f"{out} holds a {saved.arch} run, cannot resume it as {cfg.arch}")
+        _refuse_other_settings(out, saved, cfg)
+        if cfg.checkpoint_every is None:
+            cfg.checkpoint_every = saved.checkpoint_every
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        train_json,
-        {
-            "arch": arch,
-            "steps": int(steps),
-            "seed": seed,
-            "n_envs": n_envs,
-            "checkpoint_every": checkpoint_every,
-            "hyperparameters": asdict(cfg),
-            "env": env_cfg.to_dict(),
-        },
+    atomic_write_json(train_json, to_mapping(cfg))
+    return cfg
+
+
+def _refuse_other_settings(out: Path, saved: DQNTrainConfig, new: DQNTrainConfig) -> None:
+    old_fp, new_fp = saved.fingerprint(), new.fingerprint()
+    keys = differing_keys(old_fp, new_fp)
+    if not keys:
+        return
+
+    def value(d: dict[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
+        return d
+
+    shown = ", ".join(f"{k} {value(old_fp, k)!r} (now {value(new_fp, k)!r})" for k in keys[:4])
+    more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+    raise RlsaeError(
+        f"{out} was trained with other settings: {shown}{more}; resume with the same settings "
+        "or choose another --out"
     )
 
-    env = make_vec_env(env_cfg, n_envs, seed=seed)
-    sb3_kwargs = {k: v for k, v in asdict(cfg).items() if k != "save_replay_buffer"}
-    rb_kwargs = {"handle_timeout_termination": False} if cfg.optimize_memory_usage else None
-    model = None
-    done_steps = 0
-    if resume:
-        final_info = out / "agent.json"
-        ckpts = _checkpoints(out)
-        src = out if final_info.is_file() else (ckpts[-1][1] if ckpts else None)
-        if src is not None:
-            model = DQN.load(str(src / "model.zip"), env=env, device=device)
-            done_steps = int(model.num_timesteps)
-            rb = out / "resume" / "replay_buffer.pkl"
-            rb_meta = out / "resume" / "replay_buffer.json"
-            if rb.is_file() and rb_meta.is_file() and read_json(rb_meta).get("step") == done_steps:
-                model.load_replay_buffer(str(rb))
-    if model is None:
-        torch.manual_seed(seed)
-        model = DQN(
-            "CnnPolicy",
-            env,
-            policy_kwargs=policy_kwargs(arch),
-            replay_buffer_kwargs=rb_kwargs,
-            tensorboard_log=str(out / "tensorboard"),
-            seed=seed,
-            device=device,
-            verbose=0,
-            **sb3_kwargs,
-        )
-    if done_steps >= steps:
-        env.close()
-        if not (out / "agent.json").is_file():
-            _save_agent(model, out, _agent_info(arch, seed, done_steps, cfg, env_cfg, n_envs))
-        return out
-    # a resumed finished run is being extended: it is no longer finished
-    with contextlib.suppress(FileNotFoundError):
-        (out / "agent.json").unlink()
 
-    callback = _TrainCallback(
-        out, arch, seed, cfg, env_cfg, n_envs, checkpoint_every, steps, done_steps, progress
-    )
+def _train(cfg: DQNTrainConfig, out: Path, resume: bool, progress: bool, device: str) -> Path:
+    env = make_vec_env(cfg.env, cfg.n_envs, seed=cfg.seed)
     try:
-        model.learn(
-            total_timesteps=steps - done_steps,
-            callback=callback,
-            reset_num_timesteps=done_steps == 0,
-            tb_log_name="DQN",
-            log_interval=4,
-        )
+        model, done_steps = _load_or_build_model(cfg, out, env, resume, device)
+        if done_steps >= cfg.steps:
+            if not (out / "agent.json").is_file():
+                _save_agent(model, out, _agent_info(cfg, done_steps))
+            return out
+        # a resumed finished run is being extended: it is no longer finished
+        with contextlib.suppress(FileNotFoundError):
+            (out / "agent.json").unlink()
+        callback = _TrainCallback(out, cfg, done_steps, progress)
+        try:
+            model.learn(
+                total_timesteps=cfg.steps - done_steps,
+                callback=callback,
+                reset_num_timesteps=done_steps == 0,
+                tb_log_name="DQN",
+                log_interval=4,
+            )
+        finally:
+            callback.close()
     finally:
-        callback.close()
         env.close()
-    _save_agent(model, out, _agent_info(arch, seed, model.num_timesteps, cfg, env_cfg, n_envs))
+    _save_agent(model, out, _agent_info(cfg, int(model.num_timesteps)))
     shutil.rmtree(out / "resume", ignore_errors=True)
     return out
 
 
-def _make_callback_base() -> type:
-    from stable_baselines3.common.callbacks import BaseCallback
+def _load_or_build_model(
+    cfg: DQNTrainConfig, out: Path, env: Any, resume: bool, device: str
+) -> tuple[Any, int]:
+    """The model to train and the env steps it has done: from the last checkpoint (or the
+    finished agent) on a resume, else a new one."""
+    from stable_baselines3 import DQN
 
-    return BaseCallback
+    if resume:
+        ckpts = list_checkpoints(out)
+        src = out if (out / "agent.json").is_file() else (ckpts[-1].path if ckpts else None)
+        if src is not None:
+            model = DQN.load(str(src / "model.zip"), env=env, device=device)
+            done = int(model.num_timesteps)
+            rb = out / "resume" / "replay_buffer.pkl"
+            rb_meta = out / "resume" / "replay_buffer.json"
+            if rb.is_file() and rb_meta.is_file() and read_json(rb_meta).get("step") == done:
+                model.load_replay_buffer(str(rb))
+            return model, done
+    hyper = asdict(cfg.hyperparameters)
+    hyper.pop("save_replay_buffer")
+    rb_kwargs = (
+        {"handle_timeout_termination": False} if cfg.hyperparameters.optimize_memory_usage else None
+    )
+    torch.manual_seed(cfg.seed)
+    model = DQN(
+        "CnnPolicy",
+        env,
+        policy_kwargs=policy_kwargs(cfg.arch),
+        replay_buffer_kwargs=rb_kwargs,
+        tensorboard_log=str(out / "tensorboard"),
+        seed=cfg.seed,
+        device=device,
+        verbose=0,
+        **hyper,
+    )
+    return model, 0
 
 
-class _TrainCallback(_make_callback_base()):  # type: ignore[misc]
+def _agent_info(cfg: DQNTrainConfig, steps: int) -> AgentInfo:
+    return AgentInfo(
+        arch=cfg.arch,
+        env_id=ENV_ID,
+        seed=cfg.seed,
+        steps_trained=int(steps),
+        n_envs=cfg.n_envs,
+        hyperparameters=cfg.hyperparameters,
+        env=cfg.env,
+    )
+
+
+def _save_agent(model: Any, dest: Path, info: AgentInfo) -> None:
+    """Write model.zip then agent.json, each atomically (agent.json marks completion)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / ".model.tmp.zip"
+    model.save(str(tmp))
+    os.replace(tmp, dest / "model.zip")
+    info.write(dest / "agent.json")
+
+
+class _TrainCallback(BaseCallback):
     """Checkpoints every N env steps (agent dir + replay buffer) and a tqdm bar on stderr."""
 
-    def __init__(self, out, arch, seed, cfg, env_cfg, n_envs, every, total, start, progress):
+    def __init__(self, out: Path, cfg: DQNTrainConfig, start: int, progress: bool) -> None:
         super().__init__(verbose=0)
-        self.out, self.arch, self.seed = out, arch, seed
-        self.cfg, self.env_cfg, self.n_envs = cfg, env_cfg, n_envs
-        self.every = every
+        self.out, self.cfg = out, cfg
+        every = cfg.checkpoint_every
         self.next_ckpt = ((start // every) + 1) * every if every else None
-        self.bar = None
+        self.bar: Any = None
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc="dqn train", unit="step", leave=False)
+            self.bar = tqdm(
+                total=cfg.steps, initial=start, desc="dqn train", unit="step", leave=False
+            )
         self.last = start
 
     def _on_step(self) -> bool:
@@ -464,16 +362,17 @@ class _TrainCallback(_make_callback_base()):  # type: ignore[misc]
         self.last = n
         if self.next_ckpt is not None and n >= self.next_ckpt:
             self._checkpoint(n)
+            every = self.cfg.checkpoint_every or 1
             while self.next_ckpt <= n:
-                self.next_ckpt += self.every
+                self.next_ckpt += every
         return True
 
     def _checkpoint(self, n: int) -> None:
         final = self.out / "checkpoints" / f"step_{n}"
         with atomic_dir(final, overwrite=True) as tmp:
-            info = _agent_info(self.arch, self.seed, n, self.cfg, self.env_cfg, self.n_envs)
-            _save_agent(self.model, tmp, info)
-        if self.cfg.save_replay_buffer:
+            _save_agent(self.model, tmp, _agent_info(self.cfg, n))
+        if self.cfg.hyperparameters.save_replay_buffer:
+            assert isinstance(self.model, OffPolicyAlgorithm)  # SB3's DQN
             res = self.out / "resume"
             res.mkdir(exist_ok=True)
             tmp_rb = res / ".replay_buffer.tmp.pkl"
@@ -486,36 +385,12 @@ class _TrainCallback(_make_callback_base()):  # type: ignore[misc]
             self.bar.close()
 
 
-def agent_summary(agent_dir: str | os.PathLike) -> dict[str, Any]:
-    """agent.json plus the layer table, for ``dqn layers``."""
-    agent = load_agent(agent_dir)
-    return {
-        "agent": str(agent.path),
-        "arch": agent.arch,
-        "steps_trained": agent.info.get("steps_trained"),
-        "layers": agent.layers(),
-        "checkpoints": [str(p) for p in list_checkpoints(agent_dir)],
-    }
-
-
 __all__ = [
     "Agent",
-    "DQNConfig",
-    "LAYERS",
+    "Checkpoint",
     "agent_summary",
-    "build_configs",
-    "default_config",
-    "evaluate_agent",
     "list_checkpoints",
     "load_agent",
+    "read_agent_info",
     "train_dqn",
 ]
-
-
-def evaluate_agent(
-    agent_dir: Any, episodes: int = 10, epsilon: float = 0.0, seed: int = 0, **kw: Any
-) -> dict:
-    """Re-export of :func:`rlsae.agents.evaluate.evaluate_agent`."""
-    from rlsae.agents.evaluate import evaluate_agent as _evaluate
-
-    return _evaluate(agent_dir, episodes=episodes, epsilon=epsilon, seed=seed, **kw)

@@ -30,7 +30,7 @@ import torch
 
 from rlsae.agents.dqn import Agent
 from rlsae.agents.envs import action_meanings
-from rlsae.agents.networks import check_layer
+from rlsae.agents.networks import LAYERS, check_layer
 from rlsae.errors import RlsaeError
 
 _ROW = {"UP": 0, "": 1, "DOWN": 2}
@@ -60,7 +60,8 @@ def to_grid(values: Any) -> np.ndarray:
     return v[..., joystick_layout()]
 
 
-def _check_sae(agent: Agent, sae: Any, layer: str, feature: int) -> None:
+def check_sae(agent: Agent, sae: Any, layer: str, feature: int) -> None:
+    """Refuse an SAE of another width or layer, or a feature it does not have (one line)."""
     _, width, _ = check_layer(agent.arch, layer)
     cfg = sae.cfg
     if int(cfg.d_in) != width:
@@ -95,7 +96,7 @@ def _as_obs(agent: Agent, obs: Any) -> tuple[torch.Tensor, bool]:
 @torch.no_grad()
 def feature_effect(agent: Agent, sae: Any, layer: str, feature: int, obs: Any) -> np.ndarray:
     """Per-action contribution of ``feature`` in state(s) ``obs``: (9,) or (n, 9)."""
-    _check_sae(agent, sae, layer, feature)
+    check_sae(agent, sae, layer, feature)
     x, single = _as_obs(agent, obs)
     _, acts = agent.forward(x, layer)
     f = sae.encode(acts.float())
@@ -118,10 +119,10 @@ def direct_effect(agent: Agent, sae: Any, layer: str, feature: int) -> np.ndarra
 
     Only defined when ``layer`` feeds the linear Q head directly (poster ``fc2``, nature ``fc1``).
     """
-    _check_sae(agent, sae, layer, feature)
+    check_sae(agent, sae, layer, feature)
     _, _, rest = check_layer(agent.arch, layer)
     if rest:
-        direct = [n for n, spec in _layers(agent).items() if not spec[2]]
+        direct = [n for n, spec in LAYERS[agent.arch].items() if not spec[2]]
         raise RlsaeError(
             f"layer {layer} is not followed only by the linear Q head; the state-independent "
             f"effect exists for {', '.join(direct)}"
@@ -133,9 +134,3 @@ def direct_effect(agent: Agent, sae: Any, layer: str, feature: int) -> np.ndarra
 def direct_effect_grid(agent: Agent, sae: Any, layer: str, feature: int) -> np.ndarray:
     """:func:`direct_effect` on the joystick grid (3, 3)."""
     return to_grid(direct_effect(agent, sae, layer, feature))
-
-
-def _layers(agent: Agent) -> dict[str, tuple[str, int, tuple[str, ...]]]:
-    from rlsae.agents.networks import LAYERS
-
-    return LAYERS[agent.arch]

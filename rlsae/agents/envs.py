@@ -22,92 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
+from rlsae.agents.config import EnvConfig
 from rlsae.errors import RlsaeError
 
 Mode = Literal["nature", "poster"]
-MODES = ("nature", "poster")
 GAME = "ms_pacman"
 ENV_ID = "ALE/MsPacman-v5"
-
-
-@dataclass
-class EnvConfig:
-    """How a Ms. Pac-Man environment is built. Saved in ``agent.json`` and ``episodes.json``."""
-
-    mode: str = "poster"
-    """Observation mode: ``nature`` (84x84 gray, 4 stacked) or ``poster`` (210x160 RGB)."""
-    frameskip: int = 4
-    """Emulator frames per agent step (``ALE/MsPacman-v5``: 4)."""
-    repeat_action_probability: float = 0.25
-    """Sticky actions (``ALE/MsPacman-v5``: 0.25)."""
-    noop_max: int | None = None
-    """Maximum random no-ops at reset; ``None``: 30 for nature (rl-zoo3), 0 for poster."""
-    terminal_on_life_loss: bool | None = None
-    """Signal episode end to the learner on a life loss; ``None``: True for nature, False for poster."""
-    reward_transform: str | None = None
-    """Training reward: ``sign`` (nature default), ``scale`` (divide by ``reward_scale``; poster
-    default) or ``none``. Episode statistics always use the raw score."""
-    reward_scale: float = 100.0
-    """Divisor for ``reward_transform="scale"`` (the poster divides rewards by 100)."""
-    max_episode_frames: int = 108_000
-    """Truncate a game after this many emulator frames (ALE default, 27,000 agent steps)."""
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise RlsaeError(
-                f"unknown observation mode {self.mode!r}; use one of {', '.join(MODES)}"
-            )
-        if self.noop_max is None:
-            self.noop_max = 30 if self.mode == "nature" else 0
-        if self.terminal_on_life_loss is None:
-            self.terminal_on_life_loss = self.mode == "nature"
-        if self.reward_transform is None:
-            self.reward_transform = "sign" if self.mode == "nature" else "scale"
-        if self.reward_transform not in ("sign", "scale", "none"):
-            raise RlsaeError(
-                f"unknown reward_transform {self.reward_transform!r}; use sign, scale or none"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EnvConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def ale_kwargs(self, *, rgb_screen: bool = False) -> dict[str, Any]:
-        """Keyword arguments for ``ale_py.vector_env.AtariVectorEnv`` (without game/num_envs).
-
-        ``rgb_screen`` gives the full RGB screen (last frame, no max-pool) with the same emulator
-        dynamics (same seeds, no-ops and sticky actions): replay uses it to draw nature episodes.
-        """
-        kw: dict[str, Any] = dict(
-            frameskip=self.frameskip,
-            repeat_action_probability=self.repeat_action_probability,
-            noop_max=self.noop_max,
-            max_num_frames_per_episode=self.max_episode_frames,
-            reward_clipping=False,
-            episodic_life=False,
-            use_fire_reset=False,
-            full_action_space=False,
-        )
-        if self.mode == "poster" or rgb_screen:
-            kw.update(img_height=210, img_width=160, grayscale=False, stack_num=1, maxpool=False)
-        else:
-            kw.update(img_height=84, img_width=84, grayscale=True, stack_num=4, maxpool=True)
-        return kw
-
-    @property
-    def obs_shape(self) -> tuple[int, int, int]:
-        return (3, 210, 160) if self.mode == "poster" else (4, 84, 84)
 
 
 def action_meanings() -> list[str]:
@@ -245,7 +171,7 @@ class AleVecEnv(VecEnv):
         final = info.get("final_obs") if self.autoreset else None
         if final is not None:
             final = _to_channel_first(np.asarray(final), self._mode)
-        for i in np.flatnonzero(dones):
+        for i in np.flatnonzero(dones).tolist():
             d = infos[i]
             d["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
             if game_over[i]:

@@ -4,38 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from rlsae import threads as _threads
+from rlsae.agents.config import EvalConfig
 from rlsae.agents.dqn import Agent, load_agent
-from rlsae.agents.rollout import episode_returns, human_normalized, play
-from rlsae.errors import RlsaeError
-from rlsae.fsutil import atomic_write_json
+from rlsae.agents.results import Evaluation
+from rlsae.agents.rollout import Policy, episode_returns, human_normalized, play
 
 
-def agent_policy(agent: Agent):
+def agent_policy(agent: Agent) -> Policy:
     """Greedy-Q policy function for :func:`rlsae.agents.rollout.play`."""
 
     def policy(obs: np.ndarray) -> tuple[np.ndarray, None]:
         return agent.q_values(obs).numpy(), None
 
     return policy
-
-
-def _play_stats(agent, seed, episodes, epsilon, n_envs, max_episode_steps) -> dict[int, dict]:
-    return episode_returns(
-        play(
-            agent.env_config,
-            agent_policy(agent),
-            seed=seed,
-            episodes=episodes,
-            epsilon=epsilon,
-            n_envs=n_envs,
-            max_episode_steps=max_episode_steps,
-        )
-    )
 
 
 def evaluate_agent(
@@ -48,42 +33,50 @@ def evaluate_agent(
     max_episode_steps: int | None = None,
     save: bool = False,
     torch_threads: int | None = 1,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Play ``episodes`` seeded episodes; the same seed gives the same numbers.
 
-    Returns ``mean_return``, ``std_return``, ``min_return``, ``max_return``, ``episodes``,
-    ``human_normalized`` (of the mean; random 307.3, human 6951.6), ``returns``, ``lengths``.
-    Scores are raw game points (no clipping or scaling). ``save`` writes ``eval.json`` into
-    the agent directory. Inference runs on ``torch_threads`` threads (1: fastest for the
-    tiny batches of play on small CPUs; ``None`` leaves torch's setting).
+    The settings are those of :class:`~rlsae.agents.config.EvalConfig` (checked before the
+    agent is loaded). Returns an :class:`~rlsae.agents.results.Evaluation` (mean, std, min, max
+    and median return, human-normalised mean, per-episode returns and lengths). Scores are raw
+    game points (no clipping or scaling). ``save`` writes it to ``eval.json`` in the agent
+    directory. Inference runs on ``torch_threads`` threads (1: fastest for the tiny batches of
+    play on small CPUs; ``None`` leaves torch's setting).
     """
-    if episodes < 1:
-        raise RlsaeError(f"episodes must be at least 1, got {episodes}")
-    if not 0.0 <= epsilon <= 1.0:
-        raise RlsaeError(f"epsilon must be in [0, 1], got {epsilon}")
+    cfg = EvalConfig(episodes, epsilon, seed, n_envs, max_episode_steps)
+    cfg.validate("evaluate_agent")
     agent = agent_dir if isinstance(agent_dir, Agent) else load_agent(agent_dir)
     with _threads.torch_threads(torch_threads):
-        stats = _play_stats(agent, seed, episodes, epsilon, n_envs, max_episode_steps)
-
+        stats = episode_returns(
+            play(
+                agent.env_config,
+                agent_policy(agent),
+                seed=cfg.seed,
+                episodes=cfg.episodes,
+                epsilon=cfg.epsilon,
+                n_envs=cfg.n_envs,
+                max_episode_steps=cfg.max_episode_steps,
+            )
+        )
     returns = np.array([stats[i]["return"] for i in range(episodes)], dtype=np.float64)
     lengths = [int(stats[i]["length"]) for i in range(episodes)]
-    result = {
-        "agent": str(agent.path),
-        "arch": agent.arch,
-        "steps_trained": agent.info.get("steps_trained"),
-        "episodes": episodes,
-        "epsilon": epsilon,
-        "seed": seed,
-        "mean_return": float(returns.mean()),
-        "std_return": float(returns.std()),
-        "min_return": float(returns.min()),
-        "max_return": float(returns.max()),
-        "median_return": float(np.median(returns)),
-        "human_normalized": float(human_normalized(float(returns.mean()))),
-        "mean_length": float(np.mean(lengths)),
-        "returns": returns.tolist(),
-        "lengths": lengths,
-    }
+    result = Evaluation(
+        agent=str(agent.path),
+        arch=agent.arch,
+        steps_trained=agent.info.steps_trained,
+        episodes=cfg.episodes,
+        epsilon=cfg.epsilon,
+        seed=cfg.seed,
+        mean_return=float(returns.mean()),
+        std_return=float(returns.std()),
+        min_return=float(returns.min()),
+        max_return=float(returns.max()),
+        median_return=float(np.median(returns)),
+        human_normalized=float(human_normalized(float(returns.mean()))),
+        mean_length=float(np.mean(lengths)),
+        returns=returns.tolist(),
+        lengths=lengths,
+    )
     if save:
-        atomic_write_json(Path(agent.path) / "eval.json", result)
+        result.write(Path(agent.path) / "eval.json")
     return result

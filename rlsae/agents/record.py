@@ -10,42 +10,27 @@ seed and action sequence, enough to replay any step in the emulator (``rlsae.age
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from rlsae import threads as _threads
+from rlsae.agents.config import RecordConfig
 from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.envs import obs_hash
 from rlsae.agents.networks import check_layer
-from rlsae.agents.rollout import play
+from rlsae.agents.replay import read_episodes
+from rlsae.agents.results import EpisodeLog, RecordedEpisode
+from rlsae.agents.rollout import StepBatch, play
+from rlsae.configs import differing_keys, to_mapping
 from rlsae.errors import RlsaeError
+from rlsae.fsutil import dumps_json
+from rlsae.sae.store import ActivationStore, ActivationWriter
 
 N_ACTIONS = 9
-
-
-@dataclass
-class RecordConfig:
-    """Settings of one recording (saved in ``meta.json`` ``extra`` and ``episodes.json``)."""
-
-    layer: str = "fc1"
-    """Hookable layer to record (``dqn layers`` lists them)."""
-    steps: int = 10_000
-    """Rows (agent steps) to record in all."""
-    epsilon: float = 0.2
-    """Probability of a random action (the poster surveyed at 0.2)."""
-    seed: int = 0
-    """Seeds the episodes (``episode_seed(seed, i)``) and the epsilon draws."""
-    n_envs: int = 4
-    """Emulators played side by side (batched forward passes)."""
-    dtype: str = "float32"
-    """Activation dtype in the store (float32 or float16)."""
-    max_episode_steps: int | None = None
-    """Cut episodes at this many steps (None: play until the game ends)."""
 
 
 def record_activations(
@@ -61,104 +46,123 @@ def record_activations(
     max_episode_steps: int | None = None,
     source: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
     torch_threads: int | None = 1,
 ) -> Path:
-    """Record ``steps`` rows of ``layer`` into an activation store at ``out_dir``; returns it."""
-    from rlsae.sae.store import ActivationWriter
+    """Record ``steps`` rows of ``layer`` into an activation store at ``out_dir``; returns it.
 
-    if steps < 1:
-        raise RlsaeError(f"steps must be at least 1 to record anything, got {steps}")
-    if not 0.0 <= epsilon <= 1.0:
-        raise RlsaeError(f"epsilon must be in [0, 1], got {epsilon}")
-    agent = agent_dir if isinstance(agent_dir, Agent) else load_agent(agent_dir)
-    _, width, _ = check_layer(agent.arch, layer)
+    The settings are those of :class:`~rlsae.agents.config.RecordConfig`, checked before
+    anything is loaded or written. The store appears only when complete. With ``resume`` a
+    finished store at ``out_dir`` recorded from the same agent with the same settings is kept
+    as it is; one recorded otherwise is refused in one line naming the difference.
+    """
     cfg = RecordConfig(layer, steps, epsilon, seed, n_envs, dtype, max_episode_steps)
+    cfg.validate("record_activations")
     out = Path(out_dir)
+    if resume and out.exists():
+        agent_path = agent_dir.path if isinstance(agent_dir, Agent) else Path(agent_dir)
+        check_same_recording(out, cfg, agent_path)
+        return out
     if out.exists() and not overwrite:
         raise RlsaeError(f"{out} already exists; choose another --out or remove it")
-    env_dict = agent.env_config.to_dict()
+    agent = agent_dir if isinstance(agent_dir, Agent) else load_agent(agent_dir)
+    _, width, _ = check_layer(agent.arch, layer)
     extra = {
         "agent_dir": str(agent.path),
         "arch": agent.arch,
         "layer": layer,
         "epsilon": epsilon,
         "seed": seed,
-        "steps_trained": agent.info.get("steps_trained"),
-        "env": env_dict,
+        "steps_trained": agent.info.steps_trained,
+        "env": agent.env_config.to_dict(),
     }
-
-    def policy(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        q, acts = agent.forward(obs, layer)
-        return q.numpy(), acts.reshape(acts.shape[0], -1).numpy()
-
-    episodes: dict[int, dict[str, Any]] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=f"dqn record {layer}", unit="step", leave=False)
-    writer = ActivationWriter(
-        out,
-        width,
-        dtype=dtype,
-        hook=layer,
-        source=source if source is not None else agent.path.name,
-        provider="atari",
-        extra=extra,
-        overwrite=overwrite,
+    bar = tqdm(
+        total=steps, desc=f"dqn record {layer}", unit="step", leave=False, disable=not progress
     )
     try:
-        with _threads.torch_threads(torch_threads):
-            for b in play(
-                agent.env_config,
-                policy,
-                seed=seed,
-                epsilon=epsilon,
-                n_envs=n_envs,
-                max_total_steps=steps,
-                max_episode_steps=max_episode_steps,
-            ):
-                ctx: dict[str, Any] = {
-                    "episode": b.episode.astype(np.int64),
-                    "episode_seed": b.episode_seed.astype(np.int64),
-                    "step": b.step.astype(np.int64),
-                    "action": b.action.astype(np.int64),
-                    "greedy_action": b.greedy_action.astype(np.int64),
-                    "reward": b.reward.astype(np.float32),
-                }
-                for a in range(N_ACTIONS):
-                    ctx[f"q_{a}"] = b.q[:, a].astype(np.float32)
-                ctx["obs_hash"] = [obs_hash(o) for o in b.obs]
-                writer.append(b.extra, ctx)
-                for i, e in enumerate(b.episode.tolist()):
-                    d = episodes.setdefault(
-                        e,
-                        {
-                            "episode": e,
-                            "seed": int(b.episode_seed[i]),
-                            "actions": [],
-                            "return": 0.0,
-                        },
-                    )
-                    d["actions"].append(int(b.action[i]))
-                    d["return"] += float(b.reward[i])
-                    d["complete"] = bool(b.episode_end[i])
-                if bar is not None:
-                    bar.update(len(b.episode))
-        doc = {
-            "env": env_dict,
-            # the exact ale_py.vector_env.AtariVectorEnv("ms_pacman", 1, **ale) settings
-            "ale": {"game": "ms_pacman", **agent.env_config.ale_kwargs()},
-            "config": cfg.__dict__,
-            "episodes": [episodes[e] for e in sorted(episodes)],
-        }
-        writer.add_file("episodes.json", json.dumps(doc).encode())
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+        with (
+            ActivationWriter(
+                out,
+                width,
+                dtype=dtype,
+                hook=layer,
+                source=source if source is not None else agent.path.name,
+                provider="atari",
+                extra=extra,
+                overwrite=overwrite,
+            ) as writer,
+            _threads.torch_threads(torch_threads),
+        ):
+            log = _play_and_write(agent, cfg, writer, bar)
+            writer.add_file("episodes.json", (dumps_json(log.to_json()) + "\n").encode())
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return out
+
+
+def _play_and_write(
+    agent: Agent, cfg: RecordConfig, writer: ActivationWriter, bar: Any
+) -> EpisodeLog:
+    """Play epsilon-greedy, append every step's activations and context; the episode log."""
+
+    def policy(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q, acts = agent.forward(obs, cfg.layer)
+        return q.numpy(), acts.reshape(acts.shape[0], -1).numpy()
+
+    episodes: dict[int, RecordedEpisode] = {}
+    for b in play(
+        agent.env_config,
+        policy,
+        seed=cfg.seed,
+        epsilon=cfg.epsilon,
+        n_envs=cfg.n_envs,
+        max_total_steps=cfg.steps,
+        max_episode_steps=cfg.max_episode_steps,
+    ):
+        writer.append(b.extra, _context(b))
+        for i, e in enumerate(b.episode.tolist()):
+            ep = episodes.setdefault(e, RecordedEpisode(episode=e, seed=int(b.episode_seed[i])))
+            ep.actions.append(int(b.action[i]))
+            ep.score += float(b.reward[i])
+            ep.complete = bool(b.episode_end[i])
+        bar.update(len(b.episode))
+    return EpisodeLog(
+        env=agent.env_config,
+        # the exact ale_py.vector_env.AtariVectorEnv("ms_pacman", 1, **ale) settings
+        ale={"game": "ms_pacman", **agent.env_config.ale_kwargs()},
+        config=cfg,
+        episodes=[episodes[e] for e in sorted(episodes)],
+    )
+
+
+def _context(b: StepBatch) -> dict[str, Any]:
+    """The context rows of one step batch."""
+    ctx: dict[str, Any] = {
+        "episode": b.episode.astype(np.int64),
+        "episode_seed": b.episode_seed.astype(np.int64),
+        "step": b.step.astype(np.int64),
+        "action": b.action.astype(np.int64),
+        "greedy_action": b.greedy_action.astype(np.int64),
+        "reward": b.reward.astype(np.float32),
+    }
+    for a in range(N_ACTIONS):
+        ctx[f"q_{a}"] = b.q[:, a].astype(np.float32)
+    ctx["obs_hash"] = [obs_hash(o) for o in b.obs]
+    return ctx
+
+
+def check_same_recording(store_dir: Path, cfg: RecordConfig, agent_dir: Path) -> None:
+    """Refuse (one line naming the difference) a store not recorded from ``agent_dir`` with
+    ``cfg``: the resume fingerprint of a recording."""
+    store = ActivationStore(store_dir)
+    log = read_episodes(store_dir)
+    old = {"agent_dir": str(store.extra.get("agent_dir")), **to_mapping(log.config)}
+    new = {"agent_dir": str(agent_dir), **to_mapping(cfg)}
+    keys = differing_keys(old, new)
+    if keys:
+        shown = ", ".join(f"{k} {old.get(k)!r} (now {new.get(k)!r})" for k in keys)
+        raise RlsaeError(
+            f"{store_dir} was recorded with other settings: {shown}; record into another --out "
+            "or remove it"
+        )

@@ -14,40 +14,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from rlsae.agents.envs import AleVecEnv, EnvConfig, obs_hash, rgb_frame
+from rlsae.agents.envs import AleVecEnv, obs_hash, rgb_frame
+from rlsae.agents.results import EpisodeLog
 from rlsae.errors import RlsaeError
-from rlsae.fsutil import read_json
 
 
-def read_episodes(store_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``episodes.json`` of an atari activation store."""
+def read_episodes(store_dir: str | os.PathLike) -> EpisodeLog:
+    """The :class:`~rlsae.agents.results.EpisodeLog` (``episodes.json``) of an atari store."""
     path = Path(store_dir) / "episodes.json"
     if not path.is_file():
         raise RlsaeError(f"{path} not found; replay needs a store written by `rlsae dqn record`")
-    doc = read_json(path)
-    if not isinstance(doc, dict) or "env" not in doc or "episodes" not in doc:
-        raise RlsaeError(f"{path} is not an episodes file (needs 'env' and 'episodes')")
-    return doc
-
-
-def _episode(doc: dict[str, Any], episode: int) -> dict[str, Any]:
-    for e in doc["episodes"]:
-        if int(e["episode"]) == int(episode):
-            return e
-    ids = [int(e["episode"]) for e in doc["episodes"]]
-    raise RlsaeError(f"episode {episode} not in the recording (episodes {min(ids)}..{max(ids)})")
+    return EpisodeLog.read(path)
 
 
 def replay_episode(
     store_dir: str | os.PathLike | None = None,
     episode: int = 0,
     *,
-    doc: dict[str, Any] | None = None,
+    doc: EpisodeLog | None = None,
     until: int | None = None,
     rgb: bool = True,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
@@ -63,35 +52,49 @@ def replay_episode(
         if store_dir is None:
             raise ValueError("give store_dir or doc")
         doc = read_episodes(store_dir)
-    ep = _episode(doc, episode)
-    actions = [int(a) for a in ep["actions"]]
-    last = len(actions) if until is None else min(int(until), len(actions))
-    cfg = EnvConfig.from_dict(doc["env"])
-    env = AleVecEnv(cfg, 1, seed=None, autoreset=False)
+    ep = doc.episode(episode)
+    last = len(ep.actions) if until is None else min(int(until), len(ep.actions))
+    cfg = doc.env
+    env = _Emulator(AleVecEnv(cfg, 1, seed=None, autoreset=False), ep.seed)
     screen_env = None
     if rgb and cfg.mode != "poster":
-        screen_env = AleVecEnv(cfg, 1, seed=None, autoreset=False, rgb_screen=True)
+        screen_env = _Emulator(
+            AleVecEnv(cfg, 1, seed=None, autoreset=False, rgb_screen=True), ep.seed
+        )
     try:
-        obs = env.reset_with_seeds([int(ep["seed"])])
-        screen = None
-        if screen_env is not None:
-            screen = screen_env.reset_with_seeds([int(ep["seed"])])
         for t in range(last + 1):
-            o = obs[0]
             frame = None
             if rgb:
-                frame = rgb_frame(o) if screen_env is None else rgb_frame(screen[0])
-            yield t, o, frame
+                frame = rgb_frame(env.obs if screen_env is None else screen_env.obs)
+            yield t, env.obs, frame
             if t == last:
                 break
-            a = np.array([actions[t]], dtype=np.int64)
-            obs, _, _, _ = env.step(a)
+            env.step(ep.actions[t])
             if screen_env is not None:
-                screen, _, _, _ = screen_env.step(a)
+                screen_env.step(ep.actions[t])
     finally:
         env.close()
         if screen_env is not None:
             screen_env.close()
+
+
+@dataclass
+class _Emulator:
+    """One emulator reset with an episode's seed, stepped one action at a time."""
+
+    env: AleVecEnv
+    seed: int
+    obs: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.obs = np.asarray(self.env.reset_with_seeds([int(self.seed)]))[0]
+
+    def step(self, action: int) -> None:
+        obs, _, _, _ = self.env.step(np.array([action], dtype=np.int64))
+        self.obs = np.asarray(obs)[0]
+
+    def close(self) -> None:
+        self.env.close()
 
 
 def replay_frames(store_dir: str | os.PathLike, episode: int, steps: list[int]) -> list[np.ndarray]:
@@ -106,9 +109,11 @@ def replay_observations(
     return _replay(store_dir, episode, steps, observations=True)
 
 
-def _replay(store_dir, episode: int, steps: list[int], observations: bool) -> list[np.ndarray]:
+def _replay(
+    store_dir: str | os.PathLike, episode: int, steps: list[int], observations: bool
+) -> list[np.ndarray]:
     doc = read_episodes(store_dir)
-    n = len(_episode(doc, episode)["actions"])
+    n = len(doc.episode(episode).actions)
     wanted = [int(s) for s in steps]
     bad = [s for s in wanted if not 0 <= s <= n]
     if bad:
@@ -121,7 +126,9 @@ def _replay(store_dir, episode: int, steps: list[int], observations: bool) -> li
         doc=doc, episode=episode, until=max(wanted), rgb=not observations
     ):
         if t in need:
-            got[t] = obs if observations else frame
+            shown = obs if observations else frame
+            assert shown is not None  # rgb=True gives every frame
+            got[t] = shown
     return [got[s] for s in wanted]
 
 
@@ -129,19 +136,25 @@ def replay_clip(
     store_dir: str | os.PathLike, episode: int, step: int, *, before: int = 8, after: int = 8
 ) -> tuple[list[int], list[np.ndarray]]:
     """The steps and RGB screens around ``step`` (clipped to the recorded episode)."""
-    doc = read_episodes(store_dir)
-    n = len(_episode(doc, episode)["actions"])
+    n = len(read_episodes(store_dir).episode(episode).actions)
     if not 0 <= step <= n:
         raise RlsaeError(f"episode {episode} has steps 0..{n}; cannot replay step {step}")
     steps = list(range(max(0, step - before), min(n, step + after) + 1))
     return steps, replay_frames(store_dir, episode, steps)
 
 
-def verify_replay(store_dir: str | os.PathLike, episode: int | None = None) -> dict[str, Any]:
-    """Replay recorded episodes and compare each observation's hash with ``context.parquet``.
+@dataclass
+class ReplayCheck:
+    """What :func:`verify_replay` found."""
 
-    Returns ``{"checked": n_steps, "mismatches": [(episode, step), ...]}``.
-    """
+    checked: int
+    """Recorded steps replayed and compared."""
+    mismatches: list[tuple[int, int]]
+    """(episode, step) of every replayed observation whose hash differs from the recording's."""
+
+
+def verify_replay(store_dir: str | os.PathLike, episode: int | None = None) -> ReplayCheck:
+    """Replay recorded episodes and compare each observation's hash with ``context.parquet``."""
     import pandas as pd
 
     path = Path(store_dir) / "context.parquet"
@@ -150,7 +163,8 @@ def verify_replay(store_dir: str | os.PathLike, episode: int | None = None) -> d
     ctx = pd.read_parquet(path, columns=["episode", "step", "obs_hash"])
     doc = read_episodes(store_dir)
     eps = sorted(ctx["episode"].unique()) if episode is None else [episode]
-    checked, mismatches = 0, []
+    checked = 0
+    mismatches: list[tuple[int, int]] = []
     for e in eps:
         rec = ctx[ctx["episode"] == e].set_index("step")["obs_hash"]
         for t, obs, _ in replay_episode(doc=doc, episode=int(e), rgb=False):
@@ -159,4 +173,4 @@ def verify_replay(store_dir: str | os.PathLike, episode: int | None = None) -> d
             checked += 1
             if rec.get(t) != obs_hash(obs):
                 mismatches.append((int(e), int(t)))
-    return {"checked": checked, "mismatches": mismatches}
+    return ReplayCheck(checked, mismatches)

@@ -77,82 +77,111 @@ def play(
     n_envs = max(1, min(n_envs, episodes or n_envs, max_total_steps or n_envs))
     rng = np.random.default_rng([int(seed), 7919])
     env = AleVecEnv(cfg, n_envs, seed=None, autoreset=False)
+    slots = _Slots(n_envs, seed, episodes)
     try:
-        next_episode = 0
-        ep = np.full(n_envs, -1, dtype=np.int64)
-        ep_seed = np.zeros(n_envs, dtype=np.int64)
-        ep_step = np.zeros(n_envs, dtype=np.int64)
-        active = np.zeros(n_envs, dtype=bool)
-
-        def more() -> bool:
-            return episodes is None or next_episode < episodes
-
-        seeds = []
-        for i in range(n_envs):
-            if more():
-                ep[i], ep_seed[i], active[i] = next_episode, episode_seed(seed, next_episode), True
-                next_episode += 1
-            seeds.append(int(ep_seed[i]) if active[i] else 0)
-        obs = env.reset_with_seeds(seeds)
+        obs = env.reset_with_seeds(slots.first_seeds())
         total = 0
-        while active.any():
-            idx = np.flatnonzero(active)
-            q, extra = policy(obs[idx])
-            q = np.asarray(q)
-            greedy = q.argmax(axis=1)
-            explore = rng.random(len(idx)) < epsilon
-            random_actions = rng.integers(0, 9, len(idx))
-            action = np.where(explore, random_actions, greedy)
-            full = np.zeros(n_envs, dtype=np.int64)
-            full[idx] = action
-            next_obs, _, _, infos = env.step(full)
-            raw = np.array([infos[i]["raw_reward"] for i in idx], dtype=np.float32)
-            over = np.array([infos[i]["game_over"] for i in idx], dtype=bool)
-            ep_step[idx] += 1
+        while slots.active.any():
+            idx = np.flatnonzero(slots.active)
+            batch, next_obs = _step(env, policy, obs, idx, slots, rng, epsilon, max_episode_steps)
             total += len(idx)
-            end = over.copy()
-            if max_episode_steps is not None:
-                end |= ep_step[idx] >= max_episode_steps
             budget_left = None if max_total_steps is None else max_total_steps - total
-            yield StepBatch(
-                env_index=idx,
-                episode=ep[idx].copy(),
-                episode_seed=ep_seed[idx].copy(),
-                step=ep_step[idx] - 1,
-                obs=obs[idx],
-                action=action,
-                greedy_action=greedy,
-                q=q,
-                extra=extra,
-                reward=raw,
-                episode_end=end,
-            )
+            yield batch
             if budget_left is not None and budget_left <= 0:
                 break
-            finished = idx[end]
-            restart, restart_seeds = [], []
-            for i in finished:
-                if more():
-                    ep[i], ep_seed[i], ep_step[i] = (
-                        next_episode,
-                        episode_seed(seed, next_episode),
-                        0,
-                    )
-                    next_episode += 1
-                    restart.append(i)
-                    restart_seeds.append(int(ep_seed[i]))
-                else:
-                    active[i] = False
+            restart, restart_seeds = slots.next_episodes(idx[batch.episode_end])
             if restart:
                 next_obs = env.reset_envs(restart, restart_seeds)
             obs = next_obs
-            if budget_left is not None and budget_left < active.sum():
-                # fewer steps left than active envs: keep the earliest-started episodes
-                keep = np.flatnonzero(active)[np.argsort(ep[active])][:budget_left]
-                active[:] = False
-                active[keep] = True
+            if budget_left is not None and budget_left < slots.active.sum():
+                slots.keep_earliest(budget_left)
     finally:
         env.close()
+
+
+class _Slots:
+    """Which episode each emulator plays (its index, seed and step); hands out 0, 1, 2, ..."""
+
+    def __init__(self, n_envs: int, seed: int, episodes: int | None) -> None:
+        self.seed, self.episodes, self.next_episode = seed, episodes, 0
+        self.ep = np.full(n_envs, -1, dtype=np.int64)
+        self.ep_seed = np.zeros(n_envs, dtype=np.int64)
+        self.ep_step = np.zeros(n_envs, dtype=np.int64)
+        self.active = np.zeros(n_envs, dtype=bool)
+
+    def _more(self) -> bool:
+        return self.episodes is None or self.next_episode < self.episodes
+
+    def _start(self, i: int) -> None:
+        self.ep[i], self.ep_seed[i] = self.next_episode, episode_seed(self.seed, self.next_episode)
+        self.ep_step[i], self.active[i] = 0, True
+        self.next_episode += 1
+
+    def first_seeds(self) -> list[int]:
+        """Start an episode on each emulator (while episodes are left); the reset seeds."""
+        for i in range(len(self.ep)):
+            if self._more():
+                self._start(i)
+        return [int(s) if a else 0 for s, a in zip(self.ep_seed, self.active, strict=True)]
+
+    def next_episodes(self, finished: np.ndarray) -> tuple[list[int], list[int]]:
+        """Start the next episode on each finished emulator, or retire it; (envs, seeds)."""
+        restart, seeds = [], []
+        for i in finished.tolist():
+            if self._more():
+                self._start(i)
+                restart.append(i)
+                seeds.append(int(self.ep_seed[i]))
+            else:
+                self.active[i] = False
+        return restart, seeds
+
+    def keep_earliest(self, n: int) -> None:
+        """Fewer steps left than active envs: keep the ``n`` earliest-started episodes."""
+        keep = np.flatnonzero(self.active)[np.argsort(self.ep[self.active])][:n]
+        self.active[:] = False
+        self.active[keep] = True
+
+
+def _step(
+    env: AleVecEnv,
+    policy: Policy,
+    obs: np.ndarray,
+    idx: np.ndarray,
+    slots: _Slots,
+    rng: np.random.Generator,
+    epsilon: float,
+    max_episode_steps: int | None,
+) -> tuple[StepBatch, np.ndarray]:
+    """One epsilon-greedy step of the active envs ``idx``: the batch and the next observations."""
+    q, extra = policy(obs[idx])
+    q = np.asarray(q)
+    greedy = q.argmax(axis=1)
+    explore = rng.random(len(idx)) < epsilon
+    random_actions = rng.integers(0, 9, len(idx))
+    action = np.where(explore, random_actions, greedy)
+    full = np.zeros(env.num_envs, dtype=np.int64)
+    full[idx] = action
+    next_obs, _, _, infos = env.step(full)
+    raw = np.array([infos[i]["raw_reward"] for i in idx], dtype=np.float32)
+    end = np.array([infos[i]["game_over"] for i in idx], dtype=bool)
+    slots.ep_step[idx] += 1
+    if max_episode_steps is not None:
+        end |= slots.ep_step[idx] >= max_episode_steps
+    batch = StepBatch(
+        env_index=idx,
+        episode=slots.ep[idx].copy(),
+        episode_seed=slots.ep_seed[idx].copy(),
+        step=slots.ep_step[idx] - 1,
+        obs=obs[idx],
+        action=action,
+        greedy_action=greedy,
+        q=q,
+        extra=extra,
+        reward=raw,
+        episode_end=end,
+    )
+    return batch, np.asarray(next_obs)
 
 
 def episode_returns(batches: Sequence[StepBatch] | Iterator[StepBatch]) -> dict[int, dict]:

@@ -16,17 +16,21 @@ its mean activation over the original agent's states in these episodes). Reporte
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from rlsae import threads as _threads
+from rlsae.agents.config import SpliceConfig
 from rlsae.agents.dqn import Agent, load_agent
+from rlsae.agents.effects import check_sae
 from rlsae.agents.networks import check_layer
+from rlsae.agents.results import SpliceResult
 from rlsae.agents.rollout import episode_returns, play
 from rlsae.errors import RlsaeError
+from rlsae.sae import load_sae
 
 
 class _Stats:
@@ -47,9 +51,9 @@ class _Stats:
         self.q_sq_sum += (q64**2).sum(0).numpy()
         self.act_sum += acts.double().sum(0).numpy()
 
-    def fvu(self) -> float:
+    def fvu(self) -> float | None:
         var = float((self.q_sq_sum - self.q_sum**2 / self.n).sum())
-        return self.sq_err / var if var > 0 else float("nan")
+        return self.sq_err / var if var > 0 else None
 
 
 def splice_metrics(
@@ -63,33 +67,57 @@ def splice_metrics(
     n_envs: int = 1,
     max_episode_steps: int | None = None,
     torch_threads: int | None = 1,
-) -> dict[str, Any]:
+) -> SpliceResult:
     """Return recovered, greedy-action agreement and Q-value FVU of an SAE spliced into an agent.
 
     ``sae_dir`` is an SAE directory (or a loaded SAE); ``layer`` defaults to the SAE's hook name.
+    The settings are those of :class:`~rlsae.agents.config.SpliceConfig`, checked first.
     """
-    from rlsae.agents.effects import _check_sae
-
-    if episodes < 1:
-        raise RlsaeError(f"episodes must be at least 1, got {episodes}")
+    cfg = SpliceConfig(
+        episodes=episodes, epsilon=epsilon, seed=seed, n_envs=n_envs,
+        max_episode_steps=max_episode_steps, layer=layer,
+    )  # fmt: skip
+    cfg.validate("splice_metrics")
     agent = agent_dir if isinstance(agent_dir, Agent) else load_agent(agent_dir)
-    if isinstance(sae_dir, str | os.PathLike):
-        from rlsae.sae import load_sae
-
-        sae = load_sae(sae_dir)
-    else:
-        sae = sae_dir
-    layer = layer or str(getattr(sae.cfg, "hook_name", "") or "")
+    sae = load_sae(sae_dir) if isinstance(sae_dir, str | os.PathLike) else sae_dir
+    layer = cfg.layer or str(getattr(sae.cfg, "hook_name", "") or "")
     if not layer:
         raise RlsaeError("the SAE names no layer (hook_name); pass layer=/--layer")
-    _, width, _ = check_layer(agent.arch, layer)
-    _check_sae(agent, sae, layer, 0)
+    check_sae(agent, sae, layer, 0)
     sae.eval()
-    kw = dict(
-        seed=seed, episodes=episodes, epsilon=epsilon, n_envs=n_envs,
-        max_episode_steps=max_episode_steps,
-    )  # fmt: skip
+    with _threads.torch_threads(torch_threads):
+        orig, spliced, returns = _play_three_variants(agent, sae, layer, cfg)
 
+    def mean(r: list[float]) -> float:
+        return float(np.mean(r))
+
+    ro, rs, ra = (mean(returns[k]) for k in ("original", "sae", "ablated"))
+    return SpliceResult(
+        agent=str(agent.path),
+        sae=str(sae_dir) if isinstance(sae_dir, str | os.PathLike) else "",
+        layer=layer,
+        episodes=cfg.episodes,
+        seed=cfg.seed,
+        epsilon=cfg.epsilon,
+        return_original=ro,
+        return_sae=rs,
+        return_ablated=ra,
+        return_recovered=(rs - ra) / (ro - ra) if ro != ra else None,
+        action_agreement=orig.agree / orig.n,
+        action_agreement_spliced=spliced.agree / spliced.n,
+        q_fvu=orig.fvu(),
+        states=orig.n,
+        returns_original=returns["original"],
+        returns_sae=returns["sae"],
+        returns_ablated=returns["ablated"],
+    )
+
+
+def _play_three_variants(
+    agent: Agent, sae: Any, layer: str, cfg: SpliceConfig
+) -> tuple[_Stats, _Stats, dict[str, list[float]]]:
+    """Play the original, spliced and mean-ablated agents on the same seeded episodes."""
+    _, width, _ = check_layer(agent.arch, layer)
     orig = _Stats(width)
     spliced = _Stats(width)
 
@@ -106,39 +134,28 @@ def splice_metrics(
         spliced.add(q, q_sae, acts)
         return q_sae.numpy(), None
 
-    with _threads.torch_threads(torch_threads):
-        r_orig = episode_returns(play(agent.env_config, original, **kw))
-        mean_act = torch.as_tensor(orig.act_sum / max(orig.n, 1), dtype=torch.float32)
+    def returns(policy: Callable[[np.ndarray], tuple[np.ndarray, None]]) -> list[float]:
+        r = episode_returns(
+            play(
+                agent.env_config,
+                policy,
+                seed=cfg.seed,
+                episodes=cfg.episodes,
+                epsilon=cfg.epsilon,
+                n_envs=cfg.n_envs,
+                max_episode_steps=cfg.max_episode_steps,
+            )
+        )
+        return [float(r[i]["return"]) for i in range(cfg.episodes)]
 
-        @torch.no_grad()
-        def ablated(obs: np.ndarray) -> tuple[np.ndarray, None]:
-            h = mean_act.expand(len(obs), width)
-            return agent.forward_from(layer, h).numpy(), None
+    r_orig = returns(original)
+    mean_act = torch.as_tensor(orig.act_sum / max(orig.n, 1), dtype=torch.float32)
 
-        r_sae = episode_returns(play(agent.env_config, with_sae, **kw))
-        r_abl = episode_returns(play(agent.env_config, ablated, **kw))
+    @torch.no_grad()
+    def ablated(obs: np.ndarray) -> tuple[np.ndarray, None]:
+        h = mean_act.expand(len(obs), width)
+        return agent.forward_from(layer, h).numpy(), None
 
-    def mean(r: dict[int, dict]) -> float:
-        return float(np.mean([r[i]["return"] for i in range(episodes)]))
-
-    ro, rs, ra = mean(r_orig), mean(r_sae), mean(r_abl)
-    recovered = (rs - ra) / (ro - ra) if ro != ra else None
-    return {
-        "agent": str(agent.path),
-        "sae": str(sae_dir) if isinstance(sae_dir, str | Path) else "",
-        "layer": layer,
-        "episodes": episodes,
-        "seed": seed,
-        "epsilon": epsilon,
-        "return_original": ro,
-        "return_sae": rs,
-        "return_ablated": ra,
-        "return_recovered": recovered,
-        "action_agreement": orig.agree / orig.n,
-        "action_agreement_spliced": spliced.agree / spliced.n,
-        "q_fvu": orig.fvu(),
-        "states": orig.n,
-        "returns_original": [r_orig[i]["return"] for i in range(episodes)],
-        "returns_sae": [r_sae[i]["return"] for i in range(episodes)],
-        "returns_ablated": [r_abl[i]["return"] for i in range(episodes)],
-    }
+    r_sae = returns(with_sae)
+    r_abl = returns(ablated)
+    return orig, spliced, {"original": r_orig, "sae": r_sae, "ablated": r_abl}

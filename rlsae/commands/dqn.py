@@ -1,19 +1,45 @@
-"""``rlsae dqn``: Ms. Pac-Man DQN agents: train, eval, record, layers, splice, effects, replay."""
+"""``rlsae dqn``: Ms. Pac-Man DQN agents: train, eval, record, layers, splice, effects, replay.
+
+Options take their defaults and help texts from the config dataclasses of
+:mod:`rlsae.agents.config`, and every value is checked by the config's ``validate`` before torch
+or the emulator is imported (a refused command answers at once and writes nothing).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from rlsae.agents.config import (
+    DQNConfig,
+    DQNTrainConfig,
+    EvalConfig,
+    RecordConfig,
+    SpliceConfig,
+    build_configs,
+    train_config,
+)
 from rlsae.commands._apps import JsonOpt, dqn_app, emit
+from rlsae.configs import field_default, field_docs
 from rlsae.errors import RlsaeError
 
 
-def _parse_set(items: list[str]) -> dict:
+def _opt(cls: type, name: str, flag: str, default: Any = ..., help: str = "") -> Any:
+    """A typer option whose default and help come from field ``name`` of config ``cls``."""
+    value = field_default(cls, name) if default is ... else default
+    return typer.Option(value, flag, help=help or field_docs(cls)[name])
+
+
+def _arch_default(name: str) -> str:
+    return f"{field_docs(DQNConfig)[name]} (default: the arch's)"
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
     """``--set key=value`` pairs (values parsed as JSON when possible: numbers, true/false)."""
-    out = {}
+    out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise RlsaeError(f"--set expects key=value, got {item!r}")
@@ -28,23 +54,27 @@ def _parse_set(items: list[str]) -> dict:
 
 @dqn_app.command("train")
 def dqn_train(
-    arch: str = typer.Option(
-        ..., "--arch", help="nature (NatureCNN, 84x84x4) or poster (RGB CNN)."
-    ),
-    steps: int = typer.Option(..., "--steps", help="Environment steps to train for (in all)."),
+    arch: str = typer.Option(..., "--arch", help=field_docs(DQNTrainConfig)["arch"]),
+    steps: int = typer.Option(..., "--steps", help=field_docs(DQNTrainConfig)["steps"]),
     out: Path = typer.Option(..., "--out", help="Agent directory to create (or resume)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the network, exploration and envs."),
-    checkpoint_every: int | None = typer.Option(
-        None, "--checkpoint-every", help="Save checkpoints/step_N every N env steps."
+    seed: int = _opt(DQNTrainConfig, "seed", "--seed"),
+    checkpoint_every: int | None = _opt(DQNTrainConfig, "checkpoint_every", "--checkpoint-every"),
+    n_envs: int = _opt(DQNTrainConfig, "n_envs", "--n-envs"),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the last checkpoint (the settings must match)."
     ),
-    n_envs: int = typer.Option(1, "--n-envs", help="Emulators stepped side by side."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
-    buffer_size: int | None = typer.Option(None, "--buffer-size", help="Replay buffer size."),
-    learning_starts: int | None = typer.Option(
-        None, "--learning-starts", help="Random steps before learning."
+    buffer_size: int | None = _opt(
+        DQNConfig, "buffer_size", "--buffer-size", None, _arch_default("buffer_size")
     ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Transitions per update."),
-    train_freq: int | None = typer.Option(None, "--train-freq", help="Env steps per update."),
+    learning_starts: int | None = _opt(
+        DQNConfig, "learning_starts", "--learning-starts", None, _arch_default("learning_starts")
+    ),
+    batch_size: int | None = _opt(
+        DQNConfig, "batch_size", "--batch-size", None, _arch_default("batch_size")
+    ),
+    train_freq: int | None = _opt(
+        DQNConfig, "train_freq", "--train-freq", None, _arch_default("train_freq")
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Any other DQN/env setting, key=value (e.g. --set gamma=0.99)."
     ),
@@ -52,9 +82,8 @@ def dqn_train(
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a DQN on Ms. Pac-Man (progress on stderr, TensorBoard logs in OUT/tensorboard)."""
-    from rlsae.agents.dqn import train_dqn
-
-    overrides = _parse_set(set_)
+    overrides = parse_set(set_)
+    build_configs(arch, overrides, where="--set")  # names the --set key that is wrong
     for key, value in [
         ("buffer_size", buffer_size),
         ("learning_starts", learning_starts),
@@ -63,30 +92,20 @@ def dqn_train(
     ]:
         if value is not None:
             overrides[key] = value
-    path = train_dqn(
-        arch,
-        steps,
-        out,
-        seed=seed,
-        checkpoint_every=checkpoint_every,
-        n_envs=n_envs,
-        resume=resume,
-        device=device,
-        **overrides,
-    )
-    info = json.loads((path / "agent.json").read_text())
-    ckpts = (
-        sorted(p.name for p in (path / "checkpoints").glob("step_*"))
-        if (path / "checkpoints").is_dir()
-        else []
-    )
+    kw: dict[str, Any] = dict(seed=seed, checkpoint_every=checkpoint_every, n_envs=n_envs)
+    train_config(arch, steps, **kw, **overrides)  # every value checked before torch loads
+
+    from rlsae.agents.dqn import list_checkpoints, read_agent_info, train_dqn
+
+    path = train_dqn(arch, steps, out, resume=resume, device=device, **kw, **overrides)
+    info = read_agent_info(path)
     emit(
         {
             "agent": str(path),
-            "arch": info["arch"],
-            "steps_trained": info["steps_trained"],
-            "checkpoints": ckpts,
-            "hyperparameters": info["hyperparameters"],
+            "arch": info.arch,
+            "steps_trained": info.steps_trained,
+            "checkpoints": [c.path.name for c in list_checkpoints(path)],
+            "hyperparameters": info.to_json()["hyperparameters"],
         },
         as_json,
     )
@@ -95,54 +114,77 @@ def dqn_train(
 @dqn_app.command("eval")
 def dqn_eval(
     agent: Path = typer.Option(..., "--agent", help="Agent directory (or a checkpoint in one)."),
-    episodes: int = typer.Option(10, "--episodes", help="Episodes to play."),
-    epsilon: float = typer.Option(0.0, "--epsilon", help="Probability of a random action."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the episodes and epsilon draws."),
-    n_envs: int = typer.Option(1, "--n-envs", help="Emulators played side by side."),
-    max_episode_steps: int | None = typer.Option(
-        None, "--max-episode-steps", help="Cut episodes at this many steps."
-    ),
+    episodes: int = _opt(EvalConfig, "episodes", "--episodes"),
+    epsilon: float = _opt(EvalConfig, "epsilon", "--epsilon"),
+    seed: int = _opt(EvalConfig, "seed", "--seed"),
+    n_envs: int = _opt(EvalConfig, "n_envs", "--n-envs"),
+    max_episode_steps: int | None = _opt(EvalConfig, "max_episode_steps", "--max-episode-steps"),
     no_save: bool = typer.Option(False, "--no-save", help="Do not write AGENT/eval.json."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Mean score over seeded episodes, human-normalised (random 307.3, human 6951.6)."""
+    cfg = EvalConfig(episodes, epsilon, seed, n_envs, max_episode_steps)
+    cfg.validate("dqn eval")
+
     from rlsae.agents.evaluate import evaluate_agent
 
     res = evaluate_agent(
         agent,
-        episodes=episodes,
-        epsilon=epsilon,
-        seed=seed,
-        n_envs=n_envs,
-        max_episode_steps=max_episode_steps,
+        episodes=cfg.episodes,
+        epsilon=cfg.epsilon,
+        seed=cfg.seed,
+        n_envs=cfg.n_envs,
+        max_episode_steps=cfg.max_episode_steps,
         save=not no_save,
     )
-    emit(res, as_json)
+    emit(res.to_json(), as_json)
 
 
 @dqn_app.command("record")
 def dqn_record(
     agent: Path = typer.Option(..., "--agent", help="Agent directory."),
-    layer: str = typer.Option(..., "--layer", help="Layer to record (see `dqn layers`)."),
-    steps: int = typer.Option(..., "--steps", help="Steps (rows) to record."),
+    layer: str = typer.Option(..., "--layer", help=field_docs(RecordConfig)["layer"]),
+    steps: int = typer.Option(..., "--steps", help=field_docs(RecordConfig)["steps"]),
     out: Path = typer.Option(..., "--out", help="New activation-store directory."),
-    epsilon: float = typer.Option(0.2, "--epsilon", help="Probability of a random action."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the episodes and epsilon draws."),
-    n_envs: int = typer.Option(4, "--n-envs", help="Emulators played side by side."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
+    epsilon: float = _opt(RecordConfig, "epsilon", "--epsilon"),
+    seed: int = _opt(RecordConfig, "seed", "--seed"),
+    n_envs: int = _opt(RecordConfig, "n_envs", "--n-envs"),
+    dtype: str = _opt(RecordConfig, "dtype", "--dtype"),
+    max_episode_steps: int | None = _opt(RecordConfig, "max_episode_steps", "--max-episode-steps"),
+    resume: bool = typer.Option(
+        False, "--resume", help="Keep a finished store at --out recorded with these settings."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Record a layer's activations while the agent plays (store + episodes.json for replay)."""
+    cfg = RecordConfig(layer, steps, epsilon, seed, n_envs, dtype, max_episode_steps)
+    cfg.validate("dqn record")
+
     from rlsae.agents.record import record_activations
+    from rlsae.agents.replay import read_episodes
     from rlsae.sae.store import ActivationStore
 
     path = record_activations(
-        agent, layer, steps, out, epsilon=epsilon, seed=seed, n_envs=n_envs, dtype=dtype
+        agent,
+        cfg.layer,
+        cfg.steps,
+        out,
+        epsilon=cfg.epsilon,
+        seed=cfg.seed,
+        n_envs=cfg.n_envs,
+        dtype=cfg.dtype,
+        max_episode_steps=cfg.max_episode_steps,
+        resume=resume,
     )
     st = ActivationStore(path)
-    eps = json.loads((path / "episodes.json").read_text())["episodes"]
     emit(
-        {"out": str(path), "rows": st.rows, "d_in": st.d_in, "layer": layer, "episodes": len(eps)},
+        {
+            "out": str(path),
+            "rows": st.rows,
+            "d_in": st.d_in,
+            "layer": cfg.layer,
+            "episodes": len(read_episodes(path).episodes),
+        },
         as_json,
     )
 
@@ -164,28 +206,34 @@ def dqn_layers(
 def dqn_splice(
     agent: Path = typer.Option(..., "--agent", help="Agent directory."),
     sae: Path = typer.Option(..., "--sae", help="SAE directory trained on one of its layers."),
-    episodes: int = typer.Option(5, "--episodes", help="Episodes per variant."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the episodes."),
-    layer: str | None = typer.Option(None, "--layer", help="Layer (default: the SAE's hook)."),
-    epsilon: float = typer.Option(0.0, "--epsilon", help="Probability of a random action."),
-    max_episode_steps: int | None = typer.Option(
-        None, "--max-episode-steps", help="Cut episodes at this many steps."
-    ),
+    episodes: int = _opt(SpliceConfig, "episodes", "--episodes"),
+    seed: int = _opt(SpliceConfig, "seed", "--seed"),
+    layer: str | None = _opt(SpliceConfig, "layer", "--layer"),
+    epsilon: float = _opt(SpliceConfig, "epsilon", "--epsilon"),
+    n_envs: int = _opt(SpliceConfig, "n_envs", "--n-envs"),
+    max_episode_steps: int | None = _opt(SpliceConfig, "max_episode_steps", "--max-episode-steps"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Play with the SAE reconstruction spliced in: return recovered, action agreement, Q FVU."""
+    cfg = SpliceConfig(
+        episodes=episodes, epsilon=epsilon, seed=seed, n_envs=n_envs,
+        max_episode_steps=max_episode_steps, layer=layer,
+    )  # fmt: skip
+    cfg.validate("dqn splice")
+
     from rlsae.agents.splice import splice_metrics
 
     res = splice_metrics(
         agent,
         sae,
-        episodes=episodes,
-        seed=seed,
-        layer=layer,
-        epsilon=epsilon,
-        max_episode_steps=max_episode_steps,
+        episodes=cfg.episodes,
+        seed=cfg.seed,
+        layer=cfg.layer,
+        epsilon=cfg.epsilon,
+        n_envs=cfg.n_envs,
+        max_episode_steps=cfg.max_episode_steps,
     )
-    emit(res, as_json)
+    emit(res.to_json(), as_json)
 
 
 @dqn_app.command("effects")
@@ -239,7 +287,7 @@ def dqn_replay(
     res: dict = {"acts": str(acts), "episode": episode, "step": step}
     if verify:
         v = verify_replay(acts)
-        res.update(checked=v["checked"], mismatches=len(v["mismatches"]))
+        res.update(checked=v.checked, mismatches=len(v.mismatches))
     frame = replay_frames(acts, episode, [step])[0]
     res["shape"] = list(frame.shape)
     if out is not None:

@@ -1,0 +1,171 @@
+"""The typed results the Atari part writes or returns across a seam.
+
+Each is an :class:`rlsae.artifacts.Artifact`: its writer and every reader (the CLI's ``--json``,
+the study, the viewer) use the same dataclass, and a file of another kind or version is refused
+in one line.
+
+==================  =====================  ==================================================
+class               format                 written as
+==================  =====================  ==================================================
+:class:`AgentInfo`  ``rlsae.dqn_agent``    ``AGENT/agent.json`` (marks a finished agent)
+:class:`Evaluation` ``rlsae.dqn_eval``     ``AGENT/eval.json``, ``dqn eval --json``
+:class:`SpliceResult` ``rlsae.dqn_splice`` ``dqn splice --json``, the study's splice stage
+:class:`EpisodeLog` ``rlsae.atari_episodes`` ``STORE/episodes.json`` (replays a recording)
+==================  =====================  ==================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from rlsae.agents.config import DQNConfig, EnvConfig, RecordConfig
+from rlsae.artifacts import Artifact
+from rlsae.errors import RlsaeError
+
+
+@dataclass
+class AgentInfo(Artifact):
+    """What an agent directory holds (``agent.json``; written last, so it marks completion)."""
+
+    FORMAT: ClassVar[str] = "rlsae.dqn_agent"
+    VERSION: ClassVar[int] = 1
+
+    arch: str
+    """``nature`` or ``poster``."""
+    seed: int
+    """Seed of the training run."""
+    steps_trained: int
+    """Environment steps the agent was trained for."""
+    n_envs: int
+    """Emulators stepped side by side during training."""
+    hyperparameters: DQNConfig
+    """The SB3 ``DQN`` hyperparameters it was trained with."""
+    env: EnvConfig
+    """The environment it was trained on."""
+    env_id: str = "ALE/MsPacman-v5"
+    """The gymnasium id whose settings the environment follows."""
+
+
+@dataclass
+class Evaluation(Artifact):
+    """Mean game score of an agent over seeded episodes (raw points, no clipping or scaling)."""
+
+    FORMAT: ClassVar[str] = "rlsae.dqn_eval"
+    VERSION: ClassVar[int] = 1
+
+    agent: str
+    """The agent directory."""
+    arch: str
+    """``nature`` or ``poster``."""
+    steps_trained: int | None
+    """Environment steps the agent was trained for (None: unknown)."""
+    episodes: int
+    """Episodes played."""
+    epsilon: float
+    """Probability of a random action."""
+    seed: int
+    """Seed of the episodes and the epsilon draws."""
+    mean_return: float
+    """Mean raw return over the episodes."""
+    std_return: float
+    """Population standard deviation of the returns."""
+    min_return: float
+    """Lowest return."""
+    max_return: float
+    """Highest return."""
+    median_return: float
+    """Median return."""
+    human_normalized: float
+    """(mean - random) / (human - random), DQN-Zoo's Ms. Pac-Man constants 307.3 and 6951.6."""
+    mean_length: float
+    """Mean episode length in agent steps."""
+    returns: list[float] = field(default_factory=list)
+    """Each episode's return, in episode order."""
+    lengths: list[int] = field(default_factory=list)
+    """Each episode's length in agent steps."""
+
+
+@dataclass
+class SpliceResult(Artifact):
+    """An SAE spliced into an agent: returns, greedy-action agreement and Q-value FVU."""
+
+    FORMAT: ClassVar[str] = "rlsae.dqn_splice"
+    VERSION: ClassVar[int] = 1
+
+    agent: str
+    """The agent directory."""
+    sae: str
+    """The SAE directory ("" for an SAE given as an object)."""
+    layer: str
+    """The layer the SAE's reconstruction replaced."""
+    episodes: int
+    """Episodes per variant."""
+    seed: int
+    """Seed of the episodes."""
+    epsilon: float
+    """Probability of a random action."""
+    return_original: float
+    """Mean return of the original agent."""
+    return_sae: float
+    """Mean return with the SAE's reconstruction in place of the layer."""
+    return_ablated: float
+    """Mean return with the layer replaced by its mean activation."""
+    return_recovered: float | None
+    """(R_sae - R_ablated) / (R_orig - R_ablated); None when R_orig equals R_ablated."""
+    action_agreement: float
+    """Fraction of the original agent's states where the spliced greedy action agrees."""
+    action_agreement_spliced: float
+    """The same on the states the spliced agent visits itself."""
+    q_fvu: float | None
+    """Fraction of Q-value variance unexplained; None when the Q-values do not vary."""
+    states: int
+    """States of the original agent's episodes."""
+    returns_original: list[float] = field(default_factory=list)
+    """Each episode's return, original agent."""
+    returns_sae: list[float] = field(default_factory=list)
+    """Each episode's return, spliced agent."""
+    returns_ablated: list[float] = field(default_factory=list)
+    """Each episode's return, mean-ablated agent."""
+
+
+@dataclass
+class RecordedEpisode:
+    """One recorded episode: enough to replay it in the emulator."""
+
+    episode: int
+    """Episode index within the recording."""
+    seed: int
+    """The emulator seed it was reset with."""
+    actions: list[int] = field(default_factory=list)
+    """The actions taken, in order."""
+    complete: bool = False
+    """True when the recording saw the episode end (game over, truncation or the step cap)."""
+    score: float = 0.0
+    """Raw game score over the recorded steps (the episode's return so far)."""
+
+
+@dataclass
+class EpisodeLog(Artifact):
+    """``episodes.json`` of an Atari activation store: the env and each episode's seed and actions."""
+
+    FORMAT: ClassVar[str] = "rlsae.atari_episodes"
+    VERSION: ClassVar[int] = 1
+
+    env: EnvConfig
+    """The environment the agent played in."""
+    ale: dict[str, object]
+    """The exact ``ale_py.vector_env.AtariVectorEnv`` settings (``game`` included)."""
+    config: RecordConfig
+    """The recording's settings."""
+    episodes: list[RecordedEpisode] = field(default_factory=list)
+    """The recorded episodes, in episode order."""
+
+    def episode(self, index: int) -> RecordedEpisode:
+        """The recorded episode ``index`` (one-line error naming the range when absent)."""
+        for e in self.episodes:
+            if e.episode == int(index):
+                return e
+        ids = [e.episode for e in self.episodes]
+        have = f"episodes {min(ids)}..{max(ids)}" if ids else "no episodes"
+        raise RlsaeError(f"episode {index} not in the recording ({have})")
