@@ -53,3 +53,20 @@ def poster_recording(poster_agent: Path, tmp_path_factory: pytest.TempPathFactor
         poster_agent, "fc1", 240, out, epsilon=0.3, seed=5, n_envs=2, max_episode_steps=70,
         progress=False,
     )  # fmt: skip
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture):
+    """``run_cli(*args)`` -> (exit code, stdout, stderr) of :func:`rlsae.cli.main`."""
+    from rlsae.cli import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run

@@ -1,4 +1,5 @@
-"""The dqn verbs: one JSON object with --json, one-line errors with exit status 2."""
+"""The dqn verbs through rlsae.cli.main: one JSON object with --json (typed artifacts), one-line
+errors with exit status 2 for every bad value, and options that agree with the config fields."""
 
 from __future__ import annotations
 
@@ -7,70 +8,237 @@ from pathlib import Path
 
 import pytest
 
-from rlsae.cli import main
+from rlsae.agents.config import (
+    DQNConfig,
+    DQNTrainConfig,
+    EvalConfig,
+    RecordConfig,
+    SpliceConfig,
+    train_config,
+)
+from rlsae.agents.results import Evaluation
+from rlsae.configs import field_default, field_docs, to_mapping
 
 
-def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_layers_and_eval_print_one_json_object(poster_agent: Path, capsys, tmp_path: Path):
-    code, out, _ = _run(capsys, "dqn", "layers", "--agent", str(poster_agent), "--json")
+def test_layers_and_eval_print_one_json_object(poster_agent: Path, run_cli):
+    code, out, _ = run_cli("dqn", "layers", "--agent", poster_agent, "--json")
     assert code == 0
     res = json.loads(out)
     assert res["layers"] == {"conv3": 960, "fc1": 512, "fc2": 512}
-    code, out, _ = _run(
-        capsys, "dqn", "eval", "--agent", str(poster_agent / "checkpoints" / "step_100"),
-        "--episodes", "1", "--max-episode-steps", "50", "--json",
-    )  # fmt: skip
+    ckpt = poster_agent / "checkpoints" / "step_100"
+    code, out, _ = run_cli(
+        "dqn", "eval", "--agent", ckpt, "--episodes", "1", "--max-episode-steps", "50", "--json"
+    )
     assert code == 0 and len(out.strip().splitlines()) == 1
     res = json.loads(out)
+    assert (res["format"], res["version"]) == ("rlsae.dqn_eval", 1)
     assert res["steps_trained"] == 100 and res["episodes"] == 1
-    saved = json.loads((poster_agent / "checkpoints" / "step_100" / "eval.json").read_text())
-    assert saved["mean_return"] == res["mean_return"]
+    assert res["lengths"] == [50]
+    saved = Evaluation.read(ckpt / "eval.json")  # the file and --json are the same artifact
+    assert saved.to_json() == res
+    assert saved.mean_return == res["mean_return"] == sum(res["returns"])
 
 
-def test_record_and_replay_verbs(poster_agent: Path, capsys, tmp_path: Path):
+def test_record_and_replay_verbs(poster_agent: Path, run_cli, tmp_path: Path):
     out_dir = tmp_path / "acts"
-    code, out, _ = _run(
-        capsys, "dqn", "record", "--agent", str(poster_agent), "--layer", "fc2",
-        "--steps", "30", "--out", str(out_dir), "--n-envs", "1", "--json",
-    )  # fmt: skip
+    argv = ["dqn", "record", "--agent", poster_agent, "--layer", "fc2", "--steps", "30"]
+    code, out, _ = run_cli(*argv, "--out", out_dir, "--n-envs", "1", "--json")
     assert code == 0
     assert json.loads(out)["rows"] == 30
     png = tmp_path / "s.png"
-    code, out, _ = _run(
-        capsys, "dqn", "replay", "--acts", str(out_dir), "--step", "7", "--out", str(png),
-        "--verify", "--json",
-    )  # fmt: skip
+    code, out, _ = run_cli(
+        "dqn", "replay", "--acts", out_dir, "--step", "7", "--out", png, "--verify", "--json"
+    )
     res = json.loads(out)
     assert code == 0 and res["checked"] == 30 and res["mismatches"] == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["dqn", "layers", "--agent", "{tmp}/none"], "agent directory"),
-        (["dqn", "record", "--agent", "{agent}", "--layer", "fc9", "--steps", "5", "--out", "{tmp}/o"],
-         "valid layers: conv3 (960), fc1 (512), fc2 (512)"),
-        (["dqn", "record", "--agent", "{agent}", "--layer", "fc1", "--steps", "0", "--out", "{tmp}/o"],
-         "steps must be at least 1"),
-        (["dqn", "train", "--arch", "poster", "--steps", "5", "--out", "{tmp}/t", "--set", "lr=1"],
-         "unknown DQN setting 'lr'"),
-        (["dqn", "eval", "--agent", "{agent}", "--episodes", "0"], "episodes must be at least 1"),
-    ],
-)  # fmt: skip
-def test_bad_input_exits_2_with_one_line(poster_agent, capsys, tmp_path, argv, message):
-    argv = [a.format(tmp=tmp_path, agent=poster_agent) for a in argv]
-    code, out, err = _run(capsys, *argv)
+    # --resume keeps the identical recording and refuses one with other settings
+    before = (out_dir / "meta.json").stat().st_mtime_ns
+    code, out, _ = run_cli(*argv, "--out", out_dir, "--n-envs", "1", "--resume", "--json")
+    assert code == 0 and json.loads(out)["rows"] == 30
+    assert (out_dir / "meta.json").stat().st_mtime_ns == before
+    code, out, err = run_cli(
+        *argv, "--out", out_dir, "--n-envs", "1", "--epsilon", "0.5", "--resume"
+    )
     assert code == 2 and out == ""
-    assert err.startswith("error: ") and message in err
-    assert len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "recorded with other settings: epsilon 0.2 (now 0.5)" in err
+    assert (out_dir / "meta.json").stat().st_mtime_ns == before
+
+
+_TRAIN = ["dqn", "train", "--arch", "poster", "--steps", "5", "--out", "{tmp}/o"]
+_EVAL = ["dqn", "eval", "--agent", "{agent}"]
+_RECORD = [
+    "dqn",
+    "record",
+    "--agent",
+    "{agent}",
+    "--layer",
+    "fc1",
+    "--steps",
+    "5",
+    "--out",
+    "{tmp}/o",
+]
+_SPLICE = ["dqn", "splice", "--agent", "{agent}", "--sae", "{tmp}/no_sae"]
+
+BAD = [
+    (["dqn", "layers", "--agent", "{tmp}/none"], "agent directory"),
+    (["dqn", "record", "--agent", "{agent}", "--layer", "fc9", "--steps", "5", "--out", "{tmp}/o"],
+     "valid layers: conv3 (960), fc1 (512), fc2 (512)"),
+    ([*_RECORD[:-4], "--steps", "0", "--out", "{tmp}/o"], "dqn record: steps: must be at least 1, got 0"),
+    ([*_TRAIN, "--set", "lr=1"], "unknown DQN setting 'lr'"),
+    ([*_EVAL, "--episodes", "0"], "dqn eval: episodes: must be at least 1, got 0"),
+    # issue 18: values a user can type, refused in one line before any work
+    ([*_TRAIN, "--set", "learning_rate=abc"], "--set: learning_rate: expected a float, got 'abc'"),
+    ([*_TRAIN, "--set", "learning_rate=-0.1"], "learning_rate: must be above 0, got -0.1"),
+    ([*_TRAIN, "--set", "learning_rate=NaN"], "learning_rate: expected a finite number, got nan"),
+    ([*_TRAIN, "--set", "learning_rate=1e400"], "learning_rate: expected a finite number, got inf"),
+    ([*_TRAIN, "--set", "gamma=1.5"], "gamma: must be between 0 and 1, got 1.5"),
+    ([*_TRAIN, "--set", "batch_size=2.5"], "batch_size: expected an integer, got 2.5"),
+    ([*_TRAIN, "--set", "gradient_steps=0"], "gradient_steps: must be at least 1, got 0"),
+    ([*_TRAIN, "--set", "exploration_final_eps=-0.05"], "exploration_final_eps: must be between 0 and 1"),
+    ([*_TRAIN, "--set", "repeat_action_probability=2"], "repeat_action_probability: must be between 0 and 1"),
+    ([*_TRAIN, "--set", "frameskip=0"], "frameskip: must be at least 1, got 0"),
+    ([*_TRAIN, "--set", "optimize_memory_usage=maybe"], "optimize_memory_usage: expected true or false"),
+    ([*_TRAIN, "--set", "mode=nature"], "unknown DQN setting 'mode'"),
+    ([*_TRAIN, "--set", "gamma"], "--set expects key=value, got 'gamma'"),
+    ([*_TRAIN, "--checkpoint-every", "0"], "dqn train: checkpoint_every: must be at least 1, got 0"),
+    ([*_TRAIN, "--batch-size", "0"], "dqn train: batch_size: must be at least 1, got 0"),
+    ([*_TRAIN, "--buffer-size", "-5"], "dqn train: buffer_size: must be at least 1, got -5"),
+    ([*_TRAIN, "--train-freq", "0"], "dqn train: train_freq: must be at least 1, got 0"),
+    ([*_TRAIN, "--learning-starts", "-1"], "dqn train: learning_starts: must be at least 0, got -1"),
+    ([*_TRAIN, "--n-envs", "0"], "dqn train: n_envs: must be at least 1, got 0"),
+    ([*_TRAIN, "--seed", "-1"], "dqn train: seed: must be at least 0, got -1"),
+    ([*_TRAIN[:5], "0", *_TRAIN[6:]], "dqn train: steps: must be at least 1, got 0"),
+    ([*_TRAIN[:3], "impala", *_TRAIN[4:]], "unknown architecture 'impala'"),
+    ([*_EVAL, "--n-envs", "0"], "dqn eval: n_envs: must be at least 1, got 0"),
+    ([*_EVAL, "--max-episode-steps", "0"], "dqn eval: max_episode_steps: must be at least 1, got 0"),
+    ([*_EVAL, "--epsilon", "-0.1"], "dqn eval: epsilon: must be between 0 and 1, got -0.1"),
+    ([*_EVAL, "--epsilon", "nan"], "dqn eval: epsilon: expected a finite number, got nan"),
+    ([*_EVAL, "--epsilon", "1e300"], "dqn eval: epsilon: must be between 0 and 1, got 1e+300"),
+    ([*_EVAL, "--seed", "-3"], "dqn eval: seed: must be at least 0, got -3"),
+    ([*_RECORD, "--epsilon", "1.5"], "dqn record: epsilon: must be between 0 and 1, got 1.5"),
+    ([*_RECORD, "--n-envs", "0"], "dqn record: n_envs: must be at least 1, got 0"),
+    ([*_RECORD, "--dtype", "float64"], "dqn record: dtype: expected one of float32, float16"),
+    ([*_RECORD, "--max-episode-steps", "-2"], "dqn record: max_episode_steps: must be at least 1"),
+    ([*_SPLICE, "--episodes", "0"], "dqn splice: episodes: must be at least 1, got 0"),
+    ([*_SPLICE, "--n-envs", "0"], "dqn splice: n_envs: must be at least 1, got 0"),
+    ([*_SPLICE, "--epsilon", "inf"], "dqn splice: epsilon: expected a finite number, got inf"),
+    ([*_SPLICE, "--max-episode-steps", "0"], "dqn splice: max_episode_steps: must be at least 1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a[1:2] + a[-2:]) for a, _ in BAD])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    poster_agent, run_cli, tmp_path, argv, message
+):
+    argv = [a.format(tmp=tmp_path, agent=poster_agent) for a in argv]
+    before = sorted(p.name for p in poster_agent.iterdir())
+    code, out, err = run_cli(*argv)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # the output path untouched, nothing left behind
+    assert sorted(p.name for p in poster_agent.iterdir()) == before  # no eval.json
+
+
+def test_resume_with_other_settings_is_refused_in_one_line(run_cli, tmp_path: Path):
+    out = tmp_path / "agent"
+    (out).mkdir()
+    saved = to_mapping(train_config("poster", 100))  # what an interrupted run left
+    (out / "train.json").write_text(json.dumps(saved))
+    argv = ["dqn", "train", "--arch", "poster", "--steps", "200", "--out", out, "--resume"]
+    code, _, err = run_cli(*argv, "--set", "learning_rate=0.001", "--seed", "3")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "was trained with other settings" in err
+    assert "hyperparameters.learning_rate 0.0005 (now 0.001)" in err and "seed 0 (now 3)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["train.json"]
+    assert json.loads((out / "train.json").read_text()) == saved
+
+
+# option -> (config class, field) for every option that a config field backs
+OPTIONS = {
+    "train": {"--arch": (DQNTrainConfig, "arch"), "--steps": (DQNTrainConfig, "steps"),
+              "--seed": (DQNTrainConfig, "seed"), "--n-envs": (DQNTrainConfig, "n_envs"),
+              "--checkpoint-every": (DQNTrainConfig, "checkpoint_every"),
+              "--buffer-size": (DQNConfig, "buffer_size"), "--batch-size": (DQNConfig, "batch_size"),
+              "--learning-starts": (DQNConfig, "learning_starts"),
+              "--train-freq": (DQNConfig, "train_freq")},
+    "eval": {f"--{n.replace('_', '-')}": (EvalConfig, n)
+             for n in ("episodes", "epsilon", "seed", "n_envs", "max_episode_steps")},
+    "record": {f"--{n.replace('_', '-')}": (RecordConfig, n)
+               for n in ("layer", "steps", "epsilon", "seed", "n_envs", "dtype",
+                         "max_episode_steps")},
+    "splice": {f"--{n.replace('_', '-')}": (SpliceConfig, n)
+               for n in ("episodes", "epsilon", "seed", "n_envs", "max_episode_steps", "layer")},
+}  # fmt: skip
+ARCH_DEFAULT = {"--buffer-size", "--batch-size", "--learning-starts", "--train-freq"}
+
+
+@pytest.mark.parametrize("verb", sorted(OPTIONS))
+def test_options_take_defaults_and_help_from_the_config_fields(verb: str):
+    import typer
+
+    from rlsae.commands._apps import dqn_app
+
+    cmd = typer.main.get_command(dqn_app).commands[verb]  # type: ignore[attr-defined]
+    params = {opt: p for p in cmd.params for opt in p.opts}
+    for opt, (cls, name) in OPTIONS[verb].items():
+        p = params[opt]
+        doc = field_docs(cls)[name]
+        assert p.help is not None and p.help.startswith(doc), (verb, opt)
+        if p.required:  # --arch, --steps, --layer: no default on the command line
+            continue
+        if opt in ARCH_DEFAULT:  # None on the command line: the arch's default applies
+            assert p.default is None and p.help.endswith("(default: the arch's)")
+        else:
+            assert p.default == field_default(cls, name), (verb, opt)
+
+
+def test_validation_answers_before_torch_is_imported(tmp_path: Path):
+    """A refused command never loads torch (fast errors, issue 18)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from rlsae.cli import main\n"
+        "try:\n"
+        f"    main(['dqn', 'eval', '--agent', {str(tmp_path)!r}, '--n-envs', '0'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 2, e.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+    assert "n_envs: must be at least 1" in res.stderr
+
+
+def test_bad_values_are_refused_by_every_numeric_option(poster_agent, run_cli, tmp_path):
+    """Property-style: negative, zero, NaN, infinite and huge values at every numeric option."""
+    generated = {
+        "--episodes": ["0", "-1", "-1000000"],
+        "--epsilon": ["-1e-9", "1.0000001", "nan", "inf", "-inf", "1e308"],
+        "--seed": ["-1", "-99999999"],
+        "--n-envs": ["0", "-4"],
+        "--max-episode-steps": ["0", "-7"],
+    }
+    cases = 0
+    for base, verb in ((_EVAL, "eval"), (_SPLICE, "splice"), (_RECORD, "record")):
+        for opt, values in generated.items():
+            if opt == "--episodes" and verb == "record":
+                opt = "--steps"
+            for v in values:
+                argv = [a.format(tmp=tmp_path, agent=poster_agent) for a in base]
+                if opt in argv:
+                    argv = argv[: argv.index(opt)] + argv[argv.index(opt) + 2 :]
+                code, out, err = run_cli(*argv, opt, v)
+                assert code == 2 and out == "", (verb, opt, v)
+                assert err.startswith(f"error: dqn {verb}: "), (verb, opt, v, err)
+                assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+                cases += 1
+    assert cases == 3 * 15
+    assert list(tmp_path.iterdir()) == []
+    assert not (poster_agent / "eval.json").exists()

@@ -10,8 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from rlsae.agents.dqn import build_configs, default_config, list_checkpoints, load_agent, train_dqn
+from rlsae.agents.agent_dir import list_checkpoints, read_agent_info
+from rlsae.agents.config import (
+    DQNConfig,
+    DQNTrainConfig,
+    EnvConfig,
+    build_configs,
+    default_config,
+    train_config,
+)
+from rlsae.agents.dqn import load_agent, train_dqn
 from rlsae.agents.envs import make_vec_env
+from rlsae.agents.results import AgentInfo
+from rlsae.configs import from_mapping, to_mapping
 from rlsae.errors import RlsaeError
 
 from .conftest import TINY
@@ -24,13 +35,15 @@ def test_agent_dir_has_model_agent_json_checkpoints_and_tensorboard(poster_agent
     assert info["hyperparameters"]["buffer_size"] == TINY["buffer_size"]
     assert info["hyperparameters"]["gamma"] == 0.98  # the poster's, not overridden
     assert info["env"]["reward_transform"] == "scale" and info["env"]["reward_scale"] == 100
+    assert (info["format"], info["version"]) == ("rlsae.dqn_agent", 1)
+    assert read_agent_info(poster_agent) == AgentInfo.from_json(info)  # one typed reader
     ckpts = list_checkpoints(poster_agent)
-    assert [p.name for p in ckpts] == ["step_100", "step_200"]
-    first = load_agent(ckpts[0])
-    assert first.info["steps_trained"] == 100
+    assert [(c.step, c.path.name) for c in ckpts] == [(100, "step_100"), (200, "step_200")]
+    first = load_agent(ckpts[0].path)
+    assert first.info.steps_trained == 100
     # checkpoints are different agents: the weights moved between 100 and 200 steps
     w0 = first.head.weight.detach()
-    w1 = load_agent(ckpts[1]).head.weight.detach()
+    w1 = load_agent(ckpts[1].path).head.weight.detach()
     assert not torch.equal(w0, w1)
     assert any((poster_agent / "tensorboard").rglob("events.out.tfevents.*"))
 
@@ -65,30 +78,82 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(tmp_path: 
         train_dqn("nature", 120, out, **kw)
     with pytest.raises(RlsaeError, match="cannot resume it as poster"):
         train_dqn("poster", 120, out, resume=True, **kw)
+    # a resume with other settings is refused, naming them, and leaves the run as it was
+    saved = (out / "train.json").read_text()
+    with pytest.raises(RlsaeError, match=r"hyperparameters\.learning_rate 0\.0001 \(now 0\.001\)"):
+        train_dqn("nature", 120, out, resume=True, **{**kw, "learning_rate": 1e-3})
+    with pytest.raises(RlsaeError, match=r"env\.repeat_action_probability 0\.25 \(now 0\.0\)"):
+        train_dqn("nature", 120, out, resume=True, **{**kw, "repeat_action_probability": 0.0})
+    with pytest.raises(RlsaeError, match=r"seed 1 \(now 2\)"):
+        train_dqn("nature", 120, out, resume=True, **{**kw, "seed": 2})
+    assert (out / "train.json").read_text() == saved
+    assert [c.step for c in list_checkpoints(out)] == [40]
     train_dqn("nature", 120, out, resume=True, **kw)
     agent = load_agent(out)
-    assert agent.info["steps_trained"] == 120
-    assert [p.name for p in list_checkpoints(out)] == ["step_40", "step_80", "step_120"]
+    assert agent.info.steps_trained == 120
+    assert [c.step for c in list_checkpoints(out)] == [40, 80, 120]
     assert not (out / "resume").exists()  # the resume state is dropped once finished
     with pytest.raises(RlsaeError, match="already holds a finished agent"):
         train_dqn("nature", 120, out, **kw)
     # a finished run can be extended
     train_dqn("nature", 160, out, resume=True, **kw)
-    assert load_agent(out).info["steps_trained"] == 160
-    assert list_checkpoints(out)[-1].name == "step_160"
+    assert load_agent(out).info.steps_trained == 160
+    assert list_checkpoints(out)[-1].path.name == "step_160"
 
 
-def test_defaults_are_rl_zoo3_for_nature_and_the_posters_for_poster():
+# rl-baselines3-zoo v2.8.0, hyperparams/dqn.yml, the ``atari:`` entry (unchanged since commit
+# f1064a7, "Update DQN/QRDQN Atari hyperparams (#271)", 2022):
+# https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/hyperparams/dqn.yml
+RL_ZOO3_ATARI_DQN = {
+    "buffer_size": 100000,
+    "learning_rate": 1e-4,
+    "batch_size": 32,
+    "learning_starts": 100000,
+    "target_update_interval": 1000,
+    "train_freq": 4,
+    "gradient_steps": 1,
+    "exploration_fraction": 0.1,
+    "exploration_final_eps": 0.01,
+    "optimize_memory_usage": False,
+}
+# The poster (DESIGN.md, study 1): Adam lr 5e-4, gamma 0.98, buffer 50k, batch 256, epsilon
+# 0.2 -> 0.05.
+POSTER_DQN = {
+    "learning_rate": 5e-4,
+    "gamma": 0.98,
+    "buffer_size": 50_000,
+    "batch_size": 256,
+    "exploration_initial_eps": 0.2,
+    "exploration_final_eps": 0.05,
+}
+
+
+def _sb3_dqn_defaults() -> dict:
+    import inspect
+
+    from stable_baselines3 import DQN
+
+    sig = inspect.signature(DQN.__init__).parameters
+    return {n: p.default for n, p in sig.items() if p.default is not inspect.Parameter.empty}
+
+
+def test_nature_defaults_are_rl_zoo3s_published_atari_hyperparameters():
     nature = default_config("nature")
-    assert (nature.learning_rate, nature.buffer_size, nature.batch_size) == (1e-4, 100_000, 32)
-    assert (nature.learning_starts, nature.exploration_final_eps) == (100_000, 0.01)
+    assert {k: getattr(nature, k) for k in RL_ZOO3_ATARI_DQN} == RL_ZOO3_ATARI_DQN
+    # what rl-zoo3 leaves out is SB3's own default (gamma, tau, epsilon start, clipping)
+    sb3 = _sb3_dqn_defaults()
+    for name in ("gamma", "tau", "exploration_initial_eps", "max_grad_norm"):
+        assert getattr(nature, name) == sb3[name], name
+    # every field but our own switch is an SB3 DQN argument
+    assert set(DQNConfig.__dataclass_fields__) - {"save_replay_buffer"} <= set(sb3)
+
+
+def test_poster_defaults_are_the_posters_and_overrides_apply():
     poster = default_config("poster")
-    assert (poster.learning_rate, poster.gamma, poster.buffer_size) == (5e-4, 0.98, 50_000)
-    assert (poster.batch_size, poster.exploration_initial_eps, poster.exploration_final_eps) == (
-        256, 0.2, 0.05,
-    )  # fmt: skip
+    assert {k: getattr(poster, k) for k in POSTER_DQN} == POSTER_DQN
     cfg, env = build_configs("poster", {"buffer_size": 1000, "repeat_action_probability": 0.0})
     assert cfg.buffer_size == 1000 and env.repeat_action_probability == 0.0
+    assert cfg.gamma == POSTER_DQN["gamma"] and env.mode == "poster"
 
 
 def test_unknown_settings_and_bad_budgets_are_refused(tmp_path: Path):
@@ -96,9 +161,49 @@ def test_unknown_settings_and_bad_budgets_are_refused(tmp_path: Path):
         train_dqn("poster", 10, tmp_path / "a", lr=0.1)
     with pytest.raises(RlsaeError, match="unknown architecture"):
         train_dqn("impala", 10, tmp_path / "b")
-    with pytest.raises(RlsaeError, match="steps must be at least 1"):
+    with pytest.raises(RlsaeError, match="steps: must be at least 1, got 0"):
         train_dqn("poster", 0, tmp_path / "c")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    with pytest.raises(RlsaeError, match="checkpoint_every: must be at least 1, got 0"):
+        train_dqn("poster", 10, tmp_path / "d", checkpoint_every=0)  # was a ZeroDivisionError
+    with pytest.raises(RlsaeError, match="learning_rate: must be above 0, got -0.001"):
+        train_dqn("poster", 10, tmp_path / "e", learning_rate=-1e-3)  # was the optimiser's
+    with pytest.raises(RlsaeError, match="learning_rate: expected a float, got 'abc'"):
+        train_dqn("poster", 10, tmp_path / "f", learning_rate="abc")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_configs_validate_in_one_place_for_files_and_the_python_api():
+    """The study's YAML path (from_mapping) and direct construction share validate()."""
+    with pytest.raises(RlsaeError, match=r"^study.yaml: gamma: must be between 0 and 1, got 2.0$"):
+        from_mapping(DQNConfig, {"gamma": 2}, "study.yaml")
+    with pytest.raises(RlsaeError, match=r"^train.json: hyperparameters\.tau: must be above 0"):
+        from_mapping(DQNTrainConfig, {"arch": "nature", "steps": 5, "hyperparameters": {"tau": 0}},
+                     "train.json")  # fmt: skip
+    with pytest.raises(RlsaeError, match=r"^train.json: env\.frameskip: expected an integer"):
+        from_mapping(DQNTrainConfig, {"arch": "poster", "steps": 5, "env": {"frameskip": "4"}},
+                     "train.json")  # fmt: skip
+    with pytest.raises(RlsaeError, match=r"^x: env.mode: must equal arch \(nature\)"):
+        DQNTrainConfig("nature", 5, env=EnvConfig(mode="poster")).validate("x")
+    with pytest.raises(RlsaeError, match=r"^api: batch_size: must be at least 1, got 0$"):
+        DQNConfig(batch_size=0).validate("api")
+    with pytest.raises(RlsaeError, match=r"^api: reward_scale: must be above 0, got 0.0$"):
+        EnvConfig(reward_scale=0.0).validate("api")
+    # the saved config is what the next run would build: a round trip through train.json
+    cfg = train_config("poster", 300, seed=4, checkpoint_every=100, buffer_size=1000)
+    back = from_mapping(DQNTrainConfig, to_mapping(cfg), "train.json")
+    assert back == cfg and back.hyperparameters.buffer_size == 1000
+
+
+def test_a_foreign_agent_json_is_refused_in_one_line(poster_agent: Path, tmp_path: Path):
+    bad = tmp_path / "agent"
+    shutil.copytree(poster_agent, bad, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    (bad / "agent.json").write_text(json.dumps({"format": "rlsae.dqn_eval", "version": 1}))
+    with pytest.raises(RlsaeError, match=r"is a 'rlsae.dqn_eval' file, not 'rlsae.dqn_agent'"):
+        load_agent(bad)
+    info = json.loads((poster_agent / "agent.json").read_text())
+    (bad / "agent.json").write_text(json.dumps({**info, "version": 2}))
+    with pytest.raises(RlsaeError, match=r"rlsae.dqn_agent version 2; this rlsae reads version 1"):
+        load_agent(bad)
 
 
 def test_missing_corrupt_and_wrong_arch_agents_give_one_line_errors(

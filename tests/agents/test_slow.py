@@ -15,7 +15,7 @@ import pytest
 
 from rlsae.agents.dqn import list_checkpoints, load_agent
 from rlsae.agents.record import record_activations
-from rlsae.agents.replay import verify_replay
+from rlsae.agents.replay import ReplayCheck, verify_replay
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,8 @@ def test_whole_games_record_and_replay_exactly(poster_agent: Path, tmp_path: Pat
 
     ctx = pd.read_parquet(out / "context.parquet")
     for e in doc["episodes"]:
-        assert sum(ctx[ctx.episode == e["episode"]]["reward"]) == pytest.approx(e["return"])
-    assert verify_replay(out) == {"checked": 2500, "mismatches": []}
+        assert sum(ctx[ctx.episode == e["episode"]]["reward"]) == pytest.approx(e["score"])
+    assert verify_replay(out) == ReplayCheck(checked=2500, mismatches=[])
 
 
 def test_a_killed_training_process_resumes_from_its_last_checkpoint(tmp_path: Path):
@@ -51,7 +51,7 @@ def test_a_killed_training_process_resumes_from_its_last_checkpoint(tmp_path: Pa
     proc.wait()
     done = list_checkpoints(out)
     assert len(done) >= 2 and not (out / "agent.json").exists()
-    last = int(done[-1].name.split("_")[1])
+    last = done[-1].step
     assert last < 3000
     target = 400 if last < 400 else last + 100
     resume = list(cmd)
@@ -63,18 +63,45 @@ def test_a_killed_training_process_resumes_from_its_last_checkpoint(tmp_path: Pa
     assert info["steps_trained"] == target
     agent = load_agent(out)
     assert agent.info["steps_trained"] == target
-    names = [p.name for p in list_checkpoints(out)]
+    names = [c.path.name for c in list_checkpoints(out)]
     assert names[-1] == f"step_{target}"
     # the resumed run continued from the checkpoint's step count, not from zero
     assert all(f"step_{s}" in names for s in range(100, target + 1, 100))
 
 
-def test_reference_sb3_path_trains_the_same_network(tmp_path: Path):
-    """SB3's make_atari_env + VecFrameStack and our env feed the same NatureCNN DQN."""
+def test_reference_sb3_path_sees_the_same_game_and_trains_the_same_network(tmp_path: Path):
+    """SB3's make_atari_env + VecFrameStack and our C++ env: without sticky actions and no-ops
+    both are deterministic, so the same actions must give the same rewards, the same life-loss
+    step and the same 84x84x4 frames up to the resize's rounding (ALE's C++ resize vs cv2's);
+    and both feed the same NatureCNN DQN."""
     from stable_baselines3 import DQN
 
+    from rlsae.agents.config import EnvConfig
     from rlsae.agents.envs import make_reference_env, make_vec_env
     from rlsae.agents.networks import policy_kwargs
+
+    cfg = EnvConfig(mode="nature", repeat_action_probability=0.0, noop_max=0)
+    ours, ref = make_vec_env(cfg, 1, seed=0), make_reference_env(cfg, 1, seed=0)
+    o_ours, o_ref = ours.reset(), np.moveaxis(ref.reset(), -1, 1)  # ref is channel-last
+    assert np.array_equal(o_ours, o_ref)
+    rng = np.random.default_rng(0)
+    frame_diffs, scored = [], 0.0
+    for _ in range(1000):
+        a = rng.integers(0, 9, 1)
+        o_ours, r_ours, d_ours, i_ours = ours.step(a)
+        o_ref, r_ref, d_ref, i_ref = ref.step(a)
+        assert r_ours[0] == r_ref[0] and d_ours[0] == d_ref[0]  # sign-clipped rewards, life loss
+        scored += i_ours[0]["raw_reward"]
+        if d_ours[0]:  # the first life lost: SB3 resets its wrapper here, so stop comparing
+            t_ours = i_ours[0]["terminal_observation"]
+            t_ref = np.moveaxis(i_ref[0]["terminal_observation"], -1, 0)
+            frame_diffs.append(np.abs(t_ours.astype(int) - t_ref.astype(int)).mean())
+            break
+        frame_diffs.append(np.abs(o_ours.astype(int) - np.moveaxis(o_ref, -1, 1)).mean())
+    assert d_ours[0] and scored > 0  # the comparison covered scoring steps and a life loss
+    assert max(frame_diffs) < 0.25  # mean gray-level difference per pixel
+    ours.close()
+    ref.close()
 
     shapes = []
     for env in (make_vec_env("nature", 2, seed=0), make_reference_env("nature", 2, seed=0)):
