@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rlsae.errors import RlsaeError
-from rlsae.fsutil import read_json
+from rlsae.llm.explain import EXPLANATIONS, Explanations
 from rlsae.viewer.source import (
     Explanation,
     FeatureExtras,
@@ -53,7 +53,7 @@ class LMViewerSource:
                 pos=int(positions[r]) if positions is not None else None,
             )
         _add_logits(view, model, tok, out)
-        expl = read_explanations(view.sae_dir)
+        expl = read_explanations(view.sae_dir, out.notes)
         for f, e in expl.items():
             if 0 <= f < view.d_sae:
                 extras = out.features.setdefault(f, FeatureExtras())
@@ -234,29 +234,19 @@ def round_relative(vals: np.ndarray, scale: np.ndarray, digits: int = 4) -> np.n
 # ----------------------------------------------------------------------------- explanations
 
 
-def read_explanations(sae_dir: Path) -> dict[int, Explanation]:
-    """``explanations.json`` beside an SAE as {feature: Explanation} (none if there is none)."""
-    p = sae_dir / "explanations.json"
-    if not p.is_file():
+def read_explanations(sae_dir: Path, notes: list[str]) -> dict[int, Explanation]:
+    """The :class:`~rlsae.llm.explain.Explanations` beside an SAE as {feature: Explanation}:
+    none if there is no file, none and a note if it cannot be read."""
+    path = sae_dir / EXPLANATIONS
+    if not path.is_file():
         return {}
-    data = read_json(p)
-    feats = data.get("features", {}) if isinstance(data, dict) else {}
+    try:
+        expl = Explanations.read(path)
+    except RlsaeError as e:
+        notes.append(f"{first_line(e)}; no explanations")
+        return {}
     out = {}
-    for k, v in feats.items():
-        try:
-            f = int(k)
-        except ValueError:
-            continue
-        out[f] = _explanation(v)
+    for key, fe in expl.features.items():
+        if key.isdigit():
+            out[int(key)] = Explanation(fe.explanation, utility=fe.utility, method=fe.method)
     return out
-
-
-def _explanation(v: Any) -> Explanation:
-    if not isinstance(v, dict):
-        return Explanation(explanation=str(v))
-    utility = v.get("utility")
-    return Explanation(
-        explanation=str(v.get("explanation", "")),
-        utility=float(utility) if isinstance(utility, int | float) else None,
-        method=str(v["method"]) if v.get("method") is not None else None,
-    )

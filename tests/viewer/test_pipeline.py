@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 
@@ -11,6 +9,7 @@ import pytest
 def test_llm_smoke_pipeline_viewer(tmp_path, browser, viewer_data):
     from rlsae.analysis.mmcs import SharedFeatures
     from rlsae.commands.viewer import viewer_sources
+    from rlsae.llm.explain import Explanations
     from rlsae.study.llm import run_llm_pipeline
     from rlsae.viewer.export import export_site
 
@@ -22,10 +21,10 @@ def test_llm_smoke_pipeline_viewer(tmp_path, browser, viewer_data):
     small = next(s for n, s in saes.items() if n.startswith("base/") and n.endswith("/small"))
     assert small["kind"] == "lm" and small["unembedding"] is True
     assert small["explained"] > 0 and small["shared"] > 0
-    expl = json.loads((run / "saes" / small["name"] / "explanations.json").read_text())
-    f = int(next(iter(expl["features"])))
+    expl = Explanations.read(run / "saes" / small["name"] / "explanations.json")
+    f = int(next(iter(expl.features)))
     page = viewer_data(index.parent / "data" / "saes" / small["id"] / "features" / f"{f}.js")
-    assert page["explanation"]["explanation"] == expl["features"][str(f)]["explanation"]
+    assert page["explanation"]["explanation"] == expl.features[str(f)].explanation
     shared = SharedFeatures.read(run / "analysis" / "llm_shared_features.json")
     pair = shared.layers[0].base_vs_tuned
     assert pair is not None

@@ -151,6 +151,21 @@ def test_typed_inputs_of_another_kind_are_noted(tmp_path, viewer_data):
     assert "pairs" not in viewer_data(site / "data" / "saes" / "s0" / "features" / "0.js")
 
 
+def test_explanations_read_typed(tmp_path):
+    from rlsae.llm.explain import Explanations, FeatureExplanation
+    from rlsae.llm.viewer_source import read_explanations
+
+    notes: list[str] = []
+    Explanations(features={"3": FeatureExplanation("x", 0.5, "offline-lift")}).write(
+        tmp_path / "explanations.json"
+    )
+    got = read_explanations(tmp_path, notes)
+    assert got == {3: Explanation("x", utility=0.5, method="offline-lift")} and notes == []
+    (tmp_path / "explanations.json").write_text(json.dumps({"features": {"3": "x"}}))
+    assert read_explanations(tmp_path, notes) == {}
+    assert len(notes) == 1 and "explanations.json" in notes[0] and "no explanations" in notes[0]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

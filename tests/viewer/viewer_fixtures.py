@@ -4,7 +4,6 @@ feature forced dead), explanations and base/tuned pairs."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ def build_lm_run(root: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlsae.analysis.mmcs import FeatureMatch, LayerShared, SAEPair, SharedFeatures, SizePair
+    from rlsae.llm.explain import Explanations, FeatureExplanation
     from rlsae.llm.record import record_lm_activations
     from rlsae.llm.tiny import pretrain_tiny
     from rlsae.sae import load_sae
@@ -66,17 +66,13 @@ def build_lm_run(root: Path) -> Path:
     with torch.no_grad():
         sae.b_enc[DEAD] = -1e4  # can never fire
     sae.save(sae_dir)
-    expl = {
-        "features": {
-            "0": {
-                "explanation": f"mentions {MARKUP} markup",
-                "utility": 1.25,
-                "method": "top-tokens",
-            },
-            "5": {"explanation": "film words", "utility": 0.5, "method": "top-tokens"},
+    expl = Explanations(
+        features={
+            "0": FeatureExplanation(f"mentions {MARKUP} markup", 1.25, "top-tokens"),
+            "5": FeatureExplanation("film words", 0.5, "top-tokens"),
         }
-    }
-    (sae_dir / "explanations.json").write_text(json.dumps(expl))
+    )
+    expl.write(sae_dir / "explanations.json")
     # the layout rlsae.study.llm writes: small-vs-large per model, and base_vs_tuned
     base, tuned = f"saes/base/{HOOK}/relu_64", f"saes/tuned/{HOOK}/relu_64"
     shared = SharedFeatures(
