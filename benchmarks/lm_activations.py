@@ -98,10 +98,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     args = ap.parse_args()
 
-    import torch
+    from rlsae.threads import torch_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):
+        _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> None:
+    import torch
 
     from rlsae.llm.record import load_hooked_model
 

@@ -30,6 +30,7 @@ from rlsae.llm.models import load_model
 from rlsae.llm.ppo import PPOTrainer, sample_batch
 from rlsae.llm.rewards import UtilityReward
 from rlsae.llm.tiny import pretrain_tiny
+from rlsae.threads import torch_threads
 
 PYTHIA_70M = dict(
     hidden_size=512,
@@ -144,23 +145,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-pythia", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    result: dict[str, object] = {
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "batch": 64,
-        "max_new_tokens": 24,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        print("building the tiny model ...", file=sys.stderr, flush=True)
-        tiny = pretrain_tiny(work / "tiny", steps=20, n_train_reviews=600, progress=False)
-        result["tiny"] = bench("tiny", tiny, args.repeats, work)
-        if not args.skip_pythia:
-            shaped = pythia70m_shaped(tiny, work / "pythia70m-shape")
-            result["pythia70m_shape"] = bench("pythia-70m shape", shaped, args.repeats, work)
+    with torch_threads(args.threads):
+        result: dict[str, object] = {
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "batch": 64,
+            "max_new_tokens": 24,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            print("building the tiny model ...", file=sys.stderr, flush=True)
+            tiny = pretrain_tiny(work / "tiny", steps=20, n_train_reviews=600, progress=False)
+            result["tiny"] = bench("tiny", tiny, args.repeats, work)
+            if not args.skip_pythia:
+                shaped = pythia70m_shaped(tiny, work / "pythia70m-shape")
+                result["pythia70m_shape"] = bench("pythia-70m shape", shaped, args.repeats, work)
     print(json.dumps(result))
 
 

@@ -27,8 +27,10 @@ from rlsae.llm.configs import (
     TinyConfig,
     parse_layers,
 )
+from rlsae.llm.data import check_data_source
 from rlsae.llm.models import resolve_model_ref
 from rlsae.llm.rewards import UtilityTable
+from rlsae.llm.tuning import preflight
 
 Spec = dict[str, tuple[str, str]]
 """CLI parameter -> (dotted config field, option flag)."""
@@ -188,6 +190,7 @@ def rlhf_cmd(
     """RLHF-tune a language model with PPO (ours) or RLOO (TRL) on a reward; resumable."""
     cfg = build_config(RLHFConfig, RLHF_OPTIONS, locals(), "llm rlhf")
     _check_threads(threads)
+    preflight(cfg, out, resume)  # refuses bad input before torch loads
     from rlsae.llm.rlhf import run_rlhf
     from rlsae.threads import torch_threads
 
@@ -213,6 +216,7 @@ def score_cmd(
     _check_threads(threads)
 
     resolve_model_ref(model)
+    check_data_source(cfg.data)
     UtilityTable.load(cfg.table)  # a bad table is refused before torch loads
     from rlsae.llm.score import score_model
     from rlsae.threads import torch_threads
@@ -272,6 +276,8 @@ def record_cmd(
 
     layer_list = parse_layers(layers)
     resolve_model_ref(model)
+    if cfg.data is not None:
+        check_data_source(cfg.data)
     from rlsae.llm.record import record_lm_activations
     from rlsae.sae.store import ActivationStore
 

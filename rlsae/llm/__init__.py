@@ -1,15 +1,20 @@
 """Language models trained with reward: the second activation provider.
 
-RLHF side (this package's first half):
+Configs (torch-free, one ``validate(where)`` each): :mod:`rlsae.llm.configs`.
+
+RLHF side:
 
 - :mod:`rlsae.llm.models`: ``load_model(name_or_dir)`` for hub names and local directories;
 - :mod:`rlsae.llm.tiny`: ``pretrain_tiny(out_dir)``, the offline stand-in for Pythia;
 - :mod:`rlsae.llm.data`: IMDb / local-file prefixes;
 - :mod:`rlsae.llm.rewards`: the VADER utility table (paper eq. 3) and the classifier reward;
-- :mod:`rlsae.llm.ppo` (ours) and :mod:`rlsae.llm.rloo` (TRL), driven by
-  :func:`rlsae.llm.rlhf.rlhf_tune`;
-- :mod:`rlsae.llm.score`: the aggregate utility of completions (paper Table 4).
+- :mod:`rlsae.llm.rlhf`: ``run_rlhf(RLHFConfig, out)``, driving :mod:`rlsae.llm.ppo_run` (our
+  :mod:`rlsae.llm.ppo`) or :mod:`rlsae.llm.rloo` (TRL) through the shared run pieces of
+  :mod:`rlsae.llm.tuning` (result: ``RLHFResult``);
+- :mod:`rlsae.llm.score`: the aggregate utility of completions (paper Table 4; ``ScoreResult``).
 
-Interpretation side: :mod:`rlsae.llm.divergence`, :mod:`rlsae.llm.record`,
-:mod:`rlsae.llm.pipeline`.
+Interpretation side: :mod:`rlsae.llm.divergence` (``DivergenceResult``),
+:mod:`rlsae.llm.record` (activation stores through TransformerLens), :mod:`rlsae.llm.explain`
+(``Explanations``), :mod:`rlsae.llm.viewer_source` (the viewer's source for LM features).
+The study that strings them together is :mod:`rlsae.study.llm`.
 """

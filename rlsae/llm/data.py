@@ -42,14 +42,18 @@ def load_texts(
         src = "imdb"
     if src == "imdb":
         return _imdb(split)
+    check_data_source(src)
     path = Path(src)
-    if not path.is_file():
-        raise RlsaeError(
-            f"data file {path} not found; pass 'imdb', 'auto', a .txt or a .jsonl file"
-        )
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
     return _read_txt(path)
+
+
+def check_data_source(source: str | os.PathLike) -> None:
+    """Refuse (one line, cheaply) a data source that is neither 'auto', 'imdb' nor a file."""
+    src = os.fspath(source)
+    if src not in ("auto", "imdb") and not Path(src).is_file():
+        raise RlsaeError(f"data file {src} not found; pass 'imdb', 'auto', a .txt or a .jsonl file")
 
 
 def _read_txt(path: Path) -> list[str]:

@@ -27,10 +27,9 @@ from typing import Any
 
 from rlsae.configs import from_mapping, to_mapping
 from rlsae.llm.configs import DEFAULT_MODEL, PPOConfig, RLHFConfig
-from rlsae.llm.models import resolve_model_ref
 from rlsae.llm.ppo_run import run_ppo
 from rlsae.llm.rloo import run_rloo
-from rlsae.llm.tuning import RLHFResult, StepCallback, check_out, make_reward_fn
+from rlsae.llm.tuning import RLHFResult, StepCallback, make_reward_fn, preflight
 
 __all__ = ["PPOConfig", "RLHFConfig", "RLHFResult", "StepCallback", "rlhf_tune", "run_rlhf"]
 
@@ -50,11 +49,9 @@ def run_rlhf(
     ``steps`` and ``checkpoint_every`` is refused, naming the keys. Without ``resume`` an
     existing non-empty ``out_dir`` is an error. ``callback(step, stats)`` runs after every step.
     """
-    cfg.validate()
     out = Path(out_dir)
-    check_out(out, cfg, resume)
-    resolve_model_ref(cfg.model)
-    reward_fn = make_reward_fn(cfg)  # a bad table or classifier fails before anything is written
+    preflight(cfg, out, resume)
+    reward_fn = make_reward_fn(cfg)  # the classifier loads here, still before anything is written
     run = run_ppo if cfg.algo == "ppo" else run_rloo
     return run(cfg, out, reward_fn, resume=resume, progress=progress, callback=callback)
 

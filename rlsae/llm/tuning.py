@@ -17,14 +17,15 @@ from rlsae.configs import differing_keys, to_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
 from rlsae.llm.configs import RLHFConfig
-from rlsae.llm.data import check_fits_context, load_texts, make_prefixes
-from rlsae.llm.models import quiet_loading
+from rlsae.llm.data import check_data_source, check_fits_context, load_texts, make_prefixes
+from rlsae.llm.models import quiet_loading, resolve_model_ref
 from rlsae.llm.rewards import (
     ClassifierReward,
     ClassifierRewardConfig,
     RewardFn,
     UtilityReward,
     UtilityRewardConfig,
+    UtilityTable,
 )
 from rlsae.provenance import package_versions
 
@@ -65,6 +66,20 @@ class RLHFResult(Artifact):
 
 RESUMABLE_CHANGES = ("steps", "checkpoint_every")
 """Settings a resumed run may change (more steps; another checkpoint interval)."""
+
+
+def preflight(cfg: RLHFConfig, out: Path, resume: bool) -> None:
+    """Every check of a run that needs no model: the config, ``out`` (and the resumed run's
+    config), the model and data references, the utility table or classifier reference.
+    Cheap and torch-free: the CLI calls it before importing torch; nothing is written."""
+    cfg.validate()
+    check_out(out, cfg, resume)
+    resolve_model_ref(cfg.model)
+    check_data_source(cfg.data)
+    if cfg.reward == "utility":
+        UtilityTable.load(cfg.table)
+    else:
+        resolve_model_ref(cfg.classifier)
 
 
 def check_out(out: Path, cfg: RLHFConfig, resume: bool) -> None:

@@ -66,6 +66,8 @@ RLHF_BAD = [
     (["--algo", "rloo", "--batch-size", "8", "--mini-batch-size", "4", "--rloo-k", "3"], "RLOO"),
     (["--threads", "0"], "--threads: must be at least 1, got 0"),
     (["--model", "/no/such/model"], "model directory /no/such/model not found"),
+    (["--data", "/no/reviews.txt"], "data file /no/reviews.txt not found"),
+    (["--table", "/no/table.tsv"], "utility table /no/table.tsv not found"),
 ]
 
 
@@ -95,6 +97,8 @@ def test_rlhf_bad_values_are_refused_before_anything(
         ("score", ["--max-new-tokens", "0"], "--max-new-tokens: must be at least 1"),
         ("score", ["--threads", "-2"], "--threads: must be at least 1"),
         ("score", ["--table", "/no/table.tsv"], "utility table /no/table.tsv not found"),
+        ("score", ["--data", "/no/reviews.txt"], "data file /no/reviews.txt not found"),
+        ("record", ["--layers", "0", "--data", "/no/d.txt"], "data file /no/d.txt not found"),
         ("record", ["--layers", "0", "--prefixes", "0"], "--prefixes: must be at least 1"),
         ("record", ["--layers", "0", "--batch-size", "-1"], "--batch-size: must be at least 1"),
         ("record", ["--layers", "0", "--dtype", "int8"], "--dtype: expected one of float32"),
