@@ -29,20 +29,28 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from rlsae.agents.agent_dir import list_checkpoints
 from rlsae.agents.results import Evaluation, SpliceResult
-from rlsae.analysis.fit import FitResult
-from rlsae.artifacts import Artifact
 from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, jsonable, read_json
+from rlsae.sae.config import TrainConfig
 from rlsae.study.atari_config import StudyConfig
 from rlsae.study.engine import Context, Stage, Study, Units, load_config
 from rlsae.study.engine import resolve_config as resolve_study_config
 from rlsae.study.engine import run as run_engine
 from rlsae.study.presets import ATARI_PRESETS
+from rlsae.study.results import (
+    AgentsTable,
+    FitOutcome,
+    LiveFeatures,
+    Recording,
+    Report,
+    TrainedSAE,
+    TrainRun,
+)
 
 STUDY_KIND = "atari-dead-features-study"
 STAGES = ("eval", "record", "sae", "live", "splice")
@@ -163,95 +171,7 @@ def sae_dir(run_dir: Path, cfg: StudyConfig, agent: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# The stages' results (eval and splice give rlsae.agents.results' Evaluation and SpliceResult)
-
-
-@dataclass
-class TrainRun(Artifact):
-    """A finished training run."""
-
-    FORMAT: ClassVar[str] = "rlsae.study_train"
-    VERSION: ClassVar[int] = 1
-    run: str
-    seed: int
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Recording(Artifact):
-    """An agent's activation store."""
-
-    FORMAT: ClassVar[str] = "rlsae.study_recording"
-    VERSION: ClassVar[int] = 1
-    path: str
-    """Relative to the run directory."""
-    rows: int
-    d_in: int
-
-
-@dataclass
-class TrainedSAE(Artifact):
-    """An agent's SAE, how it was trained and its final evaluation over the store."""
-
-    FORMAT: ClassVar[str] = "rlsae.study_sae"
-    VERSION: ClassVar[int] = 1
-    path: str
-    """Relative to the run directory."""
-    train_config: dict[str, Any]
-    train_seconds: float
-    final: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class LiveFeatures(Artifact):
-    """Live and dead latents over every recorded row, with the SAE's reconstruction metrics."""
-
-    FORMAT: ClassVar[str] = "rlsae.study_live"
-    VERSION: ClassVar[int] = 1
-    live: int
-    dead: int
-    d_sae: int
-    live_threshold: int
-    rows: int
-    firing_counts_q10_q50_q90: list[float]
-    source_of_counts: str
-    """``feature_stats.safetensors`` (written by training) or ``evaluate_sae`` (recomputed)."""
-    fvu: float | None = None
-    """None when the activations do not vary."""
-    explained_variance: float | None = None
-    mse: float | None = None
-    l0: float | None = None
-    dense: int | None = None
-
-
-@dataclass
-class AgentsTable(Artifact):
-    """``analysis/agents.csv``: one row per agent with every finished stage's numbers."""
-
-    FORMAT: ClassVar[str] = "rlsae.study_table"
-    VERSION: ClassVar[int] = 1
-    path: str
-    agents: list[str]
-    columns: list[str]
-
-
-@dataclass
-class FitOutcome(Artifact):
-    """The fit across agents (also ``analysis/fit_live_vs_return.json``), or why there is none."""
-
-    FORMAT: ClassVar[str] = "rlsae.study_fit"
-    VERSION: ClassVar[int] = 1
-    fit: FitResult | None = None
-    error: str | None = None
-
-
-@dataclass
-class Report(Artifact):
-    """``analysis/report.html``."""
-
-    FORMAT: ClassVar[str] = "rlsae.study_report"
-    VERSION: ClassVar[int] = 1
-    path: str
+# Results of other parts as the stages' typed results
 
 
 def _typed(cls: type[Any], value: Any) -> Any:
@@ -321,8 +241,6 @@ def record(ctx: Context[StudyConfig], spec: AgentSpec) -> Recording:
 
 
 def _train_config(cfg: StudyConfig, d_in: int) -> Any:
-    from rlsae.sae.train import TrainConfig
-
     known = set(TrainConfig.__dataclass_fields__)  # sae.train's keys: StudyConfig.validate
     base = {"arch": cfg.sae.arch, "d_sae": cfg.sae.d_sae, "k": cfg.sae.k, "d_in": d_in}
     return TrainConfig(**{k: v for k, v in {**base, **cfg.sae.train}.items() if k in known})

@@ -19,14 +19,14 @@ One YAML (or TOML) file describes the whole study (``rlsae pipeline atari --pres
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlsae.configs import check_range
+from rlsae.configs import check_range, from_mapping
 from rlsae.errors import RlsaeError
+from rlsae.sae.config import TrainConfig
 
 
 @dataclass
@@ -158,7 +158,7 @@ class StudyConfig:
         check_range(where, "sae.d_sae", s.d_sae, 1)
         if s.arch == "topk":
             check_range(where, "sae.k", s.k, 1, s.d_sae)
-        _check_train_keys(s.train, where)
+        _check_train(s, where)
         check_range(where, "evaluation.episodes", e.episodes, 1)
         check_range(where, "evaluation.epsilon", e.epsilon, 0, 1)
         check_range(where, "evaluation.live_threshold", e.live_threshold, 1)
@@ -190,28 +190,30 @@ def _check_population(p: PopulationConfig, where: str) -> None:
             )
 
 
-def _check_layer(arch: str, layer: str, where: str) -> None:
-    # networks imports torch and SB3: loaded only once the fields above are known to be sound
-    from rlsae.agents.networks import LAYERS, check_layer
+# The hookable layers of each architecture and their widths, as rlsae.agents.networks builds
+# them (a test checks that they agree): the config is checked without importing torch.
+LAYER_WIDTHS: dict[str, dict[str, int]] = {
+    "poster": {"conv3": 960, "fc1": 512, "fc2": 512},
+    "nature": {"conv3": 3136, "fc1": 512},
+}
 
-    if arch not in LAYERS:
+
+def _check_layer(arch: str, layer: str, where: str) -> None:
+    if arch not in LAYER_WIDTHS:
         raise RlsaeError(
             f"{where}: population.arch: unknown architecture {arch!r}; use one of "
-            f"{', '.join(LAYERS)}"
+            f"{', '.join(LAYER_WIDTHS)}"
         )
-    try:
-        check_layer(arch, layer)
-    except RlsaeError as e:
-        raise RlsaeError(f"{where}: recording.layer: {e}") from None
+    if layer not in LAYER_WIDTHS[arch]:
+        valid = ", ".join(f"{n} ({w})" for n, w in LAYER_WIDTHS[arch].items())
+        raise RlsaeError(
+            f"{where}: recording.layer: unknown layer {layer!r} for a {arch} agent; "
+            f"valid layers: {valid}"
+        )
 
 
-def _check_train_keys(train: dict[str, Any], where: str) -> None:
-    from rlsae.sae.train import TrainConfig  # imports torch: after the cheap checks
-
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in train:
-        if key not in known:
-            raise RlsaeError(
-                f"{where}: sae.train.{key}: unknown TrainConfig field; known: "
-                f"{', '.join(sorted(known))}"
-            )
+def _check_train(s: SAESettings, where: str) -> None:
+    """``sae.train`` as :class:`~rlsae.sae.config.TrainConfig` fields (names, types, ranges)."""
+    from_mapping(
+        TrainConfig, {"arch": s.arch, "d_sae": s.d_sae, "k": s.k, **s.train}, where, "sae.train"
+    )

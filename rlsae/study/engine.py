@@ -43,6 +43,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -435,11 +436,14 @@ def run(
     source: str = "config",
     executor: Callable[[], Executor] | None = None,
     progress: bool = True,
+    around_work: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> Outcome:
     """Run (or resume) ``study`` with ``cfg`` in ``run_dir``: every stage that is not done.
 
     ``executor`` makes the executor for per-unit tasks; it is called only when some unit has
-    work to do (default: in this process, one unit after another).
+    work to do (default: in this process, one unit after another). ``around_work`` makes a
+    context entered before the first stage that runs and left at the end (e.g. a torch thread
+    count); neither is made when nothing is due.
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -447,24 +451,32 @@ def run(
     ctx = Context(study, cfg, run_dir, progress)
     out = Outcome(run_dir, info)
     ex: Executor | None = None
-    try:
+    started: list[bool] = []
+    with ExitStack() as work:
+
+        def start() -> None:  # the work context, once, when the first stage is due
+            if around_work is not None and not started:
+                work.enter_context(around_work())
+            started.append(True)
+
         for per, stages in study.groups():
             if per is None:
+                if not ctx.is_done(stages[0]):
+                    start()
                 _run_study_stage(ctx, stages[0], out)
                 continue
             pending = _pending_units(ctx, per, stages, out)
             if pending:
+                start()
                 if ex is None:
                     ex = executor() if executor is not None else _InProcess()
+                    work.callback(ex.close)
                 names = [s.name for s in stages]
                 task = functools.partial(run_unit, study, cfg, names, progress)
                 for r in ex.map(task, str(run_dir), pending, per + "s"):
                     out.ran.setdefault(per, []).extend(f"{s}/{r.name}" for s in r.done)
                     out.skipped.setdefault(per, []).extend(f"{s}/{r.name}" for s in r.skipped)
                     out.worker_pids.setdefault(per, set()).add(r.pid)
-    finally:
-        if ex is not None:
-            ex.close()
     units = {k: [u.name for u in v] for k, v in ctx._units.items()}
     if out.ran or info.status != "finished" or info.units != units:
         info = dataclasses.replace(info, status="finished", finished=_now(), units=units)

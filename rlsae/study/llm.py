@@ -32,14 +32,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from rlsae.analysis.mmcs import SharedFeatures
 from rlsae.analysis.report import RLHFSummary
 from rlsae.analysis.utility import UtilityTables
-from rlsae.artifacts import Artifact
 from rlsae.configs import to_mapping
 from rlsae.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
 from rlsae.study.engine import Context, Stage, Study, Units, load_config
@@ -54,7 +54,17 @@ from rlsae.study.llm_config import (
     model_label,
 )
 from rlsae.study.presets import LLM_PRESETS
-from rlsae.threads import torch_threads
+from rlsae.study.results import (
+    BaseModel,
+    ChosenLayers,
+    Combined,
+    FilesWritten,
+    SAEEntry,
+    SAEPairs,
+    Stores,
+    Tables,
+    TunedModel,
+)
 
 __all__ = [
     "LLM",
@@ -96,104 +106,7 @@ def _home(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# The stages' results
-
-
-@dataclass
-class BaseModel(Artifact):
-    """The base model and the documents the later stages read."""
-
-    FORMAT: ClassVar[str] = "rlsae.llm_study_base"
-    VERSION: ClassVar[int] = 1
-    ref: str
-    """Hub name or model directory."""
-    data: str
-    """Documents for activations and scoring."""
-
-
-@dataclass
-class TunedModel(Artifact):
-    """The RLHF-tuned model and what its run recorded."""
-
-    FORMAT: ClassVar[str] = "rlsae.llm_study_tuned"
-    VERSION: ClassVar[int] = 1
-    ref: str
-    rlhf: RLHFSummary = field(default_factory=RLHFSummary)
-
-
-@dataclass
-class ChosenLayers(Artifact):
-    """The most divergent layers (``analysis/divergence.json`` holds every layer's Δ)."""
-
-    FORMAT: ClassVar[str] = "rlsae.llm_study_layers"
-    VERSION: ClassVar[int] = 1
-    layers: list[int]
-
-
-@dataclass
-class Stores(Artifact):
-    """The activation stores of the chosen layers, by layer: their directory names."""
-
-    FORMAT: ClassVar[str] = "rlsae.llm_study_stores"
-    VERSION: ClassVar[int] = 1
-    hooks: dict[str, str]
-
-
-@dataclass
-class SAEEntry:
-    """One SAE of a pair."""
-
-    source: str
-    layer: int
-    size: str
-    path: str
-    """Relative to the model's directory."""
-
-
-@dataclass
-class SAEPairs(Artifact):
-    """Every SAE of the study's pairs (base and tuned x layer x large and small)."""
-
-    FORMAT: ClassVar[str] = "rlsae.llm_study_saes"
-    VERSION: ClassVar[int] = 1
-    saes: list[SAEEntry]
-
-    def path(self, source: str, layer: int, size: str) -> str:
-        return next(
-            e.path for e in self.saes if (e.source, e.layer, e.size) == (source, layer, size)
-        )
-
-
-@dataclass
-class FilesWritten(Artifact):
-    """A stage whose result is files (paths relative to the model's directory)."""
-
-    FORMAT: ClassVar[str] = "rlsae.llm_study_files"
-    VERSION: ClassVar[int] = 1
-    files: list[str]
-
-
-@dataclass
-class Tables(Artifact):
-    """Tables 3 and 4 of one model: summed |utility| of features and of completions."""
-
-    FORMAT: ClassVar[str] = "rlsae.llm_study_tables"
-    VERSION: ClassVar[int] = 1
-    table3: dict[str, float | None]
-    table4: dict[str, float | None]
-
-
-@dataclass
-class Combined(Artifact):
-    """The combined tables of a study of several models (None for one model)."""
-
-    FORMAT: ClassVar[str] = "rlsae.llm_study_combined"
-    VERSION: ClassVar[int] = 1
-    utility_md: str | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# The stages
+# The stages (their typed results are in rlsae.study.results)
 
 
 def pretrain(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> BaseModel:
@@ -571,6 +484,13 @@ def _model_summary(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> dict[str, A
     }
 
 
+def _threads(n: int | None) -> AbstractContextManager[None]:
+    # rlsae.threads imports torch: only when a stage runs (a finished study resumes without it)
+    from rlsae.threads import torch_threads
+
+    return torch_threads(n)
+
+
 def _summaries(ctx: Context[LLMStudyConfig]) -> list[dict[str, Any]]:
     return [_model_summary(ctx, u) for u in _units(ctx)]
 
@@ -590,8 +510,15 @@ def run_llm_study(
     (one summary per model) and ``utility_md`` (the combined tables). ``cfg.threads`` holds for
     the whole run and is restored afterwards.
     """
-    with torch_threads(cfg.threads):
-        out = run_engine(study, cfg, out_dir, resume=resume, source=source, progress=progress)
+    out = run_engine(
+        study,
+        cfg,
+        out_dir,
+        resume=resume,
+        source=source,
+        progress=progress,
+        around_work=lambda: _threads(cfg.threads),
+    )
     ctx = Context(study, cfg, Path(out_dir))
     counts = {"stages_run": out.count("model"), "stages_skipped": out.count("model", "skipped")}
     runs = _summaries(ctx)

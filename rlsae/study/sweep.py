@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from rlsae.errors import RlsaeError
-from rlsae.threads import torch_threads
 
 ENGINES = ("serial", "local", "ray")
 
@@ -37,6 +36,9 @@ def _name(spec: Any) -> str:
 
 def _call(fn: Work, run_dir: str, spec: Any, cpus: float) -> Any:
     """What a worker runs: thread count from the resource request, then the work."""
+    # rlsae.threads imports torch: only a worker needs it (a finished study resumed never does)
+    from rlsae.threads import torch_threads
+
     with torch_threads(max(1, int(cpus))):
         return fn(run_dir, spec)
 

@@ -13,8 +13,9 @@ import pytest
 from rlsae.agents.results import Evaluation, SpliceResult
 from rlsae.errors import RlsaeError
 from rlsae.study import atari as study
-from rlsae.study.atari import ATARI, AgentSpec, LiveFeatures, Recording, TrainedSAE
+from rlsae.study.atari import ATARI, AgentSpec
 from rlsae.study.engine import Context
+from rlsae.study.results import LiveFeatures, Recording, TrainedSAE
 
 
 def _score(spec: AgentSpec, run_dir: Path) -> float:

@@ -233,3 +233,25 @@ def test_cli_print_config_round_trips(tmp_path, capsys) -> None:
     p = tmp_path / "paper.yaml"
     p.write_text(capsys.readouterr().out)
     assert load_study_config(p) == preset_config("paper")
+
+
+def test_layer_table_agrees_with_the_networks() -> None:
+    """The config checks layers without torch; its table must be what the networks build."""
+    from rlsae.agents.networks import LAYERS, layer_widths
+    from rlsae.study.atari_config import LAYER_WIDTHS
+
+    assert set(LAYER_WIDTHS) == set(LAYERS)
+    assert {arch: layer_widths(arch) for arch in LAYERS} == LAYER_WIDTHS
+
+
+def test_sae_train_is_checked_as_train_config_fields(tmp_path) -> None:
+    d = preset_dict("smoke")
+    d["sae"]["train"] = {"lr": -1.0}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(d))
+    with pytest.raises(RlsaeError, match=f"^{re.escape(str(p))}: sae.train.lr: "):
+        load_study_config(p)
+    d["sae"]["train"] = {"epochz": 2}
+    p.write_text(yaml.safe_dump(d))
+    with pytest.raises(RlsaeError, match="sae.train.epochz: unknown key"):
+        load_study_config(p)

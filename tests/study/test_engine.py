@@ -14,10 +14,11 @@ from rlsae.agents.results import Evaluation
 from rlsae.artifacts import Artifact
 from rlsae.configs import differing_keys, from_mapping
 from rlsae.study import atari, sweep
-from rlsae.study.atari import ATARI, LiveFeatures
+from rlsae.study.atari import ATARI
 from rlsae.study.atari_config import ResourcesConfig, StudyConfig
 from rlsae.study.engine import Context, Stage, load_config, open_run
 from rlsae.study.llm import LLM
+from rlsae.study.results import LiveFeatures
 
 
 def _cfg(agents: list[str]) -> StudyConfig:
