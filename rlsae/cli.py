@@ -9,7 +9,10 @@ unknown option, a value of the wrong type), instead of the argument parser's box
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+import typer
 
 from rlsae.commands._apps import app
 from rlsae.errors import RlsaeError
@@ -44,9 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     except RlsaeError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
-    except (KeyboardInterrupt, click_errors.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         sys.stderr.write(_INTERRUPTED)
         sys.exit(130)
+    except BrokenPipeError:  # `rlsae ... | head` closed the pipe: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     if code == 130:  # typer turns Ctrl-C inside a command into exit status 130 without a word
         sys.stderr.write(_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
