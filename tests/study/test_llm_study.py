@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
+import torch
 
 from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
@@ -108,7 +110,9 @@ def test_smoke_pipeline_interrupted_and_resumed(tmp_path, monkeypatch):
     mtimes = {p: p.stat().st_mtime_ns for p in sae_files}
     base_mtime = (run / "models" / "base" / "model.safetensors").stat().st_mtime_ns
 
+    threads = torch.get_num_threads()
     res = run_llm_pipeline(run, "smoke", resume=True, progress=False)
+    assert torch.get_num_threads() == threads  # the preset's threads: 1, restored afterwards
     # nothing already done was redone
     assert {p: p.stat().st_mtime_ns for p in sae_files} == mtimes
     assert (run / "models" / "base" / "model.safetensors").stat().st_mtime_ns == base_mtime
@@ -147,6 +151,15 @@ def test_smoke_pipeline_interrupted_and_resumed(tmp_path, monkeypatch):
     assert res["table3"]["tuned"] == util["table3"]["tuned"]["score"]
     report = (run / "analysis" / "report.html").read_text()
     assert "Plotly.newPlot" in report and "Tables 3 and 4" in report
+
+    # the finished study resumed: no stage runs, no file is rewritten, within two seconds
+    every_file = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    t0 = time.perf_counter()
+    again = run_llm_pipeline(run, "smoke", resume=True, progress=False)
+    assert time.perf_counter() - t0 < 2.0
+    assert again["stages_run"] == 0 and again["stages_skipped"] == 10
+    assert again["table3"] == res["table3"] and again["table4"] == res["table4"]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == every_file
 
 
 def test_cli_pipeline_bad_preset_is_one_line(tmp_path):
