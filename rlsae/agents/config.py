@@ -108,11 +108,6 @@ class EnvConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EnvConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
     def ale_kwargs(self, *, rgb_screen: bool = False) -> dict[str, Any]:
         """Keyword arguments for ``ale_py.vector_env.AtariVectorEnv`` (without game/num_envs).
 
@@ -302,7 +297,8 @@ def train_config(
     where: str = "dqn train",
     **overrides: Any,
 ) -> DQNTrainConfig:
-    """The validated :class:`DQNTrainConfig` of a run (``overrides`` as for :func:`train_dqn`)."""
+    """The validated :class:`DQNTrainConfig` of a run (``overrides`` as for
+    :func:`rlsae.agents.dqn.train_dqn`: fields of :class:`DQNConfig` or :class:`EnvConfig`)."""
     hyper, env = build_configs(arch, overrides, where)
     cfg = DQNTrainConfig(
         arch=arch,

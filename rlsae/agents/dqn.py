@@ -53,7 +53,7 @@ class Agent:
         self.info = info
         self.arch: str = info.arch
         self.model = model
-        self.env_config = EnvConfig.from_dict({**asdict(info.env), "mode": self.arch})
+        self.env_config: EnvConfig = info.env
         self.q_network = model.q_net
         self.q_network.eval()
 
@@ -220,6 +220,7 @@ def _claim_out_dir(cfg: DQNTrainConfig, out: Path, resume: bool) -> DQNTrainConf
             f"{out} already holds {what}; pass --resume to continue or choose another --out"
         )
     if resume and train_json.is_file():
+        _remove_interrupted_writes(out)
         saved = from_mapping(DQNTrainConfig, read_json(train_json), str(train_json))
         if saved.arch != cfg.arch:
             raise RlsaeError(f"{out} holds a {saved.arch} run, cannot resume it as {cfg.arch}")
@@ -229,6 +230,29 @@ def _claim_out_dir(cfg: DQNTrainConfig, out: Path, resume: bool) -> DQNTrainConf
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(train_json, to_mapping(cfg))
     return cfg
+
+
+# what a write killed half-way leaves in an agent directory (atomic_dir, atomic_write_json and
+# the model/replay-buffer renames all write under these names first)
+_INTERRUPTED = (
+    ".model.tmp.zip",
+    ".*.json.*",
+    "checkpoints/.step_*.tmp-*",
+    "checkpoints/.step_*.old-*",
+    "resume/.replay_buffer.tmp.pkl",
+    "resume/.*.json.*",
+)
+
+
+def _remove_interrupted_writes(out: Path) -> None:
+    """Delete the temporary files of writes a killed run left, so none reaches the finished
+    agent directory."""
+    for pattern in _INTERRUPTED:
+        for p in out.glob(pattern):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _refuse_other_settings(out: Path, saved: DQNTrainConfig, new: DQNTrainConfig) -> None:

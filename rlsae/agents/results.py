@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from rlsae.agents.config import DQNConfig, EnvConfig, RecordConfig
+from rlsae.agents.config import ARCHS, DQNConfig, EnvConfig, RecordConfig, check_choice
 from rlsae.artifacts import Artifact
 from rlsae.errors import RlsaeError
 
@@ -45,6 +45,14 @@ class AgentInfo(Artifact):
     """The environment it was trained on."""
     env_id: str = "ALE/MsPacman-v5"
     """The gymnasium id whose settings the environment follows."""
+
+    def validate(self, where: str = "agent.json") -> None:
+        check_choice(where, "arch", self.arch, ARCHS)
+        if self.env.mode != self.arch:
+            raise RlsaeError(
+                f"{where}: env.mode: {self.env.mode!r} does not match arch {self.arch!r}; "
+                "the agent directory is inconsistent"
+            )
 
 
 @dataclass

@@ -88,7 +88,14 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(tmp_path: 
         train_dqn("nature", 120, out, resume=True, **{**kw, "seed": 2})
     assert (out / "train.json").read_text() == saved
     assert [c.step for c in list_checkpoints(out)] == [40]
+    # what writes killed half-way leave behind never reaches the finished agent
+    (out / ".model.tmp.zip").write_bytes(b"PK half a model")
+    (out / ".agent.json.k3j2x").write_text('{"arch": ')
+    (out / "checkpoints" / ".step_80.tmp-abc").mkdir()
+    (out / "resume").mkdir(exist_ok=True)
+    (out / "resume" / ".replay_buffer.tmp.pkl").write_bytes(b"half")
     train_dqn("nature", 120, out, resume=True, **kw)
+    assert [p for p in out.rglob("*") if p.name.startswith(".")] == []
     agent = load_agent(out)
     assert agent.info.steps_trained == 120
     assert [c.step for c in list_checkpoints(out)] == [40, 80, 120]
@@ -229,7 +236,17 @@ def test_missing_corrupt_and_wrong_arch_agents_give_one_line_errors(
     )
     info = json.loads((mixed / "agent.json").read_text())
     (mixed / "agent.json").write_text(json.dumps({**info, "arch": "poster"}))
-    with pytest.raises(RlsaeError, match="inconsistent"):
+    with pytest.raises(
+        RlsaeError, match="env.mode: 'nature' does not match arch 'poster'; .*incons"
+    ):
+        load_agent(mixed)
+    # agent.json consistent in itself, but the model was trained on other observations
+    env = {**info["env"], "mode": "poster"}
+    (mixed / "agent.json").write_text(json.dumps({**info, "arch": "poster", "env": env}))
+    with pytest.raises(RlsaeError, match=r"trained on observations \(4, 84, 84\).*inconsistent"):
+        load_agent(mixed)
+    (mixed / "agent.json").write_text(json.dumps({**info, "arch": "impala"}))
+    with pytest.raises(RlsaeError, match="arch: expected one of nature, poster, got 'impala'"):
         load_agent(mixed)
 
 

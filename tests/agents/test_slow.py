@@ -67,6 +67,8 @@ def test_a_killed_training_process_resumes_from_its_last_checkpoint(tmp_path: Pa
     assert names[-1] == f"step_{target}"
     # the resumed run continued from the checkpoint's step count, not from zero
     assert all(f"step_{s}" in names for s in range(100, target + 1, 100))
+    # no temporary file of a write the kill interrupted reaches the finished agent
+    assert [p for p in out.rglob("*") if p.name.startswith(".")] == []
 
 
 def test_reference_sb3_path_sees_the_same_game_and_trains_the_same_network(tmp_path: Path):
