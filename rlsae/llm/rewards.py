@@ -37,6 +37,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from rlsae.configs import check_range
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes
 from rlsae.llm.configs import DEFAULT_CLASSIFIER
@@ -184,12 +185,19 @@ class UtilityRewardConfig:
     completion_only: bool = False
     """Score the completion alone instead of prefix + completion (the paper scores both)."""
 
+    def validate(self, where: str = "utility reward") -> None:
+        """A finite scale and a positive clip (or none)."""
+        check_range(where, "scale", self.scale)
+        if self.clip is not None:
+            check_range(where, "clip", self.clip, 0, lo_open=True)
+
 
 class UtilityReward:
     """Callable reward ``(prefixes, completions) -> rewards`` from a utility table."""
 
     def __init__(self, cfg: UtilityRewardConfig | None = None, table: UtilityTable | None = None):
         self.cfg = cfg or UtilityRewardConfig()
+        self.cfg.validate()
         self.table = table or UtilityTable.load(self.cfg.table)
 
     def __call__(self, prefixes: Sequence[str], completions: Sequence[str]) -> list[float]:
@@ -217,6 +225,11 @@ class ClassifierRewardConfig:
     max_length: int = 512
     """Texts are truncated to this many classifier tokens."""
 
+    def validate(self, where: str = "classifier reward") -> None:
+        """Positive batch size and length."""
+        check_range(where, "batch_size", self.batch_size, 1)
+        check_range(where, "max_length", self.max_length, 1)
+
 
 class ClassifierReward:
     """Callable reward: the positive label's logit of a sequence classifier."""
@@ -225,6 +238,7 @@ class ClassifierReward:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.cfg = cfg or ClassifierRewardConfig()
+        self.cfg.validate()
         self.device = device
         name, local = resolve_model_ref(self.cfg.model)
         try:

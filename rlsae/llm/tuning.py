@@ -6,6 +6,7 @@ helpers (layout in :mod:`rlsae.llm.rlhf`); :class:`RLHFResult` is its ``result.j
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,7 +99,8 @@ def check_out(out: Path, cfg: RLHFConfig, resume: bool) -> None:
     meta = out / "rlhf.json"
     if not meta.is_file():
         raise RlsaeError(f"{out} is not an RLHF run directory (no rlhf.json); choose another --out")
-    old = read_json(meta).get("config")
+    run_meta = read_json(meta)
+    old = run_meta.get("config")
     if not isinstance(old, dict):
         raise RlsaeError(f"{meta} has no config; it is not an RLHF run directory")
     new = to_mapping(cfg)
@@ -106,6 +108,48 @@ def check_out(out: Path, cfg: RLHFConfig, resume: bool) -> None:
     if keys:
         what = "; ".join(f"{k} was {_at(old, k)!r}, now {_at(new, k)!r}" for k in keys)
         raise RlsaeError(f"cannot resume {out}: {what}; use the same options")
+    inputs = run_meta.get("inputs") or {}
+    now = input_fingerprints(cfg)
+    changed = [k for k in now if k in inputs and inputs[k] != now[k]]
+    if changed:
+        raise RlsaeError(
+            f"cannot resume {out}: the contents of {', '.join(changed)} changed since the run "
+            "began; restore them or start a new run in another --out"
+        )
+
+
+def input_fingerprints(cfg: RLHFConfig) -> dict[str, str]:
+    """What a run reads besides its config, fingerprinted: the base model (a directory's
+    files, or the hub name), a data file, a utility table file, a classifier directory."""
+    fps = {"model": fingerprint(cfg.model)}
+    if cfg.data not in ("auto", "imdb"):
+        fps["data"] = fingerprint(cfg.data)
+    if cfg.reward == "utility" and cfg.table.lower() != "vader":
+        fps["table"] = fingerprint(cfg.table)
+    elif cfg.reward == "sentiment":
+        fps["classifier"] = fingerprint(cfg.classifier)
+    return fps
+
+
+def fingerprint(ref: str, sample: int = 1 << 20) -> str:
+    """A content fingerprint of a file or a directory's files (name, size, first and last MiB
+    of each: fast on large weights), or ``hub:NAME`` for anything that is not a local path."""
+    path = Path(ref).expanduser()
+    if not path.exists():
+        return f"hub:{ref}"
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        if any(part.startswith(".") for part in f.relative_to(path.parent).parts):
+            continue  # hidden files and the temp files of interrupted writes
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path)}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(sample))
+            if size > 2 * sample:
+                fh.seek(size - sample)
+                h.update(fh.read(sample))
+    return h.hexdigest()[:16]
 
 
 def _at(mapping: dict[str, Any], dotted: str) -> Any:
@@ -124,6 +168,7 @@ def start_run(out: Path, cfg: RLHFConfig) -> None:
         out / "rlhf.json",
         {
             "config": to_mapping(cfg),
+            "inputs": input_fingerprints(cfg),
             "versions": package_versions("rlsae", "torch", "transformers", "trl"),
         },
     )

@@ -7,7 +7,6 @@ import socket
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from rlsae.errors import RlsaeError
 from rlsae.llm.record import (
@@ -124,32 +123,13 @@ def test_unknown_hook_and_layer_list_the_valid_ones(random_lm_dir):
         hook_point(ht, 3, "resid_post")
 
 
-def test_cli_record_and_bad_input(random_lm_dir, corpus_file, tmp_path):
-    from rlsae.cli import app
-
-    runner = CliRunner()
+def test_cli_record_and_bad_input(random_lm_dir, corpus_file, tmp_path, run_cli):
     out = tmp_path / "acts"
-    r = runner.invoke(
-        app,
-        [
-            "llm",
-            "record",
-            "--model",
-            str(random_lm_dir),
-            "--layers",
-            "1",
-            "--data",
-            str(corpus_file),
-            "--prefixes",
-            "4",
-            "--out",
-            str(out),
-            "--json",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert len(r.stdout.strip().splitlines()) == 1  # nothing else on stdout
+    base = ["llm", "record", "--model", random_lm_dir, "--data", corpus_file]
+    code, stdout, err = run_cli([*base, "--layers", "1", "--prefixes", "4", "--out", out, "--json"])
+    assert code == 0, err
+    assert len(stdout.strip().splitlines()) == 1  # nothing else on stdout
+    res = json.loads(stdout)
     assert res["stores"][0]["hook"] == "blocks.1.hook_resid_post"
     assert res["stores"][0]["rows"] == ActivationStore(out / "blocks.1.hook_resid_post").rows
 
@@ -158,22 +138,9 @@ def test_cli_record_and_bad_input(random_lm_dir, corpus_file, tmp_path):
         (["--layers", "1", "--hook", "nope"], "valid hooks:"),
         (["--layers", "x"], "comma-separated integers"),
     ]:
-        r = runner.invoke(
-            app,
-            [
-                "llm",
-                "record",
-                "--model",
-                str(random_lm_dir),
-                "--data",
-                str(corpus_file),
-                "--out",
-                str(tmp_path / "bad"),
-                *args,
-            ],
-        )
-        assert r.exit_code != 0
-        assert isinstance(r.exception, RlsaeError) and msg in str(r.exception)
+        code, stdout, err = run_cli([*base, "--out", tmp_path / "bad", *args])
+        assert code == 2 and stdout == "" and err.startswith("error: ") and msg in err, err
+        assert err.count("\n") == 1
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
     # an existing store is not overwritten
     with pytest.raises(RlsaeError, match="already exists"):

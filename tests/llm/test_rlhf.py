@@ -11,7 +11,7 @@ import torch
 
 from rlsae.errors import RlsaeError
 from rlsae.llm.models import load_model
-from rlsae.llm.rlhf import rlhf_tune
+from rlsae.llm.rlhf import RLHFResult, rlhf_tune
 
 SMALL = {
     "ppo": {"batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 8, "learning_rate": 3e-4},
@@ -28,6 +28,9 @@ def test_ppo_run_writes_everything(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     res = rlhf_tune(tiny_model_dir, out, steps=2, progress=False, **SMALL)
     assert res.steps == 2 and res.algo == "ppo"
+    on_disk = json.loads((out / "result.json").read_text())
+    assert (on_disk["format"], on_disk["version"], on_disk["steps"]) == ("rlsae.rlhf_result", 1, 2)
+    assert RLHFResult.read(out / "result.json") == res
     log = json.loads((out / "log.json").read_text())["steps"]
     assert [e["step"] for e in log] == [1, 2]
     for key in ("reward_mean", "kl", "kl_coef", "policy_loss", "value_loss", "loss"):
@@ -70,6 +73,19 @@ def test_interrupted_run_resumes_to_the_same_model(tiny_model_dir, tmp_path):
     pa, pb = _params(tmp_path / "full" / "model"), _params(tmp_path / "cut" / "model")
     assert all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
     assert full.reward_last == pytest.approx(resumed.reward_last)
+
+
+def test_resume_refuses_changed_inputs(tiny_model_dir, tmp_path):
+    """Same options, but the data file's contents changed: the resume would mix two runs."""
+    data = tmp_path / "reviews.txt"
+    data.write_text((tiny_model_dir / "corpus_train.txt").read_text())
+    opts = {**SMALL, "data": str(data), "progress": False}
+    rlhf_tune(tiny_model_dir, tmp_path / "r", steps=1, **opts)
+    data.write_text("a different corpus\n" * 50)
+    with pytest.raises(RlsaeError, match="the contents of data changed since the run began"):
+        rlhf_tune(tiny_model_dir, tmp_path / "r", steps=2, resume=True, **opts)
+    meta = json.loads((tmp_path / "r" / "rlhf.json").read_text())
+    assert set(meta["inputs"]) == {"model", "data"}
 
 
 def test_resume_refuses_changed_options(tiny_model_dir, tmp_path):
@@ -125,19 +141,6 @@ def test_rloo_run_writes_everything(tiny_model_dir, tmp_path):
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
 
 
-def _cli(capsys, *args):
-    """Run the real entry point in-process; return (exit code, stdout, stderr)."""
-    from rlsae.cli import main
-
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_entry_point_subprocess(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "rlsae", "llm", "score", "--model", str(tmp_path / "missing")],
@@ -149,22 +152,23 @@ def test_cli_entry_point_subprocess(tmp_path):
     assert r.stderr.startswith("error: model directory") and r.stderr.count("\n") == 1
 
 
-def test_cli_score_json_and_errors(tiny_model_dir, tmp_path, capsys):
-    code, out, err = _cli(
-        capsys,
-        "llm",
-        "score",
-        "--model",
-        str(tiny_model_dir),
-        "--prefixes",
-        "6",
-        "--prefix-tokens",
-        "10",
-        "--max-new-tokens",
-        "8",
-        "--threads",
-        "1",
-        "--json",
+def test_cli_score_json_and_errors(tiny_model_dir, tmp_path, run_cli):
+    code, out, err = run_cli(
+        [
+            "llm",
+            "score",
+            "--model",
+            str(tiny_model_dir),
+            "--prefixes",
+            "6",
+            "--prefix-tokens",
+            "10",
+            "--max-new-tokens",
+            "8",
+            "--threads",
+            "1",
+            "--json",
+        ]
     )
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -175,53 +179,56 @@ def test_cli_score_json_and_errors(tiny_model_dir, tmp_path, capsys):
 
     bad = tmp_path / "bad.tsv"
     bad.write_text("great\tvery\n")
-    code, out, err = _cli(
-        capsys,
-        "llm",
-        "rlhf",
-        "--model",
-        str(tiny_model_dir),
-        "--out",
-        str(tmp_path / "o"),
-        "--table",
-        str(bad),
-        "--steps",
-        "1",
+    code, out, err = run_cli(
+        [
+            "llm",
+            "rlhf",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--table",
+            str(bad),
+            "--steps",
+            "1",
+        ]
     )
     assert code == 2 and err.startswith("error: ") and "bad.tsv:1: malformed" in err
     assert err.count("\n") == 1  # fails before any model is loaded
 
-    code, out, err = _cli(
-        capsys,
-        "llm",
-        "rlhf",
-        "--model",
-        str(tiny_model_dir),
-        "--out",
-        str(tmp_path / "o2"),
-        "--batch-size",
-        "64",
-        "--mini-batch-size",
-        "24",
-        "--steps",
-        "1",
+    code, out, err = run_cli(
+        [
+            "llm",
+            "rlhf",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "o2"),
+            "--batch-size",
+            "64",
+            "--mini-batch-size",
+            "24",
+            "--steps",
+            "1",
+        ]
     )
     assert code == 2 and err.startswith("error: ") and "not divisible" in err
     assert err.count("\n") == 1
-    code, out, err = _cli(
-        capsys,
-        "llm",
-        "score",
-        "--model",
-        str(tiny_model_dir),
-        "--prefix-tokens",
-        "120",
+    code, out, err = run_cli(
+        [
+            "llm",
+            "score",
+            "--model",
+            str(tiny_model_dir),
+            "--prefix-tokens",
+            "120",
+        ]
     )
     assert code == 2 and err.splitlines()[-1].startswith("error: a 120-token prefix")
     assert "exceeds the model's context of 128" in err
 
 
-def test_cli_rlhf_runs_and_resumes(tiny_model_dir, tmp_path, capsys):
+def test_cli_rlhf_runs_and_resumes(tiny_model_dir, tmp_path, run_cli):
     args = [
         "llm",
         "rlhf",
@@ -241,12 +248,12 @@ def test_cli_rlhf_runs_and_resumes(tiny_model_dir, tmp_path, capsys):
         "1",
         "--json",
     ]
-    code, out, err = _cli(capsys, *args, "--steps", "1")
+    code, out, err = run_cli([*args, "--steps", "1"])
     assert code == 0, err
     assert json.loads(out)["steps"] == 1
-    code, out, err = _cli(capsys, *args, "--steps", "2")
+    code, out, err = run_cli([*args, "--steps", "2"])
     assert code == 2 and "--resume" in err
-    code, out, err = _cli(capsys, *args, "--steps", "2", "--resume")
+    code, out, err = run_cli([*args, "--steps", "2", "--resume"])
     assert code == 0, err
     assert json.loads(out)["steps"] == 2
 
@@ -303,29 +310,30 @@ def test_rloo_interrupted_run_resumes(tiny_model_dir, tmp_path):
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
 
 
-def test_cli_pretrain_tiny(tmp_path, capsys):
-    code, out, err = _cli(
-        capsys,
-        "llm",
-        "pretrain-tiny",
-        "--out",
-        str(tmp_path / "t"),
-        "--steps",
-        "2",
-        "--layers",
-        "1",
-        "--d-model",
-        "16",
-        "--threads",
-        "1",
-        "--json",
+def test_cli_pretrain_tiny(tmp_path, run_cli):
+    code, out, err = run_cli(
+        [
+            "llm",
+            "pretrain-tiny",
+            "--out",
+            str(tmp_path / "t"),
+            "--steps",
+            "2",
+            "--layers",
+            "1",
+            "--d-model",
+            "16",
+            "--threads",
+            "1",
+            "--json",
+        ]
     )
     assert code == 0, err
     res = json.loads(out)
     model, tok = load_model(res["model_dir"])
     assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 16
     assert res["n_params"] == sum(p.numel() for p in model.parameters())
-    code, out, err = _cli(capsys, "llm", "pretrain-tiny", "--out", str(tmp_path / "t"))
+    code, out, err = run_cli(["llm", "pretrain-tiny", "--out", tmp_path / "t"])
     assert code == 2 and "already exists" in err
 
 
