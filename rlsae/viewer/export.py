@@ -109,7 +109,7 @@ def export_site(
     the new one is complete. Returns the path of ``index.html``.
     """
     run_dir = Path(run_dir)
-    cfg = config or ExportConfig(top=top)
+    cfg = config or ExportConfig(top=int(top))
     out = site_folder(run_dir, out_dir)
     check_export(run_dir, out, cfg)
     sae_dirs = find_saes(run_dir)

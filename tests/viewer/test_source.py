@@ -115,6 +115,7 @@ def test_unclaimed_store_gets_generic_pages_and_a_note(tmp_path, viewer_data):
 
 
 def test_jsonp_is_strict_ascii_json(tmp_path, viewer_data):
+    from rlsae.fsutil import dumps_json
     from rlsae.viewer.pages import write_jsonp
 
     text = "a\u2028b\u2029c </script><!-- é 🙂"
@@ -124,6 +125,13 @@ def test_jsonp_is_strict_ascii_json(tmp_path, viewer_data):
     assert raw.isascii() and b"\\u2028" in raw and b"\\u2029" in raw
     assert raw.startswith(b'RLSAE.put("k/1",')
     assert viewer_data(path) == {"t": text, "nan": None, "n": 1.5, "a": [None]}
+    # plain JSON (every feature page) takes a fast path with the same text as the one writer
+    plain = {"t": text, "x": [1, 2.5, None, True], "d": {"k": -0.0}}
+    write_jsonp(path, "k/1", plain)
+    assert path.read_text() == f'RLSAE.put("k/1",{dumps_json(plain, ascii_only=True)});\n'
+    write_jsonp(path, "k/1", {"t": text, "nan": float("nan"), "n": np.float32(1.5), "a": [np.inf]})
+    sanitised = {"t": text, "nan": None, "n": 1.5, "a": [None]}
+    assert path.read_text() == f'RLSAE.put("k/1",{dumps_json(sanitised, ascii_only=True)});\n'
 
 
 def test_typed_inputs_of_another_kind_are_noted(tmp_path, viewer_data):
