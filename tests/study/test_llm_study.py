@@ -213,3 +213,34 @@ def test_preset_options_are_valid_for_the_stages(preset):
     ExplainConfig(method=cfg.explainer, samples=cfg.explainer_samples)
     ScoreConfig(prefixes=cfg.score_prefixes, prefix_tokens=cfg.score_prefix_tokens)
     assert cfg.explainer in ("offline", "llm") and cfg.utility_k >= cfg.top_k
+
+
+@pytest.mark.slow
+def test_two_models_one_run_dir_each_and_combined_tables(tmp_path):
+    """A study of several models (the paper preset's shape, offline): one directory per model
+    under OUT, the combined Table 3/4 rows in OUT/analysis/utility.md, one run.json."""
+    from rlsae.llm.tiny import pretrain_tiny
+    from rlsae.study.llm import run_llm_study
+    from rlsae.study.presets import LLM_SMOKE
+
+    other = pretrain_tiny(tmp_path / "other-tiny", progress=False, **LLM_SMOKE["tiny"], seed=1)
+    d = {**LLM_SMOKE, "models": ["tiny", str(other)], "data": str(other / "corpus_test.txt")}
+    cfg = from_mapping(LLMStudyConfig, d, "two models")
+    out = tmp_path / "out"
+    res = run_llm_study(cfg, out, progress=False)
+    assert [r["model"] for r in res["runs"]] == ["tiny", str(other)]
+    assert [r["run_dir"] for r in res["runs"]] == [str(out / "tiny"), str(out / "other-tiny")]
+    for r in res["runs"]:
+        util = json.loads((tmp_path / r["run_dir"] / "analysis" / "utility.json").read_text())
+        assert r["table3"]["tuned"] == util["table3"]["tuned"]["score"]
+    md = (out / "analysis" / "utility.md").read_text().splitlines()
+    per_model = [
+        (tmp_path / r["run_dir"] / "analysis" / "utility.md").read_text().splitlines()
+        for r in res["runs"]
+    ]
+    assert md == per_model[0][:2] + [lines[-1] for lines in per_model]
+    summary = json.loads((out / "analysis" / "summary.json").read_text())
+    assert [r["model"] for r in summary["runs"]] == ["tiny", str(other)]
+    assert sorted(p.name for p in out.iterdir()) == ["analysis", "other-tiny", "run.json", "tiny"]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["units"]["model"] == ["tiny", "other-tiny"]
