@@ -162,8 +162,13 @@ def _at(mapping: dict[str, Any], dotted: str) -> Any:
 
 
 def start_run(out: Path, cfg: RLHFConfig) -> None:
-    """Create ``out`` and write ``rlhf.json`` (the config and package versions)."""
+    """Create ``out``, clear what a killed run left half-written, write ``rlhf.json``."""
     out.mkdir(parents=True, exist_ok=True)
+    for leftover in out.glob(".*"):  # .checkpoint.tmp-*, .model.old-*, .log.json.* of a kill -9
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     atomic_write_json(
         out / "rlhf.json",
         {

@@ -46,3 +46,58 @@ def test_tuning_raises_reward_and_aggregate_utility(tiny_model_dir, tmp_path, ba
     assert tuned["mean_reward"] > base_score["mean_reward"] + 0.2
     assert tuned["aggregate_abs_utility"] > 1.4 * base_score["aggregate_abs_utility"]
     assert tuned["aggregate_utility"] > base_score["aggregate_utility"] + 50
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    """`llm rlhf` killed with SIGKILL at seeded random moments after a checkpoint, then
+    resumed, ends with the uninterrupted run's log and model, and no temporary file of the
+    interrupted writes is left in the run directory."""
+    import json
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from rlsae.llm.models import load_model
+
+    args = ["--model", str(tiny_model_dir), "--steps", "4", "--checkpoint-every", "1"]
+    args += ["--batch-size", "8", "--mini-batch-size", "4", "--max-new-tokens", "8"]
+    args += ["--lr", "3e-4", "--threads", "1", "--json"]
+
+    def cli(out, *extra):
+        cmd = [sys.executable, "-m", "rlsae", "llm", "rlhf", "--out", str(out), *args, *extra]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    full = tmp_path / "full"
+    assert cli(full).wait(timeout=600) == 0
+    rng = random.Random(0)
+    cut = tmp_path / "cut"
+    for attempt in range(2):
+        proc = cli(cut, *(["--resume"] if attempt else []))
+        state = cut / "checkpoint" / "state.json"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if state.is_file() and json.loads(state.read_text())["step"] > attempt:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.4))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    done = cli(cut, "--resume")
+    stdout, stderr = done.communicate(timeout=600)
+    assert done.returncode == 0, stderr
+    assert json.loads(stdout)["steps"] == 4
+    a = json.loads((full / "log.json").read_text())["steps"]
+    b = json.loads((cut / "log.json").read_text())["steps"]
+    assert [e["reward_mean"] for e in a] == pytest.approx([e["reward_mean"] for e in b])
+    pa, _ = load_model(full / "model")
+    pb, _ = load_model(cut / "model")
+    sa, sb = pa.state_dict(), pb.state_dict()
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+    hidden = [p for p in cut.rglob(".*")]
+    assert hidden == [], hidden
