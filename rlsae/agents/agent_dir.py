@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from rlsae.agents.config import DQNTrainConfig
 from rlsae.agents.results import AgentInfo
+from rlsae.configs import differing_keys, from_mapping, to_mapping
+from rlsae.errors import RlsaeError
+from rlsae.fsutil import atomic_write_json, read_json
 
 
 class Checkpoint(NamedTuple):
@@ -48,3 +54,91 @@ def list_checkpoints(agent_dir: str | os.PathLike) -> list[Checkpoint]:
 def read_agent_info(agent_dir: str | os.PathLike) -> AgentInfo:
     """The ``agent.json`` of an agent directory (missing, foreign, bad arch: one-line error)."""
     return AgentInfo.read(Path(agent_dir) / "agent.json")
+
+
+def check_agent_dir(agent_dir: str | os.PathLike) -> AgentInfo:
+    """Refuse (one line) a path that is not an agent directory; its ``agent.json``."""
+    path = Path(agent_dir)
+    if not path.is_dir():
+        raise RlsaeError(f"agent directory {path} not found")
+    zip_path = path / "model.zip"
+    if not zip_path.is_file():
+        raise RlsaeError(f"{zip_path} not found; is {path} an agent directory (dqn train --out)?")
+    return read_agent_info(path)
+
+
+def check_train_dir(cfg: DQNTrainConfig, out: Path, resume: bool) -> DQNTrainConfig:
+    """Refuse an occupied ``out`` without ``resume``, or a resume with other settings than the
+    run's ``train.json`` (one line naming each difference); writes nothing. Returns the config
+    to train with (a resume keeps the saved checkpoint interval unless a new one is given)."""
+    out = Path(out)
+    train_json = out / "train.json"
+    if out.exists() and not out.is_dir():
+        raise RlsaeError(f"{out} is a file; --out must be a directory")
+    if out.exists() and any(out.iterdir()) and not resume:
+        what = "a finished agent" if (out / "agent.json").is_file() else "an interrupted run"
+        raise RlsaeError(
+            f"{out} already holds {what}; pass --resume to continue or choose another --out"
+        )
+    if resume and train_json.is_file():
+        saved = from_mapping(DQNTrainConfig, read_json(train_json), str(train_json))
+        if saved.arch != cfg.arch:
+            raise RlsaeError(f"{out} holds a {saved.arch} run, cannot resume it as {cfg.arch}")
+        _refuse_other_settings(out, saved, cfg)
+        if cfg.checkpoint_every is None:
+            return replace(cfg, checkpoint_every=saved.checkpoint_every)
+    return cfg
+
+
+def claim_train_dir(cfg: DQNTrainConfig, out: Path, resume: bool) -> DQNTrainConfig:
+    """:func:`check_train_dir`, then make ``out`` ready: delete what writes a killed run left
+    half-way and write ``train.json``. Returns the config to train with."""
+    cfg = check_train_dir(cfg, out, resume)
+    out = Path(out)
+    if resume:
+        _remove_interrupted_writes(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "train.json", to_mapping(cfg))
+    return cfg
+
+
+# what a write killed half-way leaves in an agent directory (atomic_dir, atomic_write_json and
+# the model/replay-buffer renames all write under these names first)
+_INTERRUPTED = (
+    ".model.tmp.zip",
+    ".*.json.*",
+    "checkpoints/.step_*.tmp-*",
+    "checkpoints/.step_*.old-*",
+    "resume/.replay_buffer.tmp.pkl",
+    "resume/.*.json.*",
+)
+
+
+def _remove_interrupted_writes(out: Path) -> None:
+    """Delete the temporary files of writes a killed run left, so none reaches the finished
+    agent directory."""
+    for pattern in _INTERRUPTED:
+        for p in out.glob(pattern):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _refuse_other_settings(out: Path, saved: DQNTrainConfig, new: DQNTrainConfig) -> None:
+    old_fp, new_fp = saved.fingerprint(), new.fingerprint()
+    keys = differing_keys(old_fp, new_fp)
+    if not keys:
+        return
+
+    def value(d: dict[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
+        return d
+
+    shown = ", ".join(f"{k} {value(old_fp, k)!r} (now {value(new_fp, k)!r})" for k in keys[:4])
+    more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+    raise RlsaeError(
+        f"{out} was trained with other settings: {shown}{more}; resume with the same settings "
+        "or choose another --out"
+    )

@@ -27,12 +27,17 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from rlsae import threads as _threads
-from rlsae.agents.agent_dir import Checkpoint, list_checkpoints, read_agent_info
+from rlsae.agents.agent_dir import (
+    Checkpoint,
+    check_agent_dir,
+    claim_train_dir,
+    list_checkpoints,
+    read_agent_info,
+)
 from rlsae.agents.config import DQNTrainConfig, EnvConfig, train_config
 from rlsae.agents.envs import ENV_ID, make_vec_env
 from rlsae.agents.networks import HEAD, check_layer, get_module, layer_widths, policy_kwargs
 from rlsae.agents.results import AgentInfo
-from rlsae.configs import differing_keys, from_mapping, to_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_dir, atomic_write_json, read_json
 
@@ -135,13 +140,9 @@ def load_agent(agent_dir: str | os.PathLike, expect_arch: str | None = None) -> 
     SB3 model files are unpickled: only load agents from sources you trust.
     """
     path = Path(agent_dir)
-    if not path.is_dir():
-        raise RlsaeError(f"agent directory {path} not found")
-    zip_path = path / "model.zip"
-    if not zip_path.is_file():
-        raise RlsaeError(f"{zip_path} not found; is {path} an agent directory (dqn train --out)?")
-    info = read_agent_info(path)
+    info = check_agent_dir(path)
     arch = info.arch
+    zip_path = path / "model.zip"
     if expect_arch is not None and arch != expect_arch:
         raise RlsaeError(f"{path} holds a {arch} agent, but a {expect_arch} agent was requested")
     model = _load_model(zip_path)
@@ -202,76 +203,9 @@ def train_dqn(
         arch, steps, seed=seed, checkpoint_every=checkpoint_every, n_envs=n_envs, **overrides
     )
     out = Path(out_dir)
-    cfg = _claim_out_dir(cfg, out, resume)
+    cfg = claim_train_dir(cfg, out, resume)
     with _threads.torch_threads(torch_threads):
         return _train(cfg, out, resume, progress, device)
-
-
-def _claim_out_dir(cfg: DQNTrainConfig, out: Path, resume: bool) -> DQNTrainConfig:
-    """Refuse an occupied ``out`` without ``resume``, or a resume with other settings; write
-    ``train.json``. Returns the config to train with (a resume keeps the saved checkpoint
-    interval unless a new one is given)."""
-    train_json = out / "train.json"
-    if out.exists() and not out.is_dir():
-        raise RlsaeError(f"{out} is a file; --out must be a directory")
-    if out.exists() and any(out.iterdir()) and not resume:
-        what = "a finished agent" if (out / "agent.json").is_file() else "an interrupted run"
-        raise RlsaeError(
-            f"{out} already holds {what}; pass --resume to continue or choose another --out"
-        )
-    if resume and train_json.is_file():
-        _remove_interrupted_writes(out)
-        saved = from_mapping(DQNTrainConfig, read_json(train_json), str(train_json))
-        if saved.arch != cfg.arch:
-            raise RlsaeError(f"{out} holds a {saved.arch} run, cannot resume it as {cfg.arch}")
-        _refuse_other_settings(out, saved, cfg)
-        if cfg.checkpoint_every is None:
-            cfg.checkpoint_every = saved.checkpoint_every
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(train_json, to_mapping(cfg))
-    return cfg
-
-
-# what a write killed half-way leaves in an agent directory (atomic_dir, atomic_write_json and
-# the model/replay-buffer renames all write under these names first)
-_INTERRUPTED = (
-    ".model.tmp.zip",
-    ".*.json.*",
-    "checkpoints/.step_*.tmp-*",
-    "checkpoints/.step_*.old-*",
-    "resume/.replay_buffer.tmp.pkl",
-    "resume/.*.json.*",
-)
-
-
-def _remove_interrupted_writes(out: Path) -> None:
-    """Delete the temporary files of writes a killed run left, so none reaches the finished
-    agent directory."""
-    for pattern in _INTERRUPTED:
-        for p in out.glob(pattern):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-
-
-def _refuse_other_settings(out: Path, saved: DQNTrainConfig, new: DQNTrainConfig) -> None:
-    old_fp, new_fp = saved.fingerprint(), new.fingerprint()
-    keys = differing_keys(old_fp, new_fp)
-    if not keys:
-        return
-
-    def value(d: dict[str, Any], key: str) -> Any:
-        for part in key.split("."):
-            d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
-        return d
-
-    shown = ", ".join(f"{k} {value(old_fp, k)!r} (now {value(new_fp, k)!r})" for k in keys[:4])
-    more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
-    raise RlsaeError(
-        f"{out} was trained with other settings: {shown}{more}; resume with the same settings "
-        "or choose another --out"
-    )
 
 
 def _train(cfg: DQNTrainConfig, out: Path, resume: bool, progress: bool, device: str) -> Path:

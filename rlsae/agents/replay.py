@@ -20,16 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from rlsae.agents.envs import AleVecEnv, obs_hash, rgb_frame
-from rlsae.agents.results import EpisodeLog
+from rlsae.agents.results import EpisodeLog, read_episodes
 from rlsae.errors import RlsaeError
-
-
-def read_episodes(store_dir: str | os.PathLike) -> EpisodeLog:
-    """The :class:`~rlsae.agents.results.EpisodeLog` (``episodes.json``) of an atari store."""
-    path = Path(store_dir) / "episodes.json"
-    if not path.is_file():
-        raise RlsaeError(f"{path} not found; replay needs a store written by `rlsae dqn record`")
-    return EpisodeLog.read(path)
 
 
 def replay_episode(
@@ -174,3 +166,14 @@ def verify_replay(store_dir: str | os.PathLike, episode: int | None = None) -> R
             if rec.get(t) != obs_hash(obs):
                 mismatches.append((int(e), int(t)))
     return ReplayCheck(checked, mismatches)
+
+
+__all__ = [
+    "ReplayCheck",
+    "read_episodes",
+    "replay_clip",
+    "replay_episode",
+    "replay_frames",
+    "replay_observations",
+    "verify_replay",
+]

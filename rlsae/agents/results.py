@@ -16,7 +16,9 @@ class               format                 written as
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from rlsae.agents.config import ARCHS, DQNConfig, EnvConfig, RecordConfig, check_choice
@@ -177,3 +179,11 @@ class EpisodeLog(Artifact):
         ids = [e.episode for e in self.episodes]
         have = f"episodes {min(ids)}..{max(ids)}" if ids else "no episodes"
         raise RlsaeError(f"episode {index} not in the recording ({have})")
+
+
+def read_episodes(store_dir: str | os.PathLike) -> EpisodeLog:
+    """The :class:`EpisodeLog` (``episodes.json``) of an Atari activation store."""
+    path = Path(store_dir) / "episodes.json"
+    if not path.is_file():
+        raise RlsaeError(f"{path} not found; replay needs a store written by `rlsae dqn record`")
+    return EpisodeLog.read(path)

@@ -13,6 +13,12 @@ from typing import Any
 
 import typer
 
+from rlsae.agents.agent_dir import (
+    check_agent_dir,
+    check_train_dir,
+    list_checkpoints,
+    read_agent_info,
+)
 from rlsae.agents.config import (
     DQNConfig,
     DQNTrainConfig,
@@ -20,8 +26,10 @@ from rlsae.agents.config import (
     RecordConfig,
     SpliceConfig,
     build_configs,
+    check_int,
     train_config,
 )
+from rlsae.agents.results import read_episodes
 from rlsae.commands._apps import JsonOpt, dqn_app, emit
 from rlsae.configs import field_default, field_docs
 from rlsae.errors import RlsaeError
@@ -93,9 +101,10 @@ def dqn_train(
         if value is not None:
             overrides[key] = value
     kw: dict[str, Any] = dict(seed=seed, checkpoint_every=checkpoint_every, n_envs=n_envs)
-    train_config(arch, steps, **kw, **overrides)  # every value checked before torch loads
+    # every value and the --out directory checked before torch loads
+    check_train_dir(train_config(arch, steps, **kw, **overrides), out, resume)
 
-    from rlsae.agents.dqn import list_checkpoints, read_agent_info, train_dqn
+    from rlsae.agents.dqn import train_dqn
 
     path = train_dqn(arch, steps, out, resume=resume, device=device, **kw, **overrides)
     info = read_agent_info(path)
@@ -125,6 +134,7 @@ def dqn_eval(
     """Mean score over seeded episodes, human-normalised (random 307.3, human 6951.6)."""
     cfg = EvalConfig(episodes, epsilon, seed, n_envs, max_episode_steps)
     cfg.validate("dqn eval")
+    check_agent_dir(agent)
 
     from rlsae.agents.evaluate import evaluate_agent
 
@@ -159,9 +169,9 @@ def dqn_record(
     """Record a layer's activations while the agent plays (store + episodes.json for replay)."""
     cfg = RecordConfig(layer, steps, epsilon, seed, n_envs, dtype, max_episode_steps)
     cfg.validate("dqn record")
+    check_agent_dir(agent)
 
     from rlsae.agents.record import record_activations
-    from rlsae.agents.replay import read_episodes
     from rlsae.sae.store import ActivationStore
 
     path = record_activations(
@@ -195,6 +205,7 @@ def dqn_layers(
     as_json: bool = JsonOpt,
 ) -> None:
     """List the hookable layer names and widths of an agent."""
+    check_agent_dir(agent)
     from rlsae.agents.dqn import agent_summary
 
     res = agent_summary(agent)
@@ -220,6 +231,7 @@ def dqn_splice(
         max_episode_steps=max_episode_steps, layer=layer,
     )  # fmt: skip
     cfg.validate("dqn splice")
+    check_agent_dir(agent)
 
     from rlsae.agents.splice import splice_metrics
 
@@ -250,6 +262,11 @@ def dqn_effects(
     as_json: bool = JsonOpt,
 ) -> None:
     """A feature's effect on the 9 action values (3x3 joystick grid, NOOP centre)."""
+    check_int("dqn effects", "feature", feature, 0)
+    check_agent_dir(agent)
+    if acts is not None:
+        _check_state("dqn effects", acts, episode, step)
+
     from rlsae.agents.dqn import load_agent
     from rlsae.agents.effects import action_effect_grid, direct_effect_grid
     from rlsae.agents.networks import check_layer
@@ -282,6 +299,8 @@ def dqn_replay(
     as_json: bool = JsonOpt,
 ) -> None:
     """Regenerate a recorded screen by replaying its episode (optionally verify all hashes)."""
+    _check_state("dqn replay", acts, episode, step)
+
     from rlsae.agents.replay import replay_frames, verify_replay
 
     res: dict = {"acts": str(acts), "episode": episode, "step": step}
@@ -302,3 +321,12 @@ def dqn_replay(
         atomic_write_bytes(out, buf.getvalue())
         res["png"] = str(out)
     emit(res, as_json)
+
+
+def _check_state(where: str, acts: Path, episode: int, step: int) -> None:
+    """Refuse a recorded state the store does not have, before the emulator is loaded."""
+    check_int(where, "episode", episode, 0)
+    check_int(where, "step", step, 0)
+    n = len(read_episodes(acts).episode(episode).actions)
+    if step > n:
+        raise RlsaeError(f"episode {episode} has steps 0..{n}; cannot replay step {step}")

@@ -196,24 +196,45 @@ def test_options_take_defaults_and_help_from_the_config_fields(verb: str):
             assert p.default == field_default(cls, name), (verb, opt)
 
 
-def test_validation_answers_before_torch_is_imported(tmp_path: Path):
-    """A refused command never loads torch (fast errors, issue 18)."""
+def test_refusals_answer_before_torch_is_imported(tmp_path: Path):
+    """Bad values and missing paths are refused without loading torch (fast errors, issue 18)."""
     import subprocess
     import sys
 
+    (tmp_path / "file").write_text("not a directory")
+    cases = [
+        (["dqn", "eval", "--agent", tmp_path, "--n-envs", "0"], "n_envs: must be at least 1"),
+        (["dqn", "eval", "--agent", tmp_path / "none"], "agent directory"),
+        (["dqn", "layers", "--agent", tmp_path], "model.zip not found"),
+        (["dqn", "record", "--agent", tmp_path / "none", "--layer", "fc1", "--steps", "5",
+          "--out", tmp_path / "o"], "agent directory"),
+        (["dqn", "splice", "--agent", tmp_path / "none", "--sae", tmp_path], "agent directory"),
+        (["dqn", "train", "--arch", "poster", "--steps", "5", "--out", tmp_path / "file"],
+         "is a file; --out must be a directory"),
+        (["dqn", "train", "--arch", "poster", "--steps", "5", "--out", tmp_path / "t",
+          "--set", "learning_rate=abc"], "--set: learning_rate: expected a float, got 'abc'"),
+        (["dqn", "replay", "--acts", tmp_path], "episodes.json not found"),
+        (["dqn", "effects", "--agent", tmp_path, "--sae", tmp_path, "--feature", "-1"],
+         "feature: must be at least 0, got -1"),
+    ]  # fmt: skip
     code = (
         "import sys\n"
         "from rlsae.cli import main\n"
-        "try:\n"
-        f"    main(['dqn', 'eval', '--agent', {str(tmp_path)!r}, '--n-envs', '0'])\n"
-        "except SystemExit as e:\n"
-        "    assert e.code == 2, e.code\n"
+        f"for argv in {[[str(a) for a in argv] for argv, _ in cases]!r}:\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 2, (argv, e.code)\n"
         "print('torch' in sys.modules)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
-    assert "n_envs: must be at least 1" in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == len(cases)
+    for line, (_, message) in zip(lines, cases, strict=True):
+        assert line.startswith("error: ") and message in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_bad_values_are_refused_by_every_numeric_option(poster_agent, run_cli, tmp_path):
@@ -242,3 +263,23 @@ def test_bad_values_are_refused_by_every_numeric_option(poster_agent, run_cli, t
     assert cases == 3 * 15
     assert list(tmp_path.iterdir()) == []
     assert not (poster_agent / "eval.json").exists()
+
+
+def test_replay_and_effects_refuse_states_the_recording_lacks(
+    poster_agent, poster_recording, run_cli, tmp_path
+):
+    acts = ["--acts", poster_recording]
+    sae = ["--agent", poster_agent, "--sae", tmp_path / "sae", "--feature", "0"]
+    png = ["--out", tmp_path / "s.png"]
+    cases = [
+        (["dqn", "replay", *acts, *png, "--episode", "999"], "episode 999 not in the recording"),
+        (["dqn", "replay", *acts, *png, "--step", "-1"], "dqn replay: step: must be at least 0"),
+        (["dqn", "replay", *acts, *png, "--episode", "-2"], "dqn replay: episode: must be at least 0"),
+        (["dqn", "replay", *acts, *png, "--step", "71"], "episode 0 has steps 0..70; cannot replay step 71"),
+        (["dqn", "effects", *sae, *acts, "--step", "500"], "cannot replay step 500"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        code, out, err = run_cli(*argv)
+        assert code == 2 and out == "" and message in err, (argv, err)
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
