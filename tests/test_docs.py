@@ -239,7 +239,8 @@ def test_artifact_schemas_list_every_format_with_the_dataclass_fields() -> None:
 
 
 def test_the_add_a_stage_example_in_architecture_md_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rlsae.study.atari import ATARI, LiveFeatures
+    from rlsae.study.atari import ATARI
+    from rlsae.study.results import LiveFeatures
 
     section = (DOCS / "architecture.md").read_text(encoding="utf-8").split("## How to add a stage")
     code = re.search(r"```python\n(.*?)```", section[1], flags=re.S)
