@@ -283,3 +283,50 @@ def test_replay_and_effects_refuse_states_the_recording_lacks(
         assert code == 2 and out == "" and message in err, (argv, err)
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_values_are_refused_by_every_train_option_and_set_key(run_cli, tmp_path):
+    """Property-style for ``dqn train``: every numeric option and every numeric --set key gets
+    negative, zero, non-finite, huge, fractional and wrongly typed values."""
+    import dataclasses
+
+    from rlsae.agents.config import EnvConfig
+
+    base = ["dqn", "train", "--arch", "nature", "--steps", "5", "--out", tmp_path / "o"]
+    options = {"--steps": ["0", "-1"], "--seed": ["-1"], "--checkpoint-every": ["0", "-5"],
+               "--n-envs": ["0", "-2"], "--buffer-size": ["0", "-1"],
+               "--learning-starts": ["-1"], "--batch-size": ["0", "-32"],
+               "--train-freq": ["0", "-4"]}  # fmt: skip
+    probability = {"gamma", "exploration_fraction", "exploration_initial_eps",
+                   "exploration_final_eps", "repeat_action_probability"}  # fmt: skip
+    at_least_0 = {"learning_starts", "noop_max"}
+    fields = {f.name: f.type for c in (DQNConfig, EnvConfig) for f in dataclasses.fields(c)}
+    sets = {}
+    for name, tp in fields.items():
+        if name == "mode" or "bool" in str(tp) or name == "reward_transform":
+            continue
+        bad = ["-1", "NaN", "Infinity", "-Infinity", '"abc"', "[1]", "{}"]
+        if "float" in str(tp):
+            bad += ["1e400"] + (["1.5", "1e300"] if name in probability or name == "tau" else [])
+            bad += [] if name in probability else ["0"]
+        else:
+            bad += ["2.5", "true"] + ([] if name in at_least_0 else ["0"])
+        sets[name] = bad
+    assert len(sets) == 18  # every numeric DQN (13) and env (5) setting
+    cases = 0
+    for opt, values in options.items():
+        for v in values:
+            argv = [*base[:5], v, *base[6:]] if opt == "--steps" else [*base, opt, v]
+            code, out, err = run_cli(*argv)
+            assert code == 2 and out == "" and err.startswith("error: dqn train: "), (opt, v, err)
+            assert len(err.strip().splitlines()) == 1
+            cases += 1
+    for name, values in sets.items():
+        for v in values:
+            code, out, err = run_cli(*base, "--set", f"{name}={v}")
+            assert code == 2 and out == "", (name, v)
+            assert err.startswith(f"error: --set: {name}: "), (name, v, err)
+            assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+            cases += 1
+    assert cases > 150
+    assert list(tmp_path.iterdir()) == []
