@@ -330,3 +330,25 @@ def test_bad_values_are_refused_by_every_train_option_and_set_key(run_cli, tmp_p
             cases += 1
     assert cases > 150
     assert list(tmp_path.iterdir()) == []
+
+
+def test_splice_and_effects_verbs_print_the_typed_results(nature_agent, run_cli, tmp_path):
+    from rlsae.agents.dqn import load_agent
+    from rlsae.agents.effects import direct_effect_grid
+    from rlsae.agents.results import SpliceResult
+    from rlsae.agents.splice import splice_metrics
+    from rlsae.sae import SAE, SAEConfig
+
+    sae = SAE(SAEConfig(d_in=512, d_sae=32, k=4, hook_name="fc1"), seed=3)
+    sae_dir = sae.save(tmp_path / "sae")
+    argv = ["--agent", nature_agent, "--sae", sae_dir]
+    code, out, _ = run_cli("dqn", "splice", *argv, "--episodes", "1", "--max-episode-steps",
+                           "20", "--json")  # fmt: skip
+    assert code == 0 and len(out.strip().splitlines()) == 1
+    res = SpliceResult.from_json(json.loads(out))
+    assert res == splice_metrics(nature_agent, sae_dir, episodes=1, max_episode_steps=20)
+    assert res.layer == "fc1" and res.states == 20 and res.sae == str(sae_dir)
+    code, out, _ = run_cli("dqn", "effects", *argv, "--feature", "5", "--json")
+    assert code == 0
+    grid = direct_effect_grid(load_agent(nature_agent), sae, "fc1", 5)
+    assert json.loads(out)["direct_effect_grid"] == grid.tolist()

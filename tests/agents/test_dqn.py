@@ -37,6 +37,7 @@ def test_agent_dir_has_model_agent_json_checkpoints_and_tensorboard(poster_agent
     assert info["env"]["reward_transform"] == "scale" and info["env"]["reward_scale"] == 100
     assert (info["format"], info["version"]) == ("rlsae.dqn_agent", 1)
     assert read_agent_info(poster_agent) == AgentInfo.from_json(info)  # one typed reader
+    assert AgentInfo.from_json(info).to_json() == info  # the file is the artifact, exactly
     ckpts = list_checkpoints(poster_agent)
     assert [(c.step, c.path.name) for c in ckpts] == [(100, "step_100"), (200, "step_200")]
     first = load_agent(ckpts[0].path)
