@@ -15,6 +15,9 @@ in :mod:`rlsae.study.presets`. The stages, in order:
 Each finished stage leaves its marker (``analysis/runs/RUN/train.json``,
 ``analysis/agents/AGENT/STAGE.json``, ``analysis/stages/STAGE.json``) holding its typed result.
 
+Each stage imports the parts it drives inside its function: they load torch, SB3 or the
+emulator, which a finished study resumed (or a refused config) never needs.
+
 Entry points: :func:`run_atari_pipeline` (a preset or a config file) and :func:`run_study`
 (a :class:`StudyConfig`, with a choice of executor: serial, a local process pool, or Ray).
 """
@@ -27,15 +30,16 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlsae.agents.agent_dir import list_checkpoints
 from rlsae.agents.results import Evaluation, SpliceResult
+from rlsae.analysis.report import write_atari_report
 from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
-from rlsae.fsutil import atomic_write_bytes, jsonable, read_json
+from rlsae.fsutil import atomic_write_bytes, read_json
 from rlsae.sae.config import TrainConfig
 from rlsae.study.atari_config import StudyConfig
 from rlsae.study.engine import Context, Stage, Study, Units, load_config
@@ -51,6 +55,7 @@ from rlsae.study.results import (
     TrainedSAE,
     TrainRun,
 )
+from rlsae.study.sweep import check_engine, make_engine
 
 STUDY_KIND = "atari-dead-features-study"
 STAGES = ("eval", "record", "sae", "live", "splice")
@@ -171,19 +176,6 @@ def sae_dir(run_dir: Path, cfg: StudyConfig, agent: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Results of other parts as the stages' typed results
-
-
-def _typed(cls: type[Any], value: Any) -> Any:
-    """``value`` as ``cls``: as it is, or built from a mapping's known keys."""
-    if isinstance(value, cls):
-        return value
-    names = set(cls.__dataclass_fields__)
-    body = {k: v for k, v in jsonable(value).items() if k in names}
-    return from_mapping(cls, body, cls.FORMAT)
-
-
-# --------------------------------------------------------------------------------------------
 # The stages
 
 
@@ -220,7 +212,7 @@ def evaluate(ctx: Context[StudyConfig], spec: AgentSpec) -> Evaluation:
         seed=e.seed,
         max_episode_steps=e.max_episode_steps,
     )
-    return _typed(Evaluation, res)
+    return res
 
 
 def record(ctx: Context[StudyConfig], spec: AgentSpec) -> Recording:
@@ -240,7 +232,7 @@ def record(ctx: Context[StudyConfig], spec: AgentSpec) -> Recording:
     return Recording(str(out.relative_to(run_dir)), int(meta["rows"]), int(meta["d_in"]))
 
 
-def _train_config(cfg: StudyConfig, d_in: int) -> Any:
+def _train_config(cfg: StudyConfig, d_in: int) -> TrainConfig:
     known = set(TrainConfig.__dataclass_fields__)  # sae.train's keys: StudyConfig.validate
     base = {"arch": cfg.sae.arch, "d_sae": cfg.sae.d_sae, "k": cfg.sae.k, "d_in": d_in}
     return TrainConfig(**{k: v for k, v in {**base, **cfg.sae.train}.items() if k in known})
@@ -248,8 +240,7 @@ def _train_config(cfg: StudyConfig, d_in: int) -> Any:
 
 def train_agent_sae(ctx: Context[StudyConfig], spec: AgentSpec) -> TrainedSAE:
     """An SAE on the agent's activations (resuming a partial training)."""
-    from rlsae.sae.store import ActivationStore
-    from rlsae.sae.train import train_sae
+    from rlsae.sae import ActivationStore, TrainingRecord, train_sae
 
     cfg, run_dir = ctx.config, ctx.run_dir
     store = ActivationStore(acts_dir(run_dir, cfg, spec.name))
@@ -257,15 +248,12 @@ def train_agent_sae(ctx: Context[StudyConfig], spec: AgentSpec) -> TrainedSAE:
     tcfg = _train_config(cfg, store.d_in)
     t0 = time.perf_counter()
     train_sae(store, out, tcfg, resume=True)
-    final: dict[str, Any] = {}
-    if (out / "training.json").is_file():
-        hist = read_json(out / "training.json")
-        final = (hist.get("final") or {}) if isinstance(hist, dict) else {}
+    final = TrainingRecord.read(out / "training.json").final
     return TrainedSAE(
         path=str(out.relative_to(run_dir)),
-        train_config=jsonable(asdict(tcfg)),
+        train_config=tcfg,
         train_seconds=time.perf_counter() - t0,
-        final=jsonable(final),
+        final={} if final is None else final.to_json(),
     )
 
 
@@ -278,36 +266,45 @@ def count_live(ctx: Context[StudyConfig], spec: AgentSpec) -> LiveFeatures:
     """
     import torch
 
-    from rlsae.sae import ActivationStore, FeatureStats, evaluate_sae, live_feature_count, load_sae
+    from rlsae.sae import (
+        ActivationStore,
+        FeatureStats,
+        TrainingRecord,
+        evaluate_sae,
+        live_feature_count,
+        load_sae,
+    )
 
     cfg = ctx.config
     store = ActivationStore(acts_dir(ctx.run_dir, cfg, spec.name))
     sdir = sae_dir(ctx.run_dir, cfg, spec.name)
-    metrics: dict[str, Any] | None = None
+    source, final, counts = "feature_stats.safetensors", None, None
     if (sdir / "feature_stats.safetensors").is_file() and (sdir / "training.json").is_file():
         stats = FeatureStats.read(sdir)
-        final = read_json(sdir / "training.json").get("final") or {}
-        if stats.rows == store.rows and final.get("rows") == store.rows:
+        final = TrainingRecord.read(sdir / "training.json").final
+        if stats.rows == store.rows and final is not None and final.rows == store.rows:
             counts = stats.firing_counts
-            metrics = {**final, "source_of_counts": "feature_stats.safetensors"}
-    if metrics is None:
+    if counts is None or final is None:
         result = evaluate_sae(load_sae(sdir), store)
-        counts = result.stats.firing_counts
-        metrics = {**result.metrics.to_json(), "source_of_counts": "evaluate_sae"}
+        source, final, counts = "evaluate_sae", result.metrics, result.stats.firing_counts
     thr = cfg.evaluation.live_threshold
     counts = torch.as_tensor(counts)
     live = live_feature_count(counts, thr)
     q = torch.quantile(counts.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
-    metrics.update(
-        {
-            "live": live,
-            "dead": int(counts.numel() - live),
-            "d_sae": int(counts.numel()),
-            "live_threshold": thr,
-            "firing_counts_q10_q50_q90": [float(v) for v in q],
-        }
+    return LiveFeatures(
+        live=live,
+        dead=int(counts.numel() - live),
+        d_sae=int(counts.numel()),
+        live_threshold=thr,
+        rows=final.rows,
+        firing_counts_q10_q50_q90=[float(v) for v in q],
+        source_of_counts=source,
+        fvu=final.fvu,
+        explained_variance=final.explained_variance,
+        mse=final.mse,
+        l0=final.l0,
+        dense=final.dense,
     )
-    return _typed(LiveFeatures, metrics)
 
 
 def splice(ctx: Context[StudyConfig], spec: AgentSpec) -> SpliceResult:
@@ -324,7 +321,7 @@ def splice(ctx: Context[StudyConfig], spec: AgentSpec) -> SpliceResult:
         epsilon=cfg.evaluation.epsilon,
         max_episode_steps=cfg.evaluation.max_episode_steps,
     )
-    return _typed(SpliceResult, res)
+    return res
 
 
 def _no_splice(cfg: StudyConfig) -> bool:
@@ -413,7 +410,6 @@ def fit(ctx: Context[StudyConfig]) -> FitOutcome:
 
 def report(ctx: Context[StudyConfig]) -> Report:
     """``analysis/report.html``: the headline, the fit, the agents, the training curves."""
-    from rlsae.analysis.report import write_atari_report
 
     path = write_atari_report(ctx.run_dir)
     return Report(str(Path(path).relative_to(ctx.run_dir)))
@@ -509,10 +505,8 @@ def run_study(
     when some agent has work left. ``study``: the declaration to run (a variant of
     :data:`ATARI` with a stage added or replaced).
     """
-    from rlsae.study.sweep import check_engine, make_engine
-
     check_engine(engine, address)
-    cfg = from_mapping(StudyConfig, jsonable(asdict(cfg)), "config")  # validated, a copy
+    cfg, _ = resolve_study_config(study, cfg)  # validated, a copy
 
     def executor() -> Any:
         return make_engine(engine, workers=workers, address=address, resources=cfg.resources)

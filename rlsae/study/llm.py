@@ -21,6 +21,9 @@ The stages per model: ``pretrain``, ``rlhf``, ``divergence``, ``record``, ``saes
 models: the combined ``OUT/analysis/utility.md`` and ``summary.json``). Markers:
 ``OUT/analysis/stages/model/<label>/STAGE.json``; ``OUT/run.json`` owns the directory.
 
+Each stage imports the parts it drives inside its function: they load torch, transformers or
+TransformerLens, which a finished study resumed (or a refused config) never needs.
+
 Shared features: for each model and layer, MMCS(D_small, D_large); the small SAE's features
 with the highest max cosine in the large dictionary are the shared set D_g (the paper's
 feature indices, e.g. Appendix E, are those of the small dictionary). They are explained and
@@ -37,11 +40,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlsae.analysis.mmcs import SharedFeatures
-from rlsae.analysis.report import RLHFSummary
-from rlsae.analysis.utility import UtilityTables
+from rlsae.analysis.mmcs import (
+    LayerShared,
+    SharedFeatures,
+    compare_dictionaries,
+    sae_pair,
+    size_pair,
+)
+from rlsae.analysis.report import RLHFSummary, write_llm_report, write_utility_html
+from rlsae.analysis.utility import UtilityTables, feature_scores, tables_markdown, utility_tables
 from rlsae.configs import to_mapping
 from rlsae.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
+from rlsae.llm.configs import ExplainConfig, ScoreConfig
 from rlsae.study.engine import Context, Stage, Study, Units, load_config
 from rlsae.study.engine import resolve_config as resolve_study_config
 from rlsae.study.engine import run as run_engine
@@ -218,7 +228,6 @@ def train_pairs(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> SAEPairs:
 
 def mmcs(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
     """MMCS(small, large) per model and layer with the top-k shared features, base vs tuned."""
-    from rlsae.analysis.mmcs import LayerShared, compare_dictionaries, sae_pair, size_pair
     from rlsae.sae import load_sae
 
     cfg, home = ctx.config, _home(ctx, unit)
@@ -247,7 +256,6 @@ def mmcs(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
 
 def explain(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
     """Explanations of each small SAE's top shared features (``explanations.json``)."""
-    from rlsae.llm.configs import ExplainConfig
     from rlsae.llm.explain import explain_features
     from rlsae.llm.rewards import UtilityTable
 
@@ -274,7 +282,6 @@ def explain(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
 
 def score(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
     """Completions of the base and the tuned model scored under the utility table (Table 4)."""
-    from rlsae.llm.configs import ScoreConfig
     from rlsae.llm.score import score_model
 
     cfg, analysis = ctx.config, _home(ctx, unit) / "analysis"
@@ -296,8 +303,6 @@ def score(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
 
 def utility(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> Tables:
     """Tables 3 and 4 for one model: ``analysis/utility.{json,html,md}``."""
-    from rlsae.analysis.report import write_utility_html
-    from rlsae.analysis.utility import feature_scores, tables_markdown, utility_tables
     from rlsae.llm.explain import load_explanations
     from rlsae.llm.rewards import UtilityTable
     from rlsae.llm.score import ScoreResult
@@ -331,7 +336,6 @@ def utility(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> Tables:
 
 def report(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
     """``analysis/report.html``: RLHF, Tables 3 and 4, divergence, MMCS, explanations."""
-    from rlsae.analysis.report import write_llm_report
     from rlsae.llm.divergence import DivergenceResult, divergence_figure
 
     analysis = _home(ctx, unit) / "analysis"
@@ -350,7 +354,6 @@ def report(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
 def combine(ctx: Context[LLMStudyConfig]) -> Combined:
     """With several models: their Table 3 and 4 rows in ``analysis/utility.md``, and every
     model's summary in ``analysis/summary.json``."""
-    from rlsae.analysis.utility import tables_markdown
 
     units = _units(ctx)
     if len(units) == 1:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from rlsae.analysis.fit import FitResult
 from rlsae.analysis.report import RLHFSummary
 from rlsae.artifacts import Artifact
+from rlsae.sae.config import TrainConfig
 
 # --------------------------------------------------------------------------------------------
 # The dead-features study (rlsae.study.atari)
@@ -49,9 +50,13 @@ class TrainedSAE(Artifact):
     VERSION: ClassVar[int] = 1
     path: str
     """Relative to the run directory."""
-    train_config: dict[str, Any]
+    train_config: TrainConfig
+    """The settings it was trained with."""
     train_seconds: float
+    """Seconds this stage spent training (0 when a finished SAE was found)."""
     final: dict[str, Any] = field(default_factory=dict)
+    """Its final evaluation over the whole store (the fields of ``rlsae.sae_metrics``, kept as
+    a mapping so that reading a marker never imports torch)."""
 
 
 @dataclass

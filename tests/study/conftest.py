@@ -12,6 +12,7 @@ import pytest
 
 from rlsae.agents.results import Evaluation, SpliceResult
 from rlsae.errors import RlsaeError
+from rlsae.sae.config import TrainConfig
 from rlsae.study import atari as study
 from rlsae.study.atari import ATARI, AgentSpec
 from rlsae.study.engine import Context
@@ -35,7 +36,7 @@ def stand_in_result(stage: str, ctx: Context, spec: AgentSpec):
     if stage == "record":
         return Recording(path="acts", rows=1, d_in=1)
     if stage == "sae":
-        return TrainedSAE(path="sae", train_config={}, train_seconds=0.0)
+        return TrainedSAE(path="sae", train_config=TrainConfig(), train_seconds=0.0)
     if stage == "live":
         live = int(400 + (ret - 500) / 4)
         return LiveFeatures(
