@@ -271,3 +271,24 @@ def test_the_add_a_stage_example_in_architecture_md_runs(monkeypatch: pytest.Mon
     result = stage.run(Ctx(), SimpleNamespace(name="agent0"))
     assert result.fraction == 0.75
     assert stage.result.from_json(result.to_json()).fraction == 0.75
+
+
+_OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+@pytest.mark.parametrize(
+    "page", [p for p in PAGES if p.name != "development.md"], ids=lambda p: p.name
+)
+def test_every_option_the_docs_name_exists(
+    page: Path, commands: dict[tuple[str, ...], Any]
+) -> None:
+    """Options named in prose too (`--any-hook`): an rlsae option, a benchmark script's, or
+    pytest's ``--slow``."""
+    known = {"--help", "--slow"}
+    for cmd in commands.values():
+        for param in getattr(cmd, "params", []):
+            known.update(param.opts, param.secondary_opts)
+    for script in (ROOT / "benchmarks").glob("*.py"):
+        known.update(re.findall(r'"(--[a-z][a-z0-9-]*)"', script.read_text(encoding="utf-8")))
+    unknown = sorted(set(_OPTION.findall(page.read_text(encoding="utf-8"))) - known)
+    assert not unknown, f"{page.name}: {unknown}"
