@@ -62,7 +62,7 @@ def test_a_killed_training_process_resumes_from_its_last_checkpoint(tmp_path: Pa
     info = json.loads(res.stdout)
     assert info["steps_trained"] == target
     agent = load_agent(out)
-    assert agent.info["steps_trained"] == target
+    assert agent.info.steps_trained == target
     names = [c.path.name for c in list_checkpoints(out)]
     assert names[-1] == f"step_{target}"
     # the resumed run continued from the checkpoint's step count, not from zero
