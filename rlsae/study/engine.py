@@ -73,8 +73,11 @@ class Stage:
     """One step of a study: ``run(ctx)`` (per study) or ``run(ctx, unit)`` returns ``result``."""
 
     name: str
+    """Unique in its study; the marker's file name (``NAME.json``)."""
     run: Callable[..., Artifact]
+    """``run(ctx)`` or ``run(ctx, unit)``: does the work and returns the typed result."""
     result: type[Artifact]
+    """The result's class; its marker is read back as this."""
     after: tuple[str, ...] = ()
     """Stages whose results this one reads (it reruns when one of them was redone)."""
     per: str | None = None
@@ -91,7 +94,9 @@ class Units:
     """A kind of unit: how to list them (when first needed) and where their markers go."""
 
     name: str
+    """The kind's name (``agent``, ``model``), used in ``Stage.per`` and in messages."""
     list: Callable[[Context[Any]], Sequence[Unit]]
+    """``list(ctx)``: the units, in order, once the stages before them are done."""
     markers: str = "analysis/stages/{kind}/{unit}"
     """Marker directory of a unit, relative to the run directory."""
 
@@ -101,10 +106,15 @@ class Study(Generic[C]):
     """A study declared on the engine: its config class, presets, units and stages."""
 
     kind: str
+    """What run.json calls it; a run directory holds one kind of study."""
     config: type[C]
+    """The config dataclass (built and validated by :func:`rlsae.configs.from_mapping`)."""
     stages: tuple[Stage, ...]
+    """In order; a stage may read only those before it."""
     units: tuple[Units, ...] = ()
+    """The kinds of unit its per-unit stages run over."""
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Named configs, as mappings in the config file's format."""
     versions: tuple[str, ...] = ("rlsae", "torch", "numpy")
     """Distributions whose versions run.json records."""
 
