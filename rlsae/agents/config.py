@@ -25,6 +25,7 @@ DQN hyperparameters (:class:`DQNConfig`, defaults per arch from :func:`default_c
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -38,12 +39,38 @@ REWARD_TRANSFORMS = ("sign", "scale", "none")
 DTYPES = ("float32", "float16")
 
 
-def check_int(where: str, name: str, value: Any, lo: int | None = None) -> None:
-    """Refuse ``value`` unless it is an integer (not a bool) of at least ``lo``."""
+def check_int(
+    where: str, name: str, value: Any, lo: int | None = None, hi: int | None = None
+) -> None:
+    """Refuse ``value`` unless it is an integer (not a bool) of at least ``lo`` (at most ``hi``)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise RlsaeError(f"{where}: {name}: expected an integer, got {describe(value)}")
+    if hi is not None and lo is not None and not lo <= value <= hi:
+        raise RlsaeError(f"{where}: {name}: must be between {lo} and {hi}, got {value}")
     if lo is not None and value < lo:
         raise RlsaeError(f"{where}: {name}: must be at least {lo}, got {value}")
+
+
+MAX_ENVS = 1024
+"""Most emulators one process steps side by side (each holds a full Atari state and frames)."""
+
+
+def check_n_envs(where: str, value: Any) -> None:
+    """Refuse an emulator count below 1 or above :data:`MAX_ENVS`."""
+    if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+        raise RlsaeError(f"{where}: n_envs: must be at least 1, got {value}")
+    check_int(where, "n_envs", value, 1, MAX_ENVS)
+
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(where: str, device: Any) -> None:
+    """Refuse a torch device name SB3 cannot use (``auto``, ``cpu``, ``mps``, ``cuda[:N]``)."""
+    if not isinstance(device, str) or not DEVICE.fullmatch(device):
+        raise RlsaeError(
+            f"{where}: device: expected auto, cpu, mps, cuda or cuda:N, got {describe(device)}"
+        )
 
 
 def check_choice(where: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -269,7 +296,7 @@ class DQNTrainConfig:
         check_choice(where, "arch", self.arch, ARCHS)
         check_int(where, "steps", self.steps, 1)
         check_int(where, "seed", self.seed, 0)
-        check_int(where, "n_envs", self.n_envs, 1)
+        check_n_envs(where, self.n_envs)
         if self.checkpoint_every is not None:
             check_int(where, "checkpoint_every", self.checkpoint_every, 1)
         self.hyperparameters.validate(where)
@@ -332,7 +359,7 @@ class EvalConfig:
         check_int(where, "episodes", self.episodes, 1)
         _check_prob(where, "epsilon", self.epsilon)
         check_int(where, "seed", self.seed, 0)
-        check_int(where, "n_envs", self.n_envs, 1)
+        check_n_envs(where, self.n_envs)
         if self.max_episode_steps is not None:
             check_int(where, "max_episode_steps", self.max_episode_steps, 1)
 
@@ -377,7 +404,7 @@ class RecordConfig:
         check_int(where, "steps", self.steps, 1)
         _check_prob(where, "epsilon", self.epsilon)
         check_int(where, "seed", self.seed, 0)
-        check_int(where, "n_envs", self.n_envs, 1)
+        check_n_envs(where, self.n_envs)
         check_choice(where, "dtype", self.dtype, DTYPES)
         if self.max_episode_steps is not None:
             check_int(where, "max_episode_steps", self.max_episode_steps, 1)

@@ -34,7 +34,7 @@ from rlsae.agents.agent_dir import (
     list_checkpoints,
     read_agent_info,
 )
-from rlsae.agents.config import DQNTrainConfig, EnvConfig, train_config
+from rlsae.agents.config import DQNTrainConfig, EnvConfig, check_device, train_config
 from rlsae.agents.envs import ENV_ID, make_vec_env
 from rlsae.agents.networks import HEAD, check_layer, get_module, layer_widths, policy_kwargs
 from rlsae.agents.results import AgentInfo
@@ -202,6 +202,7 @@ def train_dqn(
     cfg = train_config(
         arch, steps, seed=seed, checkpoint_every=checkpoint_every, n_envs=n_envs, **overrides
     )
+    check_device("train_dqn", device)
     out = Path(out_dir)
     cfg = claim_train_dir(cfg, out, resume)
     with _threads.torch_threads(torch_threads):

@@ -26,6 +26,7 @@ from rlsae.agents.config import (
     RecordConfig,
     SpliceConfig,
     build_configs,
+    check_device,
     check_int,
     train_config,
 )
@@ -103,6 +104,7 @@ def dqn_train(
     kw: dict[str, Any] = dict(seed=seed, checkpoint_every=checkpoint_every, n_envs=n_envs)
     # every value and the --out directory checked before torch loads
     check_train_dir(train_config(arch, steps, **kw, **overrides), out, resume)
+    check_device("dqn train", device)
 
     from rlsae.agents.dqn import train_dqn
 
