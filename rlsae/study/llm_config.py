@@ -85,7 +85,8 @@ class LLMStudyConfig:
     tiny: TinyConfig = field(default_factory=TinyConfig)
     """The ``tiny`` model's size and training (its ``seed`` seeds the corpus and the model)."""
     rlhf: RLHFConfig = field(default_factory=RLHFConfig)
-    """The RLHF run of each model (``model`` is set per model; ``seed`` seeds the tuning)."""
+    """The RLHF run of each model (its ``model`` is each of ``models`` in turn: leave it at the
+    default; ``seed`` seeds the tuning)."""
     top_n_layers: int = 5
     """Layers (most divergent first) that get SAE pairs (the paper: 5)."""
     hook: str = "resid_post"
@@ -142,5 +143,9 @@ class LLMStudyConfig:
         if self.explainer not in ("offline", "llm"):
             raise RlsaeError(f"{where}: explainer: expected offline or llm, got {self.explainer!r}")
         check_range(where, "seed", self.seed, 0, 2**32 - 1)
+        if self.rlhf.model != RLHFConfig().model:
+            raise RlsaeError(
+                f"{where}: rlhf.model: the study tunes each of models; list the model there"
+            )
         if self.threads is not None:
             check_range(where, "threads", self.threads, 1)

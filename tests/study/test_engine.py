@@ -175,6 +175,8 @@ BAD = {
         ("bad.toml", "[rlhf.ppo]\nlearning_rate = 'abc'\n", "rlhf.ppo.learning_rate: expected"),
         ("bad.yaml", "rlhf:\n  batch_size: 8\n", "rlhf.batch_size: unknown key"),
         ("list.yaml", "- tiny\n", "expected a mapping, got a list"),
+        ("bad.yaml", "rlhf:\n  model: gpt2\n", "rlhf.model: the study tunes each of models"),
+        ("bad.yaml", "utility_k: 3\n", "utility_k: must be at least top_k"),
     ],
 }
 
