@@ -80,6 +80,10 @@ def check_train_dir(cfg: DQNTrainConfig, out: Path, resume: bool) -> DQNTrainCon
         raise RlsaeError(
             f"{out} already holds {what}; pass --resume to continue or choose another --out"
         )
+    if resume and out.is_dir() and any(out.iterdir()) and not train_json.is_file():
+        raise RlsaeError(
+            f"{out} is not a DQN training directory (no train.json); nothing to resume there"
+        )
     if resume and train_json.is_file():
         saved = from_mapping(DQNTrainConfig, read_json(train_json), str(train_json))
         if saved.arch != cfg.arch:
@@ -131,9 +135,9 @@ def _refuse_other_settings(out: Path, saved: DQNTrainConfig, new: DQNTrainConfig
     if not keys:
         return
 
-    def value(d: dict[str, Any], key: str) -> Any:
+    def value(d: Any, key: str) -> Any:
         for part in key.split("."):
-            d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
+            d = d.get(part) if isinstance(d, dict) else None
         return d
 
     shown = ", ".join(f"{k} {value(old_fp, k)!r} (now {value(new_fp, k)!r})" for k in keys[:4])

@@ -146,6 +146,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert sorted(p.name for p in poster_agent.iterdir()) == before  # no eval.json
 
 
+def test_resume_into_a_foreign_directory_is_refused(run_cli, tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["dqn", "train", "--arch", "poster", "--steps", "5", "--out", tmp_path, "--resume"]
+    code, out, err = run_cli(*argv)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "is not a DQN training directory (no train.json); nothing to resume there" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_resume_with_other_settings_is_refused_in_one_line(run_cli, tmp_path: Path):
     out = tmp_path / "agent"
     (out).mkdir()
