@@ -1,0 +1,177 @@
+"""The RAM decoding checked against what the emulator draws and counts, over a real episode.
+
+One seeded game (random directions held 12 steps each, about 700 steps to game over, ~2 s) in
+which Ms. Pac-Man eats a power pill, eats a ghost and loses every life. Each check compares a
+decoded quantity with something measured another way: sprite colours on the rendered frame,
+ALE's lives and rewards, the power pill's pixels, the direction of motion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rlsae.agents.ram import (
+    GAMES_WITH_RAM_TABLE,
+    MSPACMAN_RAM,
+    PIXEL_OFFSET_X,
+    PIXEL_OFFSET_Y,
+    POWER_PILL_XY,
+    RamRollout,
+    decode_ram,
+    decode_ram_batch,
+    ram_decoder,
+    rollout_ram,
+)
+from rlsae.errors import RlsaeError
+
+PLAYER_RGB = (210, 164, 74)  # OCAtari's colour of Ms. Pac-Man
+GHOST_RGB = [(180, 122, 48), (84, 184, 153), (198, 89, 179), (200, 72, 72)]  # OCAtari vision
+EDIBLE_RGB = (66, 114, 194)  # OCAtari vision: "eatable"
+PILL_RGB = (228, 111, 111)  # OCAtari: pills and power pills
+MAZE_ROWS = 172  # the maze; below are the lives and score
+
+
+@pytest.fixture(scope="module")
+def game() -> RamRollout:
+    rng = np.random.default_rng(0)
+    actions = np.repeat(rng.integers(1, 5, size=100), 12)  # UP/RIGHT/LEFT/DOWN held 12 steps
+    run = rollout_ram(actions, seed=0, frames=True)
+    assert run.frames is not None
+    assert 400 < len(run.ram) < len(actions), "the seeded game ends (game over) as recorded"
+    return run
+
+
+def _bbox_centres(frames: np.ndarray, rgb: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+    """Per frame the centre of the bounding box of ``rgb`` in the maze (NaN when absent or
+    split across the screen edge)."""
+    n = len(frames)
+    cx, cy = np.full(n, np.nan), np.full(n, np.nan)
+    for t in range(n):
+        ys, xs = np.nonzero(np.all(frames[t, :MAZE_ROWS] == rgb, axis=-1))
+        if len(xs) and xs.max() - xs.min() <= 12 and ys.max() - ys.min() <= 12:
+            cx[t], cy[t] = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+    return cx, cy
+
+
+def test_player_position_matches_sprite_with_the_fitted_offset(game: RamRollout) -> None:
+    assert game.frames is not None
+    cx, cy = _bbox_centres(game.frames, PLAYER_RGB)
+    seen = ~np.isnan(cx)
+    assert seen.mean() > 0.9  # Ms. Pac-Man is drawn in almost every frame
+    raw_x, raw_y = game.ram[seen, 10].astype(float), game.ram[seen, 16].astype(float)
+    # the offset fitted on these frames is the one the decoder uses
+    assert np.median(cx[seen] - raw_x) == pytest.approx(PIXEL_OFFSET_X, abs=0.5)
+    assert np.median(cy[seen] - raw_y) == pytest.approx(PIXEL_OFFSET_Y, abs=0.5)
+    s = decode_ram_batch(game.ram)
+    err = np.maximum(np.abs(s.player_x[seen] - cx[seen]), np.abs(s.player_y[seen] - cy[seen]))
+    assert np.mean(err <= 1.0) >= 0.99
+    # a decoder one step late would miss: the check can fail
+    late = np.maximum(np.abs(s.player_x[:-1] - cx[1:]), np.abs(s.player_y[:-1] - cy[1:]))
+    assert np.nanmean(late <= 1.0) < 0.9
+
+
+def test_ghost_positions_match_their_colours(game: RamRollout) -> None:
+    assert game.frames is not None
+    s = decode_ram_batch(game.ram)
+    for g, rgb in enumerate(GHOST_RGB):
+        cx, cy = _bbox_centres(game.frames, rgb)
+        seen = ~np.isnan(cx) & ~s.ghost_edible[:, g]
+        assert seen.sum() > 200, g  # ghosts flicker, but each is drawn often
+        err = np.maximum(
+            np.abs(s.ghost_x[seen, g] - cx[seen]), np.abs(s.ghost_y[seen, g] - cy[seen])
+        )
+        assert np.mean(err <= 2.5) >= 0.95, (g, np.mean(err <= 2.5))
+
+
+def _colour_near(frame: np.ndarray, x: float, y: float, rgb: tuple[int, int, int]) -> int:
+    x0, y0 = int(round(x)), int(round(y))
+    patch = frame[max(0, y0 - 7) : min(MAZE_ROWS, y0 + 8), max(0, x0 - 7) : x0 + 8]
+    return int(np.all(patch == rgb, axis=-1).sum())
+
+
+def test_edible_flag_matches_blue_ghosts(game: RamRollout) -> None:
+    assert game.frames is not None
+    s = decode_ram_batch(game.ram)
+    for g, rgb in enumerate(GHOST_RGB):
+        blue = np.array([
+            _colour_near(f, s.ghost_x[t, g], s.ghost_y[t, g], EDIBLE_RGB) > 5
+            for t, f in enumerate(game.frames)
+        ])  # fmt: skip
+        own = np.array([
+            _colour_near(f, s.ghost_x[t, g], s.ghost_y[t, g], rgb) > 5
+            for t, f in enumerate(game.frames)
+        ])  # fmt: skip
+        drawn = blue | own
+        assert blue.sum() >= 40 and (own & ~blue).sum() >= 100, g  # both kinds occur
+        assert np.mean(s.ghost_edible[drawn, g] == blue[drawn]) >= 0.98, g
+
+
+def test_lives_score_and_eaten_ghost(game: RamRollout) -> None:
+    s = decode_ram_batch(game.ram)
+    # ALE's own count (which reads 0 once the game is over, at the last step)
+    np.testing.assert_array_equal(s.lives[:-1], game.lives[:-1])
+    assert game.lives[-1] == 0
+    assert list(np.unique(s.lives)) == [1, 2, 3] and np.all(np.diff(s.lives) <= 0)
+    # the decoded score moves exactly by ALE's reward
+    np.testing.assert_array_equal(np.diff(s.score), game.rewards[1:])
+    assert s.score[-1] > 500
+    assert np.any(np.diff(s.score) == 200)  # a ghost was eaten (the first is worth 200)
+    eaten = int(np.flatnonzero(np.diff(s.score) == 200)[0]) + 1
+    assert s.ghost_edible[eaten - 1].sum() > s.ghost_edible[eaten].sum()  # it stopped being blue
+    assert (s.ghost_home[eaten] & ~s.ghost_home[eaten - 1]).any()  # its eyes head home
+
+
+def _pill_pixels(frames: np.ndarray, x: float, y: float) -> np.ndarray:
+    """Per frame, the pixels of pill colour in the 4x7 power-pill box centred on (x, y)."""
+    x0, y0 = int(x - 2), int(y - 3.5)
+    return np.all(frames[:, y0 : y0 + 7, x0 : x0 + 4] == PILL_RGB, axis=-1).sum(axis=(1, 2))
+
+
+def test_power_pills_and_dots(game: RamRollout) -> None:
+    assert game.frames is not None
+    s = decode_ram_batch(game.ram)
+    left = s.power_pills_left
+    assert left[0] == 4 and left[-1] == 3 and np.all(np.diff(left) <= 0)
+    gone = int(np.flatnonzero(~s.power_pills[-1])[0])
+    t_gone = int(np.flatnonzero(np.diff(left))[0]) + 1
+    pixels = _pill_pixels(game.frames, *POWER_PILL_XY[gone])
+    # drawn (blinking: the whole 4x7 box or nothing) until eaten, then never again
+    assert pixels[:t_gone].max() == 28 and pixels[t_gone + 1 :].max() == 0
+    for k in np.flatnonzero(s.power_pills[-1]):  # the others are drawn to the end
+        assert _pill_pixels(game.frames[-100:], *POWER_PILL_XY[k]).max() == 28
+    # every dot eaten leaves the bitmap; a power pill adds to the counter only
+    total = s.dots_left.astype(int) + s.dots_eaten - (4 - left)
+    assert np.all(total == total[0]) and s.dots_eaten[-1] >= 40
+
+
+def test_direction_follows_motion(game: RamRollout) -> None:
+    s = decode_ram_batch(game.ram)
+    dx, dy = np.diff(s.player_x), np.diff(s.player_y)
+    moving = (np.abs(dx) + np.abs(dy) > 0) & (np.abs(dx) < 10)  # not wrapping a tunnel
+    heading = np.where(dx > 0, 1, np.where(dx < 0, 3, np.where(dy > 0, 2, 0)))
+    assert moving.sum() > 200
+    assert np.mean(heading[moving] == s.player_direction[1:][moving]) >= 0.95
+
+
+def test_one_row_equals_the_batch_and_bad_input(game: RamRollout) -> None:
+    s = decode_ram_batch(game.ram)
+    assert decode_ram(game.ram[300]) == s.step(300)
+    one = decode_ram(game.ram[0])
+    assert one.power_pills_left == 4 and one.lives == 3 and not one.fruit_present
+    assert ram_decoder("ms_pacman") is decode_ram_batch
+    assert ram_decoder("MsPacman") is decode_ram_batch
+    with pytest.raises(RlsaeError) as e:
+        ram_decoder("pong")
+    assert "\n" not in str(e.value) and "pong" in str(e.value)
+    assert all(g in str(e.value) for g in GAMES_WITH_RAM_TABLE)
+    with pytest.raises(RlsaeError):
+        decode_ram_batch(np.zeros((3, 64), np.uint8))
+    with pytest.raises(RlsaeError):
+        decode_ram(np.zeros(127, np.uint8))
+
+
+def test_the_address_table_cites_a_source_for_every_address() -> None:
+    assert len({a.index for a in MSPACMAN_RAM}) == len(MSPACMAN_RAM)
+    for a in MSPACMAN_RAM:
+        assert 0 <= a.index < 128 and ("atariari" in a.sources or "OC_Atari" in a.sources)
