@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -42,23 +43,11 @@ def _browser_helpers() -> tuple[Any, Any]:
     return module.browser_page, module.poll
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=32768)
-    ap.add_argument("--d-in", type=int, default=512)
-    ap.add_argument("--d-sae", type=int, default=16384)
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--no-browser", action="store_true")
-    args = ap.parse_args()
+def _build_run(args: argparse.Namespace, run: Path) -> tuple[Any, np.ndarray]:
+    """A synthetic LM store (documents of 256 tokens) and an untrained TopK SAE on it; returns
+    the SAE and the document of each row."""
+    from rlsae.sae import SAE, ActivationWriter, SAEConfig
 
-    from rlsae.llm.viewer_source import viewer_source
-    from rlsae.sae import SAE, ActivationStore, ActivationWriter, SAEConfig
-    from rlsae.viewer.export import export_site
-    from rlsae.viewer.scan import ScanConfig, scan_features
-
-    torch.manual_seed(0)
-    tmp = Path(tempfile.mkdtemp(prefix="rlsae-viewer-bench-"))
-    run = tmp / "run"
     g = torch.Generator().manual_seed(0)
     groups = np.repeat(np.arange(args.rows // 256 + 1), 256)[: args.rows]
     positions = np.arange(args.rows) % 256
@@ -77,8 +66,36 @@ def main() -> None:
             w.append(torch.randn(n, args.d_in, generator=g), ctx)
     sae = SAE(SAEConfig(d_in=args.d_in, d_sae=args.d_sae, arch="topk", k=args.k), seed=0)
     sae.save(run / "saes" / "synth" / "h" / "topk")
-    store = ActivationStore(run / "acts" / "synth" / "h")
+    return sae, groups
 
+
+def _browser_times(index: Path, live: int) -> dict[str, Any]:
+    """Seconds to open the feature browser and one feature page in headless Chromium."""
+    browser_page, poll = _browser_helpers()
+    out: dict[str, Any] = {}
+    with browser_page() as w:
+        pg = w.page
+        t0 = time.perf_counter()
+        pg.goto(index.resolve().as_uri() + "#sae=s0&sort=density")
+        pg.wait_for_selector("#feature-table")
+        out["browser_open_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pg.evaluate(f"location.hash = '#sae=s0&f={live}'")
+        poll(pg, "!!document.querySelector('#top-contexts')", 30)
+        out["feature_open_s"] = time.perf_counter() - t0
+        out["browser_errors"] = len(w.errors)
+    return out
+
+
+def _measure(args: argparse.Namespace, run: Path) -> dict[str, Any]:
+    from rlsae.llm.viewer_source import viewer_source
+    from rlsae.sae import ActivationStore
+    from rlsae.viewer.export import export_site
+    from rlsae.viewer.scan import ScanConfig, scan_features
+
+    torch.manual_seed(0)
+    sae, groups = _build_run(args, run)
+    store = ActivationStore(run / "acts" / "synth" / "h")
     with torch.no_grad():
         t0 = time.perf_counter()
         for _ in range(2):
@@ -95,25 +112,9 @@ def main() -> None:
     files = [p for p in site.rglob("*") if p.is_file()]
     size = sum(p.stat().st_size for p in files)
     feat_sizes = [p.stat().st_size for p in (site / "data/saes/s0/features").iterdir()]
-
-    browser = {}
-    if not args.no_browser:
-        browser_page, poll = _browser_helpers()
-
-        live = int(np.flatnonzero(scan.firing_counts > 0)[0])
-        with browser_page() as w:
-            pg = w.page
-            t0 = time.perf_counter()
-            pg.goto(index.resolve().as_uri() + "#sae=s0&sort=density")
-            pg.wait_for_selector("#feature-table")
-            browser["browser_open_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            pg.evaluate(f"location.hash = '#sae=s0&f={live}'")
-            poll(pg, "!!document.querySelector('#top-contexts')", 30)
-            browser["feature_open_s"] = time.perf_counter() - t0
-            browser["browser_errors"] = len(w.errors)
-
-    res = {
+    live = int(np.flatnonzero(scan.firing_counts > 0)[0])
+    browser = {} if args.no_browser else _browser_times(index, live)
+    return {
         "rows": args.rows,
         "d_in": args.d_in,
         "d_sae": args.d_sae,
@@ -129,6 +130,25 @@ def main() -> None:
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in browser.items()},
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}",
     }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=32768)
+    ap.add_argument("--d-in", type=int, default=512)
+    ap.add_argument("--d-sae", type=int, default=16384)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the run and site (path on stderr)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="rlsae-viewer-bench-"))
+    try:
+        res = _measure(args, tmp / "run")
+    finally:
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     width = max(len(k) for k in res)
     for k, v in res.items():
         print(f"{k:<{width}}  {v}")
