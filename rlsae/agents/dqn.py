@@ -36,7 +36,8 @@ from rlsae.agents.agent_dir import (
 )
 from rlsae.agents.config import DQNTrainConfig, EnvConfig, check_device, train_config
 from rlsae.agents.envs import ENV_ID, make_vec_env
-from rlsae.agents.networks import HEAD, check_layer, get_module, layer_widths, policy_kwargs
+from rlsae.agents.layers import HEAD, check_layer, layer_widths
+from rlsae.agents.networks import get_module, policy_kwargs
 from rlsae.agents.results import AgentInfo
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_dir, atomic_write_json, read_json

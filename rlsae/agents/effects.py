@@ -30,7 +30,7 @@ import torch
 
 from rlsae.agents.dqn import Agent
 from rlsae.agents.envs import action_meanings
-from rlsae.agents.networks import LAYERS, check_layer
+from rlsae.agents.layers import LAYERS, check_layer
 from rlsae.errors import RlsaeError
 
 _ROW = {"UP": 0, "": 1, "DOWN": 2}

@@ -1,14 +1,8 @@
 """The two Q-networks: SB3's NatureCNN and the poster's small CNN on raw RGB frames.
 
 Both are SB3 features extractors followed by SB3's linear Q head (``net_arch=[]``), so every
-agent is a plain ``stable_baselines3.DQN``. Hookable layers (post-ReLU activations):
-
-======  ===========================================  ==========================================
-arch    layer: width                                 module in ``model.q_net``
-======  ===========================================  ==========================================
-poster  ``conv3``: 960, ``fc1``: 512, ``fc2``: 512     ``features_extractor.{flatten,fc1,fc2}``
-nature  ``conv3``: 3136, ``fc1``: 512                  ``features_extractor.{cnn,linear}``
-======  ===========================================  ==========================================
+agent is a plain ``stable_baselines3.DQN``. The hookable layers (post-ReLU activations) and
+their widths are listed in :mod:`rlsae.agents.layers` (readable without torch).
 
 ``fc1`` is the poster's SAE site (its "first 512-wide hidden layer"); for nature it is the
 512-unit NatureCNN features, the only layer before the linear head.
@@ -23,6 +17,7 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 from torch import nn
 
+from rlsae.agents.layers import HEAD, LAYERS, check_layer, layer_widths
 from rlsae.errors import RlsaeError
 
 POSTER_PARAMS = 878_505
@@ -53,25 +48,6 @@ class PosterCNN(BaseFeaturesExtractor):
         return self.fc2(self.fc1(self.flatten(x)))
 
 
-# layer name -> (attribute path under model.q_net, width, modules that follow it up to the head)
-LAYERS: dict[str, dict[str, tuple[str, int, tuple[str, ...]]]] = {
-    "poster": {
-        "conv3": (
-            "features_extractor.flatten",
-            960,
-            ("features_extractor.fc1", "features_extractor.fc2"),
-        ),
-        "fc1": ("features_extractor.fc1", 512, ("features_extractor.fc2",)),
-        "fc2": ("features_extractor.fc2", 512, ()),
-    },
-    "nature": {
-        "conv3": ("features_extractor.cnn", 3136, ("features_extractor.linear",)),
-        "fc1": ("features_extractor.linear", 512, ()),
-    },
-}
-HEAD = "q_net"  # the linear Q head inside SB3's QNetwork: model.q_net.q_net (Sequential(Linear))
-
-
 def policy_kwargs(arch: str) -> dict[str, Any]:
     """SB3 ``policy_kwargs`` for an architecture (both end in a single linear Q head)."""
     if arch == "poster":
@@ -79,22 +55,6 @@ def policy_kwargs(arch: str) -> dict[str, Any]:
     if arch == "nature":
         return dict(features_extractor_class=NatureCNN, net_arch=[])
     raise RlsaeError(f"unknown architecture {arch!r}; use nature or poster")
-
-
-def layer_widths(arch: str) -> dict[str, int]:
-    """Hookable layer names and their widths for an architecture."""
-    return {name: spec[1] for name, spec in LAYERS[arch].items()}
-
-
-def check_layer(arch: str, layer: str) -> tuple[str, int, tuple[str, ...]]:
-    """The spec of ``layer``; an unknown name raises an error listing the valid ones."""
-    specs = LAYERS.get(arch)
-    if specs is None:
-        raise RlsaeError(f"unknown architecture {arch!r}; use nature or poster")
-    if layer not in specs:
-        valid = ", ".join(f"{n} ({w})" for n, w in layer_widths(arch).items())
-        raise RlsaeError(f"unknown layer {layer!r} for a {arch} agent; valid layers: {valid}")
-    return specs[layer]
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -106,3 +66,16 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+__all__ = [
+    "HEAD",
+    "LAYERS",
+    "POSTER_PARAMS",
+    "PosterCNN",
+    "check_layer",
+    "count_parameters",
+    "get_module",
+    "layer_widths",
+    "policy_kwargs",
+]

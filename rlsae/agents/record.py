@@ -21,7 +21,7 @@ from rlsae import threads as _threads
 from rlsae.agents.config import RecordConfig
 from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.envs import obs_hash
-from rlsae.agents.networks import check_layer
+from rlsae.agents.layers import check_layer
 from rlsae.agents.results import EpisodeLog, RecordedEpisode, read_episodes
 from rlsae.agents.rollout import StepBatch, play
 from rlsae.configs import differing_keys, to_mapping

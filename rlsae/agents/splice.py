@@ -26,7 +26,7 @@ from rlsae import threads as _threads
 from rlsae.agents.config import SpliceConfig
 from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.effects import check_sae
-from rlsae.agents.networks import check_layer
+from rlsae.agents.layers import check_layer
 from rlsae.agents.results import SpliceResult
 from rlsae.agents.rollout import episode_returns, play
 from rlsae.errors import RlsaeError

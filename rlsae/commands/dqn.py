@@ -30,6 +30,7 @@ from rlsae.agents.config import (
     check_int,
     train_config,
 )
+from rlsae.agents.layers import check_layer
 from rlsae.agents.results import read_episodes
 from rlsae.commands._apps import JsonOpt, dqn_app, emit
 from rlsae.configs import field_default, field_docs
@@ -171,7 +172,7 @@ def dqn_record(
     """Record a layer's activations while the agent plays (store + episodes.json for replay)."""
     cfg = RecordConfig(layer, steps, epsilon, seed, n_envs, dtype, max_episode_steps)
     cfg.validate("dqn record")
-    check_agent_dir(agent)
+    check_layer(check_agent_dir(agent).arch, cfg.layer)
 
     from rlsae.agents.record import record_activations
     from rlsae.sae.store import ActivationStore
@@ -271,7 +272,6 @@ def dqn_effects(
 
     from rlsae.agents.dqn import load_agent
     from rlsae.agents.effects import action_effect_grid, direct_effect_grid
-    from rlsae.agents.networks import check_layer
     from rlsae.sae import load_sae
 
     ag = load_agent(agent)

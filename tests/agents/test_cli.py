@@ -11,12 +11,13 @@ import pytest
 from rlsae.agents.config import (
     DQNConfig,
     DQNTrainConfig,
+    EnvConfig,
     EvalConfig,
     RecordConfig,
     SpliceConfig,
     train_config,
 )
-from rlsae.agents.results import Evaluation
+from rlsae.agents.results import AgentInfo, Evaluation
 from rlsae.configs import field_default, field_docs, to_mapping
 
 
@@ -214,7 +215,14 @@ def test_refusals_answer_before_torch_is_imported(tmp_path: Path):
     import sys
 
     (tmp_path / "file").write_text("not a directory")
+    fake = tmp_path / "agent"  # an agent directory as far as the light checks can tell
+    fake.mkdir()
+    (fake / "model.zip").write_bytes(b"")
+    AgentInfo(arch="nature", seed=0, steps_trained=1, n_envs=1, hyperparameters=DQNConfig(),
+              env=EnvConfig(mode="nature")).write(fake / "agent.json")  # fmt: skip
     cases = [
+        (["dqn", "record", "--agent", fake, "--layer", "fc2", "--steps", "5", "--out",
+          tmp_path / "o"], "unknown layer 'fc2' for a nature agent; valid layers: conv3 (3136)"),
         (["dqn", "eval", "--agent", tmp_path, "--n-envs", "0"], "n_envs: must be at least 1"),
         (["dqn", "eval", "--agent", tmp_path / "none"], "agent directory"),
         (["dqn", "layers", "--agent", tmp_path], "model.zip not found"),
@@ -246,7 +254,8 @@ def test_refusals_answer_before_torch_is_imported(tmp_path: Path):
     assert len(lines) == len(cases)
     for line, (_, message) in zip(lines, cases, strict=True):
         assert line.startswith("error: ") and message in line, line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent", "file"]
+    assert sorted(p.name for p in fake.iterdir()) == ["agent.json", "model.zip"]
 
 
 def test_bad_values_are_refused_by_every_numeric_option(poster_agent, run_cli, tmp_path):
@@ -301,8 +310,6 @@ def test_bad_values_are_refused_by_every_train_option_and_set_key(run_cli, tmp_p
     """Property-style for ``dqn train``: every numeric option and every numeric --set key gets
     negative, zero, non-finite, huge, fractional and wrongly typed values."""
     import dataclasses
-
-    from rlsae.agents.config import EnvConfig
 
     base = ["dqn", "train", "--arch", "nature", "--steps", "5", "--out", tmp_path / "o"]
     options = {"--steps": ["0", "-1"], "--seed": ["-1"], "--checkpoint-every": ["0", "-5"],
