@@ -16,8 +16,8 @@ read from (and cited per address in :data:`MSPACMAN_RAM`):
 Neither the OCAtari package (it pins numpy < 2) nor its code is used. Two readings come from
 this project's own frame check (``tests/agents/test_ram.py``), said so where they are used:
 the edible flag is bit 7 of the ghost's state byte (OCAtari 2023 thresholded the same bytes at
-124-140), and bit 6 of that byte marks a ghost at or bound for the ghost house (the eyes of an
-eaten ghost travel home with it set; ghosts waiting in the house at the start have it too).
+124-140), and an eaten ghost whose eyes travel back to the house has that byte's high bits
+``(byte & 0xD0) == 0x40`` (high nibble 4 or 6; its sprite shrinks from ~56 to <= 16 pixels).
 
 Coordinates: RAM x/y are sprite positions in the game's own units. :func:`decode_ram` turns
 them into screen pixels of the sprite's centre, ``(x + PIXEL_OFFSET_X, y + PIXEL_OFFSET_Y)``
@@ -83,7 +83,7 @@ class RamAddress:
 
 MSPACMAN_RAM: tuple[RamAddress, ...] = (
     RamAddress(0, "level / maze index 0-3", _OC),
-    RamAddress(1, "orange ghost state: bit 7 edible, bit 6 at/bound for the house",
+    RamAddress(1, "orange ghost state: bit 7 edible; & 0xD0 == 0x40 eyes only",
                f"{_OC} (2023, enemy_eatable); bits: {_OWN}"),
     RamAddress(2, "cyan ghost state (as ram[1])", f"{_OC} (2023); bits: {_OWN}"),
     RamAddress(3, "pink ghost state (as ram[1])", f"{_OC} (2023); bits: {_OWN}"),
@@ -145,8 +145,8 @@ class MsPacmanState:
     """Each ghost's centre y."""
     ghost_edible: tuple[bool, bool, bool, bool]
     """The ghost is frightened (blue) and can be eaten."""
-    ghost_home: tuple[bool, bool, bool, bool]
-    """The ghost is in the house or its eyes are travelling back to it after being eaten."""
+    ghost_eyes: tuple[bool, bool, bool, bool]
+    """The ghost was eaten: only its eyes show, travelling back to the house."""
     ghosts_count: int
     """AtariARI's ghosts_count (``ram[19]``)."""
     power_pills: tuple[bool, bool, bool, bool]
@@ -189,7 +189,7 @@ class MsPacmanStates:
     """(n, 4) float32."""
     ghost_edible: np.ndarray
     """(n, 4) bool."""
-    ghost_home: np.ndarray
+    ghost_eyes: np.ndarray
     """(n, 4) bool."""
     ghosts_count: np.ndarray
     """(n,) int16."""
@@ -233,7 +233,7 @@ class MsPacmanStates:
             ghost_x=four(self.ghost_x, float),
             ghost_y=four(self.ghost_y, float),
             ghost_edible=four(self.ghost_edible, bool),
-            ghost_home=four(self.ghost_home, bool),
+            ghost_eyes=four(self.ghost_eyes, bool),
             ghosts_count=int(self.ghosts_count[i]),
             power_pills=four(self.power_pills, bool),
             dots_left=int(self.dots_left[i]),
@@ -272,7 +272,7 @@ def decode_ram_batch(ram: np.ndarray) -> MsPacmanStates:
         ghost_x=(ri[:, _GHOST_X : _GHOST_X + 4] + PIXEL_OFFSET_X).astype(np.float32),
         ghost_y=(ri[:, _GHOST_Y : _GHOST_Y + 4] + PIXEL_OFFSET_Y).astype(np.float32),
         ghost_edible=(state & 0x80) > 0,
-        ghost_home=(state & 0x40) > 0,
+        ghost_eyes=(state & 0xD0) == 0x40,
         ghosts_count=ri[:, _GHOST_COUNT].copy(),
         power_pills=pills.astype(bool),
         dots_left=np.unpackbits(r[:, _DOTS], axis=1).sum(axis=1).astype(np.int16),

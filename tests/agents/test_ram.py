@@ -107,6 +107,22 @@ def test_edible_flag_matches_blue_ghosts(game: RamRollout) -> None:
         assert np.mean(s.ghost_edible[drawn, g] == blue[drawn]) >= 0.98, g
 
 
+def test_eyes_flag_matches_the_shrunken_sprite(game: RamRollout) -> None:
+    """An eaten ghost is drawn as eyes: <= 16 pixels of its colour instead of ~56."""
+    assert game.frames is not None
+    s = decode_ram_batch(game.ram)
+    for g, rgb in enumerate(GHOST_RGB):
+        px = np.array([
+            _colour_near(f, s.ghost_x[t, g], s.ghost_y[t, g], rgb)
+            for t, f in enumerate(game.frames)
+        ])  # fmt: skip
+        drawn = px > 0
+        small = px <= 20
+        if g == 0:  # the orange ghost is eaten in this game
+            assert (s.ghost_eyes[drawn, g] & small[drawn]).sum() >= 30
+        assert np.mean(s.ghost_eyes[drawn, g] == small[drawn]) >= 0.97, g
+
+
 def test_lives_score_and_eaten_ghost(game: RamRollout) -> None:
     s = decode_ram_batch(game.ram)
     # ALE's own count (which reads 0 once the game is over, at the last step)
@@ -119,7 +135,7 @@ def test_lives_score_and_eaten_ghost(game: RamRollout) -> None:
     assert np.any(np.diff(s.score) == 200)  # a ghost was eaten (the first is worth 200)
     eaten = int(np.flatnonzero(np.diff(s.score) == 200)[0]) + 1
     assert s.ghost_edible[eaten - 1].sum() > s.ghost_edible[eaten].sum()  # it stopped being blue
-    assert (s.ghost_home[eaten] & ~s.ghost_home[eaten - 1]).any()  # its eyes head home
+    assert (s.ghost_eyes[eaten] & ~s.ghost_eyes[eaten - 1]).any()  # only its eyes are left
 
 
 def _pill_pixels(frames: np.ndarray, x: float, y: float) -> np.ndarray:
