@@ -115,3 +115,30 @@ def test_reference_sb3_path_sees_the_same_game_and_trains_the_same_network(tmp_p
         assert np.asarray(obs).shape == (2, 4, 84, 84)
         env.close()
     assert shapes == [(4, 84, 84), (4, 84, 84)]
+
+
+def test_killed_recordings_resume_to_the_uninterrupted_result(poster_agent: Path, tmp_path: Path):
+    """kill -9 at seeded random points during `dqn record`, then --resume: the store equals an
+    uninterrupted recording byte for byte, and no temporary file is left in or beside it."""
+    import random
+
+    base = [sys.executable, "-m", "rlsae", "dqn", "record", "--agent", str(poster_agent),
+            "--layer", "fc1", "--steps", "600", "--n-envs", "2", "--max-episode-steps", "90"]  # fmt: skip
+    ref = tmp_path / "ref"
+    subprocess.run([*base, "--out", str(ref)], check=True, capture_output=True)
+    rng = random.Random(0)
+    for i in range(3):
+        out = tmp_path / f"killed{i}"
+        proc = subprocess.Popen([*base, "--out", str(out)], stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 9.0))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        subprocess.run([*base, "--out", str(out), "--resume"], check=True, capture_output=True)
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())
+        for p in ref.iterdir():
+            assert (out / p.name).read_bytes() == p.read_bytes() or p.name == "meta.json", p
+        meta, meta_ref = (json.loads((d / "meta.json").read_text()) for d in (out, ref))
+        assert meta == meta_ref
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert left == [] or all(".tmp-" in n for n in left)  # a killed writer's sibling temp dir
+    assert not any(p.name.startswith(".") for d in tmp_path.iterdir() for p in d.rglob("*"))
