@@ -152,7 +152,7 @@ def compute_concepts(
     n = len(states)
     cols: list[tuple[Concept, np.ndarray]] = []
 
-    def add(name: str, kind: Kind, phrase: str, value: np.ndarray) -> None:
+    def add(name: str, kind: Kind, phrase: str, value: np.ndarray | np.generic) -> None:
         cols.append((Concept(name, kind, phrase), np.asarray(value, dtype=np.float32)))
 
     dx, dy, dist = _distances(states)

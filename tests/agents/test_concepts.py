@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from itertools import product
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from rlsae.errors import RlsaeError
 FAR = (155.0, 165.0)  # a corner far (> 48 px) from the default player position
 
 
-def states(rows: list[dict]) -> MsPacmanStates:
+def states(rows: list[dict[str, Any]]) -> MsPacmanStates:
     """Hand-built states: each row a dict overriding the defaults (player at (80, 90) heading
     up, four threatening ghosts far away, 4 power pills, 100 dots left, 3 lives)."""
     n = len(rows)
@@ -58,7 +59,9 @@ def states(rows: list[dict]) -> MsPacmanStates:
     )
 
 
-def true_names(rows: list[dict], prefix: str, actions: list[int] | None = None) -> list[set]:
+def true_names(
+    rows: list[dict[str, Any]], prefix: str, actions: list[int] | None = None
+) -> list[set]:
     cv = compute_concepts(states(rows), actions)
     return [
         {c.name for c, v in zip(cv.concepts, cv.values[i], strict=True) if c.name.startswith(prefix)
@@ -68,7 +71,7 @@ def true_names(rows: list[dict], prefix: str, actions: list[int] | None = None) 
 
 
 def test_ghost_in_each_direction_within_each_distance() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"ghosts": [(70.0, 90.0)]},  # 10 px left
         {"ghosts": [(60.0, 93.0)]},  # ~20 px left, slightly down
         {"ghosts": [(80.0, 80.0)]},  # 10 px up (screen y grows downwards)
@@ -90,7 +93,7 @@ def test_ghost_in_each_direction_within_each_distance() -> None:
 
 
 def test_edible_and_eyes_ghosts_are_not_threats() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"ghosts": [(70.0, 90.0)], "edible": [True]},
         {"ghosts": [(70.0, 90.0)], "eyes": [True]},
         {"ghosts": [(40.0, 90.0), (70.0, 90.0)], "edible": [True, False]},
@@ -104,7 +107,7 @@ def test_edible_and_eyes_ghosts_are_not_threats() -> None:
 
 
 def test_nearest_ghost_distances() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"ghosts": [(83.0, 94.0), (85.0, 102.0)], "edible": [True, False]},  # 5 and 13 px
         {"ghosts": [(83.0, 94.0)] * 4, "edible": [True] * 4},  # no threat at all
     ]
@@ -118,7 +121,7 @@ def test_nearest_ghost_distances() -> None:
 
 
 def test_maze_regions_and_side_edge() -> None:
-    rows = [{"x": 10.0, "y": 10.0}, {"x": 150.0, "y": 165.0}, {"x": 80.0, "y": 86.0},
+    rows: list[dict[str, Any]] = [{"x": 10.0, "y": 10.0}, {"x": 150.0, "y": 165.0}, {"x": 80.0, "y": 86.0},
             {"x": 9.5, "y": 120.0}, {"x": 149.5, "y": 30.0}, {"x": 60.0, "y": 120.0}]  # fmt: skip
     regions = true_names(rows, "region_")
     assert regions == [{"region_0_0"}, {"region_2_2"}, {"region_1_1"},
@@ -128,7 +131,7 @@ def test_maze_regions_and_side_edge() -> None:
 
 
 def test_heading_power_pills_dots_lives_level_fruit() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"direction": 3, "x": 150.0, "y": 139.5, "dots_left": 0, "lives": 1, "dots_eaten": 0},
         {"direction": 1, "x": 150.0, "y": 139.5, "pills": [False, True, True, True],
          "dots_left": 59, "lives": 2, "fruit": True},
@@ -153,7 +156,7 @@ def test_heading_power_pills_dots_lives_level_fruit() -> None:
 
 
 def test_actions_and_bad_input() -> None:
-    rows = [{}, {}, {}]
+    rows: list[dict[str, Any]] = [{}, {}, {}]
     assert true_names(rows, "action_", [0, 3, 8]) == [
         {"action_NOOP"}, {"action_LEFT"}, {"action_DOWNLEFT"}]  # fmt: skip
     assert not any(n.startswith("action_") for n in compute_concepts(states(rows)).names)
