@@ -150,11 +150,41 @@ def compute_concepts(
 ) -> ConceptValues:
     """Every concept of the module table on every row of ``states`` (actions optional)."""
     n = len(states)
-    cols: list[tuple[Concept, np.ndarray]] = []
+    act = None if actions is None else _check_actions(actions, n)
+    cols = _Columns()
+    _ghost_concepts(cols, states)
+    _place_concepts(cols, states)
+    _progress_concepts(cols, states)
+    if act is not None:
+        for k, name in enumerate(ACTION_NAMES):
+            cols.add(f"action_{name}", "bool", f"the agent chooses {name}", act == k)
+    concepts = tuple(cpt for cpt, _ in cols.items)
+    if not cols.items:
+        return ConceptValues(concepts, np.zeros((n, 0), np.float32))
+    return ConceptValues(concepts, np.stack([v for _, v in cols.items], axis=1).reshape(n, -1))
 
-    def add(name: str, kind: Kind, phrase: str, value: np.ndarray | np.generic) -> None:
-        cols.append((Concept(name, kind, phrase), np.asarray(value, dtype=np.float32)))
 
+def _check_actions(actions: np.ndarray | Sequence[int], n: int) -> np.ndarray:
+    act = np.asarray(actions).reshape(-1)
+    if act.shape[0] != n:
+        raise RlsaeError(f"{act.shape[0]} actions for {n} states; give one per row")
+    if act.size and (act.min() < 0 or act.max() >= len(ACTION_NAMES)):
+        raise RlsaeError(f"actions must be in 0..{len(ACTION_NAMES) - 1}")
+    return act
+
+
+@dataclass
+class _Columns:
+    """Concept columns in the order they are added."""
+
+    items: list[tuple[Concept, np.ndarray]] = field(default_factory=list)
+
+    def add(self, name: str, kind: Kind, phrase: str, value: np.ndarray | np.generic) -> None:
+        self.items.append((Concept(name, kind, phrase), np.asarray(value, dtype=np.float32)))
+
+
+def _ghost_concepts(cols: _Columns, states: MsPacmanStates) -> None:
+    add = cols.add
     dx, dy, dist = _distances(states)
     threat = ~states.ghost_edible & ~states.ghost_eyes
     quads = _quadrants(dx, dy)
@@ -176,6 +206,9 @@ def compute_concepts(
     add("nearest_edible_ghost_distance", "scalar", "the distance to the nearest edible ghost",
         np.where(states.ghost_edible, dist, far).min(axis=1, initial=far))  # fmt: skip
 
+
+def _place_concepts(cols: _Columns, states: MsPacmanStates) -> None:
+    add = cols.add
     rows, ncols = GRID
     r = np.clip((states.player_y / MAZE_HEIGHT * rows).astype(np.int64), 0, rows - 1)
     c = np.clip((states.player_x / MAZE_WIDTH * ncols).astype(np.int64), 0, ncols - 1)
@@ -192,7 +225,6 @@ def compute_concepts(
     for k, name in enumerate(DIRECTIONS):
         add(f"heading_{name}", "bool", f"Ms. Pac-Man heads {name}",
             states.player_direction == k)  # fmt: skip
-
     pill_xy = np.asarray(POWER_PILL_XY, dtype=np.float32)
     pill_dist = np.hypot(
         pill_xy[None, :, 0] - states.player_x[:, None],
@@ -201,6 +233,10 @@ def compute_concepts(
     for d in PILL_DISTANCES:
         add(f"power_pill_near_{d}", "bool", f"a power pill is within {d} px",
             (states.power_pills & (pill_dist <= d)).any(axis=1))  # fmt: skip
+
+
+def _progress_concepts(cols: _Columns, states: MsPacmanStates) -> None:
+    add = cols.add
     add("power_pills_left", "scalar", "the power pills left", states.power_pills_left)
     add("dots_left", "scalar", "the dots left", states.dots_left)
     for a, b in zip(DOT_BINS[:-1], DOT_BINS[1:], strict=True):
@@ -212,19 +248,6 @@ def compute_concepts(
             states.lives == k)  # fmt: skip
     add("level_start", "bool", "no dot of the maze is eaten yet", states.dots_eaten == 0)
     add("fruit_present", "bool", "a fruit is on the board", states.fruit_present)
-
-    if actions is not None:
-        act = np.asarray(actions).reshape(-1)
-        if act.shape[0] != n:
-            raise RlsaeError(f"{act.shape[0]} actions for {n} states; give one per row")
-        if act.size and (act.min() < 0 or act.max() >= len(ACTION_NAMES)):
-            raise RlsaeError(f"actions must be in 0..{len(ACTION_NAMES) - 1}")
-        for k, name in enumerate(ACTION_NAMES):
-            add(f"action_{name}", "bool", f"the agent chooses {name}", act == k)
-
-    concepts = tuple(cpt for cpt, _ in cols)
-    values = np.stack([v for _, v in cols], axis=1) if cols else np.zeros((n, 0), np.float32)
-    return ConceptValues(concepts, values.reshape(n, len(concepts)))
 
 
 # -- matching ----------------------------------------------------------------------------------
