@@ -118,10 +118,6 @@ class EnvConfig:
             self.terminal_on_life_loss = self.mode == "nature"
         if self.reward_transform is None:
             self.reward_transform = "sign" if self.mode == "nature" else "scale"
-        if self.reward_transform not in REWARD_TRANSFORMS:
-            raise RlsaeError(
-                f"unknown reward_transform {self.reward_transform!r}; use sign, scale or none"
-            )
 
     def validate(self, where: str = "env") -> None:
         """Refuse values the emulator cannot use (one-line :class:`RlsaeError`)."""
@@ -129,6 +125,7 @@ class EnvConfig:
         check_int(where, "frameskip", self.frameskip, 1)
         _check_prob(where, "repeat_action_probability", self.repeat_action_probability)
         check_int(where, "noop_max", self.noop_max, 0)
+        check_choice(where, "reward_transform", self.reward_transform, REWARD_TRANSFORMS)
         check_range(where, "reward_scale", self.reward_scale, 0.0, lo_open=True)
         check_int(where, "max_episode_frames", self.max_episode_frames, 1)
 

@@ -219,6 +219,7 @@ def make_vec_env(
     """Our fast path: ``AtariVectorEnv`` in C++ behind SB3's ``VecEnv``."""
     if isinstance(cfg, str):
         cfg = EnvConfig(mode=cfg)
+    cfg.validate("env")
     if n_envs < 1:
         raise RlsaeError(f"n_envs must be at least 1, got {n_envs}")
     return AleVecEnv(cfg, n_envs, seed=seed, autoreset=autoreset)

@@ -101,6 +101,7 @@ BAD = [
     ([*_TRAIN, "--set", "exploration_final_eps=-0.05"], "exploration_final_eps: must be between 0 and 1"),
     ([*_TRAIN, "--set", "repeat_action_probability=2"], "repeat_action_probability: must be between 0 and 1"),
     ([*_TRAIN, "--set", "frameskip=0"], "frameskip: must be at least 1, got 0"),
+    ([*_TRAIN, "--set", "reward_transform=log"], "--set: reward_transform: expected one of sign, scale, none, got 'log'"),
     ([*_TRAIN, "--set", "optimize_memory_usage=maybe"], "optimize_memory_usage: expected true or false"),
     ([*_TRAIN, "--set", "mode=nature"], "unknown DQN setting 'mode'"),
     ([*_TRAIN, "--set", "gamma"], "--set expects key=value, got 'gamma'"),

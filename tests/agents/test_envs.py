@@ -81,3 +81,11 @@ def test_bad_env_settings_raise_one_line_errors():
         EnvConfig(mode="pixels")
     with pytest.raises(RlsaeError, match="n_envs"):
         make_vec_env("poster", 0)
+    with pytest.raises(
+        RlsaeError, match="^env: reward_transform: expected one of sign, scale, none"
+    ):
+        make_vec_env(EnvConfig(reward_transform="log"), 1)
+    with pytest.raises(
+        RlsaeError, match="^env: repeat_action_probability: must be between 0 and 1"
+    ):
+        make_vec_env(EnvConfig(repeat_action_probability=1.5), 1)
