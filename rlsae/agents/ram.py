@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rlsae.agents.results import EpisodeLog
 from rlsae.errors import RlsaeError
 
 GAME = "ms_pacman"
@@ -305,18 +306,20 @@ def ram_decoder(game: str) -> Callable[[np.ndarray], MsPacmanStates]:
 
 @dataclass(frozen=True)
 class RamRollout:
-    """RAM (and optionally screens) of one emulator run, one row per agent step."""
+    """RAM (and optionally screens) of one emulator run. Row ``t`` is the state the agent acts
+    on at step ``t`` (row 0: after the reset), as in :func:`rlsae.agents.replay.replay_episode`;
+    ``actions[t]`` leads from row ``t`` to row ``t + 1``."""
 
     ram: np.ndarray
-    """(n, 128) uint8 RAM after each step."""
+    """(n + 1, 128) uint8 RAM of each state."""
     frames: np.ndarray | None
-    """(n, 210, 160, 3) uint8 screens after each step (None unless asked for)."""
+    """(n + 1, 210, 160, 3) uint8 screens of each state (None unless asked for)."""
     lives: np.ndarray
-    """(n,) int ALE's lives after each step."""
+    """(n + 1,) int ALE's lives in each state (0 once the game is over)."""
     rewards: np.ndarray
-    """(n,) int the game score gained during each step (ALE's reward)."""
+    """(n,) int the game score gained by each action (ALE's reward)."""
     actions: np.ndarray
-    """(n,) int the action index (minimal set) taken at each step."""
+    """(n,) int the actions played (minimal-set indices); fewer than given at a game over."""
 
 
 def rollout_ram(
@@ -325,15 +328,18 @@ def rollout_ram(
     seed: int = 0,
     frameskip: int = 4,
     repeat_action_probability: float = 0.0,
+    max_episode_frames: int = 108_000,
     frames: bool = False,
 ) -> RamRollout:
     """Play ``actions`` (indices into the 9-action minimal set) from a fresh game with
-    ale-py's ``ALEInterface`` and return the RAM after every step (stops at game over).
+    ale-py's ``ALEInterface``; the RAM of every state (stops at game over).
 
     Each action is held for ``frameskip`` emulator frames, as the project's environments do;
-    the RAM and screen are those of the last frame. This is the emulator the RAM tests check
-    the decoding on; a recorded episode's states are regenerated the same way once the
-    recording stores RAM or replays through ``ALEInterface``.
+    the RAM and screen are those of the last frame. With the episode's seed and the
+    environment's sticky-action probability this is the game ``AtariVectorEnv`` plays when it
+    starts without no-ops (``noop_max = 0``, the poster set-up): the screens are identical,
+    step for step (``tests/agents/test_ram.py``), so :func:`replay_ram` regenerates the RAM
+    of a recorded episode.
     """
     import ale_py
     from ale_py import roms
@@ -342,33 +348,53 @@ def rollout_ram(
     ale.setLoggerMode(ale_py.LoggerMode.Error)
     ale.setInt("random_seed", int(seed))
     ale.setFloat("repeat_action_probability", float(repeat_action_probability))
+    ale.setInt("max_num_frames_per_episode", int(max_episode_frames))
     ale.loadROM(str(roms.get_rom_path(GAME)))
     action_set = ale.getMinimalActionSet()
-    acts = np.asarray(actions, dtype=np.int64)
+    acts = np.asarray(actions, dtype=np.int64).reshape(-1)
     if acts.size and (acts.min() < 0 or acts.max() >= len(action_set)):
         raise RlsaeError(f"actions must be in 0..{len(action_set) - 1}")
-    rams: list[np.ndarray] = []
-    screens: list[np.ndarray] = []
-    lives: list[int] = []
-    rewards: list[int] = []
+    rams, screens, lives, rewards = [ale.getRAM().copy()], [], [ale.lives()], []
+    if frames:
+        screens.append(ale.getScreenRGB().copy())
     for a in acts.tolist():
-        gained = 0
-        for _ in range(frameskip):
-            gained += int(ale.act(action_set[a]))
-        rewards.append(gained)
+        if ale.game_over():
+            break
+        rewards.append(sum(int(ale.act(action_set[a])) for _ in range(frameskip)))
         rams.append(ale.getRAM().copy())
         lives.append(ale.lives())
         if frames:
             screens.append(ale.getScreenRGB().copy())
-        if ale.game_over():
-            break
-    n = len(rams)
+    n = len(rewards)
     return RamRollout(
-        ram=np.asarray(rams, dtype=np.uint8).reshape(n, 128),
+        ram=np.asarray(rams, dtype=np.uint8).reshape(n + 1, 128),
         frames=np.asarray(screens, dtype=np.uint8) if frames else None,
         lives=np.asarray(lives, dtype=np.int64),
         rewards=np.asarray(rewards, dtype=np.int64),
         actions=acts[:n].copy(),
+    )
+
+
+def replay_ram(doc: EpisodeLog, episode: int, *, frames: bool = False) -> RamRollout:
+    """The RAM of every step 0..len(actions) of a recorded episode (``episodes.json``).
+
+    Only recordings that start without no-ops (``env.noop_max == 0``, the poster set-up)
+    can be replayed this way: with no-ops the vector env draws their number itself.
+    """
+    ep = doc.episode(episode)
+    env = doc.env
+    if env.noop_max != 0:
+        raise RlsaeError(
+            f"cannot regenerate RAM for a recording with noop_max={env.noop_max} (the vector "
+            "env draws the no-ops itself); record with noop_max 0 (the poster set-up)"
+        )
+    return rollout_ram(
+        ep.actions,
+        seed=ep.seed,
+        frameskip=env.frameskip,
+        repeat_action_probability=env.repeat_action_probability,
+        max_episode_frames=env.max_episode_frames,
+        frames=frames,
     )
 
 
@@ -387,5 +413,6 @@ __all__ = [
     "decode_ram",
     "decode_ram_batch",
     "ram_decoder",
+    "replay_ram",
     "rollout_ram",
 ]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rlsae.agents.config import EnvConfig, RecordConfig
+from rlsae.agents.envs import AleVecEnv, rgb_frame
 from rlsae.agents.ram import (
     GAMES_WITH_RAM_TABLE,
     MSPACMAN_RAM,
@@ -21,8 +23,10 @@ from rlsae.agents.ram import (
     decode_ram,
     decode_ram_batch,
     ram_decoder,
+    replay_ram,
     rollout_ram,
 )
+from rlsae.agents.results import EpisodeLog, RecordedEpisode
 from rlsae.errors import RlsaeError
 
 PLAYER_RGB = (210, 164, 74)  # OCAtari's colour of Ms. Pac-Man
@@ -38,7 +42,8 @@ def game() -> RamRollout:
     actions = np.repeat(rng.integers(1, 5, size=100), 12)  # UP/RIGHT/LEFT/DOWN held 12 steps
     run = rollout_ram(actions, seed=0, frames=True)
     assert run.frames is not None
-    assert 400 < len(run.ram) < len(actions), "the seeded game ends (game over) as recorded"
+    assert 400 < len(run.actions) < len(actions), "the seeded game ends (game over)"
+    assert len(run.ram) == len(run.frames) == len(run.lives) == len(run.actions) + 1
     return run
 
 
@@ -130,7 +135,7 @@ def test_lives_score_and_eaten_ghost(game: RamRollout) -> None:
     assert game.lives[-1] == 0
     assert list(np.unique(s.lives)) == [1, 2, 3] and np.all(np.diff(s.lives) <= 0)
     # the decoded score moves exactly by ALE's reward
-    np.testing.assert_array_equal(np.diff(s.score), game.rewards[1:])
+    np.testing.assert_array_equal(np.diff(s.score), game.rewards)
     assert s.score[-1] > 500
     assert np.any(np.diff(s.score) == 200)  # a ghost was eaten (the first is worth 200)
     eaten = int(np.flatnonzero(np.diff(s.score) == 200)[0]) + 1
@@ -191,3 +196,30 @@ def test_the_address_table_cites_a_source_for_every_address() -> None:
     assert len({a.index for a in MSPACMAN_RAM}) == len(MSPACMAN_RAM)
     for a in MSPACMAN_RAM:
         assert 0 <= a.index < 128 and ("atariari" in a.sources or "OC_Atari" in a.sources)
+
+
+def test_rollout_is_the_game_the_poster_env_plays_and_replays_a_recording() -> None:
+    """Same seed and actions: ALEInterface's screens equal AtariVectorEnv's, so the RAM read
+    along the way is the RAM of the recorded episode."""
+    cfg = EnvConfig(mode="poster")  # sticky actions 0.25, frameskip 4, no no-ops
+    actions = np.random.default_rng(4).integers(0, 9, size=150)
+    env = AleVecEnv(cfg, 1, seed=None, autoreset=False)
+    try:
+        screens = [rgb_frame(env.reset_with_seeds([11])[0])]
+        for a in actions:
+            obs, _, _, _ = env.step(np.array([a]))
+            screens.append(rgb_frame(obs[0]))
+    finally:
+        env.close()
+    doc = EpisodeLog(env=cfg, ale={}, config=RecordConfig(),
+                     episodes=[RecordedEpisode(3, 11, actions.tolist())])  # fmt: skip
+    run = replay_ram(doc, 3, frames=True)
+    assert run.frames is not None and len(run.frames) == len(screens) == 151
+    same = [np.array_equal(a, b) for a, b in zip(run.frames, screens, strict=True)]
+    assert all(same), same.index(False)
+    other = rollout_ram(actions, seed=12, repeat_action_probability=0.25, frames=True)
+    assert other.frames is not None and not np.array_equal(other.frames[-1], screens[-1])
+    nature = EpisodeLog(env=EnvConfig(mode="nature"), ale={}, config=RecordConfig(),
+                        episodes=doc.episodes)  # fmt: skip
+    with pytest.raises(RlsaeError, match="noop_max=30"):
+        replay_ram(nature, 3)
