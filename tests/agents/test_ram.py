@@ -208,7 +208,7 @@ def test_rollout_is_the_game_the_poster_env_plays_and_replays_a_recording() -> N
         screens = [rgb_frame(env.reset_with_seeds([11])[0])]
         for a in actions:
             obs, _, _, _ = env.step(np.array([a]))
-            screens.append(rgb_frame(obs[0]))
+            screens.append(rgb_frame(np.asarray(obs)[0]))
     finally:
         env.close()
     doc = EpisodeLog(env=cfg, ale={}, config=RecordConfig(),
