@@ -223,3 +223,18 @@ def test_rollout_is_the_game_the_poster_env_plays_and_replays_a_recording() -> N
                         episodes=doc.episodes)  # fmt: skip
     with pytest.raises(RlsaeError, match="noop_max=30"):
         replay_ram(nature, 3)
+
+
+def test_fruit_is_where_the_cherry_is_drawn(game: RamRollout) -> None:
+    """The first maze's fruit is a cherry (OCAtari's colour (184, 50, 50)): drawn, all of it
+    near the decoded position, exactly when the RAM says a fruit is on the board."""
+    assert game.frames is not None
+    s = decode_ram_batch(game.ram)
+    cherry = (184, 50, 50)
+    in_maze = np.all(game.frames[:, :MAZE_ROWS] == cherry, axis=-1).sum(axis=(1, 2))
+    near = np.array([_colour_near(f, s.fruit_x[t], s.fruit_y[t], cherry)
+                     for t, f in enumerate(game.frames)])  # fmt: skip
+    assert s.fruit_present.sum() >= 10  # the fruit comes in and wanders in this game
+    assert np.all(in_maze[~s.fruit_present] == 0)
+    np.testing.assert_array_equal(near[s.fruit_present], in_maze[s.fruit_present])
+    assert np.all(in_maze[s.fruit_present] > 20)
