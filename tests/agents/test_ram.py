@@ -23,6 +23,7 @@ from rlsae.agents.ram import (
     decode_ram,
     decode_ram_batch,
     ram_decoder,
+    recording_ram,
     replay_ram,
     rollout_ram,
 )
@@ -238,3 +239,36 @@ def test_fruit_is_where_the_cherry_is_drawn(game: RamRollout) -> None:
     assert np.all(in_maze[~s.fruit_present] == 0)
     np.testing.assert_array_equal(near[s.fruit_present], in_maze[s.fruit_present])
     assert np.all(in_maze[s.fruit_present] > 20)
+
+
+def test_recording_ram_replays_every_row_of_a_real_recording(poster_recording) -> None:
+    """The RAM of a store written by `dqn record` (2 emulators, episodes cut at 70 steps):
+    every replayed screen hashes to the row's obs_hash, and the decoded score matches."""
+    import pandas as pd
+
+    ram = recording_ram(poster_recording)  # verify=True checks every row's obs_hash
+    ctx = pd.read_parquet(poster_recording / "context.parquet")
+    assert ram.shape == (len(ctx), 128) == (240, 128)
+    s = decode_ram_batch(ram)
+    for _, rows in ctx.groupby("episode"):
+        # the reward of step t is the score between rows t and t + 1 of the same episode
+        idx = rows.sort_values("step").index.to_numpy()
+        np.testing.assert_array_equal(np.diff(s.score[idx]), rows.loc[idx[:-1], "reward"])
+    assert recording_ram(poster_recording, verify=False).tobytes() == ram.tobytes()
+
+
+def test_recording_ram_refuses_a_recording_it_cannot_reproduce(poster_recording, tmp_path) -> None:
+    import shutil
+
+    import pandas as pd
+
+    store = tmp_path / "store"
+    shutil.copytree(poster_recording, store)
+    ctx = pd.read_parquet(store / "context.parquet")
+    ctx.loc[5, "obs_hash"] = "0" * 16
+    ctx.to_parquet(store / "context.parquet")
+    with pytest.raises(RlsaeError, match="differs from the recording") as e:
+        recording_ram(store)
+    assert "\n" not in str(e.value)
+    with pytest.raises(RlsaeError, match="not found"):
+        recording_ram(tmp_path / "nowhere")
