@@ -20,6 +20,7 @@ from rlsae.agents.concepts import (
     compute_concepts,
     match_concepts,
     spearman_matrix,
+    store_concepts,
 )
 from rlsae.agents.ram import MsPacmanStates, decode_ram_batch
 from rlsae.errors import RlsaeError
@@ -288,3 +289,27 @@ def test_matching_refuses_bad_input_in_one_line(random_states) -> None:
     dead = match_concepts(np.zeros((len(random_states), 2)), cv)
     assert dead.live_features == 0 and dead.coverage is None and dead.features == []
     assert all(b.feature is None for b in dead.best_per_concept)
+
+
+def test_concepts_of_a_real_recording_and_its_raw_layer(poster_recording, tmp_path) -> None:
+    """End to end on a store written by `dqn record`: concepts from the replayed RAM and the
+    recorded actions, matched against the recorded fc1 units plus one planted unit."""
+    import pandas as pd
+
+    from rlsae.sae.store import ActivationStore
+
+    cv = store_concepts(poster_recording)
+    ctx = pd.read_parquet(poster_recording / "context.parquet")
+    assert cv.values.shape[0] == len(ctx) == 240
+    for k, name in enumerate(concepts_module.ACTION_NAMES):
+        np.testing.assert_array_equal(cv.column(f"action_{name}"), ctx["action"] == k)
+    assert cv.column("lives").max() == 3 and cv.column("dots_left").max() <= 242
+    raw = ActivationStore(poster_recording).read_rows(np.arange(240)).numpy()
+    planted = (ctx["action"].to_numpy() == 3).astype(np.float32)  # LEFT
+    acts = np.c_[raw, planted]
+    res = match_concepts(acts, cv)
+    top = res.feature(acts.shape[1] - 1)
+    assert top is not None and top.matches[0].concept == "action_LEFT"
+    assert top.explanation == "fires when the agent chooses LEFT (AUROC 1.00)"
+    assert res.live_features >= 2 and res.coverage is not None
+    assert ConceptMatches.read(res.write(tmp_path / "m.json")) == res
