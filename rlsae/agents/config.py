@@ -263,7 +263,7 @@ def build_configs(
             env_kw[key] = value
         else:
             valid = ", ".join(sorted(DQN_FIELDS + ENV_OVERRIDES))
-            raise RlsaeError(f"unknown DQN setting {key!r}; valid: {valid}")
+            raise RlsaeError(f"{where}: unknown DQN setting {key!r}; valid: {valid}")
     cfg = from_mapping(DQNConfig, {**asdict(default_config(arch)), **dqn_kw}, where)
     env = from_mapping(EnvConfig, {**env_kw, "mode": arch}, where)
     return cfg, env

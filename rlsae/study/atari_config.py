@@ -19,11 +19,14 @@ One YAML (or TOML) file describes the whole study (``rlsae pipeline atari --pres
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlsae.agents.config import train_config
+from rlsae.agents.layers import LAYERS, check_layer
 from rlsae.configs import check_range, from_mapping
 from rlsae.errors import RlsaeError
 from rlsae.sae.config import TrainConfig
@@ -148,6 +151,7 @@ class StudyConfig:
             raise RlsaeError(f"{where}: name {self.name!r} may hold only letters, digits, _ . -")
         _check_population(self.population, where)
         _check_layer(self.population.arch, self.recording.layer, where)
+        _check_training_runs(self.population, where)
         r, s, e, res = self.recording, self.sae, self.evaluation, self.resources
         check_range(where, "recording.steps", r.steps, 1)
         check_range(where, "recording.epsilon", r.epsilon, 0, 1)
@@ -190,25 +194,34 @@ def _check_population(p: PopulationConfig, where: str) -> None:
             )
 
 
-# The hookable layers of each architecture and their widths, as rlsae.agents.networks builds
-# them (a test checks that they agree): the config is checked without importing torch.
-LAYER_WIDTHS: dict[str, dict[str, int]] = {
-    "poster": {"conv3": 960, "fc1": 512, "fc2": 512},
-    "nature": {"conv3": 3136, "fc1": 512},
-}
-
-
 def _check_layer(arch: str, layer: str, where: str) -> None:
-    if arch not in LAYER_WIDTHS:
+    """The agents' own layer table (rlsae.agents.layers, no torch) checks the recorded layer."""
+    if arch not in LAYERS:
         raise RlsaeError(
             f"{where}: population.arch: unknown architecture {arch!r}; use one of "
-            f"{', '.join(LAYER_WIDTHS)}"
+            f"{', '.join(LAYERS)}"
         )
-    if layer not in LAYER_WIDTHS[arch]:
-        valid = ", ".join(f"{n} ({w})" for n, w in LAYER_WIDTHS[arch].items())
-        raise RlsaeError(
-            f"{where}: recording.layer: unknown layer {layer!r} for a {arch} agent; "
-            f"valid layers: {valid}"
+    try:
+        check_layer(arch, layer)
+    except RlsaeError as e:
+        raise RlsaeError(f"{where}: recording.layer: {e}") from None
+
+
+def _check_training_runs(p: PopulationConfig, where: str) -> None:
+    """Every training run's DQN settings (hyperparameters with each grid point) as
+    ``dqn train`` checks them, so a bad value is refused before any agent is trained."""
+    if p.train_steps == 0:
+        return
+    keys = sorted(p.grid)
+    for combo in itertools.product(*(p.grid[k] for k in keys)):
+        overrides = {**p.hyperparameters, **dict(zip(keys, combo, strict=True))}
+        train_config(
+            p.arch,
+            p.train_steps,
+            checkpoint_every=p.checkpoint_every,
+            n_envs=p.n_envs or 1,
+            where=f"{where}: population",
+            **overrides,
         )
 
 

@@ -235,13 +235,25 @@ def test_cli_print_config_round_trips(tmp_path, capsys) -> None:
     assert load_study_config(p) == preset_config("paper")
 
 
-def test_layer_table_agrees_with_the_networks() -> None:
-    """The config checks layers without torch; its table must be what the networks build."""
-    from rlsae.agents.networks import LAYERS, layer_widths
-    from rlsae.study.atari_config import LAYER_WIDTHS
-
-    assert set(LAYER_WIDTHS) == set(LAYERS)
-    assert {arch: layer_widths(arch) for arch in LAYERS} == LAYER_WIDTHS
+def test_bad_dqn_settings_in_the_population_are_refused_before_any_work(tmp_path, capsys) -> None:
+    """Hyperparameters and grid points are checked as ``dqn train`` checks them."""
+    for key, value, message in [
+        ("hyperparameters", {"learning_rate": "abc"}, "learning_rate: expected a float"),
+        ("hyperparameters", {"gamma": 1.5}, "gamma"),
+        ("grid", {"batch_size": [32, 0]}, "batch_size"),
+        ("hyperparameters", {"no_such_setting": 1}, "unknown DQN setting 'no_such_setting'"),
+    ]:
+        d = preset_dict("smoke")
+        d["population"][key] = value
+        p = tmp_path / "bad.yaml"
+        p.write_text(yaml.safe_dump(d))
+        out = tmp_path / "run"
+        with pytest.raises(SystemExit) as e:
+            main(["pipeline", "atari", "--preset", str(p), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(f"error: {p}")
+        assert message in err, err
+        assert not out.exists()
 
 
 def test_sae_train_is_checked_as_train_config_fields(tmp_path) -> None:
