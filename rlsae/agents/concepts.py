@@ -47,7 +47,9 @@ half, as the Mann-Whitney statistic), with the activation threshold that maximis
 F1; a concept can also match negated ("fires when no ghost is near"), with AUROC ``1 - a``.
 For scalar concepts, Spearman's rank correlation. Matches are ranked by strength:
 ``2 |AUROC - 0.5|`` or ``|rho|``, a scalar concept first on a tie. Coverage is the fraction of live features whose best boolean
-match has AUROC >= 0.9 (either sign).
+match has AUROC >= 0.9 (either sign). Given the raw layer, each concept also gets a ridge
+probe's held-out score (:func:`probe_concepts`), to show what the layer encodes that no single
+feature carries.
 """
 
 from __future__ import annotations
@@ -373,6 +375,9 @@ class ConceptBest:
     score: float | None = None
     """AUROC (bool; of its absence when ``negated``) or Spearman's rho (scalar)."""
     negated: bool = False
+    probe_score: float | None = None
+    """Held-out AUROC (bool) or Spearman (scalar) of a ridge probe on the raw layer: what the
+    layer encodes linearly, to set beside the best single feature (None when not computed)."""
 
 
 @dataclass
@@ -424,10 +429,15 @@ def match_concepts(
     top_k: int = 5,
     coverage_auroc: float = 0.9,
     chunk: int = 256,
+    raw: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> ConceptMatches:
     """Match every live feature of ``acts`` (rows x features) against ``concepts`` (same rows).
 
-    See the module doc for the scores; ``top_k`` matches are kept per feature.
+    See the module doc for the scores; ``top_k`` matches are kept per feature. With ``raw``
+    (the layer the SAE encodes, rows x units) each concept also gets a linear probe's
+    held-out score (:func:`probe_concepts`; ``groups``, e.g. episode ids, keeps a group's rows
+    on one side of the split).
     """
     a = np.asarray(acts)
     n = concepts.values.shape[0]
@@ -466,14 +476,16 @@ def match_concepts(
             top = matches[0] if matches else None
             cpt = next((c for c in concepts.concepts if top and c.name == top.concept), None)
             features.append(FeatureConcepts(int(f), explain(top, cpt), matches))
+    probes = [None] * n_c if raw is None else probe_concepts(raw, concepts, groups=groups)
     best = []
     for k, c in enumerate(concepts.concepts):
         if best_feature[k] < 0:
-            best.append(ConceptBest(c.name, c.kind, None))
+            best.append(ConceptBest(c.name, c.kind, None, probe_score=probes[k]))
             continue
         s = float(best_score[k])
         neg = c.kind == "bool" and s < 0.5
-        best.append(ConceptBest(c.name, c.kind, int(best_feature[k]), 1 - s if neg else s, neg))
+        best.append(ConceptBest(c.name, c.kind, int(best_feature[k]), 1 - s if neg else s, neg,
+                                probes[k]))  # fmt: skip
     return ConceptMatches(
         n_rows=int(n),
         n_features=int(a.shape[1]),
@@ -484,6 +496,50 @@ def match_concepts(
         features=features,
         best_per_concept=best,
     )
+
+
+def probe_concepts(
+    raw: np.ndarray,
+    concepts: ConceptValues,
+    *,
+    groups: np.ndarray | None = None,
+    holdout: float = 0.25,
+    ridge: float = 1.0,
+    seed: int = 0,
+) -> list[float | None]:
+    """Held-out score of a ridge-regression probe from ``raw`` (rows x units) to each concept:
+    AUROC of its prediction (bool) or Spearman's rho (scalar); None when undefined.
+
+    Units are standardised on the training rows; ``holdout`` of the rows (or of the
+    ``groups``, when given) are held out, chosen with ``seed``. Neighbouring steps of one
+    episode are alike, so pass episode ids as ``groups`` when there are several episodes.
+    """
+    x = np.asarray(raw, dtype=np.float64)
+    n = concepts.values.shape[0]
+    if x.ndim != 2 or x.shape[0] != n:
+        raise RlsaeError(f"raw activations of shape {x.shape} do not match {n} concept rows")
+    if not np.isfinite(x).all():
+        raise RlsaeError("raw activations contain NaN or inf; check the recording")
+    g = np.arange(n) if groups is None else np.asarray(groups).reshape(-1)
+    if g.shape[0] != n:
+        raise RlsaeError(f"{g.shape[0]} groups for {n} rows; give one per row")
+    ids = np.random.default_rng(seed).permutation(np.unique(g))
+    test = np.isin(g, ids[: max(1, int(round(holdout * len(ids))))])
+    if test.all() or not test.any():
+        return [None] * len(concepts.concepts)
+    mu, sd = x[~test].mean(axis=0), x[~test].std(axis=0)
+    z = (x - mu) / np.where(sd > 0, sd, 1.0)
+    y = concepts.values.astype(np.float64)
+    y_mu = y[~test].mean(axis=0)
+    a = z[~test]
+    w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ (y[~test] - y_mu))
+    pred, truth = z[test] @ w + y_mu, y[test]
+    out: list[float | None] = []
+    for k, c in enumerate(concepts.concepts):
+        col = pred[:, k : k + 1]
+        v = (auroc_matrix if c.kind == "bool" else spearman_matrix)(col, truth[:, k : k + 1])[0, 0]
+        out.append(None if np.isnan(v) else float(v))
+    return out
 
 
 def _top_matches(
@@ -526,6 +582,7 @@ __all__ = [
     "compute_concepts",
     "explain",
     "match_concepts",
+    "probe_concepts",
     "spearman_matrix",
     "store_concepts",
 ]

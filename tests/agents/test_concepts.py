@@ -307,9 +307,40 @@ def test_concepts_of_a_real_recording_and_its_raw_layer(poster_recording, tmp_pa
     raw = ActivationStore(poster_recording).read_rows(np.arange(240)).numpy()
     planted = (ctx["action"].to_numpy() == 3).astype(np.float32)  # LEFT
     acts = np.c_[raw, planted]
-    res = match_concepts(acts, cv)
+    res = match_concepts(acts, cv, raw=raw, groups=ctx["episode"].to_numpy())
+    assert any(b.probe_score is not None for b in res.best_per_concept)
     top = res.feature(acts.shape[1] - 1)
     assert top is not None and top.matches[0].concept == "action_LEFT"
     assert top.explanation == "fires when the agent chooses LEFT (AUROC 1.00)"
     assert res.live_features >= 2 and res.coverage is not None
     assert ConceptMatches.read(res.write(tmp_path / "m.json")) == res
+
+
+def test_a_linear_probe_finds_what_no_single_unit_carries() -> None:
+    rng = np.random.default_rng(5)
+    raw = rng.normal(size=(2000, 20))
+    values = np.c_[
+        raw[:, 3] + raw[:, 5] > 0,  # linear in two units, in neither alone
+        rng.random(2000) < 0.3,  # unrelated
+        raw @ rng.normal(size=20) + 0.1 * rng.normal(size=2000),  # a linear scalar
+    ].astype(np.float32)
+    cv = concepts_module.ConceptValues(
+        (concepts_module.Concept("two_units", "bool", "units 3 and 5 sum above 0"),
+         concepts_module.Concept("noise", "bool", "a coin comes up"),
+         concepts_module.Concept("mix", "scalar", "a mix of units")),
+        values,
+    )  # fmt: skip
+    groups = np.arange(2000) // 100  # 20 "episodes": 5 held out whole
+    probe = concepts_module.probe_concepts(raw, cv, groups=groups)
+    assert probe[0] is not None and probe[0] > 0.97
+    assert probe[1] is not None and 0.4 < probe[1] < 0.6
+    assert probe[2] is not None and probe[2] > 0.97
+    res = match_concepts(np.maximum(raw, 0), cv, raw=raw, groups=groups)
+    best = {b.concept: b for b in res.best_per_concept}
+    assert best["two_units"].feature in (3, 5) and best["two_units"].score is not None
+    assert best["two_units"].score < 0.85 < 0.97 < (best["two_units"].probe_score or 0)
+    with pytest.raises(RlsaeError, match="one per row"):
+        concepts_module.probe_concepts(raw, cv, groups=groups[:10])
+    with pytest.raises(RlsaeError, match="do not match"):
+        concepts_module.probe_concepts(raw[:10], cv)
+    assert match_concepts(np.maximum(raw, 0), cv).best_per_concept[0].probe_score is None
