@@ -45,11 +45,12 @@ Matching (:func:`match_concepts`): for every live feature (one that fires on som
 every boolean concept, the AUROC of the feature's activation for the concept (ties counted
 half, as the Mann-Whitney statistic), with the activation threshold that maximises F1 and that
 F1; a concept can also match negated ("fires when no ghost is near"), with AUROC ``1 - a``.
-For scalar concepts, Spearman's rank correlation. Matches are ranked by strength:
-``2 |AUROC - 0.5|`` or ``|rho|``, a scalar concept first on a tie. Coverage is the fraction of live features whose best boolean
-match has AUROC >= 0.9 (either sign). Given the raw layer, each concept also gets a ridge
-probe's held-out score (:func:`probe_concepts`), to show what the layer encodes that no single
-feature carries.
+For scalar concepts, Spearman's rank correlation. Matches are ranked by strength,
+``2 |AUROC - 0.5|`` or ``|rho|``, a scalar concept first on a tie. Coverage is the fraction of
+live features whose best boolean match has AUROC >= 0.9 (either sign). For each concept the
+best single feature is kept; given the raw layer, each concept also gets a ridge probe's
+held-out score (:func:`probe_concepts`), to show what the layer encodes that no single feature
+carries.
 """
 
 from __future__ import annotations
