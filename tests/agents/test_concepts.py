@@ -122,8 +122,10 @@ def test_nearest_ghost_distances() -> None:
 
 
 def test_maze_regions_and_side_edge() -> None:
-    rows: list[dict[str, Any]] = [{"x": 10.0, "y": 10.0}, {"x": 150.0, "y": 165.0}, {"x": 80.0, "y": 86.0},
-            {"x": 9.5, "y": 120.0}, {"x": 149.5, "y": 30.0}, {"x": 60.0, "y": 120.0}]  # fmt: skip
+    rows: list[dict[str, Any]] = [
+        {"x": 10.0, "y": 10.0}, {"x": 150.0, "y": 165.0}, {"x": 80.0, "y": 86.0},
+        {"x": 9.5, "y": 120.0}, {"x": 149.5, "y": 30.0}, {"x": 60.0, "y": 120.0},
+    ]  # fmt: skip
     regions = true_names(rows, "region_")
     assert regions == [{"region_0_0"}, {"region_2_2"}, {"region_1_1"},
                        {"region_2_0"}, {"region_0_2"}, {"region_2_1"}]  # fmt: skip
@@ -146,8 +148,9 @@ def test_heading_power_pills_dots_lives_level_fruit() -> None:
     assert cv.column("power_pill_near_16").tolist() == [1, 0, 0, 0]
     assert cv.column("power_pill_near_32").tolist() == [1, 0, 1, 0]
     assert cv.column("power_pills_left").tolist() == [4, 3, 4, 4]
-    assert true_names(rows, "dots_left_") == [{"dots_left_0_60"}, {"dots_left_0_60"},
-                                               {"dots_left_60_120"}, {"dots_left_180_1000"}]  # fmt: skip
+    assert true_names(rows, "dots_left_") == [
+        {"dots_left_0_60"}, {"dots_left_0_60"}, {"dots_left_60_120"}, {"dots_left_180_1000"},
+    ]  # fmt: skip
     assert cv.column("dots_left").tolist() == [0, 59, 60, 242]
     assert cv.column("lives").tolist() == [1, 2, 3, 3]
     assert true_names(rows, "lives_") == [{"lives_1"}, {"lives_2"}, {"lives_3"}, {"lives_3"}]
