@@ -36,16 +36,16 @@ def test_tuning_raises_reward_and_aggregate_utility(tiny_model_dir, tmp_path, ba
     )
     tuned = score_model(res.model_dir, SCORE)
     print(
-        f"\n{algo}: tuning {res.seconds:.0f} s; mean reward {base_score['mean_reward']:.3f} -> "
-        f"{tuned['mean_reward']:.3f}; aggregate |utility| {base_score['aggregate_abs_utility']:.1f}"
-        f" -> {tuned['aggregate_abs_utility']:.1f}"
+        f"\n{algo}: tuning {res.seconds:.0f} s; mean reward {base_score.mean_reward:.3f} -> "
+        f"{tuned.mean_reward:.3f}; aggregate |utility| {base_score.aggregate_abs_utility:.1f}"
+        f" -> {tuned.aggregate_abs_utility:.1f}"
     )
     # During training: the last steps' mean reward is above the first steps'.
     assert res.reward_last > res.reward_first + 0.2
     # On held-out test prefixes, scored like the paper's Table 4.
-    assert tuned["mean_reward"] > base_score["mean_reward"] + 0.2
-    assert tuned["aggregate_abs_utility"] > 1.4 * base_score["aggregate_abs_utility"]
-    assert tuned["aggregate_utility"] > base_score["aggregate_utility"] + 50
+    assert tuned.mean_reward > base_score.mean_reward + 0.2
+    assert tuned.aggregate_abs_utility > 1.4 * base_score.aggregate_abs_utility
+    assert tuned.aggregate_utility > base_score.aggregate_utility + 50
 
 
 @pytest.mark.slow
