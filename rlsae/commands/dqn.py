@@ -19,6 +19,7 @@ from rlsae.agents.agent_dir import (
     list_checkpoints,
     read_agent_info,
 )
+from rlsae.agents.concept_run import CONCEPTS_FILE, check_concept_inputs, sae_concepts
 from rlsae.agents.config import (
     DQNConfig,
     DQNTrainConfig,
@@ -332,3 +333,55 @@ def _check_state(where: str, acts: Path, episode: int, step: int) -> None:
     n = len(read_episodes(acts).episode(episode).actions)
     if step > n:
         raise RlsaeError(f"episode {episode} has steps 0..{n}; cannot replay step {step}")
+
+
+@dqn_app.command("concepts")
+def dqn_concepts(
+    agent: Path = typer.Option(..., "--agent", help="Agent directory the store was recorded from."),
+    sae: Path = typer.Option(..., "--sae", help="SAE directory trained on the store."),
+    acts: Path = typer.Option(..., "--acts", help="Store written by `dqn record` (poster mode)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Where to write the matches (default: SAE/concepts.json)."
+    ),
+    concepts: list[str] = typer.Option(
+        [], "--concepts", help="Match only these concepts (repeat; default: all of them)."
+    ),
+    top_k: int = typer.Option(5, "--top-k", help="Best concepts kept per feature."),
+    max_rows: int | None = typer.Option(
+        100_000, "--max-rows", help="Match on at most this many evenly spaced rows."
+    ),
+    show: int = typer.Option(10, "--show", help="Best-explained features printed."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Which Ms. Pac-Man game-state concepts (from the emulator's RAM) each SAE feature encodes.
+
+    Regenerates the RAM of every recorded row by replay, encodes the rows with the SAE, and
+    writes each live feature's best concepts (AUROC / Spearman, F1 threshold) with the SAE's
+    coverage (live features with a match of AUROC >= 0.9); see docs/agents.md.
+    """
+    check_int("dqn concepts", "top_k", top_k, 1)
+    check_int("dqn concepts", "show", show, 0)
+    if max_rows is not None:
+        check_int("dqn concepts", "max_rows", max_rows, 1)
+    check_concept_inputs(agent, sae, acts, concepts or None)  # before torch and the emulator
+    res = sae_concepts(agent, sae, acts, concepts=concepts or None, top_k=top_k, max_rows=max_rows)
+    path = res.write(out if out is not None else sae / CONCEPTS_FILE)
+    explained = [f for f in res.features if f.matches]
+    best = sorted(explained, key=lambda f: -f.matches[0].strength)[:show]
+    summary = {
+        "out": str(path),
+        "rows": res.n_rows,
+        "features": res.n_features,
+        "live_features": res.live_features,
+        "coverage": res.coverage,
+        "coverage_auroc": res.coverage_auroc,
+        "top": [{"feature": f.feature, "explanation": f.explanation} for f in best],
+    }
+    cov = "n/a" if res.coverage is None else f"{res.coverage:.3f}"
+    lines = [
+        f"{res.live_features} of {res.n_features} features live over {res.n_rows} rows; "
+        f"coverage {cov} (best match AUROC >= {res.coverage_auroc:g})",
+        *(f"  feature {f.feature}: {f.explanation}" for f in best),
+        f"wrote {path}",
+    ]
+    emit(summary, as_json, human=None if as_json else "\n".join(lines))

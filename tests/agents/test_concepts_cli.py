@@ -1,0 +1,144 @@
+"""`rlsae dqn concepts` end to end on a tiny recorded store, with a planted SAE latent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlsae.agents.concepts import ConceptMatches
+
+PLANTED = "action_LEFT"  # no other concept equals it or its negation on the recording
+
+
+def _sae(path: Path, w_enc: np.ndarray) -> Path:
+    """A ReLU SAE with the given encoder (d_in x d_sae), zero biases."""
+    import torch
+
+    from rlsae.sae import SAE, SAEConfig, save_sae
+
+    model = SAE(SAEConfig(d_in=w_enc.shape[0], d_sae=w_enc.shape[1], arch="relu", hook_name="fc1"))
+    with torch.no_grad():
+        model.W_enc.copy_(torch.as_tensor(w_enc, dtype=torch.float32))
+    return save_sae(model, path)
+
+
+@pytest.fixture(scope="module")
+def planted(poster_recording: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A copy of the recording whose 2-wide rows are (the planted concept's indicator, noise),
+    and an SAE whose latent 0 is column 0, latent 1 column 1 and latent 2 never fires."""
+    import pandas as pd
+
+    from rlsae.agents.concepts import store_concepts
+    from rlsae.sae import ActivationWriter
+
+    base = tmp_path_factory.mktemp("planted")
+    y = store_concepts(poster_recording).column(PLANTED)
+    assert 0 < y.mean() < 1
+    noise = np.random.default_rng(0).random(len(y))
+    ctx = pd.read_parquet(poster_recording / "context.parquet")
+    with ActivationWriter(base / "acts", 2, hook="fc1", provider="atari") as w:
+        w.append(np.c_[y, noise].astype(np.float32), ctx)
+        w.add_file("episodes.json", (poster_recording / "episodes.json").read_bytes())
+    sae = _sae(base / "sae", np.array([[1.0, 0.0, -1.0], [0.0, 1.0, -1.0]]))
+    return {"acts": base / "acts", "sae": sae, "root": base}
+
+
+def test_concepts_finds_the_planted_concept_at_auroc_1(poster_agent, planted, run_cli):
+    code, out, err = run_cli(
+        "dqn", "concepts", "--agent", poster_agent, "--sae", planted["sae"], "--acts",
+        planted["acts"], "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    path = planted["sae"] / "concepts.json"
+    assert summary["out"] == str(path) and summary["rows"] == 240
+    assert summary["features"] == 3 and summary["live_features"] == 2
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "rlsae.concept-matches"
+    res = ConceptMatches.read(path)
+    f0 = res.feature(0)
+    assert f0 is not None and f0.matches[0].concept == PLANTED
+    assert f0.matches[0].score == 1.0 and f0.matches[0].f1 == 1.0 and not f0.matches[0].negated
+    assert f0.explanation.startswith("fires when") and f0.explanation.endswith("(AUROC 1.00)")
+    assert res.feature(2) is None  # never fires: dead, not matched
+    best = {b.concept: b for b in res.best_per_concept}
+    assert best[PLANTED].feature == 0 and best[PLANTED].score == 1.0
+    assert best[PLANTED].probe_score is not None
+    assert res.coverage is not None and res.coverage >= 0.5  # feature 0 is covered
+    assert summary["top"][0] == {"feature": 0, "explanation": f0.explanation}
+
+
+def test_concepts_human_output_and_a_concept_filter(poster_agent, planted, run_cli):
+    out_file = planted["root"] / "some" / "where.json"
+    code, out, err = run_cli(
+        "dqn", "concepts", "--agent", poster_agent, "--sae", planted["sae"], "--acts",
+        planted["acts"], "--out", out_file, "--concepts", PLANTED, "--concepts", "lives",
+        "--show", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("2 of 3 features live over 240 rows; coverage")
+    assert lines[1].startswith("  feature 0: fires when") and lines[1].endswith("(AUROC 1.00)")
+    assert lines[-1] == f"wrote {out_file}" and len(lines) == 3
+    res = ConceptMatches.read(out_file)
+    assert res.concepts == [PLANTED, "lives"]
+
+
+def _edited_copy(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "episodes.json").read_text())
+    edit(doc)
+    (dst / "episodes.json").write_text(json.dumps(doc))
+    return dst
+
+
+def test_concepts_refuses_bad_input_in_one_line_before_torch(poster_agent, planted, tmp_path):
+    """Another game, a nature-mode recording, an SAE of another width, an unknown concept,
+    bad numbers: exit 2, one line each, torch never imported, nothing written."""
+    import subprocess
+    import sys
+
+    def game(d: dict) -> None:
+        d["ale"]["game"] = "breakout"
+
+    def nature(d: dict) -> None:
+        d["env"]["noop_max"] = 30
+
+    other_game = _edited_copy(planted["acts"], tmp_path / "breakout", game)
+    noops = _edited_copy(planted["acts"], tmp_path / "nature", nature)
+    wide = _sae(tmp_path / "wide", np.eye(3))
+    base = ["dqn", "concepts", "--agent", str(poster_agent)]
+    sae, acts = ["--sae", str(planted["sae"])], ["--acts", str(planted["acts"])]
+    cases = [
+        (base + sae + ["--acts", str(other_game)],
+         "no RAM table for game 'breakout'; games with one: ms_pacman"),
+        (base + sae + ["--acts", str(noops)], "noop_max=30 (nature mode"),
+        (base + ["--sae", str(wide)] + acts, "encodes width 3 but the store"),
+        (base + sae + acts + ["--concepts", "ghost_sideways_7"],
+         "no concept named 'ghost_sideways_7'"),
+        (base + sae + acts + ["--top-k", "0"], "top_k: must be at least 1"),
+        (base + sae + ["--acts", str(tmp_path)], "episodes.json not found"),
+    ]  # fmt: skip
+    code = (
+        "import sys\n"
+        "from rlsae.cli import main\n"
+        f"for argv in {[argv for argv, _ in cases]!r}:\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 2, (argv, e.code)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == len(cases), lines
+    for line, (_, message) in zip(lines, cases, strict=True):
+        assert line.startswith("error: ") and message in line, line
+    assert not (other_game.parent / "breakout" / "concepts.json").exists()
+    assert not (wide / "concepts.json").exists()
