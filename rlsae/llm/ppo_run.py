@@ -9,14 +9,13 @@ seeded by the step number.
 from __future__ import annotations
 
 import io
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlsae.fsutil import atomic_dir, read_json
+from rlsae.fsutil import atomic_dir, dumps_json, read_json
 from rlsae.llm.configs import RLHFConfig
 from rlsae.llm.models import load_model, quiet_loading
 from rlsae.llm.ppo import PPOTrainer, sample_batch
@@ -100,4 +99,5 @@ def save_checkpoint(
         buf = io.BytesIO()
         torch.save(trainer.state_dict(), buf)
         (tmp / "trainer_state.pt").write_bytes(buf.getvalue())
-        (tmp / "state.json").write_text(json.dumps({"step": step, "log": log, "seconds": seconds}))
+        state = {"step": step, "log": log, "seconds": seconds}
+        (tmp / "state.json").write_text(dumps_json(state))  # strict JSON, like log.json
