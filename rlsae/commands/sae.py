@@ -22,6 +22,7 @@ TRAIN_OPTIONS = {
     "d_sae": "--d-sae",
     "expansion": "--expansion",
     "k": "--k",
+    "topk_threshold_lr": "--topk-threshold-lr",
     "l1": "--l1",
     "tied": "--tied",
     "aux_k": "--aux-k",
@@ -56,6 +57,7 @@ def sae_train(
     d_sae: int | None = _opt("d_sae"),
     expansion: float | None = _opt("expansion", either=True),
     k: int = _opt("k"),
+    topk_threshold_lr: float = _opt("topk_threshold_lr"),
     l1: float = _opt("l1"),
     tied: bool = _opt("tied"),
     aux_k: int | None = _opt("aux_k"),
@@ -74,7 +76,7 @@ def sae_train(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Train a TopK or ReLU+L1 SAE; progress on stderr, checkpoints, resumable."""
+    """Train a TopK, BatchTopK or ReLU+L1 SAE; progress on stderr, checkpoints, resumable."""
     if d_sae is not None and expansion is not None:
         raise RlsaeError("give --d-sae or --expansion, not both")
     if steps is not None and epochs is not None:
@@ -82,10 +84,11 @@ def sae_train(
     if threads is not None and threads < 1:
         raise RlsaeError("--threads must be at least 1")
     cfg = TrainConfig(
-        arch=arch,  # type: ignore[arg-type]  # validate() refuses anything but topk or relu
+        arch=arch,  # type: ignore[arg-type]  # validate() refuses an unknown kind
         d_sae=d_sae,
         expansion=expansion if expansion is not None else field_default(TrainConfig, "expansion"),
         k=k,
+        topk_threshold_lr=topk_threshold_lr,
         l1=l1,
         tied=tied,
         aux_k=aux_k,

@@ -15,6 +15,10 @@ from rlsae.errors import RlsaeError
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 """Parameter dtypes an SAE may have (names of torch dtypes)."""
+SAE_ARCHS = ("topk", "relu", "batchtopk", "jumprelu")
+"""Kinds of SAE (``SAEConfig.arch``)."""
+TRAIN_ARCHS = ("topk", "relu", "batchtopk")
+"""Kinds ``train_sae`` trains (``TrainConfig.arch``)."""
 
 
 @dataclass
@@ -25,10 +29,13 @@ class SAEConfig:
     """Width of the activations it reads."""
     d_sae: int
     """Number of latents (dictionary size)."""
-    arch: Literal["topk", "relu"] = "topk"
-    """``topk``: keep the k largest pre-activations (then ReLU). ``relu``: ReLU, trained with L1."""
+    arch: Literal["topk", "relu", "batchtopk", "jumprelu"] = "topk"
+    """``topk``: keep the k largest pre-activations (then ReLU). ``relu``: ReLU, trained with L1.
+    ``jumprelu``: ReLU of the pre-activations above a per-latent ``threshold``. ``batchtopk``:
+    trained keeping the k x rows largest over the batch; at inference a JumpReLU with the global
+    threshold estimated during training (saved as SAELens saves it: ``jumprelu``)."""
     k: int = 32
-    """Active latents per row for ``topk`` (ignored by ``relu``)."""
+    """Active latents per row for ``topk``, on average over a batch for ``batchtopk``."""
     tied: bool = False
     """Encoder is the decoder's transpose (one weight matrix)."""
     hook_name: str = ""
@@ -46,13 +53,15 @@ class SAEConfig:
     def validate(self, where: str = "") -> None:
         """Raise RlsaeError for impossible settings (prefixed with ``where`` when given)."""
         pre = f"{where}: " if where else ""
-        if self.arch not in ("topk", "relu"):
-            raise RlsaeError(f"{pre}arch must be topk or relu, not {self.arch!r}")
+        if self.arch not in SAE_ARCHS:
+            raise RlsaeError(f"{pre}arch must be one of {', '.join(SAE_ARCHS)}, not {self.arch!r}")
         if not _is_int(self.d_in) or not _is_int(self.d_sae) or self.d_in < 1 or self.d_sae < 1:
             raise RlsaeError(
                 f"{pre}d_in and d_sae must be positive (got {self.d_in}, {self.d_sae})"
             )
-        if self.arch == "topk" and not (_is_int(self.k) and 1 <= self.k <= self.d_sae):
+        if self.arch in ("topk", "batchtopk") and not (
+            _is_int(self.k) and 1 <= self.k <= self.d_sae
+        ):
             raise RlsaeError(f"{pre}k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
         if self.dtype not in DTYPES:
             raise RlsaeError(f"{pre}dtype must be one of {sorted(DTYPES)}, not {self.dtype!r}")
@@ -70,14 +79,18 @@ class SAEConfig:
 class TrainConfig:
     """Everything that decides an SAE training run. Saved in training.json beside the SAE."""
 
-    arch: Literal["topk", "relu"] = "topk"
-    """``topk`` (TopK + AuxK) or ``relu`` (ReLU with an L1 penalty)."""
+    arch: Literal["topk", "relu", "batchtopk"] = "topk"
+    """``topk`` (TopK + AuxK), ``batchtopk`` (BatchTopK + AuxK, saved for inference as a
+    JumpReLU with the threshold estimated in training) or ``relu`` (ReLU with an L1 penalty)."""
     d_sae: int | None = None
     """Number of latents; None means ``expansion * d_in``."""
     expansion: float = 4.0
     """Latents per input dimension when ``d_sae`` is not given."""
     k: int = 32
-    """TopK: active latents per row."""
+    """TopK: active latents per row; BatchTopK: per row on average (k x rows kept per batch)."""
+    topk_threshold_lr: float = 0.01
+    """BatchTopK: rate of the moving average of the smallest kept activation that gives the
+    inference threshold (SAELens's ``topk_threshold_lr``)."""
     l1: float = 1e-3
     """ReLU: coefficient of the penalty sum_i f_i * ||W_dec[i]|| (mean over rows)."""
     l1_warmup_frac: float = 0.05
@@ -85,9 +98,9 @@ class TrainConfig:
     tied: bool = False
     """Tie the encoder to the decoder's transpose."""
     aux_k: int | None = None
-    """TopK: latents used by the AuxK loss; None means d_in // 2, 0 turns AuxK off."""
+    """TopK and BatchTopK: latents used by the AuxK loss; None means d_in // 2, 0 turns AuxK off."""
     aux_coeff: float = 1 / 32
-    """TopK: weight of the AuxK loss."""
+    """TopK and BatchTopK: weight of the AuxK loss."""
     dead_rows: int = 1_000_000
     """A latent is dead once it has not fired for this many training rows (AuxK, logs)."""
     steps: int | None = None
@@ -97,7 +110,7 @@ class TrainConfig:
     batch_size: int = 4096
     """Rows per step."""
     lr: float | None = None
-    """Adam learning rate; None means 2e-4 / sqrt(d_sae / 16384) for topk, 1e-3 for relu."""
+    """Adam learning rate; None means 2e-4 / sqrt(d_sae / 16384) for (batch)topk, 1e-3 for relu."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     warmup_frac: float = 0.01
@@ -124,8 +137,10 @@ class TrainConfig:
     def validate(self, where: str = "TrainConfig") -> None:
         """Refuse an impossible setting in one line ``WHERE: field: what is wrong``: the one
         check used by ``sae train``, the studies and ``train_sae`` alike, before any work."""
-        if self.arch not in ("topk", "relu"):
-            raise RlsaeError(f"{where}: arch: expected topk or relu, got {describe(self.arch)}")
+        if self.arch not in TRAIN_ARCHS:
+            raise RlsaeError(
+                f"{where}: arch: expected one of {', '.join(TRAIN_ARCHS)}, got {describe(self.arch)}"
+            )
         if self.init_b_dec not in ("mean", "zeros"):
             raise RlsaeError(
                 f"{where}: init_b_dec: expected mean or zeros, got {describe(self.init_b_dec)}"
@@ -148,6 +163,7 @@ class TrainConfig:
         _int(where, "log_every", self.log_every, 1)
         check_range(where, "expansion", self.expansion, 0, lo_open=True)
         check_range(where, "l1", self.l1, 0)
+        check_range(where, "topk_threshold_lr", self.topk_threshold_lr, 0, 1, lo_open=True)
         check_range(where, "aux_coeff", self.aux_coeff, 0)
         check_range(where, "epochs", self.epochs, 0, lo_open=True)
         if self.lr is not None:
@@ -161,7 +177,11 @@ class TrainConfig:
             check_range(where, f"betas[{i}]", beta, 0, 1)
             if beta >= 1:
                 raise RlsaeError(f"{where}: betas[{i}]: must be below 1, got {beta!r}")
-        if self.d_sae is not None and self.arch == "topk" and self.k > self.d_sae:
+        if self.arch != "batchtopk" and self.topk_threshold_lr != 0.01:
+            raise RlsaeError(
+                f"{where}: topk_threshold_lr: a batchtopk setting, given to arch {self.arch}"
+            )
+        if self.d_sae is not None and self.arch != "relu" and self.k > self.d_sae:
             raise RlsaeError(f"{where}: k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
 
     def resolve(self, d_in: int) -> tuple[SAEConfig, float]:
@@ -172,7 +192,7 @@ class TrainConfig:
         cfg = SAEConfig(d_in=d_in, d_sae=d_sae, arch=self.arch, k=self.k, tied=self.tied)
         if self.lr is not None:
             return cfg, float(self.lr)
-        return cfg, (2e-4 / math.sqrt(d_sae / 16384) if self.arch == "topk" else 1e-3)
+        return cfg, (2e-4 / math.sqrt(d_sae / 16384) if self.arch != "relu" else 1e-3)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

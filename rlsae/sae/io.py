@@ -1,9 +1,11 @@
 """SAE directories in the SAELens format: ``sae_weights.safetensors`` + ``cfg.json``.
 
-Our TopK SAEs are written as SAELens architecture ``topk``, ReLU ones as ``standard``; tied SAEs
+Our TopK SAEs are written as SAELens architecture ``topk``, ReLU ones as ``standard``, JumpReLU
+and BatchTopK ones as ``jumprelu`` with their ``threshold`` (as SAELens saves a BatchTopK SAE for
+inference: the global threshold repeated per latent); tied SAEs
 get ``W_enc`` materialised as ``W_dec.T``. Our own settings (arch, tied, source) ride in
 ``cfg.json["metadata"]["rlsae"]``, where SAELens keeps but ignores them. ``load_sae`` reads ours
-and SAELens-written ``topk``/``standard`` directories (folding ``rescale_acts_by_decoder_norm``
+and SAELens-written ``topk``/``standard``/``jumprelu`` directories (folding ``rescale_acts_by_decoder_norm``
 into the weights, which leaves outputs unchanged). This module handles files and configs only;
 ``rlsae.sae.model`` builds the ``SAE`` from them (``load_sae``, ``SAE.save``).
 """
@@ -22,6 +24,13 @@ from rlsae.fsutil import atomic_write_bytes, atomic_write_json
 from rlsae.sae.config import DTYPES, SAEConfig
 
 WEIGHTS = "sae_weights.safetensors"
+_SAELENS_ARCH = {
+    "topk": "topk",
+    "relu": "standard",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+}
+"""SAELens's architecture name for each of ours."""
 CFG = "cfg.json"
 
 
@@ -38,7 +47,7 @@ def sae_lens_cfg(cfg: SAEConfig) -> dict[str, Any]:
     """The cfg.json dict SAELens 6.x expects for this SAE."""
     v = _sae_lens_version()
     d: dict[str, Any] = {
-        "architecture": "topk" if cfg.arch == "topk" else "standard",
+        "architecture": _SAELENS_ARCH[cfg.arch],
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": cfg.dtype,
@@ -61,15 +70,16 @@ def sae_lens_cfg(cfg: SAEConfig) -> dict[str, Any]:
 
 
 def write_sae_files(path: str | os.PathLike, cfg: SAEConfig, tensors: dict[str, Any]) -> Path:
-    """Write ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec`` and cfg.json into ``path`` (created if
-    needed), each file atomically."""
+    """Write ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec`` (and ``threshold`` for JumpReLU and
+    BatchTopK) and cfg.json into ``path`` (created if needed), each file atomically."""
     from safetensors.torch import save
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: tensors[k].detach().to("cpu").contiguous() for k in ("W_enc", "b_enc", "W_dec", "b_dec")
-    }
+    names = ("W_enc", "b_enc", "W_dec", "b_dec") + (
+        ("threshold",) if "threshold" in tensors else ()
+    )
+    tensors = {k: tensors[k].detach().to("cpu").contiguous() for k in names}
     atomic_write_bytes(path / WEIGHTS, save(tensors))
     atomic_write_json(path / CFG, sae_lens_cfg(cfg))
     return path
@@ -91,10 +101,13 @@ def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
     meta: dict[str, Any] = d["metadata"] if isinstance(d.get("metadata"), dict) else {}
     ours: dict[str, Any] = meta["rlsae"] if isinstance(meta.get("rlsae"), dict) else {}
     arch = d.get("architecture", "standard")
-    if arch not in ("topk", "standard"):
+    if arch not in ("topk", "standard", "jumprelu"):
         raise RlsaeError(
-            f"{path}: SAELens architecture {arch!r} is not supported; use topk or standard"
+            f"{path}: SAELens architecture {arch!r} is not supported; use topk, standard or jumprelu"
         )
+    ours_arch = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu"}[arch]
+    if arch == "jumprelu" and ours.get("arch") == "batchtopk":
+        ours_arch = "batchtopk"  # a BatchTopK SAE rlsae saved for inference
     if d.get("normalize_activations", "none") not in ("none", None):
         raise RlsaeError(
             f"{path}: normalize_activations={d['normalize_activations']!r} is not supported"
@@ -107,7 +120,7 @@ def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
         cfg = SAEConfig(
             d_in=int(d["d_in"]),
             d_sae=int(d["d_sae"]),
-            arch="topk" if arch == "topk" else "relu",
+            arch=ours_arch,  # type: ignore[arg-type]  # one of SAE_ARCHS
             k=int(d.get("k", 32)) if arch == "topk" else int(ours.get("k", 32)),
             tied=bool(ours.get("tied", False)),
             hook_name=str(meta.get("hook_name") or d.get("hook_name") or ""),
@@ -124,7 +137,7 @@ def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
 
 def read_sae_files(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """The config and float32 tensors of an SAE directory written by rlsae or by SAELens
-    (architectures topk and standard), checked for shapes and NaN/Inf; SAELens's
+    (architectures topk, standard and jumprelu), checked for shapes and NaN/Inf; SAELens's
     ``rescale_acts_by_decoder_norm`` folded into the weights; ``tied`` cleared where the file's
     W_enc is not W_dec.T."""
     from safetensors import SafetensorError
@@ -147,6 +160,8 @@ def read_sae_files(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, torch.
         "W_dec": (cfg.d_sae, cfg.d_in),
         "b_dec": (cfg.d_in,),
     }
+    if cfg.arch in ("jumprelu", "batchtopk"):
+        shapes["threshold"] = (cfg.d_sae,)
     for name, shape in shapes.items():
         if name not in sd:
             raise RlsaeError(f"{wpath} has no tensor {name!r}")

@@ -1,6 +1,7 @@
-"""The sparse autoencoder: TopK or ReLU (L1), tied or untied, in SAELens's conventions.
+"""The sparse autoencoder: TopK, ReLU (L1), JumpReLU or BatchTopK, tied or untied, in SAELens's
+conventions.
 
-    encode(x) = act((x - b_dec) @ W_enc + b_enc)      act = TopK-then-ReLU or ReLU
+    encode(x) = act((x - b_dec) @ W_enc + b_enc)      act = TopK-then-ReLU, ReLU or JumpReLU
     decode(f) = f @ W_dec + b_dec
 
 ``W_enc`` is (d_in, d_sae) and ``W_dec`` is (d_sae, d_in), as in SAELens, so the files load there
@@ -8,6 +9,11 @@ unchanged. A tied SAE has no encoder parameter: ``W_enc`` is the view ``W_dec.T`
 out materialised when saved). Training uses ``rlsae.sae._fast`` for the fast TopK path; this
 module is the plain, dense reference that inference and evaluation use. Files are in the SAELens
 format (``rlsae.sae.io``).
+
+JumpReLU and BatchTopK SAEs carry a ``threshold`` buffer (d_sae,): a latent is active where its
+pre-activation is above it, ``relu(pre) * (pre > threshold)`` as in SAELens. A BatchTopK SAE is
+trained with the batch-wide TopK (``rlsae.sae.train``), which sets ``threshold`` to the global
+threshold it estimates; at inference it is the JumpReLU SAELens loads it as.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from rlsae.sae.io import read_sae_files, write_sae_files
 __all__ = ["SAE", "SAEConfig", "encoder_parameter", "load_sae", "save_sae"]
 
 _DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES}
+THRESHOLD_ARCHS = ("jumprelu", "batchtopk")
+"""Kinds whose latents fire above a per-latent threshold at inference."""
 
 
 def encoder_parameter(
@@ -62,6 +70,11 @@ class SAE(nn.Module):
             self.W_enc = encoder_parameter(w.t(), device=device, dtype=dt)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, device=device, dtype=dt))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dt))
+        self.threshold: torch.Tensor | None
+        if cfg.arch in THRESHOLD_ARCHS:
+            self.register_buffer("threshold", torch.zeros(cfg.d_sae, device=device, dtype=dt))
+        else:
+            self.threshold = None
 
     def __getattr__(self, name: str) -> Any:
         # A tied SAE's encoder is the view W_dec.T; an untied one has the parameter "W_enc".
@@ -89,6 +102,8 @@ class SAE(nn.Module):
         pre = self.pre_acts(x)
         if self.cfg.arch == "relu":
             return torch.relu(pre)
+        if self.threshold is not None:
+            return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
         vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
 
@@ -154,11 +169,14 @@ def save_sae(sae: SAE, path: str | os.PathLike) -> Path:
         "W_dec": sae.W_dec.detach(),
         "b_dec": sae.b_dec.detach(),
     }
+    if sae.threshold is not None:
+        tensors["threshold"] = sae.threshold.detach()
     return write_sae_files(path, sae.cfg, tensors)
 
 
 def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
-    """Load an SAE directory written by rlsae or by SAELens (architectures topk and standard)."""
+    """Load an SAE directory written by rlsae or by SAELens (architectures topk, standard and
+    jumprelu; a BatchTopK SAE written by rlsae comes back as one)."""
     cfg, sd = read_sae_files(path)
     dt = _DTYPES[cfg.dtype]
     sae = SAE(cfg, device="meta")
@@ -168,4 +186,6 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
             sae.W_enc = encoder_parameter(sd["W_enc"], device=device, dtype=dt)
         sae.b_enc = nn.Parameter(sd["b_enc"].to(device=device, dtype=dt))
         sae.b_dec = nn.Parameter(sd["b_dec"].to(device=device, dtype=dt))
+        if cfg.arch in THRESHOLD_ARCHS:
+            sae.threshold = sd["threshold"].to(device=device, dtype=dt)
     return sae

@@ -9,7 +9,11 @@ TopK (Gao et al. 2024): encoder initialised as the decoder's transpose, unit-nor
 (gradient parallel to each row removed before the step, rows renormalised after), b_dec from the
 data mean, loss = FVU + aux_coeff * AuxK-FVU, where AuxK reconstructs the residual from the
 top ``aux_k`` pre-activations among dead latents (dead = no firing in the last ``dead_rows``
-rows). ReLU: loss = MSE (summed over dimensions, mean over rows) + l1 * sum_i f_i ||d_i||, the L1
+rows). BatchTopK (Bussmann et al. 2024): as TopK, but the k x rows largest ReLU'd
+pre-activations over the whole batch are kept, and the inference threshold is the moving average
+(rate ``topk_threshold_lr``, in float64, from 0) of the smallest kept positive activation, as
+SAELens estimates it; the SAE's ``threshold`` holds it, so the saved SAE is SAELens's JumpReLU.
+ReLU: loss = MSE (summed over dimensions, mean over rows) + l1 * sum_i f_i ||d_i||, the L1
 coefficient warmed up linearly. Both: Adam, linear LR warm-up and final linear decay, gradient
 norm clipping, optional tied weights.
 
@@ -116,6 +120,9 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     workspace: Workspace = field(default_factory=Workspace)
     """Buffers reused from step to step (TopK: the pre-activation block)."""
+    topk_threshold: float = 0.0
+    """BatchTopK: the inference threshold's moving average (float64; copied to the SAE's
+    ``threshold`` after every step)."""
 
     @classmethod
     def new(cls, sae: SAE, cfg: TrainConfig, total: int, base_lr: float, aux_k: int) -> TrainState:
@@ -135,6 +142,7 @@ def _save_checkpoint(work: Path, state: TrainState) -> None:
         "step": state.step,
         "since_fired": state.since_fired,
         "history": state.history,
+        "topk_threshold": state.topk_threshold,
     }
     buf = io.BytesIO()
     torch.save(blob, buf)
@@ -186,7 +194,7 @@ def train_sae(
     sae_cfg.source = cfg.source if cfg.source is not None else st.source
     per_epoch = st.batches_per_epoch(cfg.batch_size, drop_last=st.rows >= cfg.batch_size)
     total = int(cfg.steps) if cfg.steps is not None else max(1, math.ceil(cfg.epochs * per_epoch))
-    aux_k = (st.d_in // 2 if cfg.aux_k is None else int(cfg.aux_k)) if cfg.arch == "topk" else 0
+    aux_k = (st.d_in // 2 if cfg.aux_k is None else int(cfg.aux_k)) if cfg.arch != "relu" else 0
 
     torch.manual_seed(cfg.seed)
     state = TrainState.new(SAE(sae_cfg, seed=cfg.seed), cfg, total, base_lr, aux_k)
@@ -269,6 +277,7 @@ def _restore(state: TrainState, ckpt: dict[str, Any], work: Path) -> None:
     state.since_fired = ckpt["since_fired"]
     state.step = int(ckpt["step"])
     state.history = list(ckpt["history"])
+    state.topk_threshold = float(ckpt.get("topk_threshold", 0.0))
 
 
 def _start(work: Path, state: TrainState, store: ActivationStore) -> None:
@@ -384,13 +393,13 @@ def train_step(state: TrainState, x: torch.Tensor) -> dict[str, float]:
         torch.linalg.vector_norm(x).square() - x.sum(0).square().sum() / x.shape[0]
     ).clamp_min(1e-12)
     out: dict[str, float] = {"lr": lr}
-    if sae.cfg.arch == "topk":
+    if sae.cfg.arch in ("topk", "batchtopk"):
         loss, fvu, fired, l0 = _topk_terms(state, x, total_var, out)
     else:
         loss, fvu, fired, l0 = _relu_terms(state, x, total_var, out)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    unit_norm = sae.cfg.arch == "topk"
+    unit_norm = sae.cfg.arch in ("topk", "batchtopk")
     if unit_norm:
         sae.remove_parallel_decoder_grad()
     if cfg.grad_clip > 0:  # clip_grad_norm_'s rule, skipping its multiply-by-1 pass when unclipped
@@ -421,7 +430,8 @@ def train_step(state: TrainState, x: torch.Tensor) -> dict[str, float]:
 def _topk_terms(
     state: TrainState, x: torch.Tensor, total_var: torch.Tensor, out: dict[str, float]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """TopK: (loss, fvu, fired latents, l0); FVU plus the weighted AuxK term (into ``out``)."""
+    """TopK and BatchTopK: (loss, fvu, fired latents, l0); FVU plus the weighted AuxK term (into
+    ``out``). BatchTopK also moves the inference threshold (``_update_threshold``)."""
     sae, cfg, aux_k = state.sae, state.cfg, state.aux_k
     dead_mask = state.since_fired >= cfg.dead_rows
     n_dead = int(dead_mask.sum())
@@ -437,7 +447,11 @@ def _topk_terms(
         aux_k,
         sae.cfg.apply_b_dec_to_input,
         state.workspace,
+        batch=sae.cfg.arch == "batchtopk",
     )
+    if sae.cfg.arch == "batchtopk":
+        _update_threshold(state, vals.detach())
+        out["topk_threshold"] = state.topk_threshold
     fvu = sse / total_var
     loss = fvu
     if dead_idx is not None:
@@ -449,6 +463,19 @@ def _topk_terms(
     active = (vals > 0).reshape(-1)
     counts = torch.bincount(idx.reshape(-1), weights=active.to(vals.dtype), minlength=sae.d_sae)
     return loss, fvu, counts > 0, float(active.sum()) / x.shape[0]
+
+
+@torch.no_grad()
+def _update_threshold(state: TrainState, vals: torch.Tensor) -> None:
+    """BatchTopK: threshold <- (1 - lr) threshold + lr * (smallest kept positive activation), in
+    float64 as SAELens does; the SAE's ``threshold`` buffer takes the new value."""
+    positive = vals[vals > 0]
+    if positive.numel():
+        lr = state.cfg.topk_threshold_lr
+        low = float(positive.min().double())
+        state.topk_threshold = (1 - lr) * state.topk_threshold + lr * low
+    assert state.sae.threshold is not None  # a batchtopk SAE has one
+    state.sae.threshold.fill_(state.topk_threshold)
 
 
 def _relu_terms(

@@ -13,15 +13,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlsae.sae._fast.loss import Workspace, _apply, _encode_topk, _sampled_dot, _sparse_grads
+from rlsae.sae._fast.loss import (
+    Workspace,
+    _apply,
+    _encode_batchtopk,
+    _encode_topk,
+    _sampled_dot,
+    _sparse_grads,
+)
 
 
 class TopKSAEFunction(torch.autograd.Function):
     """Forward: (recon, vals, idx, aux_recon); the backward as in ``rlsae.sae._fast.loss``."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):  # type: ignore[override]
-        vals, idx, a_vals, a_idx = _encode_topk(
+    def forward(
+        ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace, batch
+    ):  # type: ignore[override]
+        encode = _encode_batchtopk if batch else _encode_topk
+        vals, idx, a_vals, a_idx = encode(
             x, W_enc, b_enc, b_dec, apply_b_dec, k, dead_idx, k_aux, workspace
         )
         recon = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
@@ -55,7 +65,7 @@ class TopKSAEFunction(torch.autograd.Function):
         g_b_dec = g_recon.sum(0)
         if ctx.apply_b_dec:
             g_b_dec -= W_enc @ g_b_enc
-        return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None, None
+        return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None, None, None
 
 
 def topk_forward(
@@ -69,13 +79,25 @@ def topk_forward(
     k_aux: int = 0,
     apply_b_dec: bool = True,
     workspace: Workspace | None = None,
+    batch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fast path: (recon, vals, idx, aux_recon). ``aux_recon`` (no bias) uses the top ``k_aux``
+    """Fast path: (recon, vals, idx, aux_recon) (``batch``: BatchTopK). ``aux_recon`` (no bias) uses the top ``k_aux``
     pre-activations among ``dead_idx`` (empty when there are none). Indices are in no particular
     order within a row. ``x`` gets no gradient. A training loop passes one ``Workspace`` to every
     step so the pre-activation buffer is allocated once."""
     return _apply(
-        TopKSAEFunction, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace
+        TopKSAEFunction,
+        x,
+        W_enc,
+        b_enc,
+        W_dec,
+        b_dec,
+        k,
+        dead_idx,
+        k_aux,
+        apply_b_dec,
+        workspace,
+        batch,
     )
 
 
@@ -108,3 +130,29 @@ def naive_topk_forward(
         a_mask = torch.zeros_like(pre).scatter_(-1, a_idx, 1.0)
         aux = (torch.relu(pre) * a_mask) @ W_dec
     return recon, vals, idx, aux
+
+
+def naive_batchtopk_forward(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    k: int,
+    dead_idx: torch.Tensor | None = None,
+    k_aux: int = 0,
+    apply_b_dec: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference BatchTopK as SAELens computes it: the k * rows largest of relu(pre) over the
+    flattened batch kept, dense, plain autograd. Returns (recon, dense latents, aux_recon); AuxK
+    as in ``naive_topk_forward``."""
+    xc = x.detach() - b_dec if apply_b_dec else x.detach()
+    pre = xc @ W_enc + b_enc
+    acts = torch.relu(pre)
+    flat = acts.flatten()
+    top = flat.detach().topk(k * x.shape[0]).indices
+    mask = torch.zeros_like(flat).scatter_(0, top, 1.0).reshape(acts.shape)
+    f = acts * mask
+    recon = f @ W_dec + b_dec
+    aux = naive_topk_forward(x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec)[3]
+    return recon, f, aux

@@ -255,7 +255,7 @@ TRAIN_BASE = ("--d-sae", 32, "--k", 4, "--steps", 5, "--batch-size", 100)
         (("--steps", 0), "steps: must be at least 1"),
         (("--seed", -1), "seed: must be between 0"),
         (("--l1", -1), "l1: must be at least 0"),
-        (("--arch", "gated"), "arch: expected topk or relu"),
+        (("--arch", "gated"), "arch: expected one of topk, relu, batchtopk"),
         (("--threads", 0), "--threads must be at least 1"),
     ],
 )

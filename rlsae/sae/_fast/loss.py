@@ -1,4 +1,5 @@
-"""The TopK training loss in one autograd function: encoder, TopK, sparse decoder and AuxK.
+"""The TopK training loss in one autograd function: encoder, TopK, sparse decoder and AuxK (and
+BatchTopK's, whose batch-wide selection ``_encode_batchtopk`` feeds the same sparse path).
 
 A TopK SAE's latents are (rows, k) values and indices, so the decoder only needs the k active
 decoder rows per input (``F.embedding_bag``) and the backward pass never needs a dense
@@ -142,6 +143,45 @@ def _encode_topk(
     return vals, idx, a_vals.relu_(), a_idx
 
 
+def _encode_batchtopk(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    b_dec: torch.Tensor,
+    apply_b_dec: bool,
+    k: int,
+    dead_idx: torch.Tensor | None,
+    k_aux: int,
+    workspace: Workspace | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """BatchTopK: the ``k * rows`` largest ReLU'd pre-activations over the whole batch, as (rows,
+    m) values and indices whose entries outside the kept set have value 0 (they decode to nothing
+    and get no gradient, exactly as the dense ``relu(pre) * kept``), plus AuxK as ``_encode_topk``.
+
+    A threshold search over the block without a dense pass of its own: each row's top m (the
+    grouped selection, m = 2k to start), then t = the (k * rows)-th largest of those candidates;
+    an entry is kept where it is >= t and above 0. This is exact unless some row's smallest
+    candidate is positive and >= t (that row may hold more entries above t than it offered);
+    then m doubles and the selection runs again, up to m = d_sae (the plain dense answer)."""
+    B, n = x.shape[0], W_enc.shape[1]
+    keep = k * B
+    m = min(n, 2 * k)
+    while True:
+        vals, idx, a_vals, a_idx = _encode_topk(
+            x, W_enc, b_enc, b_dec, apply_b_dec, m, dead_idx, k_aux, workspace
+        )
+        flat = vals.reshape(-1)
+        t = flat.kthvalue(flat.numel() - keep + 1).values
+        if m == n:
+            break
+        low = vals.amin(dim=1)
+        if not bool(((low > 0) & (low >= t)).any()):
+            break
+        m = min(n, 2 * m)
+    vals.mul_(vals >= t)
+    return vals, idx, a_vals, a_idx
+
+
 def _sparse_grads(
     idx: torch.Tensor,
     dec_vals: torch.Tensor,
@@ -224,8 +264,11 @@ class TopKLossFunction(torch.autograd.Function):
     them. Gradients as in the module docstring, with d sse / d recon = 2 e."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace):
-        vals, idx, a_vals, a_idx = _encode_topk(
+    def forward(
+        ctx, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace, batch
+    ):
+        encode = _encode_batchtopk if batch else _encode_topk
+        vals, idx, a_vals, a_idx = encode(
             x, W_enc, b_enc, b_dec, apply_b_dec, k, dead_idx, k_aux, workspace
         )
         e, sse, gdot = _residual(x, W_dec, b_dec, idx, vals, workspace)
@@ -265,7 +308,7 @@ class TopKLossFunction(torch.autograd.Function):
             g_b_dec -= W_enc @ g_b_enc
         if ctx.workspace is not None:
             ctx.workspace.give_back("residual", e)
-        return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None, None
+        return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None, None, None
 
 
 def _apply(
@@ -280,11 +323,15 @@ def _apply(
     k_aux: int,
     apply_b_dec: bool,
     workspace: Workspace | None,
+    batch: bool = False,
 ) -> Any:
-    """Run a TopK autograd function (``x`` gets no gradient); the tests' reference uses it too."""
+    """Run a TopK autograd function (``x`` gets no gradient); the tests' reference uses it too.
+    ``batch``: BatchTopK (``k * rows`` kept over the batch) instead of k per row."""
     x = x.detach().contiguous()
     k, k_aux, apply_b_dec = int(k), int(k_aux), bool(apply_b_dec)
-    return function.apply(x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace)
+    return function.apply(
+        x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace, bool(batch)
+    )
 
 
 def topk_loss(
@@ -298,12 +345,26 @@ def topk_loss(
     k_aux: int = 0,
     apply_b_dec: bool = True,
     workspace: Workspace | None = None,
+    batch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training path: (sse, aux_sse, vals, idx), the summed squared reconstruction error, the
     AuxK summed squared error against the detached residual (0 without ``dead_idx``), and the
     latents (indices in no particular order): the squared errors of the dense reconstruction,
     computed in fewer passes over the batch. A training loop passes one ``Workspace`` to every
-    step so the pre-activation buffer is allocated once."""
+    step so the pre-activation buffer is allocated once. ``batch``: BatchTopK, the ``k * rows``
+    largest over the batch (``_encode_batchtopk``; idx is then (rows, m) with unkept entries at
+    value 0)."""
     return _apply(
-        TopKLossFunction, x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace
+        TopKLossFunction,
+        x,
+        W_enc,
+        b_enc,
+        W_dec,
+        b_dec,
+        k,
+        dead_idx,
+        k_aux,
+        apply_b_dec,
+        workspace,
+        batch,
     )
