@@ -181,8 +181,8 @@ class RLHFConfig:
         if not isinstance(self.ppo, PPOConfig):
             raise RlsaeError(f"{where}: ppo: expected a PPOConfig, got {type(self.ppo).__name__}")
         self.ppo.validate(where, "ppo.")
+        check_range(where, "rloo_k", self.rloo_k, 2)
         if self.algo == "rloo":
-            check_range(where, "rloo_k", self.rloo_k, 2)
             if self.ppo.batch_size % self.rloo_k:
                 raise RlsaeError(
                     f"{where}: RLOO needs rloo_k >= 2 dividing the batch size "

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import shutil
+import typing
 
 import pytest
 import typer
@@ -186,3 +187,44 @@ def test_rlhf_refusals_leave_nothing_and_resume_names_the_keys(tiny_model_dir, t
     code, stdout, err = run_cli([*base, "--steps", "2", "--resume", "--json"])
     assert code == 0, err
     assert json.loads(stdout)["steps"] == 2
+
+
+BAD_NUMBERS = ["-1", "nan", "inf", "-inf", "1e400", "abc", ""]
+
+
+def _numeric_options():
+    """(verb, flag) of every numeric option of every config-backed llm verb, and --threads."""
+    for verb in sorted(CONFIG_OPTIONS):
+        cls, spec = CONFIG_OPTIONS[verb]
+        for dotted, flag in spec.values():
+            owner, name = field_owner(cls, dotted)
+            if typing.get_type_hints(owner)[name] in (int, float, int | None, float | None):
+                yield verb, flag
+        if any(p.name == "threads" for p in _command(verb).params):
+            yield verb, "--threads"
+
+
+REQUIRED = {
+    "pretrain-tiny": ["--out", "{out}"],
+    "rlhf": ["--model", "{model}", "--out", "{out}", "--steps", "1"]
+    + ["--batch-size", "2", "--mini-batch-size", "1"],
+    "score": ["--model", "{model}", "--prefixes", "2"],
+    "record": ["--model", "{model}", "--layers", "0", "--out", "{out}", "--prefixes", "2"],
+    "explain": ["--sae", "{out}/sae", "--acts", "{out}/acts", "--features", "0"],
+}
+
+
+@pytest.mark.parametrize(("verb", "flag"), list(_numeric_options()))
+def test_generated_bad_numbers_for_every_numeric_option(
+    random_lm_dir, tmp_path, run_cli, verb, flag
+):
+    """Negative, NaN, infinite, huge, non-numeric and empty values: each refused in one line
+    naming the option, before anything is written."""
+    out = tmp_path / "out"
+    base = [a.format(out=out, model=random_lm_dir) for a in REQUIRED[verb]]
+    for value in BAD_NUMBERS:
+        code, stdout, err = run_cli(["llm", verb, *base, flag, value])
+        assert code == 2 and stdout == "", (flag, value, err)
+        assert err.startswith("error: ") and err.count("\n") == 1, (flag, value, err)
+        assert flag in err and "Traceback" not in err, (flag, value, err)
+        assert not out.exists(), (flag, value)
