@@ -20,10 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from rlsae.agents.concept_run import CONCEPTS_FILE
+from rlsae.agents.concepts import ConceptMatches
 from rlsae.agents.results import EpisodeLog
 from rlsae.errors import RlsaeError
 from rlsae.viewer.source import (
     AgentState,
+    ConceptScore,
+    FeatureExtras,
     StoreClaim,
     StorePages,
     StoreView,
@@ -45,6 +49,7 @@ class AgentViewerSource:
 
     def pages(self, view: StoreView) -> StorePages:
         out = StorePages()
+        add_concepts(view, out)
         episodes, steps = view.column("episode"), view.column("step")
         if episodes is None or steps is None:
             out.notes.append("the store has no episode/step context; no frames")
@@ -73,6 +78,33 @@ class AgentViewerSource:
         out.clip = (cfg.clip_before, cfg.clip_after)
         out.actions = _action_names()
         return out
+
+
+def add_concepts(view: StoreView, out: StorePages) -> None:
+    """Each feature's best game-state concepts from ``SAE_DIR/concepts.json`` (written by
+    ``rlsae dqn concepts`` or the study's ``concepts`` stage), as page data; a note when the
+    file is unreadable or belongs to an SAE of another width."""
+    path = view.sae_dir / CONCEPTS_FILE
+    if not path.is_file():
+        return
+    try:
+        matches = ConceptMatches.read(path)
+    except (RlsaeError, OSError, ValueError) as e:
+        out.notes.append(f"concepts unavailable ({first_line(e)})")
+        return
+    if matches.n_features != view.d_sae:
+        out.notes.append(
+            f"concepts unavailable ({path.name} matches {matches.n_features} features, "
+            f"the SAE has {view.d_sae})"
+        )
+        return
+    out.concept_coverage = matches.coverage
+    for fc in matches.features:
+        scores = [
+            ConceptScore(m.concept, m.kind, m.score, m.strength, m.negated, m.threshold, m.f1)
+            for m in fc.matches
+        ]
+        out.features[fc.feature] = FeatureExtras(label=fc.explanation, concepts=scores or None)
 
 
 def viewer_source() -> AgentViewerSource:

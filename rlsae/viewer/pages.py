@@ -265,8 +265,14 @@ def _write_summary(
 ) -> None:
     """``summary.js``: the per-feature columns of the feature table."""
     labels: list[str | None] = [None] * int(entry["d_sae"])
+    concepts: list[str | None] = [None] * int(entry["d_sae"])
+    match: list[float | None] = [None] * int(entry["d_sae"])
     for f, extras in pages.features.items():
         labels[f] = extras.label
+        if extras.concepts:  # the best concept, for filtering and sorting the feature table
+            best = extras.concepts[0]
+            concepts[f] = ("NOT " if best.negated else "") + best.concept
+            match[f] = _r(best.strength, 4)
     sid = entry["id"]
     summary = {
         "id": sid,
@@ -280,4 +286,6 @@ def _write_summary(
         "effect_label": entry["effect_label"],
         "labels": labels if any(labels) else None,
     }
+    if any(c is not None for c in concepts):
+        summary["concepts"], summary["match"] = concepts, match
     write_jsonp(job.site / "data" / "saes" / sid / "summary.js", f"{sid}/summary", summary)

@@ -209,6 +209,35 @@ class Explanation:
 
 
 @dataclass
+class ConceptScore:
+    """How well one named concept (ground truth, e.g. from a game's RAM) explains a feature."""
+
+    concept: str
+    kind: str
+    """``bool`` (scored by AUROC) or ``scalar`` (by Spearman's rho)."""
+    score: float | None
+    """AUROC (of the concept's absence when ``negated``) or rho; None when undefined."""
+    strength: float
+    """0-1, what matches are ranked by (``2 |AUROC - 0.5|`` or ``|rho|``)."""
+    negated: bool = False
+    threshold: float | None = None
+    """Activation at or above which the concept is predicted with the best F1 (bool)."""
+    f1: float | None = None
+
+    def to_page(self) -> dict[str, Any]:
+        page: dict[str, Any] = {"concept": self.concept, "kind": self.kind}
+        page["score"] = None if self.score is None else sig(self.score)
+        page["strength"] = sig(self.strength)
+        if self.negated:
+            page["negated"] = True
+        for key in ("threshold", "f1"):
+            v = getattr(self, key)
+            if v is not None:
+                page[key] = sig(v)
+        return page
+
+
+@dataclass
 class FeatureExtras:
     """What a source adds to one feature's page."""
 
@@ -216,6 +245,9 @@ class FeatureExtras:
     explanation: Explanation | None = None
     label: str | None = None
     """Short text shown beside the feature in the feature table."""
+    concepts: list[ConceptScore] | None = None
+    """The concepts that best explain the feature, strongest first (the first also goes into
+    the feature table, for filtering and sorting by concept and match quality)."""
 
     def to_page(self) -> dict[str, Any]:
         page: dict[str, Any] = {}
@@ -223,6 +255,8 @@ class FeatureExtras:
             page["logits"] = self.logits.to_page()
         if self.explanation is not None:
             page["explanation"] = self.explanation.to_page()
+        if self.concepts:
+            page["concepts"] = [c.to_page() for c in self.concepts]
         return page
 
 
@@ -247,13 +281,15 @@ class StorePages:
     """True when logit effects were computed through the model's unembedding (LMs)."""
     explained: int | None = None
     """Number of explained features (LMs)."""
+    concept_coverage: float | None = None
+    """Fraction of live features whose best concept match has AUROC >= 0.9 (agents)."""
 
     def entry_fields(self) -> dict[str, Any]:
         """The fields this adds to the SAE's entry of the site index."""
         out: dict[str, Any] = {}
         if self.clip is not None:
             out["clip"] = {"before": self.clip[0], "after": self.clip[1]}
-        for key in ("actions", "unembedding", "explained"):
+        for key in ("actions", "unembedding", "explained", "concept_coverage"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out

@@ -110,6 +110,7 @@
       f: p.get("f"),
       sort: p.get("sort") || "index",
       filter: p.get("filter") || "all",
+      concept: p.get("concept") || "",
       page: parseInt(p.get("page") || "0", 10) || 0,
     };
   }
@@ -248,6 +249,7 @@
       el("button", { type: "submit", id: "jump-go", text: "Go" }));
   }
 
+  var STRONG = 0.8;
   function renderBrowser(entry, summary, r) {
     var n = summary.d_sae;
     var idx = [];
@@ -255,9 +257,11 @@
       var dead = summary.density[i] === 0;
       if (r.filter === "live" && dead) continue;
       if (r.filter === "dead" && !dead) continue;
+      if (r.concept && !(summary.concepts && summary.concepts[i] === r.concept)) continue;
+      if (r.filter === "strong" && !(summary.match && summary.match[i] >= STRONG)) continue;
       idx.push(i);
     }
-    var key = { density: summary.density, max: summary.max, effect: summary.effect }[r.sort];
+    var key = { density: summary.density, max: summary.max, effect: summary.effect, match: summary.match }[r.sort];
     if (key) idx.sort(function (a, b) { return (key[b] || 0) - (key[a] || 0) || a - b; });
     var pages = Math.max(1, Math.ceil(idx.length / PAGE));
     var page = Math.min(Math.max(0, r.page), pages - 1);
@@ -265,18 +269,26 @@
 
     var select = function (id, value, options, field) {
       var s = el("select", { id: id, onchange: function () {
-        var q = { sae: entry.id, sort: r.sort, filter: r.filter };
+        var q = { sae: entry.id, sort: r.sort, filter: r.filter, concept: r.concept };
         q[field] = s.value;
         location.hash = href(q);
       } }, options.map(function (o) { return el("option", { value: o[0], text: o[1] }); }));
       s.value = value;
       return s;
     };
+    var sorts = [["index", "index"], ["density", "density"], ["max", "max activation"], ["effect", "effect size"]];
+    if (summary.match) sorts.push(["match", "concept match"]);
+    var conceptNames = summary.concepts ? summary.concepts.filter(function (c, i, a) { return c && a.indexOf(c) === i; }).sort() : [];
+    var filters = [["all", "all features"], ["live", "live only"], ["dead", "dead only"]];
+    // match 0.8 = AUROC 0.9 (or |Spearman| 0.8): the coverage threshold
+    if (summary.match) filters.push(["strong", "concept match ≥ " + STRONG]);
     var controls = el("div", { class: "controls" }, jumpBox(entry, summary),
-      el("label", { text: "Sort " }), select("sort", r.sort,
-        [["index", "index"], ["density", "density"], ["max", "max activation"], ["effect", "effect size"]], "sort"),
-      el("label", { text: " Show " }), select("filter", r.filter,
-        [["all", "all features"], ["live", "live only"], ["dead", "dead only"]], "filter"));
+      el("label", { text: "Sort " }), select("sort", r.sort, sorts, "sort"),
+      el("label", { text: " Show " }), select("filter", r.filter, filters, "filter"),
+      summary.concepts ? [el("label", { text: " Best concept " }), select("concept", r.concept,
+        [["", "any"]].concat(conceptNames.map(function (c) { return [c, c]; })), "concept")] : null);
+    var q = { sae: entry.id, sort: r.sort, filter: r.filter, concept: r.concept };
+    var at = function (pg) { var o = Object.assign({}, q); o.page = pg; return href(o); };
 
     var rows = idx.slice(page * PAGE, (page + 1) * PAGE).map(function (i) {
       var d = summary.density[i];
@@ -285,19 +297,23 @@
         el("td", { text: d === 0 ? "dead" : "live", class: d === 0 ? "dead-label" : null }),
         el("td", { text: pct(d) }), el("td", { text: fmt(summary.max[i]) }),
         el("td", { text: fmt(summary.effect[i]) }),
+        summary.match ? el("td", { class: "match", text: fmt(summary.match[i]) }) : null,
         el("td", { class: "label", text: summary.labels ? summary.labels[i] || "" : "" }));
     });
-    var head = el("tr", null, ["feature", "status", "density", "max act", "effect", summary.labels ? "explanation" : ""]
-      .map(function (c) { return el("th", { text: c }); }));
+    var cols = ["feature", "status", "density", "max act", "effect"];
+    if (summary.match) cols.push("match");
+    cols.push(summary.labels ? "explanation" : "");
+    var head = el("tr", null, cols.map(function (c) { return el("th", { text: c }); }));
     var pager = el("div", { class: "pager" },
-      page > 0 ? el("a", { href: href({ sae: entry.id, sort: r.sort, filter: r.filter, page: page - 1 }), text: "← previous" }) : null,
+      page > 0 ? el("a", { href: at(page - 1), text: "← previous" }) : null,
       el("span", { text: " page " + (page + 1) + " of " + pages + " (" + idx.length + " features) " }),
-      page + 1 < pages ? el("a", { href: href({ sae: entry.id, sort: r.sort, filter: r.filter, page: page + 1 }), text: "next →" }) : null);
+      page + 1 < pages ? el("a", { href: at(page + 1), text: "next →" }) : null);
     var m = entry.metrics || {};
     show([
       el("h1", { text: entry.name }),
       el("p", { class: "muted", text: entry.kind + " SAE · " + n + " features · " + (n - dead) + " live · " + dead +
-        " dead · L0 " + fmt(m.l0) + " · FVU " + fmt(m.fvu) + " · " + fmt(summary.rows) + " rows · effect = " + summary.effect_label }),
+        " dead · L0 " + fmt(m.l0) + " · FVU " + fmt(m.fvu) + " · " + fmt(summary.rows) + " rows · effect = " + summary.effect_label +
+        (entry.concept_coverage !== undefined && entry.concept_coverage !== null ? " · concept coverage " + pct(entry.concept_coverage) : "") }),
       (entry.notes || []).map(function (t) { return el("p", { class: "note", text: t }); }),
       el("h2", { text: "Feature densities" }), densityHistogram(summary.density),
       controls, el("table", { class: "grid-table", id: "feature-table" }, el("thead", null, head), el("tbody", null, rows)), pager,
@@ -366,6 +382,7 @@
         text: "Dead feature: it never fired on the " + fmt(summary.rows) + " rows of the activation store." }));
     }
     if (ft.explanation) parts.push(explanationBox(ft.explanation));
+    if (ft.concepts) parts.push(conceptsBox(ft.concepts));
     if (ft.pairs) parts.push(pairBox(ft.pairs));
     parts.push(el("div", { class: "row" }, stats, ft.dead ? null : el("div", null, el("h3", { text: "Activation histogram (firing rows)" }),
       barChart(ft.hist, ft.hist.map(function (_, i) { return (i * ft.max) / ft.hist.length; }), ft.max / ft.hist.length,
@@ -382,6 +399,20 @@
           " cos " + fmt(nb[1]) + (summary.density[nb[0]] === 0 ? " (dead)" : ""));
       })));
     show(parts, [" › ", el("a", { href: href({ sae: entry.id }), text: entry.name }), " › #" + f]);
+  }
+
+  function conceptsBox(cs) {
+    var head = el("tr", null, ["concept", "score", "match", "F1", "threshold"].map(function (c) { return el("th", { text: c }); }));
+    var rows = cs.map(function (c) {
+      var score = c.score === null || c.score === undefined ? "n/a" : (c.kind === "bool" ? "AUROC " : "Spearman ") + fmt(c.score);
+      return el("tr", { class: "concept" },
+        el("td", { class: "concept-name", text: (c.negated ? "NOT " : "") + c.concept }),
+        el("td", { text: score }), el("td", { text: fmt(c.strength) }),
+        el("td", { text: c.f1 === undefined ? "" : fmt(c.f1) }),
+        el("td", { text: c.threshold === undefined ? "" : "≥ " + fmt(c.threshold) }));
+    });
+    return el("section", { id: "concepts" }, el("h2", { text: "Game-state concepts (from the emulator's RAM)" }),
+      el("table", { class: "grid-table concepts" }, el("thead", null, head), el("tbody", null, rows)));
   }
 
   function explanationBox(e) {
