@@ -190,19 +190,33 @@ def _fit_headline(fit: FitResult) -> str:
     )
 
 
-def _fit_section(fit: FitResult | None, df: Any) -> str:
+def _fit_section(
+    fit: FitResult | None,
+    df: Any,
+    heading: str = "Live features vs return",
+    unit: str = " features",
+) -> str:
     if fit is None:
         return "<p class='headline'>No fit yet: fewer than 4 agents have finished.</p>"
+    df = df[df[fit.x].notna()]
     fig = fit_figure(
         df[fit.x].to_numpy(float),
         df[fit.y].to_numpy(float),
         fit,
-        x_label=f"{fit.x} features",
+        x_label=f"{fit.x}{unit}",
         y_label=fit.y,
         labels=df["agent"].astype(str).tolist(),
-        title=f"{fit.y} vs {fit.x} features",
+        title=f"{fit.y} vs {fit.x}{unit}",
     )
-    return _fit_headline(fit) + "<h2>Live features vs return</h2>" + figure_div(fig, "fit")
+    div = figure_div(fig, "fit" if fit.x != "concept_coverage" else "fit-coverage")
+    return _fit_headline(fit) + f"<h2>{esc(heading)}</h2>" + div
+
+
+def _coverage_section(path: Path, df: Any) -> str:
+    """The fit of return on the SAEs' concept coverage, when the study made one."""
+    if not path.is_file():
+        return ""
+    return _fit_section(FitResult.read(path), df, "Concept coverage vs return", unit="")
 
 
 def _training_curves(run_dir: Path, df: Any) -> str:
@@ -327,6 +341,7 @@ def write_atari_report(run_dir: str | os.PathLike) -> Path:
     parts = [
         _links(run_dir),
         _fit_section(fit, df),
+        _coverage_section(analysis / "fit_coverage_vs_return.json", df),
         "<h2>Agents</h2>" + _df_table(df),
         _training_curves(run_dir, df),
         _sae_section(run_dir, df),

@@ -8,9 +8,12 @@ in :mod:`rlsae.study.presets`. The stages, in order:
 - per agent (a trained model, each checkpoint with ``checkpoint_every``, or an external agent):
   ``eval`` (mean return), ``record`` (activations of ``recording.layer``), ``sae`` (train an
   SAE on them), ``live`` (latents that fire at least ``live_threshold`` times over the recorded
-  rows) and ``splice`` (returns with the SAE's reconstruction in place of the layer);
+  rows), ``splice`` (returns with the SAE's reconstruction in place of the layer) and
+  ``concepts`` (which Ms. Pac-Man game-state concepts the SAE's features encode, from the RAM;
+  ``SAE_DIR/concepts.json`` and the SAE's coverage);
 - once per study: ``table`` (``analysis/agents.csv``), ``fit`` (live features vs mean return,
-  ``analysis/fit_live_vs_return.{json,html}``) and ``report`` (``analysis/report.html``).
+  ``analysis/fit_live_vs_return.{json,html}``, and concept coverage vs mean return,
+  ``analysis/fit_coverage_vs_return.json``) and ``report`` (``analysis/report.html``).
 
 Each finished stage leaves its marker (``analysis/runs/RUN/train.json``,
 ``analysis/agents/AGENT/STAGE.json``, ``analysis/stages/STAGE.json``) holding its typed result.
@@ -35,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from rlsae.agents.agent_dir import list_checkpoints
+from rlsae.agents.concept_run import CONCEPTS_FILE, check_concept_inputs, sae_concepts
 from rlsae.agents.results import Evaluation, SpliceResult
+from rlsae.analysis.fit import FitResult
 from rlsae.analysis.report import write_atari_report
 from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
@@ -47,6 +52,7 @@ from rlsae.study.engine import resolve_config as resolve_study_config
 from rlsae.study.engine import run as run_engine
 from rlsae.study.presets import ATARI_PRESETS
 from rlsae.study.results import (
+    AgentConcepts,
     AgentsTable,
     FitOutcome,
     LiveFeatures,
@@ -58,7 +64,7 @@ from rlsae.study.results import (
 from rlsae.study.sweep import check_engine, make_engine
 
 STUDY_KIND = "atari-dead-features-study"
-STAGES = ("eval", "record", "sae", "live", "splice")
+STAGES = ("eval", "record", "sae", "live", "splice", "concepts")
 """The per-agent stages, in order."""
 
 
@@ -328,6 +334,30 @@ def _no_splice(cfg: StudyConfig) -> bool:
     return cfg.evaluation.splice_episodes == 0
 
 
+CONCEPT_ROWS = 100_000
+"""The most recorded rows (evenly spaced) the ``concepts`` stage matches on."""
+
+
+def concepts(ctx: Context[StudyConfig], spec: AgentSpec) -> AgentConcepts:
+    """The game-state concepts of the SAE's features (``SAE_DIR/concepts.json``); an agent
+    whose recording cannot be matched (another game, nature-mode no-ops) gets a note instead."""
+    cfg, run_dir = ctx.config, ctx.run_dir
+    acts, sdir = acts_dir(run_dir, cfg, spec.name), sae_dir(run_dir, cfg, spec.name)
+    try:
+        check_concept_inputs(None, sdir, acts)
+    except RlsaeError as e:
+        return AgentConcepts(note=str(e))
+    res = sae_concepts(None, sdir, acts, max_rows=CONCEPT_ROWS)
+    path = res.write(sdir / CONCEPTS_FILE)
+    return AgentConcepts(
+        path=str(path.relative_to(run_dir)),
+        coverage=res.coverage,
+        coverage_auroc=res.coverage_auroc,
+        live_features=res.live_features,
+        rows=res.n_rows,
+    )
+
+
 _EVAL_COLUMNS = ("mean_return", "std_return", "min_return", "max_return", "episodes", "mean_length")
 _LIVE_COLUMNS = (
     "live",
@@ -362,6 +392,8 @@ def _agent_row(ctx: Context[StudyConfig], a: AgentSpec) -> dict[str, Any]:
             v = getattr(sp, k)
             if isinstance(v, int | float) and not isinstance(v, bool):
                 row[f"splice_{k}"] = v
+    con = ctx.result(AgentConcepts, "concepts", a.name)
+    row["concept_coverage"] = con.coverage
     return row
 
 
@@ -405,7 +437,31 @@ def fit(ctx: Context[StudyConfig]) -> FitOutcome:
         title=f"{cfg.name}: {fy} vs {fx} ({len(df)} agents)",
     )
     write_figure_html(fig, analysis / "fit_live_vs_return.html", title=f"{cfg.name}: fit")
-    return FitOutcome(fit=res)
+    cov, cov_error = _coverage_fit(ctx, df)
+    return FitOutcome(fit=res, coverage_fit=cov, coverage_error=cov_error)
+
+
+def _coverage_fit(ctx: Context[StudyConfig], df: Any) -> tuple[FitResult | None, str | None]:
+    """``fit.y`` against the concept coverage of the agents that have one (the same fit as the
+    live features'): ``analysis/fit_coverage_vs_return.json``, or why there is none."""
+    from rlsae.analysis.fit import fit_xy
+
+    cfg, fy = ctx.config, ctx.config.fit.y
+    if "concept_coverage" not in df.columns:
+        return None, "no agent has a concept coverage"
+    have = df[df["concept_coverage"].notna()]
+    try:
+        res = fit_xy(
+            have["concept_coverage"].to_numpy(float),
+            have[fy].to_numpy(float),
+            bootstrap=cfg.fit.bootstrap,
+            seed=cfg.fit.seed,
+        )
+    except RlsaeError as e:
+        return None, str(e)
+    res.x, res.y, res.table = "concept_coverage", fy, "agents.csv"
+    res.write(ctx.run_dir / "analysis" / "fit_coverage_vs_return.json")
+    return res, None
 
 
 def report(ctx: Context[StudyConfig]) -> Report:
@@ -436,7 +492,8 @@ ATARI = Study(
         Stage("sae", train_agent_sae, TrainedSAE, after=("record",), per="agent"),
         Stage("live", count_live, LiveFeatures, after=("sae",), per="agent"),
         Stage("splice", splice, SpliceResult, after=("sae",), per="agent", skip_if=_no_splice),
-        Stage("table", agents_table, AgentsTable, after=("eval", "live", "splice")),
+        Stage("concepts", concepts, AgentConcepts, after=("sae",), per="agent"),
+        Stage("table", agents_table, AgentsTable, after=("eval", "live", "splice", "concepts")),
         Stage("fit", fit, FitOutcome, after=("table",)),
         Stage("report", report, Report, after=("table", "fit")),
     ),

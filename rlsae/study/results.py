@@ -82,6 +82,27 @@ class LiveFeatures(Artifact):
 
 
 @dataclass
+class AgentConcepts(Artifact):
+    """How much of Ms. Pac-Man's game state an agent's SAE features capture: the summary of
+    ``SAE_DIR/concepts.json`` (an :class:`rlsae.agents.concepts.ConceptMatches`)."""
+
+    FORMAT: ClassVar[str] = "rlsae.study_concepts"
+    VERSION: ClassVar[int] = 1
+    path: str | None = None
+    """The matches file, relative to the run directory (None when not matched: see ``note``)."""
+    coverage: float | None = None
+    """Fraction of live features whose best concept match has AUROC >= ``coverage_auroc``."""
+    coverage_auroc: float = 0.9
+    live_features: int | None = None
+    """Features that fire on at least one of the matched rows."""
+    rows: int | None = None
+    """Rows matched."""
+    note: str | None = None
+    """Why the agent was not matched (e.g. a nature-mode recording, whose RAM cannot be
+    regenerated)."""
+
+
+@dataclass
 class AgentsTable(Artifact):
     """``analysis/agents.csv``: one row per agent with every finished stage's numbers."""
 
@@ -100,6 +121,11 @@ class FitOutcome(Artifact):
     VERSION: ClassVar[int] = 1
     fit: FitResult | None = None
     error: str | None = None
+    coverage_fit: FitResult | None = None
+    """``fit.y`` against the SAEs' concept coverage (``analysis/fit_coverage_vs_return.json``),
+    when at least four agents have a coverage that varies."""
+    coverage_error: str | None = None
+    """Why there is no coverage fit."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ from rlsae.sae.config import TrainConfig
 from rlsae.study import atari as study
 from rlsae.study.atari import ATARI, AgentSpec
 from rlsae.study.engine import Context
-from rlsae.study.results import LiveFeatures, Recording, TrainedSAE
+from rlsae.study.results import AgentConcepts, LiveFeatures, Recording, TrainedSAE
 
 
 def _score(spec: AgentSpec, run_dir: Path) -> float:
@@ -43,6 +43,8 @@ def stand_in_result(stage: str, ctx: Context, spec: AgentSpec):
             live=live, dead=2048 - live, d_sae=2048, live_threshold=1, rows=1,
             firing_counts_q10_q50_q90=[0.0, 0.0, 0.0], source_of_counts="test", fvu=0.1, l0=50.0,
         )  # fmt: skip
+    if stage == "concepts":
+        return AgentConcepts(note="stand-in: not matched")
     return SpliceResult(
         agent=spec.agent_dir, sae="sae", layer="fc1", episodes=1, seed=0, epsilon=0.05,
         return_original=ret, return_sae=ret, return_ablated=0.0, return_recovered=1.0,

@@ -38,7 +38,7 @@ def test_interrupted_study_resumes_without_redoing_stages(tmp_path, external_age
     assert not (run / "analysis" / "agents.csv").exists()  # nothing half-aggregated
     markers = sorted(run.glob("analysis/agents/*/*.json"))
     mtimes = {p: p.stat().st_mtime_ns for p in markers}
-    assert len(markers) == 5 * 5 - 3  # agent2 stopped before sae, live, splice
+    assert len(markers) == 5 * 6 - 4  # agent2 stopped before sae, live, splice, concepts
 
     counted["fail"] = None
     for v in calls.values():
@@ -52,8 +52,9 @@ def test_interrupted_study_resumes_without_redoing_stages(tmp_path, external_age
         "sae": ["agent2"],
         "live": ["agent2"],
         "splice": ["agent2"],
+        "concepts": ["agent2"],
     }
-    assert res["stages_run"] == 3 and res["stages_skipped"] == 22
+    assert res["stages_run"] == 4 and res["stages_skipped"] == 26
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     # the fit over the five agents: live = 400 + (ret - 500)/4 exactly, so the line fits perfectly
     assert res["fit"]["n"] == 5 and res["fit"]["linear_r2"] == pytest.approx(1.0)
@@ -88,4 +89,4 @@ def test_interrupt_mid_stage_keeps_no_marker(tmp_path, external_agents, counted)
     assert not (run / "analysis/agents/agent0/record.json").exists()
     res = run_study(cfg, run, resume=True, engine="serial", study=counted["study"])
     assert counted["calls"]["eval"] == ["agent0", "agent1", "agent2", "agent3"]  # agent0 once
-    assert res["stages_run"] == 4 * 5 - 1
+    assert res["stages_run"] == 4 * 6 - 1

@@ -22,7 +22,7 @@ from rlsae.study.atari_config import StudyConfig
 
 pytestmark = pytest.mark.slow
 
-STAGE_FILES = ("eval.json", "record.json", "sae.json", "live.json", "splice.json")
+STAGE_FILES = ("eval.json", "record.json", "sae.json", "live.json", "splice.json", "concepts.json")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def smoke_run(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_smoke_study_end_to_end(smoke_run) -> None:
     run, res = smoke_run
-    assert res["agents"] == 4 and res["stages_run"] == 20 and res["stages_skipped"] == 0
+    assert res["agents"] == 4 and res["stages_run"] == 24 and res["stages_skipped"] == 0
     # the four agents ran on the pool's two worker processes, not here
     assert len(res["worker_pids"]) == 2 and os.getpid() not in res["worker_pids"]
     df = pd.read_csv(run / "analysis" / "agents.csv")
@@ -55,6 +55,17 @@ def test_smoke_study_end_to_end(smoke_run) -> None:
         assert int((fired >= 1).sum()) == row["live"]
         assert store.rows == row["rows"] == 128
 
+    # the concepts stage: every agent's SAE matched against the RAM concepts of its 128 rows
+    from rlsae.agents.concepts import ConceptMatches
+
+    assert df["concept_coverage"].between(0, 1).all()
+    for _, row in df.iterrows():
+        sdir = run / "saes" / row["agent"] / "fc1" / "topk-128-k8"
+        matches = ConceptMatches.read(sdir / "concepts.json")
+        assert matches.n_rows == 128 and matches.coverage == pytest.approx(row["concept_coverage"])
+        marker = json.loads((run / "analysis/agents" / row["agent"] / "concepts.json").read_text())
+        assert marker["result"]["path"] == str(sdir.relative_to(run) / "concepts.json")
+
     fit = json.loads((run / "analysis" / "fit_live_vs_return.json").read_text())
     ref = fit_xy(df["live"], df["mean_return"], bootstrap=0)
     assert fit["n"] == 4
@@ -72,13 +83,13 @@ def test_smoke_study_end_to_end(smoke_run) -> None:
 def test_smoke_study_resumes(smoke_run, capsys) -> None:
     run, _ = smoke_run
     markers = sorted(run.glob("analysis/agents/*/*.json"))
-    assert len(markers) == 20
+    assert len(markers) == 24
     before = {p: p.stat().st_mtime_ns for p in markers}
     every_file = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     t0 = time.perf_counter()
     again = run_atari_pipeline(run, "smoke", resume=True, workers=2)
     took = time.perf_counter() - t0
-    assert again["stages_run"] == 0 and again["stages_skipped"] == 20
+    assert again["stages_run"] == 0 and again["stages_skipped"] == 24
     # a finished study resumed: no worker pool, no file rewritten (report included), fast
     assert again["worker_pids"] == [] and took < 2.0
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == every_file
@@ -134,7 +145,7 @@ def test_ray_sweep_two_agents_same_layout_and_numbers(smoke_run, tmp_path) -> No
     finally:
         ray.shutdown()
     out = tmp_path / "ray"
-    assert res["agents"] == 2 and res["stages_run"] == 10
+    assert res["agents"] == 2 and res["stages_run"] == 12
     assert os.getpid() not in res["worker_pids"]
     for name in ("step_50", "step_200"):
         assert all((out / "analysis" / "agents" / name / f).is_file() for f in STAGE_FILES)

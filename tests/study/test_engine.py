@@ -109,7 +109,7 @@ def test_finished_study_resumes_without_work(tmp_path, external_agents, counted,
     t0 = time.perf_counter()
     res = atari.run_study(cfg, run, resume=True, engine="local", workers=2, study=counted["study"])
     took = time.perf_counter() - t0
-    assert res["stages_run"] == 0 and res["stages_skipped"] == 25
+    assert res["stages_run"] == 0 and res["stages_skipped"] == 30  # 5 agents x 6 stages
     assert all(not v for v in counted["calls"].values()) and pools == []
     assert res["worker_pids"] == [] and took < 2.0
     assert _files(run) == before  # run.json, agents.csv, the fit and the report untouched
