@@ -7,7 +7,8 @@ in one line.
 ==================  =====================  ==================================================
 class               format                 written as
 ==================  =====================  ==================================================
-:class:`AgentInfo`  ``rlsae.dqn_agent``    ``AGENT/agent.json`` (marks a finished agent)
+:class:`AgentInfo`  ``rlsae.dqn_agent``    ``AGENT/agent.json`` (marks a finished agent;
+                                           ``source``: :class:`ImportSource` if imported)
 :class:`Evaluation` ``rlsae.dqn_eval``     ``AGENT/eval.json``, ``dqn eval --json``
 :class:`SpliceResult` ``rlsae.dqn_splice`` ``dqn splice --json``, the study's splice stage
 :class:`EpisodeLog` ``rlsae.atari_episodes`` ``STORE/episodes.json`` (replays a recording)
@@ -24,6 +25,27 @@ from typing import ClassVar
 from rlsae.agents.config import ARCHS, DQNConfig, EnvConfig, RecordConfig, check_choice
 from rlsae.artifacts import Artifact
 from rlsae.errors import RlsaeError
+
+
+@dataclass
+class ImportSource:
+    """The file an agent was imported from (``dqn import``) and what was done to it."""
+
+    file: str
+    """The imported file's name (no directory)."""
+    sha256: str
+    """Its SHA-256 (hex)."""
+    format: str
+    """``torch-module-pickle``, ``torch-state-dict``, ``safetensors`` or ``sb3-zip``."""
+    key_names: str
+    """Whose parameter names it used: ``poster`` (``conv1.weight`` ...) or ``rlsae``."""
+    conversion: list[str] = field(default_factory=list)
+    """Each change made to its weights, in words (e.g. the 0-255 input scale folded into conv1)."""
+    module_class: str | None = None
+    """The pickled module's class (``__main__.AtariQnet``), for a whole-module pickle."""
+    max_rel_error: float | None = None
+    """Largest |dQ| / max |Q| between the file's network and the imported agent on a check
+    batch of frames, measured at import."""
 
 
 @dataclass
@@ -47,6 +69,9 @@ class AgentInfo(Artifact):
     """The environment it was trained on."""
     env_id: str = "ALE/MsPacman-v5"
     """The gymnasium id whose settings the environment follows."""
+    source: ImportSource | None = None
+    """Where an imported agent came from (None: trained by rlsae; then the fields above are
+    its training run's; for an imported agent ``hyperparameters`` are the arch's defaults)."""
 
     def validate(self, where: str = "agent.json") -> None:
         check_choice(where, "arch", self.arch, ARCHS)

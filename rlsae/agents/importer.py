@@ -1,0 +1,397 @@
+"""``dqn import``: agents trained elsewhere become ordinary agent directories.
+
+Sources (the format is read from the file, not its name):
+
+==========================  ===============================================================
+format                      read with
+==========================  ===============================================================
+``torch-module-pickle``     :func:`rlsae.agents.unpickle.load_module_pickle` (a whole
+                            ``torch.save(q)`` module, e.g. the poster's ``dqns/dqnN.pt``;
+                            nothing in the file runs)
+``torch-state-dict``        ``torch.load(weights_only=True)`` (a dict of tensors)
+``safetensors``             ``safetensors.torch.load_file``
+``sb3-zip``                 the ``policy.pth`` inside an SB3 ``model.zip``, weights only
+                            (the zip's pickled ``data`` is not unpickled)
+==========================  ===============================================================
+
+Parameter names are the poster's (``conv1.weight`` ... ``fc3.bias``: its network takes raw
+0-255 pixels) or rlsae's own, i.e. SB3's ``QNetwork`` names (``features_extractor.conv1.0.weight``
+... ``q_net.0.bias``, with or without a ``q_net.``/``policy.q_net.`` prefix; inputs scaled to
+[0, 1]). Poster-named weights get the input scale folded into ``conv1`` (weights x 255), so the
+imported agent's Q-values equal the original's. Every check (unknown class, missing or extra
+tensor, wrong shape, non-finite value, unreadable file) is one :class:`RlsaeError` line, made
+before ``--out`` is created; the agent directory is published whole (``atomic_dir``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlsae.agents.config import ARCHS, EnvConfig, check_choice, default_config
+from rlsae.agents.networks import policy_kwargs
+from rlsae.agents.results import AgentInfo, ImportSource
+from rlsae.agents.unpickle import PickledModule, load_module_pickle
+from rlsae.errors import RlsaeError
+from rlsae.fsutil import atomic_dir
+
+# the poster's parameter shapes (its AtariQnet); the rlsae name each one loads into
+POSTER_SHAPES: dict[str, tuple[int, ...]] = {
+    "conv1.weight": (16, 3, 9, 9),
+    "conv1.bias": (16,),
+    "conv2.weight": (32, 16, 9, 9),
+    "conv2.bias": (32,),
+    "conv3.weight": (64, 32, 6, 6),
+    "conv3.bias": (64,),
+    "fc1.weight": (512, 960),
+    "fc1.bias": (512,),
+    "fc2.weight": (512, 512),
+    "fc2.bias": (512,),
+    "fc3.weight": (9, 512),
+    "fc3.bias": (9,),
+}
+_POSTER_TO_RLSAE = {
+    "conv1": "features_extractor.conv1.0",
+    "conv2": "features_extractor.conv2.0",
+    "conv3": "features_extractor.conv3.0",
+    "fc1": "features_extractor.fc1.0",
+    "fc2": "features_extractor.fc2.0",
+    "fc3": "q_net.0",
+}
+NATURE_SHAPES: dict[str, tuple[int, ...]] = {
+    "features_extractor.cnn.0.weight": (32, 4, 8, 8),
+    "features_extractor.cnn.0.bias": (32,),
+    "features_extractor.cnn.2.weight": (64, 32, 4, 4),
+    "features_extractor.cnn.2.bias": (64,),
+    "features_extractor.cnn.4.weight": (64, 64, 3, 3),
+    "features_extractor.cnn.4.bias": (64,),
+    "features_extractor.linear.0.weight": (512, 3136),
+    "features_extractor.linear.0.bias": (512,),
+    "q_net.0.weight": (9, 512),
+    "q_net.0.bias": (9,),
+}
+# the poster's submodules: class and the geometry its forward relies on
+_POSTER_MODULES: dict[str, tuple[str, dict[str, Any]]] = {
+    "conv1": ("Conv2d", {"kernel_size": (9, 9), "stride": (2, 2), "padding": (0, 0)}),
+    "pool1": ("MaxPool2d", {"kernel_size": 2, "stride": 2, "padding": 0}),
+    "conv2": ("Conv2d", {"kernel_size": (9, 9), "stride": (3, 3), "padding": (0, 0)}),
+    "conv3": ("Conv2d", {"kernel_size": (6, 6), "stride": (2, 2), "padding": (0, 0)}),
+    "fc1": ("Linear", {"in_features": 960, "out_features": 512}),
+    "fc2": ("Linear", {"in_features": 512, "out_features": 512}),
+    "fc3": ("Linear", {"in_features": 512, "out_features": 9}),
+}
+FOLD = "conv1 weights x 255: the original took raw 0-255 pixels, rlsae feeds pixels / 255"
+
+
+def rlsae_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """The parameter names and shapes of rlsae's Q-network (SB3 ``QNetwork`` names)."""
+    if arch == "nature":
+        return dict(NATURE_SHAPES)
+    return {_rename(k): v for k, v in POSTER_SHAPES.items()}
+
+
+def _rename(poster_key: str) -> str:
+    mod, kind = poster_key.rsplit(".", 1)
+    return f"{_POSTER_TO_RLSAE[mod]}.{kind}"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a file into (format, named tensors)
+# --------------------------------------------------------------------------------------------
+def read_tensors(path: Path) -> tuple[str, dict[str, torch.Tensor], str | None]:
+    """(format, name -> tensor, pickled module class or None) of a file to import."""
+    if not path.is_file():
+        raise RlsaeError(f"{path} not found")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if zipfile.is_zipfile(path):
+        names = _zip_names(path)
+        if "policy.pth" in names and "data" in names:
+            return "sb3-zip", _sb3_policy(path), None
+        return _torch_file(path)
+    if len(head) == 8 and not head.startswith(b"PK"):
+        n = int.from_bytes(head, "little")
+        if 0 < n < 100_000_000 and path.stat().st_size >= 8 + n:
+            return "safetensors", _safetensors(path), None
+    raise RlsaeError(
+        f"{path} is not a torch file, an SB3 zip or a safetensors file (or it is truncated)"
+    )
+
+
+def _zip_names(path: Path) -> set[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return set(z.namelist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise RlsaeError(f"{path}: cannot read the zip archive ({e})") from None
+
+
+def _torch_file(path: Path) -> tuple[str, dict[str, torch.Tensor], str | None]:
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # names a class: a whole pickled module (or worse)
+        module = load_module_pickle(path)
+        return "torch-module-pickle", _module_tensors(path, module), module.cls
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise RlsaeError(f"{path}: cannot read it ({type(e).__name__}: {first})") from None
+    return "torch-state-dict", _tensor_dict(path, obj), None
+
+
+def _tensor_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise RlsaeError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
+    return {str(k): v for k, v in obj.items()}
+
+
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as e:  # SafetensorError and friends
+        raise RlsaeError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _sb3_policy(path: Path) -> dict[str, torch.Tensor]:
+    import io
+
+    with zipfile.ZipFile(path) as z:
+        try:
+            raw = z.read("policy.pth")
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise RlsaeError(f"{path}: cannot read policy.pth ({e})") from None
+    try:
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RlsaeError(f"{path}: policy.pth is not a weights-only state dict ({e})") from None
+    return _tensor_dict(path, obj)
+
+
+def _module_tensors(path: Path, module: PickledModule) -> dict[str, torch.Tensor]:
+    """The poster-named tensors of a pickled AtariQnet, after checking its submodules."""
+    children = module.children
+    extra = [n for n in children if n not in _POSTER_MODULES]
+    if extra:
+        raise RlsaeError(
+            f"{path}: {module.cls} has submodules the poster network does not "
+            f"({', '.join(extra)}); expected {', '.join(_POSTER_MODULES)}"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for name, (kind, geometry) in _POSTER_MODULES.items():
+        child = children.get(name)
+        if child is None:
+            continue  # its tensors are reported missing below
+        if child.cls.rsplit(".", 1)[-1] != kind:
+            raise RlsaeError(f"{path}: {name} is a {child.cls}, expected a torch.nn {kind}")
+        for attr, want in geometry.items():
+            got = child.state.get(attr)
+            if attr in child.state and _norm(got) != _norm(want):
+                raise RlsaeError(f"{path}: {name}.{attr} is {got}, the poster network has {want}")
+        for pname, p in child.parameters.items():
+            if p is not None:
+                out[f"{name}.{pname}"] = p
+    return out
+
+
+def _norm(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list | tuple) else v
+
+
+# --------------------------------------------------------------------------------------------
+# Naming, checking and converting
+# --------------------------------------------------------------------------------------------
+def to_rlsae(
+    where: str, arch: str, tensors: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """(rlsae-named tensors, whose names the file used, conversions applied); one line on a
+    missing, extra, wrongly shaped or non-finite tensor."""
+    check_choice(where, "arch", arch, ARCHS)
+    tensors = _strip_prefix(tensors)
+    if arch == "poster" and any(k in POSTER_SHAPES for k in tensors):
+        _check(where, tensors, POSTER_SHAPES, "poster")
+        out = {_rename(k): v.detach().float().clone() for k, v in tensors.items()}
+        out["features_extractor.conv1.0.weight"] *= 255.0
+        return out, "poster", [FOLD]
+    _check(where, tensors, rlsae_shapes(arch), f"rlsae {arch}")
+    return {k: v.detach().float().clone() for k, v in tensors.items()}, "rlsae", []
+
+
+def _strip_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SB3 policy / rlsae names: keep the online network (``q_net.``), drop the target."""
+    for prefix in ("policy.q_net.", "q_net."):
+        if any(k.startswith(prefix + "features_extractor.") for k in tensors):
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return tensors
+
+
+def _check(
+    where: str, tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], names: str
+) -> None:
+    missing = [k for k in shapes if k not in tensors]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise RlsaeError(
+            f"{where}: missing tensors {', '.join(missing[:3])}{more} (expected the {names} "
+            "network's parameters)"
+        )
+    extra = [k for k in tensors if k not in shapes]
+    if extra:
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise RlsaeError(
+            f"{where}: unexpected tensors {', '.join(extra[:3])}{more} for the {names} network"
+        )
+    for k, shape in shapes.items():
+        got = tuple(tensors[k].shape)
+        if got != shape:
+            raise RlsaeError(
+                f"{where}: {k} has shape {list(got)}, the {names} network needs {list(shape)}"
+            )
+        t = tensors[k]
+        if not t.is_floating_point():
+            raise RlsaeError(f"{where}: {k} holds {t.dtype} values, expected floating point")
+        if not bool(torch.isfinite(t).all()):
+            raise RlsaeError(f"{where}: {k} holds non-finite values (NaN or inf)")
+
+
+# --------------------------------------------------------------------------------------------
+# Reference forward passes (the original networks, for the import check)
+# --------------------------------------------------------------------------------------------
+def poster_forward(t: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(Q, fc1) of the poster's AtariQnet from poster-named tensors on raw 0-255 float input."""
+    h = F.relu(F.conv2d(x, t["conv1.weight"], t["conv1.bias"], stride=2))
+    h = F.max_pool2d(h, 2)
+    h = F.relu(F.conv2d(h, t["conv2.weight"], t["conv2.bias"], stride=3))
+    h = F.relu(F.conv2d(h, t["conv3.weight"], t["conv3.bias"], stride=2))
+    fc1 = F.relu(F.linear(h.flatten(1), t["fc1.weight"], t["fc1.bias"]))
+    fc2 = F.relu(F.linear(fc1, t["fc2.weight"], t["fc2.bias"]))
+    return F.linear(fc2, t["fc3.weight"], t["fc3.bias"]), fc1
+
+
+# --------------------------------------------------------------------------------------------
+# Building and publishing the agent directory
+# --------------------------------------------------------------------------------------------
+def _dummy_env(arch: str, n_actions: int) -> Any:
+    import gymnasium as gym
+
+    shape = EnvConfig(mode=arch).obs_shape
+
+    class _Spaces(gym.Env):  # only the spaces: SB3 builds the policy from them
+        observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
+        action_space = gym.spaces.Discrete(n_actions)
+
+    return _Spaces()
+
+
+def build_model(arch: str, params: dict[str, torch.Tensor]) -> Any:
+    """An SB3 DQN of ``arch`` whose online and target Q-networks hold ``params``."""
+    from stable_baselines3 import DQN
+
+    n_actions = int(params["q_net.0.weight"].shape[0])
+    model = DQN(
+        "CnnPolicy",
+        _dummy_env(arch, n_actions),
+        policy_kwargs=policy_kwargs(arch),
+        buffer_size=1,
+        learning_starts=0,
+        device="cpu",
+        verbose=0,
+    )
+    model.q_net.load_state_dict(params)
+    model.q_net_target.load_state_dict(params)
+    return model
+
+
+def _check_batch(model: Any, arch: str, source: dict[str, torch.Tensor], names: str) -> float:
+    """Largest |dQ| / max|Q| between the file's network and the built one on seeded frames."""
+    gen = torch.Generator().manual_seed(0)
+    shape = EnvConfig(mode=arch).obs_shape
+    x = torch.randint(0, 256, (4, *shape), generator=gen, dtype=torch.uint8)
+    with torch.no_grad():
+        qn = model.q_net  # as Agent.q_values: features of pixels / 255, then the head
+        q_new = qn.q_net(qn.features_extractor(x.float() / 255.0))
+        if names == "poster":
+            q_ref = poster_forward(_strip_prefix(source), x.float())[0]
+        else:
+            q_ref = q_new
+    scale = float(q_ref.abs().max()) or 1.0
+    return float((q_new - q_ref).abs().max()) / scale
+
+
+def import_agent(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    arch: str = "poster",
+    env_id: str | None = None,
+) -> Path:
+    """Import an agent file into a new agent directory ``out``; returns ``out``.
+
+    Everything is read and checked before ``out`` exists; it is then published whole.
+    """
+    src, out = Path(src), Path(out)
+    where = str(src)
+    check_choice("dqn import", "arch", arch, ARCHS)
+    if out.exists():
+        raise RlsaeError(f"{out} already exists; choose another --out or remove it")
+    fmt, tensors, module_class = read_tensors(src)
+    params, names, conversion = to_rlsae(where, arch, tensors)
+    model = build_model(arch, params)
+    err = _check_batch(model, arch, tensors, names)
+    if not math.isfinite(err) or err > 1e-4:
+        raise RlsaeError(f"{where}: the imported network differs from the file's ({err:.2g})")
+    env = EnvConfig(mode=arch)
+    info = AgentInfo(
+        arch=arch,
+        seed=0,
+        steps_trained=0,
+        n_envs=1,
+        hyperparameters=default_config(arch),
+        env=env,
+        env_id=env_id or "ALE/MsPacman-v5",
+        source=ImportSource(
+            file=src.name,
+            sha256=file_sha256(src),
+            format=fmt,
+            key_names=names,
+            conversion=conversion,
+            module_class=module_class,
+            max_rel_error=err,
+        ),
+    )
+    with atomic_dir(out) as tmp:
+        model.save(str(tmp / "model.zip"))
+        info.write(tmp / "agent.json")
+    return out
+
+
+__all__ = [
+    "NATURE_SHAPES",
+    "POSTER_SHAPES",
+    "build_model",
+    "import_agent",
+    "poster_forward",
+    "read_tensors",
+    "rlsae_shapes",
+    "to_rlsae",
+]
