@@ -27,6 +27,7 @@ def run_demo(
     atari_dir = out / "atari"
     atari = run_atari_pipeline(atari_dir, preset, resume=(atari_dir / "run.json").is_file())
     atari["seconds"] = time.perf_counter() - t0
+    atari["saes"] = _agent_saes(Path(atari["agents_csv"]))
     result["atari"] = atari
     run_dirs = [atari_dir]
     if llm:
@@ -50,6 +51,26 @@ def run_demo(
     return result
 
 
+def _agent_saes(csv: Path) -> list[dict[str, Any]]:
+    """Each agent's live features and the concept coverage of its SAE (from agents.csv)."""
+    import pandas as pd
+
+    if not csv.is_file():
+        return []
+    df = pd.read_csv(csv)
+    out = []
+    for _, row in df.iterrows():
+        cov = row.get("concept_coverage")
+        out.append(
+            {
+                "agent": str(row["agent"]),
+                "live": int(row["live"]) if "live" in row and pd.notna(row["live"]) else None,
+                "concept_coverage": float(cov) if cov is not None and pd.notna(cov) else None,
+            }
+        )
+    return out
+
+
 def _human(res: dict[str, Any]) -> str:
     a = res["atari"]
     lines = [f"rlsae demo finished in {res['seconds']:.0f} s", ""]
@@ -58,6 +79,12 @@ def _human(res: dict[str, Any]) -> str:
     if "atari" in res["viewers"]:
         lines.append(f"  viewer:  {res['viewers']['atari']}")
     lines.append(f"  table:   {a['agents_csv']}")
+    for s in a.get("saes", []):
+        cov = s["concept_coverage"]
+        lines.append(
+            f"    {s['agent']}: {s['live']} live features, concept coverage "
+            + ("n/a" if cov is None else f"{cov:.3f}")
+        )
     fit = a.get("fit")
     if fit:
         lines.append(

@@ -173,6 +173,12 @@ def test_demo_command_on_a_finished_study(smoke_run, tmp_path, capsys) -> None:
     assert e.value.code == 0
     res = json.loads(capsys.readouterr().out)
     assert res["atari"]["stages_run"] == 0 and res["atari"]["agents"] == 4
+    # each agent's SAE: its live features beside its concept coverage, as in agents.csv
+    df = pd.read_csv(run / "analysis" / "agents.csv")
+    assert [s["agent"] for s in res["atari"]["saes"]] == df["agent"].tolist()
+    for s, (_, row) in zip(res["atari"]["saes"], df.iterrows(), strict=True):
+        assert s["live"] == row["live"]
+        assert s["concept_coverage"] == pytest.approx(row["concept_coverage"])
     viewer = Path(res["viewers"]["atari"])
     assert viewer.is_file() and viewer == tmp_path / "demo" / "atari" / "viewer" / "index.html"
     report = (tmp_path / "demo" / "atari" / "analysis" / "report.html").read_text()
