@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from rlsae.agents.config import ARCHS, EnvConfig, check_choice, default_config
+from rlsae.agents.envs import ENV_ID, GAME
 from rlsae.agents.networks import policy_kwargs
 from rlsae.agents.results import AgentInfo, ImportSource
 from rlsae.agents.unpickle import PickledModule, load_module_pickle
@@ -289,6 +291,87 @@ def poster_forward(t: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.T
 
 
 # --------------------------------------------------------------------------------------------
+# The game and the environment the agent was trained in
+# --------------------------------------------------------------------------------------------
+_V5 = re.compile(r"ALE/([A-Za-z]+)-v5")
+_V4 = re.compile(r"([A-Za-z]+)NoFrameskip-v4")
+# rl-zoo3's AtariWrapper defaults: what an SB3 zip's agent saw (the zip does not store them)
+ZOO_WRAPPER = (
+    "rl-zoo3 AtariWrapper defaults (the zip does not store them): noop_max 30, frame_skip 4 "
+    "with a max over the last two frames, 84x84 grayscale, 4 stacked frames, "
+    "terminal_on_life_loss and clip_reward during training"
+)
+
+
+def game_actions(game: str) -> int:
+    """Size of ``game``'s minimal action set (ROMs ship with ale-py); one line if unknown."""
+    import warnings
+
+    import ale_py
+    from ale_py import roms
+
+    try:
+        with warnings.catch_warnings():  # ale-py warns, then returns None, for an unknown name
+            warnings.simplefilter("ignore")
+            rom = roms.get_rom_path(game)
+    except Exception:  # older ale-py versions raise instead
+        rom = None
+    if rom is None:
+        known = ", ".join(sorted(roms.get_all_rom_ids())[:8])
+        raise RlsaeError(f"unknown game {game!r}; ale-py's ROMs are named like {known}, ...")
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(str(rom))
+    return len(ale.getMinimalActionSet())
+
+
+def check_game(where: str, game: str, n_actions: int) -> None:
+    """Refuse a game whose action set does not fit the network's head, and (for now) any game
+    but Ms. Pac-Man, which is the only one rlsae plays."""
+    have = game_actions(game)
+    if have != n_actions:
+        raise RlsaeError(
+            f"{where}: the network has {n_actions} actions, but {game} has {have}; "
+            "pass the --game it was trained on"
+        )
+    if game != GAME:
+        raise RlsaeError(f"{where}: rlsae plays only {GAME} so far; cannot import a {game} agent")
+
+
+def env_from_id(where: str, env_id: str, arch: str, game: str) -> tuple[EnvConfig, list[str]]:
+    """The :class:`EnvConfig` (and notes for ``agent.json``) of the gymnasium id it trained in."""
+    v5, v4 = _V5.fullmatch(env_id), _V4.fullmatch(env_id)
+    m = v5 or v4
+    if m is None:
+        raise RlsaeError(
+            f"{where}: env id {env_id!r}: expected ALE/<Game>-v5 or <Game>NoFrameskip-v4"
+        )
+    if re.sub(r"(?<!^)([A-Z])", r"_\1", m.group(1)).lower() != game:
+        raise RlsaeError(f"{where}: env id {env_id!r} is not a {game} environment")
+    if v5:
+        env = EnvConfig(mode=arch)
+        notes = [f"{env_id}: sticky actions 0.25, episodes cut at 108,000 frames"]
+    else:
+        env = EnvConfig(mode=arch, repeat_action_probability=0.0, max_episode_frames=400_000)
+        notes = [f"{env_id}: no sticky actions, full episodes (gymnasium's 400,000-frame limit)"]
+    if arch == "nature":
+        notes.append(ZOO_WRAPPER)
+    return env, notes
+
+
+def sb3_data(path: Path) -> dict[str, Any]:
+    """The plain JSON values of an SB3 zip's ``data`` (its pickled entries are not unpickled)."""
+    import json
+
+    with zipfile.ZipFile(path) as z:
+        try:
+            data = json.loads(z.read("data"))
+        except (ValueError, KeyError, zipfile.BadZipFile, OSError) as e:
+            raise RlsaeError(f"{path}: the zip's data is not readable ({e})") from None
+    return {k: v for k, v in data.items() if isinstance(v, int | float | str)}
+
+
+# --------------------------------------------------------------------------------------------
 # Building and publishing the agent directory
 # --------------------------------------------------------------------------------------------
 def _dummy_env(arch: str, n_actions: int) -> Any:
@@ -338,37 +421,56 @@ def _check_batch(model: Any, arch: str, source: dict[str, torch.Tensor], names: 
     return float((q_new - q_ref).abs().max()) / scale
 
 
+def infer_arch(tensors: dict[str, torch.Tensor]) -> str:
+    """``nature`` for NatureCNN names, else ``poster`` (the poster's or rlsae's poster names)."""
+    keys = _strip_prefix(tensors)
+    return "nature" if any(k.startswith("features_extractor.cnn.") for k in keys) else "poster"
+
+
 def import_agent(
     src: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    arch: str = "poster",
+    arch: str | None = None,
+    game: str = GAME,
     env_id: str | None = None,
 ) -> Path:
     """Import an agent file into a new agent directory ``out``; returns ``out``.
 
-    Everything is read and checked before ``out`` exists; it is then published whole.
+    ``arch`` (default: read from the parameter names) must match the file. ``env_id`` says
+    which environment it was trained in (default: ``ALE/MsPacman-v5`` for the poster's files,
+    rl-zoo3's ``MsPacmanNoFrameskip-v4`` for SB3 zips); v4 ids play without sticky actions
+    for a full episode, v5 ids with sticky actions 0.25. Everything is read and checked before
+    ``out`` exists; it is then published whole.
     """
     src, out = Path(src), Path(out)
     where = str(src)
-    check_choice("dqn import", "arch", arch, ARCHS)
+    if arch is not None:
+        check_choice("dqn import", "arch", arch, ARCHS)
     if out.exists():
         raise RlsaeError(f"{out} already exists; choose another --out or remove it")
     fmt, tensors, module_class = read_tensors(src)
+    found = infer_arch(tensors)
+    if arch is not None and arch != found and fmt == "sb3-zip":
+        raise RlsaeError(f"{where}: the zip holds a {found} network, not {arch}")
+    arch = arch or found
     params, names, conversion = to_rlsae(where, arch, tensors)
+    check_game(where, game, int(params["q_net.0.weight"].shape[0]))
+    env_id = env_id or ("MsPacmanNoFrameskip-v4" if fmt == "sb3-zip" else ENV_ID)
+    env, env_notes = env_from_id(where, env_id, arch, game)
+    sb3 = sb3_data(src) if fmt == "sb3-zip" else {}
     model = build_model(arch, params)
     err = _check_batch(model, arch, tensors, names)
     if not math.isfinite(err) or err > 1e-4:
         raise RlsaeError(f"{where}: the imported network differs from the file's ({err:.2g})")
-    env = EnvConfig(mode=arch)
     info = AgentInfo(
         arch=arch,
-        seed=0,
-        steps_trained=0,
-        n_envs=1,
+        seed=int(sb3.get("seed") or 0),
+        steps_trained=int(sb3.get("num_timesteps") or 0),
+        n_envs=int(sb3.get("n_envs") or 1),
         hyperparameters=default_config(arch),
         env=env,
-        env_id=env_id or "ALE/MsPacman-v5",
+        env_id=env_id,
         source=ImportSource(
             file=src.name,
             sha256=file_sha256(src),
@@ -377,6 +479,7 @@ def import_agent(
             conversion=conversion,
             module_class=module_class,
             max_rel_error=err,
+            notes=env_notes,
         ),
     )
     with atomic_dir(out) as tmp:
@@ -389,7 +492,10 @@ __all__ = [
     "NATURE_SHAPES",
     "POSTER_SHAPES",
     "build_model",
+    "check_game",
+    "env_from_id",
     "import_agent",
+    "infer_arch",
     "poster_forward",
     "read_tensors",
     "rlsae_shapes",

@@ -46,6 +46,9 @@ class ImportSource:
     max_rel_error: float | None = None
     """Largest |dQ| / max |Q| between the file's network and the imported agent on a check
     batch of frames, measured at import."""
+    notes: list[str] = field(default_factory=list)
+    """What the agent's environment is taken to be and why (env id semantics, wrapper
+    settings the file does not store)."""
 
 
 @dataclass

@@ -19,14 +19,29 @@ def dqn_import(
         ..., "--from", help="File to import: torch.save(module), state dict .pt, .safetensors."
     ),
     out: Path = typer.Option(..., "--out", help="Agent directory to create (must not exist)."),
-    arch: str = typer.Option(
-        "poster", "--arch", help="Network of the file: poster (RGB CNN) or nature (NatureCNN)."
+    arch: str | None = typer.Option(
+        None,
+        "--arch",
+        help="Network of the file: poster (RGB CNN) or nature (NatureCNN); default: read from "
+        "the parameter names.",
+    ),
+    game: str = typer.Option(
+        "ms_pacman", "--game", help="ALE game it was trained on (its action set must fit)."
+    ),
+    env_id: str | None = typer.Option(
+        None,
+        "--env-id",
+        help="Environment it was trained in: ALE/<Game>-v5 (sticky actions 0.25) or "
+        "<Game>NoFrameskip-v4 (none); default: v5 for torch files, v4 (rl-zoo3) for SB3 zips.",
     ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Import a DQN trained elsewhere; no code in the file runs (agent.json records its
-    name, sha256, format and the conversion applied)."""
-    check_choice("dqn import", "arch", arch, ARCHS)
+    name, sha256, format, the conversion applied and the environment it plays in).
+
+    SB3 zips: only their weights-only policy.pth and the plain JSON of their data are read."""
+    if arch is not None:
+        check_choice("dqn import", "arch", arch, ARCHS)
     if not src.is_file():
         raise RlsaeError(f"{src} not found")
     if out.exists():
@@ -35,7 +50,7 @@ def dqn_import(
     from rlsae.agents.importer import import_agent
     from rlsae.agents.results import AgentInfo
 
-    path = import_agent(src, out, arch=arch)
+    path = import_agent(src, out, arch=arch, game=game, env_id=env_id)
     info = AgentInfo.read(path / "agent.json")
     assert info.source is not None
     emit(
@@ -43,6 +58,7 @@ def dqn_import(
             "agent": str(path),
             "arch": info.arch,
             "env_id": info.env_id,
+            "sticky_actions": info.env.repeat_action_probability,
             "source": info.to_json()["source"],
         },
         as_json,

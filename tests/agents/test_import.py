@@ -247,3 +247,75 @@ def test_import_cli_prints_the_source(run_cli, tmp_path: Path):
     assert res["source"]["file"] == "dqn3.pt" and res["arch"] == "poster"
     code, out, _ = run_cli("dqn", "layers", "--agent", tmp_path / "a", "--json")
     assert code == 0 and json.loads(out)["layers"]["fc1"] == 512
+
+
+# An SB3 agent saved by SB3 itself (rl-zoo3's set-up: make_atari_env + 4 stacked frames), in a
+# folder of its own, by a process that never imports rlsae.
+_SB3_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import ale_py, gymnasium as gym
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    assert "rlsae" not in sys.modules
+    gym.register_envs(ale_py)
+    env = VecFrameStack(make_atari_env("MsPacmanNoFrameskip-v4", n_envs=1, seed=0), n_stack=4)
+    DQN("CnnPolicy", env, buffer_size=100, learning_starts=0, verbose=0, seed=3).save(sys.argv[1])
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def sb3_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    elsewhere = tmp_path_factory.mktemp("zoo") / "dqn" / "MsPacmanNoFrameskip-v4_1"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "make.py").write_text(_SB3_SCRIPT)
+    subprocess.run(
+        [sys.executable, "make.py", str(elsewhere / "MsPacmanNoFrameskip-v4.zip")],
+        check=True, cwd=elsewhere, capture_output=True,
+    )  # fmt: skip
+    return elsewhere / "MsPacmanNoFrameskip-v4.zip"
+
+
+def test_sb3_zip_imports_and_plays(sb3_zip: Path, run_cli, tmp_path: Path):
+    from stable_baselines3 import DQN
+
+    out = tmp_path / "zoo_agent"
+    code, stdout, err = run_cli("dqn", "import", "--from", sb3_zip, "--out", out, "--json")
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert res["arch"] == "nature" and res["env_id"] == "MsPacmanNoFrameskip-v4"
+    assert res["sticky_actions"] == 0.0  # v4: no sticky actions, full episodes
+    info = AgentInfo.read(out / "agent.json")
+    assert info.source is not None and info.source.format == "sb3-zip"
+    assert info.env.max_episode_frames == 400_000 and info.env.noop_max == 30
+    assert any("AtariWrapper" in n for n in info.source.notes)
+    # the imported Q-network is SB3's own, value for value
+    from rlsae.agents.dqn import load_agent
+
+    sb3 = DQN.load(str(sb3_zip), device="cpu")
+    x = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        q_sb3 = sb3.q_net(x.float())  # SB3 scales images itself
+    assert torch.allclose(load_agent(out).q_values(x), q_sb3, rtol=1e-5, atol=1e-6)
+    code, stdout, _ = run_cli(
+        "dqn", "eval", "--agent", out, "--episodes", "1", "--max-episode-steps", "30", "--json"
+    )
+    assert code == 0 and json.loads(stdout)["lengths"] == [30]
+    # a v5 id: sticky actions 0.25, recorded
+    code, stdout, _ = run_cli(
+        "dqn", "import", "--from", sb3_zip, "--out", tmp_path / "v5", "--env-id",
+        "ALE/MsPacman-v5", "--json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(stdout)["sticky_actions"] == 0.25
+
+
+def test_sb3_zip_wrong_game_or_arch_refused(sb3_zip: Path, run_cli, tmp_path: Path):
+    err = _run_refused(run_cli, sb3_zip, tmp_path / "out", "--game", "pong")
+    assert "the network has 9 actions, but pong has 6" in err
+    err = _run_refused(run_cli, sb3_zip, tmp_path / "out", "--arch", "poster")
+    assert "holds a nature network" in err
+    err = _run_refused(run_cli, sb3_zip, tmp_path / "out", "--env-id", "ALE/Pong-v5")
+    assert "not a ms_pacman environment" in err
