@@ -24,6 +24,11 @@ TRAIN_OPTIONS = {
     "k": "--k",
     "topk_threshold_lr": "--topk-threshold-lr",
     "l1": "--l1",
+    "l0": "--l0",
+    "l0_warmup_frac": "--l0-warmup-frac",
+    "bandwidth": "--bandwidth",
+    "init_threshold": "--init-threshold",
+    "sparsity_loss": "--sparsity-loss",
     "tied": "--tied",
     "aux_k": "--aux-k",
     "dead_rows": "--dead-rows",
@@ -59,6 +64,11 @@ def sae_train(
     k: int = _opt("k"),
     topk_threshold_lr: float = _opt("topk_threshold_lr"),
     l1: float = _opt("l1"),
+    l0: float = _opt("l0"),
+    l0_warmup_frac: float = _opt("l0_warmup_frac"),
+    bandwidth: float = _opt("bandwidth"),
+    init_threshold: float = _opt("init_threshold"),
+    sparsity_loss: str = _opt("sparsity_loss"),
     tied: bool = _opt("tied"),
     aux_k: int | None = _opt("aux_k"),
     dead_rows: int = _opt("dead_rows"),
@@ -76,7 +86,8 @@ def sae_train(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Train a TopK, BatchTopK or ReLU+L1 SAE; progress on stderr, checkpoints, resumable."""
+    """Train a TopK, BatchTopK, JumpReLU or ReLU+L1 SAE; progress on stderr, checkpoints,
+    resumable."""
     if d_sae is not None and expansion is not None:
         raise RlsaeError("give --d-sae or --expansion, not both")
     if steps is not None and epochs is not None:
@@ -90,6 +101,11 @@ def sae_train(
         k=k,
         topk_threshold_lr=topk_threshold_lr,
         l1=l1,
+        l0=l0,
+        l0_warmup_frac=l0_warmup_frac,
+        bandwidth=bandwidth,
+        init_threshold=init_threshold,
+        sparsity_loss=sparsity_loss,  # type: ignore[arg-type]  # validate() refuses others
         tied=tied,
         aux_k=aux_k,
         dead_rows=dead_rows,

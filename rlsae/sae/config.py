@@ -10,14 +10,14 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from rlsae.configs import check_range, describe
+from rlsae.configs import check_range, describe, field_default
 from rlsae.errors import RlsaeError
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 """Parameter dtypes an SAE may have (names of torch dtypes)."""
 SAE_ARCHS = ("topk", "relu", "batchtopk", "jumprelu")
 """Kinds of SAE (``SAEConfig.arch``)."""
-TRAIN_ARCHS = ("topk", "relu", "batchtopk")
+TRAIN_ARCHS = ("topk", "relu", "batchtopk", "jumprelu")
 """Kinds ``train_sae`` trains (``TrainConfig.arch``)."""
 
 
@@ -79,9 +79,10 @@ class SAEConfig:
 class TrainConfig:
     """Everything that decides an SAE training run. Saved in training.json beside the SAE."""
 
-    arch: Literal["topk", "relu", "batchtopk"] = "topk"
+    arch: Literal["topk", "relu", "batchtopk", "jumprelu"] = "topk"
     """``topk`` (TopK + AuxK), ``batchtopk`` (BatchTopK + AuxK, saved for inference as a
-    JumpReLU with the threshold estimated in training) or ``relu`` (ReLU with an L1 penalty)."""
+    JumpReLU with the threshold estimated in training), ``jumprelu`` (per-latent thresholds
+    trained by straight-through estimators, L0 penalty) or ``relu`` (ReLU with an L1 penalty)."""
     d_sae: int | None = None
     """Number of latents; None means ``expansion * d_in``."""
     expansion: float = 4.0
@@ -95,6 +96,20 @@ class TrainConfig:
     """ReLU: coefficient of the penalty sum_i f_i * ||W_dec[i]|| (mean over rows)."""
     l1_warmup_frac: float = 0.05
     """ReLU: fraction of the steps over which the L1 coefficient rises linearly from 0."""
+    l0: float = 1.0
+    """JumpReLU: coefficient of the L0 penalty (mean over rows of the latents above threshold,
+    or of the tanh surrogate with ``sparsity_loss=tanh``)."""
+    l0_warmup_frac: float = 0.0
+    """JumpReLU: fraction of the steps over which the L0 coefficient rises linearly from 0."""
+    bandwidth: float = 0.05
+    """JumpReLU: width of the rectangle kernel of the straight-through estimators."""
+    init_threshold: float = 0.01
+    """JumpReLU: every latent's threshold at the start."""
+    sparsity_loss: Literal["step", "tanh"] = "step"
+    """JumpReLU: ``step`` (the paper's L0 through the step's straight-through estimator) or
+    ``tanh`` (sum_i tanh(tanh_scale * f_i * ||W_dec[i]||), Anthropic's variant)."""
+    tanh_scale: float = 4.0
+    """JumpReLU with ``sparsity_loss=tanh``: scale inside the tanh."""
     tied: bool = False
     """Tie the encoder to the decoder's transpose."""
     aux_k: int | None = None
@@ -110,7 +125,7 @@ class TrainConfig:
     batch_size: int = 4096
     """Rows per step."""
     lr: float | None = None
-    """Adam learning rate; None means 2e-4 / sqrt(d_sae / 16384) for (batch)topk, 1e-3 for relu."""
+    """Adam learning rate; None means 1e-3 for relu, else 2e-4 / sqrt(d_sae / 16384)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     warmup_frac: float = 0.01
@@ -177,11 +192,21 @@ class TrainConfig:
             check_range(where, f"betas[{i}]", beta, 0, 1)
             if beta >= 1:
                 raise RlsaeError(f"{where}: betas[{i}]: must be below 1, got {beta!r}")
-        if self.arch != "batchtopk" and self.topk_threshold_lr != 0.01:
+        if self.sparsity_loss not in ("step", "tanh"):
             raise RlsaeError(
-                f"{where}: topk_threshold_lr: a batchtopk setting, given to arch {self.arch}"
+                f"{where}: sparsity_loss: expected step or tanh, got {describe(self.sparsity_loss)}"
             )
-        if self.d_sae is not None and self.arch != "relu" and self.k > self.d_sae:
+        check_range(where, "l0", self.l0, 0)
+        check_range(where, "l0_warmup_frac", self.l0_warmup_frac, 0, 1)
+        check_range(where, "bandwidth", self.bandwidth, 0, lo_open=True)
+        check_range(where, "init_threshold", self.init_threshold, 0)
+        check_range(where, "tanh_scale", self.tanh_scale, 0, lo_open=True)
+        for name, kinds in KIND_OPTIONS.items():
+            if self.arch not in kinds and getattr(self, name) != field_default(TrainConfig, name):
+                raise RlsaeError(
+                    f"{where}: {name}: a {' or '.join(kinds)} setting, given to arch {self.arch}"
+                )
+        if self.d_sae is not None and self.arch in ("topk", "batchtopk") and self.k > self.d_sae:
             raise RlsaeError(f"{where}: k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
 
     def resolve(self, d_in: int) -> tuple[SAEConfig, float]:
@@ -196,6 +221,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+KIND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "topk_threshold_lr": ("batchtopk",),
+    "l0": ("jumprelu",),
+    "l0_warmup_frac": ("jumprelu",),
+    "bandwidth": ("jumprelu",),
+    "init_threshold": ("jumprelu",),
+    "sparsity_loss": ("jumprelu",),
+    "tanh_scale": ("jumprelu",),
+}
+"""TrainConfig fields that only one kind reads: a value other than the default given to another
+kind is refused (it would be silently ignored)."""
 
 
 def check_eval_args(batch_size: Any, max_rows: Any = None, where: str = "") -> None:

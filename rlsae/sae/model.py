@@ -71,7 +71,9 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, device=device, dtype=dt))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, device=device, dtype=dt))
         self.threshold: torch.Tensor | None
-        if cfg.arch in THRESHOLD_ARCHS:
+        if cfg.arch == "jumprelu":  # trained (straight-through estimators): a parameter
+            self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, device=device, dtype=dt))
+        elif cfg.arch == "batchtopk":  # estimated from the kept activations: a buffer
             self.register_buffer("threshold", torch.zeros(cfg.d_sae, device=device, dtype=dt))
         else:
             self.threshold = None
@@ -186,6 +188,8 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
             sae.W_enc = encoder_parameter(sd["W_enc"], device=device, dtype=dt)
         sae.b_enc = nn.Parameter(sd["b_enc"].to(device=device, dtype=dt))
         sae.b_dec = nn.Parameter(sd["b_dec"].to(device=device, dtype=dt))
-        if cfg.arch in THRESHOLD_ARCHS:
+        if cfg.arch == "jumprelu":
+            sae.threshold = nn.Parameter(sd["threshold"].to(device=device, dtype=dt))
+        elif cfg.arch == "batchtopk":
             sae.threshold = sd["threshold"].to(device=device, dtype=dt)
     return sae

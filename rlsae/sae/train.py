@@ -13,7 +13,11 @@ rows). BatchTopK (Bussmann et al. 2024): as TopK, but the k x rows largest ReLU'
 pre-activations over the whole batch are kept, and the inference threshold is the moving average
 (rate ``topk_threshold_lr``, in float64, from 0) of the smallest kept positive activation, as
 SAELens estimates it; the SAE's ``threshold`` holds it, so the saved SAE is SAELens's JumpReLU.
-ReLU: loss = MSE (summed over dimensions, mean over rows) + l1 * sum_i f_i ||d_i||, the L1
+JumpReLU (Rajamanoharan et al. 2024): loss = MSE + l0 * mean over rows of the latents above
+their thresholds (``rlsae.sae.jumprelu``'s straight-through estimators with the rectangle kernel
+of width ``bandwidth``; or the tanh surrogate), the L0 coefficient warmed up linearly over
+``l0_warmup_frac``; thresholds start at ``init_threshold`` and are kept >= 0 (projected before
+every step, as SAELens does); unit-norm decoder rows as TopK. ReLU: loss = MSE (summed over dimensions, mean over rows) + l1 * sum_i f_i ||d_i||, the L1
 coefficient warmed up linearly. Both: Adam, linear LR warm-up and final linear decay, gradient
 norm clipping, optional tied weights.
 
@@ -46,6 +50,7 @@ from rlsae.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from rlsae.sae._fast import Workspace, topk_loss
 from rlsae.sae.config import SAEConfig, TrainConfig
 from rlsae.sae.io import CFG
+from rlsae.sae.jumprelu import jumprelu, step
 from rlsae.sae.metrics import SAEMetrics, evaluate_sae
 from rlsae.sae.model import SAE, load_sae
 from rlsae.sae.optim import Adam, lr_factor, make_optimizer
@@ -197,7 +202,12 @@ def train_sae(
     aux_k = (st.d_in // 2 if cfg.aux_k is None else int(cfg.aux_k)) if cfg.arch != "relu" else 0
 
     torch.manual_seed(cfg.seed)
-    state = TrainState.new(SAE(sae_cfg, seed=cfg.seed), cfg, total, base_lr, aux_k)
+    sae = SAE(sae_cfg, seed=cfg.seed)
+    if sae.cfg.arch == "jumprelu":
+        assert sae.threshold is not None
+        with torch.no_grad():
+            sae.threshold.fill_(cfg.init_threshold)
+    state = TrainState.new(sae, cfg, total, base_lr, aux_k)
     if ckpt is not None:
         _restore(state, ckpt, work)
     else:
@@ -395,11 +405,13 @@ def train_step(state: TrainState, x: torch.Tensor) -> dict[str, float]:
     out: dict[str, float] = {"lr": lr}
     if sae.cfg.arch in ("topk", "batchtopk"):
         loss, fvu, fired, l0 = _topk_terms(state, x, total_var, out)
+    elif sae.cfg.arch == "jumprelu":
+        loss, fvu, fired, l0 = _jumprelu_terms(state, x, total_var, out)
     else:
         loss, fvu, fired, l0 = _relu_terms(state, x, total_var, out)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    unit_norm = sae.cfg.arch in ("topk", "batchtopk")
+    unit_norm = sae.cfg.arch != "relu"
     if unit_norm:
         sae.remove_parallel_decoder_grad()
     if cfg.grad_clip > 0:  # clip_grad_norm_'s rule, skipping its multiply-by-1 pass when unclipped
@@ -476,6 +488,32 @@ def _update_threshold(state: TrainState, vals: torch.Tensor) -> None:
         state.topk_threshold = (1 - lr) * state.topk_threshold + lr * low
     assert state.sae.threshold is not None  # a batchtopk SAE has one
     state.sae.threshold.fill_(state.topk_threshold)
+
+
+def _jumprelu_terms(
+    state: TrainState, x: torch.Tensor, total_var: torch.Tensor, out: dict[str, float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """JumpReLU: (loss, fvu, fired latents, l0); MSE plus the warmed-up L0 term (into ``out``)."""
+    sae, cfg = state.sae, state.cfg
+    t = sae.threshold
+    assert t is not None  # a jumprelu SAE has one
+    with torch.no_grad():
+        t.clamp_(min=0.0)  # below 0 the gate would pass negative pre-activations
+    pre = sae.pre_acts(x)
+    f = jumprelu(pre, t, cfg.bandwidth)
+    recon = f @ sae.W_dec + sae.b_dec
+    mse = (recon - x).pow(2).sum(-1).mean()
+    if cfg.sparsity_loss == "step":
+        sparsity = step(pre, t, cfg.bandwidth).sum(-1).mean()
+    else:
+        sparsity = torch.tanh(cfg.tanh_scale * f * sae.W_dec.norm(dim=1)).sum(-1).mean()
+    warm = int(cfg.l0_warmup_frac * state.total)
+    l0c = cfg.l0 * min(1.0, (state.step + 1) / warm) if warm else cfg.l0
+    out["l0_loss"] = float(sparsity.detach())
+    out["l0_coeff"] = l0c
+    fvu = (recon - x).pow(2).sum() / total_var
+    active = f.detach() != 0
+    return mse + l0c * sparsity, fvu, active.any(0), float(active.sum()) / x.shape[0]
 
 
 def _relu_terms(
