@@ -72,7 +72,14 @@ def test_smoke_study_end_to_end(smoke_run) -> None:
     assert fit["quadratic"]["r2"] == pytest.approx(ref.quadratic.r2)
     assert res["fit"]["quadratic_r2"] == pytest.approx(ref.quadratic.r2)
 
+    # the same fit of return on the SAEs' concept coverage, shown in the report too
+    cov_fit = json.loads((run / "analysis" / "fit_coverage_vs_return.json").read_text())
+    cov_ref = fit_xy(df["concept_coverage"], df["mean_return"], bootstrap=0)
+    assert cov_fit["n"] == 4 and cov_fit["x"] == "concept_coverage"
+    assert cov_fit["linear"]["r2"] == pytest.approx(cov_ref.linear.r2)
+
     html = (run / "analysis" / "report.html").read_text()
+    assert "Concept coverage vs return" in html
     assert re.search(r"<script[^>]*\bsrc=", html) is None
     assert "../viewer/index.html" in html
     assert all(a in html for a in df["agent"])
