@@ -1,4 +1,4 @@
-"""Pages of the docs site generated from the code, never written by hand.
+"""The parts of the docs site generated from the code, never written by hand.
 
 - ``cli.md``, the CLI reference: walks the typer app every command module registers on
   (``rlsae.commands._apps.app``, after importing ``rlsae.cli``) and renders each group, verb and
@@ -7,10 +7,14 @@
   ``rlsae.artifacts.Artifact`` (a ``FORMAT`` and a ``VERSION``, a docstring below each field) from
   the source with ``ast`` and renders, per format, its class, version, description and fields,
   with the records nested in it.
+- code shown in hand-written pages: a line ``<!-- include-code: PATH NAME -->`` becomes the
+  source of the top-level statement of PATH that defines NAME (the studies' declarations in
+  ``architecture.md``).
 
-Two ways in: as an mkdocs hook (``hooks:`` in ``mkdocs.yml``), ``on_files`` adds both pages, so
-``mkdocs build`` and ``mkdocs serve`` always show the code as it is; or
-``python docs/gen_pages.py PAGE [FILE]`` writes one page to FILE or stdout.
+As an mkdocs hook (``hooks:`` in ``mkdocs.yml``), ``on_files`` adds the two pages and
+``on_page_markdown`` inserts the included code, so ``mkdocs build`` and ``mkdocs serve`` always
+show the code as it is. ``python docs/gen_pages.py PAGE [FILE]`` writes one page to FILE or
+stdout.
 """
 
 from __future__ import annotations
@@ -361,6 +365,37 @@ def _anchor(rec: Record) -> str:
     return "artifact-" + re.sub(r"[^a-z0-9]+", "-", f"{rec.format}-{rec.name}".lower()).strip("-")
 
 
+# Code included in hand-written pages -------------------------------------------------------------
+
+_INCLUDE = re.compile(r"^<!-- include-code: (\S+) (\w+) -->$", flags=re.M)
+
+
+def include_code(markdown: str) -> str:
+    """Replace each ``<!-- include-code: PATH NAME -->`` line with a code block of the top-level
+    statement of PATH that defines NAME, as it stands in the source (so a page that shows a
+    declaration cannot drift from it). A missing file or name is an error."""
+
+    def block(m: re.Match[str]) -> str:
+        path, name = m.group(1), m.group(2)
+        source = (ROOT / path).read_text(encoding="utf-8")
+        for node in ast.parse(source).body:
+            if name in _defined_names(node):
+                return f"```python\n{ast.get_source_segment(source, node)}\n```"
+        raise ValueError(f"{path} has no top-level {name} (included in a docs page)")
+
+    return _INCLUDE.sub(block, markdown)
+
+
+def _defined_names(node: ast.stmt) -> set[str]:
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return {node.name}
+    if isinstance(node, ast.Assign):
+        return {t.id for t in node.targets if isinstance(t, ast.Name)}
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return {node.target.id}
+    return set()
+
+
 # The hook and the script ----------------------------------------------------------------------
 
 PAGES = {"cli.md": render_cli, "artifacts.md": render_artifacts}
@@ -373,6 +408,11 @@ def on_files(files: Any, config: Any) -> Any:
     for page, render in PAGES.items():
         files.append(File.generated(config, page, content=render()))
     return files
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """mkdocs hook: insert the included code into a page's Markdown."""
+    return include_code(markdown)
 
 
 def main(argv: list[str]) -> None:

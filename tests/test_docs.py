@@ -113,6 +113,14 @@ def test_paths_named_in_the_docs_exist(page: Path) -> None:
     assert not missing, f"{page.name}: {missing}"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_code_included_in_a_page_exists(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    shown = GEN.include_code(text)  # raises for a file or name that is not there
+    assert "include-code" not in shown
+    assert shown.count("```") == text.count("```") + 2 * text.count("<!-- include-code:")
+
+
 def _top_level_names(module_file: Path) -> set[str]:
     tree = ast.parse(module_file.read_text(encoding="utf-8"))
     names: set[str] = set()
