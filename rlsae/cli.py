@@ -23,7 +23,18 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
 # One module per command group; each registers its verbs on the shared sub-apps when imported.
-_COMMAND_MODULES = ["acts", "sae", "dqn", "dqn_import", "llm", "analyze", "viewer", "pipeline", "demo"]
+_COMMAND_MODULES = [
+    "acts",
+    "sae",
+    "dqn",
+    "dqn_import",
+    "dqn_survey",
+    "llm",
+    "analyze",
+    "viewer",
+    "pipeline",
+    "demo",
+]
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"rlsae.commands.{_name}")
 
