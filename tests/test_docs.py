@@ -117,8 +117,8 @@ def test_paths_named_in_the_docs_exist(page: Path) -> None:
 def test_code_included_in_a_page_exists(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
     shown = GEN.include_code(text)  # raises for a file or name that is not there
-    assert "include-code" not in shown
-    assert shown.count("```") == text.count("```") + 2 * text.count("<!-- include-code:")
+    assert not GEN._INCLUDE.search(shown)
+    assert shown.count("```") == text.count("```") + 2 * len(GEN._INCLUDE.findall(text))
 
 
 def _top_level_names(module_file: Path) -> set[str]:
