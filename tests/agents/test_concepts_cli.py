@@ -142,3 +142,37 @@ def test_concepts_refuses_bad_input_in_one_line_before_torch(poster_agent, plant
         assert line.startswith("error: ") and message in line, line
     assert not (other_game.parent / "breakout" / "concepts.json").exists()
     assert not (wide / "concepts.json").exists()
+
+
+def test_study_stage_matches_a_poster_store_and_notes_a_nature_one(poster_agent, planted, tmp_path):
+    """The study's ``concepts`` stage on the planted store (in the study's layout) writes
+    SAE_DIR/concepts.json and returns its coverage; on a nature-mode copy it returns a note."""
+    from rlsae.study import atari
+    from rlsae.study.engine import Context
+    from rlsae.study.results import AgentConcepts
+
+    cfg = atari.preset_config("smoke")
+    ctx = Context(atari.ATARI, cfg, tmp_path)
+
+    def place(agent: str, edit=None) -> atari.AgentSpec:
+        acts = atari.acts_dir(tmp_path, cfg, agent)
+        acts.parent.mkdir(parents=True)
+        if edit is None:
+            shutil.copytree(planted["acts"], acts)
+        else:
+            _edited_copy(planted["acts"], acts, edit)
+        shutil.copytree(planted["sae"], atari.sae_dir(tmp_path, cfg, agent),
+                        ignore=shutil.ignore_patterns("concepts.json"))  # fmt: skip
+        return atari.AgentSpec(name=agent, agent_dir=str(poster_agent))
+
+    def nature(d: dict) -> None:
+        d["env"]["noop_max"] = 30
+
+    res = atari.concepts(ctx, place("poster"))
+    assert isinstance(res, AgentConcepts) and res.note is None and res.rows == 240
+    written = ConceptMatches.read(tmp_path / str(res.path))
+    assert written.coverage == res.coverage and res.live_features == 2
+    assert written.feature(0).matches[0].concept == PLANTED
+    noted = atari.concepts(ctx, place("nature", nature))
+    assert noted.path is None and noted.coverage is None and "noop_max=30" in str(noted.note)
+    assert not (atari.sae_dir(tmp_path, cfg, "nature") / "concepts.json").exists()
