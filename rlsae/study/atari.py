@@ -46,7 +46,7 @@ from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, read_json
 from rlsae.sae.config import TrainConfig
-from rlsae.study.atari_config import StudyConfig
+from rlsae.study.atari_config import StudyConfig, expand_agent_dirs
 from rlsae.study.engine import Context, Stage, Study, Units, load_config
 from rlsae.study.engine import resolve_config as resolve_study_config
 from rlsae.study.engine import run as run_engine
@@ -141,10 +141,8 @@ def population(cfg: StudyConfig, run_dir: Path) -> list[AgentSpec]:
     """The agents of the study. With checkpoints, reads which checkpoints training wrote."""
     agents = [a for run in training_runs(cfg) for a in _run_agents(cfg, run_dir, run)]
     seen = {a.name for a in agents}
-    for ext in cfg.population.agents:
-        ap = Path(ext).expanduser().resolve()
-        if not (ap / "model.zip").is_file():
-            raise RlsaeError(f"population.agents: {ext} is not an agent directory (no model.zip)")
+    for ext in expand_agent_dirs(cfg.population.agents, "population"):
+        ap = ext.resolve()
         name = _slug(ap.name)
         while name in seen:
             name += "_"

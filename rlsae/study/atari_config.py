@@ -19,6 +19,7 @@ One YAML (or TOML) file describes the whole study (``rlsae pipeline atari --pres
 
 from __future__ import annotations
 
+import glob
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -53,7 +54,9 @@ class PopulationConfig:
     n_envs: int | None = None
     """Parallel environments per training run (``None``: ``train_dqn``'s default)."""
     agents: list[str] = field(default_factory=list)
-    """Existing agent directories to add to the population as they are (not trained here)."""
+    """Existing agent directories to add to the population as they are (not trained here); an
+    entry may be a glob pattern (``runs/poster/agents/*``: every agent directory it matches, in
+    name order), e.g. the folder ``dqn import`` wrote each of the poster's agents into."""
 
 
 @dataclass
@@ -187,11 +190,30 @@ def _check_population(p: PopulationConfig, where: str) -> None:
         check_range(where, "population.checkpoint_every", p.checkpoint_every, 1)
     if p.n_envs is not None:
         check_range(where, "population.n_envs", p.n_envs, 1)
-    for ext in p.agents:
-        if not (Path(ext).expanduser() / "model.zip").is_file():
+    expand_agent_dirs(p.agents, where)
+
+
+def expand_agent_dirs(entries: list[str], where: str = "config") -> list[Path]:
+    """The agent directories ``population.agents`` names: each entry is an agent directory (it
+    has ``model.zip``) or a glob pattern such as ``runs/poster/agents/*`` (every match that is
+    an agent directory, in name order; a pattern matching none is refused); one line each."""
+    out: list[Path] = []
+    for ext in entries:
+        path = Path(ext).expanduser()
+        if glob.has_magic(str(path)):
+            found = sorted(Path(m) for m in glob.glob(str(path)) if Path(m, "model.zip").is_file())
+            if not found:
+                raise RlsaeError(
+                    f"{where}: population.agents: {ext} matches no agent directory (no model.zip)"
+                )
+            out.extend(found)
+        elif (path / "model.zip").is_file():
+            out.append(path)
+        else:
             raise RlsaeError(
                 f"{where}: population.agents: {ext} is not an agent directory (no model.zip)"
             )
+    return out
 
 
 def _check_layer(arch: str, layer: str, where: str) -> None:
