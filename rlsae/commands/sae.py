@@ -23,6 +23,7 @@ TRAIN_OPTIONS = {
     "expansion": "--expansion",
     "k": "--k",
     "topk_threshold_lr": "--topk-threshold-lr",
+    "matryoshka_groups": "--matryoshka-groups",
     "l1": "--l1",
     "l0": "--l0",
     "l0_warmup_frac": "--l0-warmup-frac",
@@ -54,6 +55,18 @@ def _opt(name: str, *, either: bool = False) -> Any:
     return typer.Option(default, TRAIN_OPTIONS[name], help=help_text)
 
 
+def _int_list(flag: str, text: str | None) -> list[int] | None:
+    """``"64,64,128"`` as [64, 64, 128]; RlsaeError in one line for anything else."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise RlsaeError(
+            f"{flag}: expected integers separated by commas (e.g. 64,64,128), got {text!r}"
+        ) from None
+
+
 @sae_app.command("train")
 def sae_train(
     acts: Path = typer.Option(..., "--acts", help="Activation store to train on."),
@@ -63,6 +76,7 @@ def sae_train(
     expansion: float | None = _opt("expansion", either=True),
     k: int = _opt("k"),
     topk_threshold_lr: float = _opt("topk_threshold_lr"),
+    matryoshka_groups: str | None = _opt("matryoshka_groups"),
     l1: float = _opt("l1"),
     l0: float = _opt("l0"),
     l0_warmup_frac: float = _opt("l0_warmup_frac"),
@@ -86,8 +100,8 @@ def sae_train(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Train a TopK, BatchTopK, JumpReLU or ReLU+L1 SAE; progress on stderr, checkpoints,
-    resumable."""
+    """Train a TopK, BatchTopK, Matryoshka BatchTopK, JumpReLU or ReLU+L1 SAE; progress on
+    stderr, checkpoints, resumable."""
     if d_sae is not None and expansion is not None:
         raise RlsaeError("give --d-sae or --expansion, not both")
     if steps is not None and epochs is not None:
@@ -100,6 +114,7 @@ def sae_train(
         expansion=expansion if expansion is not None else field_default(TrainConfig, "expansion"),
         k=k,
         topk_threshold_lr=topk_threshold_lr,
+        matryoshka_groups=_int_list("--matryoshka-groups", matryoshka_groups),
         l1=l1,
         l0=l0,
         l0_warmup_frac=l0_warmup_frac,
@@ -123,7 +138,7 @@ def sae_train(
     from rlsae.threads import torch_threads
 
     store = ActivationStore(acts)
-    cfg.resolve(store.d_in)  # k above the resolved d_sae fails before anything is written
+    cfg.resolve(store.d_in, "sae train")  # k or groups vs the resolved d_sae: before any write
     with torch_threads(threads):
         train_sae(store, out, cfg, resume=resume)
     info = TrainingRecord.read(out / TRAINING).to_json()

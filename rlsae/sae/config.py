@@ -15,9 +15,9 @@ from rlsae.errors import RlsaeError
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 """Parameter dtypes an SAE may have (names of torch dtypes)."""
-SAE_ARCHS = ("topk", "relu", "batchtopk", "jumprelu")
+SAE_ARCHS = ("topk", "relu", "batchtopk", "jumprelu", "matryoshka")
 """Kinds of SAE (``SAEConfig.arch``)."""
-TRAIN_ARCHS = ("topk", "relu", "batchtopk", "jumprelu")
+TRAIN_ARCHS = ("topk", "relu", "batchtopk", "jumprelu", "matryoshka")
 """Kinds ``train_sae`` trains (``TrainConfig.arch``)."""
 
 
@@ -29,13 +29,18 @@ class SAEConfig:
     """Width of the activations it reads."""
     d_sae: int
     """Number of latents (dictionary size)."""
-    arch: Literal["topk", "relu", "batchtopk", "jumprelu"] = "topk"
+    arch: Literal["topk", "relu", "batchtopk", "jumprelu", "matryoshka"] = "topk"
     """``topk``: keep the k largest pre-activations (then ReLU). ``relu``: ReLU, trained with L1.
     ``jumprelu``: ReLU of the pre-activations above a per-latent ``threshold``. ``batchtopk``:
     trained keeping the k x rows largest over the batch; at inference a JumpReLU with the global
-    threshold estimated during training (saved as SAELens saves it: ``jumprelu``)."""
+    threshold estimated during training (saved as SAELens saves it: ``jumprelu``).
+    ``matryoshka``: a BatchTopK SAE trained with nested prefixes (``matryoshka_groups``)."""
     k: int = 32
-    """Active latents per row for ``topk``, on average over a batch for ``batchtopk``."""
+    """Active latents per row for ``topk``, on average over a batch for ``batchtopk`` and
+    ``matryoshka``."""
+    matryoshka_groups: list[int] | None = None
+    """``matryoshka``: sizes of the nested groups of latents, in order (they add up to d_sae);
+    prefix i is the first i groups."""
     tied: bool = False
     """Encoder is the decoder's transpose (one weight matrix)."""
     hook_name: str = ""
@@ -59,10 +64,14 @@ class SAEConfig:
             raise RlsaeError(
                 f"{pre}d_in and d_sae must be positive (got {self.d_in}, {self.d_sae})"
             )
-        if self.arch in ("topk", "batchtopk") and not (
+        if self.arch in ("topk", "batchtopk", "matryoshka") and not (
             _is_int(self.k) and 1 <= self.k <= self.d_sae
         ):
             raise RlsaeError(f"{pre}k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
+        if self.arch == "matryoshka":
+            check_groups(where or "SAEConfig", self.matryoshka_groups, self.d_sae)
+        elif self.matryoshka_groups is not None:
+            raise RlsaeError(f"{pre}matryoshka_groups: a matryoshka setting, given to {self.arch}")
         if self.dtype not in DTYPES:
             raise RlsaeError(f"{pre}dtype must be one of {sorted(DTYPES)}, not {self.dtype!r}")
 
@@ -79,8 +88,9 @@ class SAEConfig:
 class TrainConfig:
     """Everything that decides an SAE training run. Saved in training.json beside the SAE."""
 
-    arch: Literal["topk", "relu", "batchtopk", "jumprelu"] = "topk"
-    """``topk`` (TopK + AuxK), ``batchtopk`` (BatchTopK + AuxK, saved for inference as a
+    arch: Literal["topk", "relu", "batchtopk", "jumprelu", "matryoshka"] = "topk"
+    """``topk`` (TopK + AuxK), ``matryoshka`` (Matryoshka BatchTopK: the sum of the nested
+    prefixes' reconstruction losses), ``batchtopk`` (BatchTopK + AuxK, saved for inference as a
     JumpReLU with the threshold estimated in training), ``jumprelu`` (per-latent thresholds
     trained by straight-through estimators, L0 penalty) or ``relu`` (ReLU with an L1 penalty)."""
     d_sae: int | None = None
@@ -89,8 +99,11 @@ class TrainConfig:
     """Latents per input dimension when ``d_sae`` is not given."""
     k: int = 32
     """TopK: active latents per row; BatchTopK: per row on average (k x rows kept per batch)."""
+    matryoshka_groups: list[int] | None = None
+    """Matryoshka: sizes of the nested groups of latents, in order, adding up to d_sae (prefix
+    i = the first i groups); None means d_sae/16, d_sae/16, d_sae/8, d_sae/4 and the rest."""
     topk_threshold_lr: float = 0.01
-    """BatchTopK: rate of the moving average of the smallest kept activation that gives the
+    """BatchTopK and Matryoshka: rate of the moving average of the smallest kept activation that gives the
     inference threshold (SAELens's ``topk_threshold_lr``)."""
     l1: float = 1e-3
     """ReLU: coefficient of the penalty sum_i f_i * ||W_dec[i]|| (mean over rows)."""
@@ -206,15 +219,28 @@ class TrainConfig:
                 raise RlsaeError(
                     f"{where}: {name}: a {' or '.join(kinds)} setting, given to arch {self.arch}"
                 )
-        if self.d_sae is not None and self.arch in ("topk", "batchtopk") and self.k > self.d_sae:
+        if self.matryoshka_groups is not None and self.d_sae is not None:
+            check_groups(where, self.matryoshka_groups, self.d_sae)
+        if self.d_sae is not None and self.arch not in ("relu", "jumprelu") and self.k > self.d_sae:
             raise RlsaeError(f"{where}: k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
 
-    def resolve(self, d_in: int) -> tuple[SAEConfig, float]:
+    def resolve(self, d_in: int, where: str = "TrainConfig") -> tuple[SAEConfig, float]:
         """The SAE's config and the learning rate for activations of width ``d_in`` (validates
-        first; k above the resolved d_sae is refused here)."""
-        self.validate()
+        first; k above the resolved d_sae, or groups not adding up to it, are refused here)."""
+        self.validate(where)
         d_sae = int(self.d_sae) if self.d_sae is not None else int(round(self.expansion * d_in))
-        cfg = SAEConfig(d_in=d_in, d_sae=d_sae, arch=self.arch, k=self.k, tied=self.tied)
+        groups = None
+        if self.arch == "matryoshka":
+            groups = list(self.matryoshka_groups or default_groups(d_sae))
+            check_groups(where, groups, d_sae)
+        cfg = SAEConfig(
+            d_in=d_in,
+            d_sae=d_sae,
+            arch=self.arch,
+            k=self.k,
+            tied=self.tied,
+            matryoshka_groups=groups,
+        )
         if self.lr is not None:
             return cfg, float(self.lr)
         return cfg, (2e-4 / math.sqrt(d_sae / 16384) if self.arch != "relu" else 1e-3)
@@ -224,7 +250,8 @@ class TrainConfig:
 
 
 KIND_OPTIONS: dict[str, tuple[str, ...]] = {
-    "topk_threshold_lr": ("batchtopk",),
+    "topk_threshold_lr": ("batchtopk", "matryoshka"),
+    "matryoshka_groups": ("matryoshka",),
     "l0": ("jumprelu",),
     "l0_warmup_frac": ("jumprelu",),
     "bandwidth": ("jumprelu",),
@@ -234,6 +261,27 @@ KIND_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 """TrainConfig fields that only one kind reads: a value other than the default given to another
 kind is refused (it would be silently ignored)."""
+
+
+def default_groups(d_sae: int) -> list[int]:
+    """Matryoshka's default groups: d_sae/16, d_sae/16, d_sae/8, d_sae/4 and the rest (prefixes
+    of 1/16, 1/8, 1/4, 1/2 and all of the latents); one group when d_sae < 16."""
+    w = d_sae // 16
+    return [w, w, 2 * w, 4 * w, d_sae - 8 * w] if w else [d_sae]
+
+
+def check_groups(where: str, groups: Any, d_sae: int) -> None:
+    """RlsaeError unless ``groups`` is a non-empty list of positive integers adding up to d_sae."""
+    if not isinstance(groups, list | tuple) or not groups:
+        raise RlsaeError(f"{where}: matryoshka_groups: expected a list of group sizes")
+    if not all(_is_int(g) and g >= 1 for g in groups):
+        raise RlsaeError(
+            f"{where}: matryoshka_groups: sizes must be positive integers, got {list(groups)}"
+        )
+    if sum(groups) != d_sae:
+        raise RlsaeError(
+            f"{where}: matryoshka_groups: {list(groups)} add up to {sum(groups)}, not d_sae={d_sae}"
+        )
 
 
 def check_eval_args(batch_size: Any, max_rows: Any = None, where: str = "") -> None:

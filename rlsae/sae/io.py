@@ -29,6 +29,7 @@ _SAELENS_ARCH = {
     "relu": "standard",
     "batchtopk": "jumprelu",
     "jumprelu": "jumprelu",
+    "matryoshka": "jumprelu",
 }
 """SAELens's architecture name for each of ours."""
 CFG = "cfg.json"
@@ -106,8 +107,8 @@ def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
             f"{path}: SAELens architecture {arch!r} is not supported; use topk, standard or jumprelu"
         )
     ours_arch = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu"}[arch]
-    if arch == "jumprelu" and ours.get("arch") == "batchtopk":
-        ours_arch = "batchtopk"  # a BatchTopK SAE rlsae saved for inference
+    if arch == "jumprelu" and ours.get("arch") in ("batchtopk", "matryoshka"):
+        ours_arch = ours["arch"]  # a (Matryoshka) BatchTopK SAE rlsae saved for inference
     if d.get("normalize_activations", "none") not in ("none", None):
         raise RlsaeError(
             f"{path}: normalize_activations={d['normalize_activations']!r} is not supported"
@@ -129,7 +130,12 @@ def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
             if str(d.get("dtype", "float32")) in DTYPES
             else "float32",
             apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", True)),
+            matryoshka_groups=list(ours["matryoshka_groups"])
+            if ours_arch == "matryoshka"
+            else None,
         )
+    except RlsaeError as e:
+        raise RlsaeError(f"{path / CFG}: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise RlsaeError(f"{path / CFG} is missing or has a bad field ({e})") from None
     return cfg, bool(d.get("rescale_acts_by_decoder_norm", False)) and arch == "topk"
@@ -160,7 +166,7 @@ def read_sae_files(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, torch.
         "W_dec": (cfg.d_sae, cfg.d_in),
         "b_dec": (cfg.d_in,),
     }
-    if cfg.arch in ("jumprelu", "batchtopk"):
+    if cfg.arch in ("jumprelu", "batchtopk", "matryoshka"):
         shapes["threshold"] = (cfg.d_sae,)
     for name, shape in shapes.items():
         if name not in sd:

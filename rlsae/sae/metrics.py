@@ -32,6 +32,7 @@ DENSE_FRACTION = 0.1
 
 __all__ = [
     "FeatureStats",
+    "PrefixMetrics",
     "SAEEvaluation",
     "SAEMetrics",
     "check_compatible",
@@ -39,6 +40,18 @@ __all__ = [
     "evaluate_sae",
     "live_feature_count",
 ]
+
+
+@dataclass
+class PrefixMetrics:
+    """A Matryoshka SAE's figures from its first ``width`` latents alone."""
+
+    width: int
+    """Latents in the prefix."""
+    fvu: float | None
+    """Fraction of variance unexplained by the prefix's reconstruction (None: no variance)."""
+    l0: float
+    """Mean active latents of the prefix per row."""
 
 
 @dataclass
@@ -66,6 +79,8 @@ class SAEMetrics(Artifact):
     """Rows evaluated."""
     feature_stats: str | None = None
     """Where the per-latent statistics were written (None: not written)."""
+    prefixes: list[PrefixMetrics] | None = None
+    """Matryoshka SAEs: FVU and L0 of every nested prefix, narrowest first (None otherwise)."""
 
 
 @dataclass
@@ -151,6 +166,9 @@ class _Tally:
         self.sum_x2 = 0.0
         self.active = 0
         self.rows = 0
+        self.widths: list[int] = []
+        self.prefix_err: list[float] = []
+        self.prefix_active: list[int] = []
 
     def add(self, sae: SAE, x: torch.Tensor) -> None:
         n = self.n
@@ -168,6 +186,8 @@ class _Tally:
             f = sae.encode(x)
             recon = sae.decode(f)
             fire = f > 0
+            if sae.cfg.matryoshka_groups:
+                self._add_prefixes(sae, x, f)
             self.counts += fire.sum(0)
             self.sum_act += f.double().sum(0)
             self.max_act = torch.maximum(self.max_act, f.float().amax(0))
@@ -177,10 +197,28 @@ class _Tally:
         self.sum_x2 += float(x.double().pow(2).sum())
         self.rows += x.shape[0]
 
+    def _add_prefixes(self, sae: SAE, x: torch.Tensor, f: torch.Tensor) -> None:
+        """Matryoshka: squared errors and active latents of every nested prefix."""
+        if not self.widths:
+            total = 0
+            for g in sae.cfg.matryoshka_groups or []:
+                total += g
+                self.widths.append(total)
+            self.prefix_err = [0.0] * len(self.widths)
+            self.prefix_active = [0] * len(self.widths)
+        for i, w in enumerate(self.widths):
+            recon = f[:, :w] @ sae.W_dec[:w] + sae.b_dec
+            self.prefix_err[i] += float((recon.double() - x.double()).pow(2).sum())
+            self.prefix_active[i] += int((f[:, :w] > 0).sum())
+
     def result(self) -> SAEEvaluation:
         rows, d = self.rows, self.sum_x.numel()
         total_var = self.sum_x2 - float((self.sum_x * self.sum_x).sum()) / rows
         fvu = self.sq_err / total_var if total_var > 0 else None
+        prefixes = [
+            PrefixMetrics(w, err / total_var if total_var > 0 else None, act / rows)
+            for w, err, act in zip(self.widths, self.prefix_err, self.prefix_active, strict=True)
+        ]
         metrics = SAEMetrics(
             fvu=fvu,
             explained_variance=None if fvu is None else 1.0 - fvu,
@@ -190,6 +228,7 @@ class _Tally:
             dense=int((self.counts > DENSE_FRACTION * rows).sum()),
             d_sae=self.n,
             rows=rows,
+            prefixes=prefixes or None,
         )
         stats = FeatureStats(self.counts, self.max_act, (self.sum_act / rows).float(), rows=rows)
         return SAEEvaluation(metrics, stats)

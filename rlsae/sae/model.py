@@ -33,7 +33,7 @@ from rlsae.sae.io import read_sae_files, write_sae_files
 __all__ = ["SAE", "SAEConfig", "encoder_parameter", "load_sae", "save_sae"]
 
 _DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES}
-THRESHOLD_ARCHS = ("jumprelu", "batchtopk")
+THRESHOLD_ARCHS = ("jumprelu", "batchtopk", "matryoshka")
 """Kinds whose latents fire above a per-latent threshold at inference."""
 
 
@@ -73,7 +73,7 @@ class SAE(nn.Module):
         self.threshold: torch.Tensor | None
         if cfg.arch == "jumprelu":  # trained (straight-through estimators): a parameter
             self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, device=device, dtype=dt))
-        elif cfg.arch == "batchtopk":  # estimated from the kept activations: a buffer
+        elif cfg.arch in ("batchtopk", "matryoshka"):  # estimated in training: a buffer
             self.register_buffer("threshold", torch.zeros(cfg.d_sae, device=device, dtype=dt))
         else:
             self.threshold = None
@@ -190,6 +190,6 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
         sae.b_dec = nn.Parameter(sd["b_dec"].to(device=device, dtype=dt))
         if cfg.arch == "jumprelu":
             sae.threshold = nn.Parameter(sd["threshold"].to(device=device, dtype=dt))
-        elif cfg.arch == "batchtopk":
+        elif cfg.arch in ("batchtopk", "matryoshka"):
             sae.threshold = sd["threshold"].to(device=device, dtype=dt)
     return sae

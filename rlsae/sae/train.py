@@ -17,7 +17,11 @@ JumpReLU (Rajamanoharan et al. 2024): loss = MSE + l0 * mean over rows of the la
 their thresholds (``rlsae.sae.jumprelu``'s straight-through estimators with the rectangle kernel
 of width ``bandwidth``; or the tanh surrogate), the L0 coefficient warmed up linearly over
 ``l0_warmup_frac``; thresholds start at ``init_threshold`` and are kept >= 0 (projected before
-every step, as SAELens does); unit-norm decoder rows as TopK. ReLU: loss = MSE (summed over dimensions, mean over rows) + l1 * sum_i f_i ||d_i||, the L1
+every step, as SAELens does); unit-norm decoder rows as TopK. Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK whose loss adds, for each inner prefix
+of ``matryoshka_groups`` (the first 1, 2, ... groups of latents), the FVU of the reconstruction
+from that prefix's latents alone; the prefix decodes weigh the kept entries by their group, so
+the whole step stays on the sparse path (the extra terms reach the encoder through the kept
+values' gradient). ReLU: loss = MSE (summed over dimensions, mean over rows) + l1 * sum_i f_i ||d_i||, the L1
 coefficient warmed up linearly. Both: Adam, linear LR warm-up and final linear decay, gradient
 norm clipping, optional tied weights.
 
@@ -42,6 +46,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from rlsae.artifacts import Artifact
 from rlsae.configs import differing_keys, from_mapping, to_mapping
@@ -403,7 +408,7 @@ def train_step(state: TrainState, x: torch.Tensor) -> dict[str, float]:
         torch.linalg.vector_norm(x).square() - x.sum(0).square().sum() / x.shape[0]
     ).clamp_min(1e-12)
     out: dict[str, float] = {"lr": lr}
-    if sae.cfg.arch in ("topk", "batchtopk"):
+    if sae.cfg.arch in ("topk", "batchtopk", "matryoshka"):
         loss, fvu, fired, l0 = _topk_terms(state, x, total_var, out)
     elif sae.cfg.arch == "jumprelu":
         loss, fvu, fired, l0 = _jumprelu_terms(state, x, total_var, out)
@@ -459,13 +464,15 @@ def _topk_terms(
         aux_k,
         sae.cfg.apply_b_dec_to_input,
         state.workspace,
-        batch=sae.cfg.arch == "batchtopk",
+        batch=sae.cfg.arch != "topk",
     )
-    if sae.cfg.arch == "batchtopk":
+    if sae.cfg.arch != "topk":
         _update_threshold(state, vals.detach())
         out["topk_threshold"] = state.topk_threshold
     fvu = sse / total_var
     loss = fvu
+    if sae.cfg.matryoshka_groups:
+        loss = loss + _prefix_losses(sae, x, vals, idx, total_var, out)
     if dead_idx is not None:
         # AuxK: the dead latents' top aux_k reconstruct the (detached) residual x - recon
         aux_loss = aux_sse / total_var
@@ -475,6 +482,37 @@ def _topk_terms(
     active = (vals > 0).reshape(-1)
     counts = torch.bincount(idx.reshape(-1), weights=active.to(vals.dtype), minlength=sae.d_sae)
     return loss, fvu, counts > 0, float(active.sum()) / x.shape[0]
+
+
+def prefix_widths(groups: list[int]) -> list[int]:
+    """The Matryoshka prefixes' widths: the running sums of the group sizes."""
+    out, total = [], 0
+    for g in groups:
+        total += g
+        out.append(total)
+    return out
+
+
+def _prefix_losses(
+    sae: SAE,
+    x: torch.Tensor,
+    vals: torch.Tensor,
+    idx: torch.Tensor,
+    total_var: torch.Tensor,
+    out: dict[str, float],
+) -> torch.Tensor:
+    """Matryoshka: the sum over the inner prefixes of the FVU of each prefix's reconstruction
+    (the kept entries of latents below the prefix's width, decoded sparsely); each also goes
+    into ``out`` as ``fvu_prefix_WIDTH``."""
+    assert sae.cfg.matryoshka_groups is not None
+    total = x.new_zeros(())
+    for width in prefix_widths(sae.cfg.matryoshka_groups)[:-1]:
+        weights = vals * (idx < width)
+        recon = F.embedding_bag(idx, sae.W_dec, per_sample_weights=weights, mode="sum")
+        term = (recon + sae.b_dec - x).pow(2).sum() / total_var
+        out[f"fvu_prefix_{width}"] = float(term.detach())
+        total = total + term
+    return total
 
 
 @torch.no_grad()

@@ -1,0 +1,177 @@
+"""Matryoshka BatchTopK: the prefix losses against a dense float64 reference, training, per-prefix
+evaluation, SAELens, resume, the CLI and bad settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sae_lens
+import torch
+
+from rlsae.errors import RlsaeError
+from rlsae.sae import SAE, SAEConfig, TrainConfig, load_sae, train_sae
+from rlsae.sae._fast import Workspace, topk_loss
+from rlsae.sae.config import default_groups
+from rlsae.sae.train import TrainState, _prefix_losses
+
+from .conftest import run_cli, superposition, write_store
+from .reference import naive_batchtopk_forward
+
+
+def test_matryoshka_loss_and_gradients_match_dense_reference():
+    """The training loss (full BatchTopK FVU + every inner prefix's FVU) and all its gradients on
+    the sparse path equal the dense float64 computation: sum over prefixes of
+    |f[:, :w] @ W_dec[:w] + b_dec - x|^2 / total variance."""
+    g = torch.Generator().manual_seed(2)
+    B, d, n, k, groups = 64, 12, 96, 5, [8, 24, 64]
+    sae = SAE(SAEConfig(d_in=d, d_sae=n, arch="matryoshka", k=k, matryoshka_groups=groups), seed=1)
+    sae = sae.double()
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3, generator=g)
+        sae.b_dec.normal_(generator=g)
+    x = torch.randn(B, d, generator=g, dtype=torch.float64)
+    var = (x - x.mean(0)).pow(2).sum()
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    sse, _, vals, idx = topk_loss(
+        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k, None, 0, True, Workspace(), batch=True
+    )
+    out: dict[str, float] = {}
+    loss = sse / var + _prefix_losses(sae, x, vals, idx, var, out)
+    grads = torch.autograd.grad(loss, params)
+    assert sorted(out) == ["fvu_prefix_32", "fvu_prefix_8"]
+
+    p64 = [p.detach().clone().requires_grad_() for p in params]
+    recon, f, _ = naive_batchtopk_forward(x, *p64, k)
+    loss_ref = (recon - x).pow(2).sum() / var
+    for w in (8, 32):
+        loss_ref = loss_ref + (f[:, :w] @ p64[2][:w] + p64[3] - x).pow(2).sum() / var
+    grads_ref = torch.autograd.grad(loss_ref, p64)
+    torch.testing.assert_close(loss, loss_ref)
+    for ga, gb in zip(grads, grads_ref, strict=True):
+        assert gb.abs().sum() > 0
+        torch.testing.assert_close(ga, gb)
+
+
+def _store(tmp_path):
+    x, _ = superposition(3000, d=16, n_true=32)
+    return write_store(tmp_path / "acts", x, shard_rows=700, hook="h", source="toy"), x
+
+
+def _cfg(**kw):
+    base = dict(
+        arch="matryoshka",
+        d_sae=64,
+        k=4,
+        matryoshka_groups=[8, 24, 32],
+        batch_size=128,
+        steps=60,
+        lr=3e-3,
+        log_every=5,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_matryoshka_trains_and_eval_reports_every_prefix(tmp_path, capsys):
+    store, x = _store(tmp_path)
+    sae = train_sae(store, tmp_path / "sae", _cfg(), progress=False)
+    rec = json.loads((tmp_path / "sae" / "training.json").read_text())
+    assert "fvu_prefix_8" in rec["history"][-1] and "fvu_prefix_32" in rec["history"][-1]
+    prefixes = rec["final"]["prefixes"]
+    assert [p["width"] for p in prefixes] == [8, 32, 64]
+    assert prefixes[-1]["fvu"] == pytest.approx(rec["final"]["fvu"], rel=1e-6)
+    assert prefixes[-1]["l0"] == pytest.approx(rec["final"]["l0"])
+    fvus = [p["fvu"] for p in prefixes]
+    assert fvus[0] > fvus[-1]  # the narrowest prefix reconstructs worst
+    # the same figures by hand from the dense latents
+    with torch.no_grad():
+        f = sae.encode(x)
+        var = float((x - x.mean(0)).pow(2).sum())
+        for p in prefixes:
+            w = p["width"]
+            err = float((f[:, :w] @ sae.W_dec[:w] + sae.b_dec - x).pow(2).sum())
+            assert p["fvu"] == pytest.approx(err / var, rel=1e-4)
+            assert p["l0"] == pytest.approx(float((f[:, :w] > 0).sum()) / x.shape[0])
+    code, out, err = run_cli(
+        capsys, "sae", "eval", "--sae", tmp_path / "sae", "--acts", store, "--json"
+    )
+    assert code == 0, err
+    assert [p["width"] for p in json.loads(out)["prefixes"]] == [8, 32, 64]
+    # saved as SAELens saves Matryoshka BatchTopK: a JumpReLU with the threshold
+    back = load_sae(tmp_path / "sae")
+    assert back.cfg.arch == "matryoshka" and back.cfg.matryoshka_groups == [8, 24, 32]
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"))
+    assert type(theirs).__name__ == "JumpReLUSAE"
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x[:300]), sae(x[:300]))
+
+
+def test_matryoshka_resumes_bit_identically(tmp_path):
+    store, _ = _store(tmp_path)
+    whole = train_sae(store, tmp_path / "whole", _cfg(checkpoint_every=8), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, _stats):
+        if step == 21:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_sae(store, tmp_path / "cut", _cfg(checkpoint_every=8), progress=False, on_step=stop)
+    resumed = train_sae(
+        store, tmp_path / "cut", _cfg(checkpoint_every=8), resume=True, progress=False
+    )
+    for (name, a), (_, b) in zip(
+        whole.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_cli_matryoshka_and_default_groups(tmp_path, capsys):
+    store, _ = _store(tmp_path)
+    args = ["sae", "train", "--acts", store, "--arch", "matryoshka", "--d-sae", 64, "--k", 4]
+    args += ["--steps", 10, "--batch-size", 128, "--json"]
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "a", "--matryoshka-groups", "16,48")
+    assert code == 0, err
+    assert load_sae(tmp_path / "a").cfg.matryoshka_groups == [16, 48]
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "b")
+    assert code == 0, err
+    assert load_sae(tmp_path / "b").cfg.matryoshka_groups == default_groups(64) == [4, 4, 8, 16, 32]
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "c", "--matryoshka-groups", "16,x")
+    assert code == 2 and "--matryoshka-groups: expected integers" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+    # groups that do not add up to the d_sae resolved from the store: refused before any write
+    bad = ["sae", "train", "--acts", store, "--arch", "matryoshka", "--expansion", 4]
+    code, _, err = run_cli(capsys, *bad, "--out", tmp_path / "d", "--matryoshka-groups", "16,16")
+    assert code == 2 and "add up to 32, not d_sae=64" in err, err
+    assert not (tmp_path / "d").exists() and not (tmp_path / ".d.partial").exists()
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(matryoshka_groups=[8, 24, 30]), "[8, 24, 30] add up to 62, not d_sae=64"),
+        (dict(matryoshka_groups=[0, 64]), "sizes must be positive integers"),
+        (dict(matryoshka_groups=[]), "expected a list of group sizes"),
+        (
+            dict(arch="batchtopk"),
+            "matryoshka_groups: a matryoshka setting, given to arch batchtopk",
+        ),
+        (dict(k=0), "k"),
+    ],
+)
+def test_matryoshka_bad_settings_one_line(tmp_path, kw, msg):
+    with pytest.raises(RlsaeError) as e:
+        train_sae(tmp_path / "nowhere", tmp_path / "out", _cfg(**kw), progress=False)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_state_carries_threshold_for_matryoshka(tmp_path):
+    """Matryoshka estimates the same inference threshold as BatchTopK."""
+    store, _ = _store(tmp_path)
+    sae = train_sae(store, tmp_path / "sae", _cfg(steps=20), progress=False)
+    assert sae.threshold is not None and float(sae.threshold[0]) > 0
+    assert TrainState.__dataclass_fields__["topk_threshold"].default == 0.0
