@@ -241,7 +241,7 @@ def test_cli_trains_batchtopk(tmp_path, capsys):
     [
         (dict(topk_threshold_lr=0.0), "topk_threshold_lr"),
         (dict(topk_threshold_lr=1.5), "topk_threshold_lr"),
-        (dict(arch="topk", topk_threshold_lr=0.1), "a batchtopk setting"),
+        (dict(arch="topk", topk_threshold_lr=0.1), "a batchtopk or matryoshka setting"),
         (dict(k=0), "k"),
         (dict(k=65), "k must be between 1 and d_sae=64"),
     ],
