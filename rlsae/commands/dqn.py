@@ -20,6 +20,7 @@ from rlsae.agents.agent_dir import (
     read_agent_info,
 )
 from rlsae.agents.concept_run import CONCEPTS_FILE, check_concept_inputs, sae_concepts
+from rlsae.agents.concepts import ConceptMatches
 from rlsae.agents.config import (
     DQNConfig,
     DQNTrainConfig,
@@ -376,12 +377,35 @@ def dqn_concepts(
         "coverage": res.coverage,
         "coverage_auroc": res.coverage_auroc,
         "top": [{"feature": f.feature, "explanation": f.explanation} for f in best],
+        "layer_only": _layer_only(res),
     }
     cov = "n/a" if res.coverage is None else f"{res.coverage:.3f}"
     lines = [
         f"{res.live_features} of {res.n_features} features live over {res.n_rows} rows; "
         f"coverage {cov} (best match AUROC >= {res.coverage_auroc:g})",
         *(f"  feature {f.feature}: {f.explanation}" for f in best),
-        f"wrote {path}",
     ]
+    if summary["layer_only"]:
+        lines.append("the layer encodes, no single feature carries (probe AUROC vs best feature):")
+        lines += [
+            f"  {c['concept']}: probe {c['probe_auroc']:.2f}, best feature "
+            + ("none" if c["feature"] is None else f"{c['feature']} {c['auroc']:.2f}")
+            for c in summary["layer_only"][:show]
+        ]
+    lines.append(f"wrote {path}")
     emit(summary, as_json, human=None if as_json else "\n".join(lines))
+
+
+def _layer_only(res: ConceptMatches) -> list[dict[str, Any]]:
+    """Boolean concepts a linear probe on the raw layer finds (held-out AUROC >= the coverage
+    threshold) but no single feature does, widest gap first."""
+    out = []
+    for b in res.best_per_concept:
+        probe, score = b.probe_score, b.score
+        if b.kind != "bool" or probe is None or probe < res.coverage_auroc:
+            continue
+        if score is not None and score >= res.coverage_auroc:
+            continue
+        out.append({"concept": b.concept, "probe_auroc": probe, "feature": b.feature,
+                    "auroc": score, "negated": b.negated})  # fmt: skip
+    return sorted(out, key=lambda c: -(c["probe_auroc"] - (c["auroc"] or 0.5)))

@@ -70,6 +70,7 @@ def test_concepts_finds_the_planted_concept_at_auroc_1(poster_agent, planted, ru
     assert best[PLANTED].probe_score is not None
     assert res.coverage is not None and res.coverage >= 0.5  # feature 0 is covered
     assert summary["top"][0] == {"feature": 0, "explanation": f0.explanation}
+    assert all(c["concept"] != PLANTED for c in summary["layer_only"])  # feature 0 carries it
 
 
 def test_concepts_human_output_and_a_concept_filter(poster_agent, planted, run_cli):
@@ -176,3 +177,22 @@ def test_study_stage_matches_a_poster_store_and_notes_a_nature_one(poster_agent,
     noted = atari.concepts(ctx, place("nature", nature))
     assert noted.path is None and noted.coverage is None and "noop_max=30" in str(noted.note)
     assert not (atari.sae_dir(tmp_path, cfg, "nature") / "concepts.json").exists()
+
+
+def test_concepts_the_layer_encodes_but_no_feature_carries() -> None:
+    from rlsae.agents.concepts import ConceptBest
+    from rlsae.commands.dqn import _layer_only
+
+    res = ConceptMatches(n_rows=10, n_features=4, live_features=2, coverage=0.5, concepts=[],
+        best_per_concept=[
+            ConceptBest("lives_1", "bool", 3, 0.7, False, 0.99),  # probe finds it, no feature
+            ConceptBest("ghost_near_24", "bool", 1, 0.95, False, 0.99),  # a feature carries it
+            ConceptBest("fruit_present", "bool", None, None, False, 0.92),  # no live feature
+            ConceptBest("level_start", "bool", 2, 0.6, True, 0.8),  # the probe misses it too
+            ConceptBest("dots_left", "scalar", 0, 0.2, False, 0.99),  # scalars: not listed
+        ],
+    )  # fmt: skip
+    got = _layer_only(res)
+    assert [c["concept"] for c in got] == ["fruit_present", "lives_1"]  # widest gap first
+    assert got[1] == {"concept": "lives_1", "probe_auroc": 0.99, "feature": 3, "auroc": 0.7,
+                      "negated": False}  # fmt: skip
