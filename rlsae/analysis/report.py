@@ -212,6 +212,37 @@ def _fit_section(
     return _fit_headline(fit) + f"<h2>{esc(heading)}</h2>" + div
 
 
+SKILL_FLOOR = 0.1
+"""Human-normalised score below which an agent counts as no better than random play (within a
+tenth of the random-to-human gap: in Ms. Pac-Man, below about 972 points; random scores 307)."""
+POSTER_COMMAND = "rlsae dqn import --from dqns --out runs/poster/agents"
+
+
+def skill_statement(df: Any) -> str:
+    """What the agents' scores say about the fit, in words: their human-normalised range and,
+    when every agent is below :data:`SKILL_FLOOR`, that the population is no better than random
+    (its fit then says nothing about skill), naming how to study the poster's own agents."""
+    if "human_normalized" not in df.columns or df["human_normalized"].isna().all():
+        return ""
+    hn = df["human_normalized"].astype(float)
+    ret = df["mean_return"].astype(float) if "mean_return" in df.columns else None
+    span = f"{ret.min():.0f}–{ret.max():.0f} points, " if ret is not None else ""
+    text = (
+        f"The agents score {span}human-normalised {hn.min():.2f} to {hn.max():.2f} "
+        "(0 is random play, 1 a human player)."
+    )
+    if bool((hn < SKILL_FLOOR).all()):
+        text += (
+            f" <b>This population is no better than random</b> (every agent below "
+            f"{SKILL_FLOOR} human-normalised), so its fit says nothing about how live features "
+            "relate to skill. To test the poster's claim, import its trained agents "
+            f"(<code>{esc(POSTER_COMMAND)}</code>, then a study over "
+            "<code>population.agents: [runs/poster/agents/*]</code>; see "
+            "docs/dead-features.md)."
+        )
+    return f"<p class='headline'>{text}</p>"
+
+
 def _coverage_section(path: Path, df: Any) -> str:
     """The fit of return on the SAEs' concept coverage, when the study made one."""
     if not path.is_file():
@@ -340,6 +371,7 @@ def write_atari_report(run_dir: str | os.PathLike) -> Path:
     fit = FitResult.read(fit_path) if fit_path.is_file() else None
     parts = [
         _links(run_dir),
+        skill_statement(df),
         _fit_section(fit, df),
         _coverage_section(analysis / "fit_coverage_vs_return.json", df),
         "<h2>Agents</h2>" + _df_table(df),

@@ -356,7 +356,9 @@ def concepts(ctx: Context[StudyConfig], spec: AgentSpec) -> AgentConcepts:
     )
 
 
-_EVAL_COLUMNS = ("mean_return", "std_return", "min_return", "max_return", "episodes", "mean_length")
+_EVAL_COLUMNS = tuple(
+    "mean_return std_return min_return max_return episodes mean_length human_normalized".split()
+)
 _LIVE_COLUMNS = (
     "live",
     "dead",
