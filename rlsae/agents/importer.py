@@ -488,7 +488,39 @@ def import_agent(
     return out
 
 
+AGENT_FILES = (".pt", ".pth", ".safetensors", ".zip")
+"""The file names ``dqn import --from FOLDER`` takes (each becomes ``OUT/<stem>``)."""
+
+
+def import_folder(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    game: str = GAME,
+    env_id: str | None = None,
+) -> list[Path]:
+    """Import every agent file of a folder (e.g. the poster's ``dqns/``), in name order, into
+    ``out/<file stem>``; ``out`` is published whole, only if every file imports."""
+    src, out = Path(src), Path(out)
+    files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix in AGENT_FILES)
+    if not files:
+        raise RlsaeError(f"{src} holds no agent files ({', '.join(AGENT_FILES)})")
+    stems = [p.stem for p in files]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise RlsaeError(f"{src}: several files are named {dup[0]}.*; import them one by one")
+    if out.exists():
+        raise RlsaeError(f"{out} already exists; choose another --out or remove it")
+    with atomic_dir(out) as tmp:
+        for p in files:
+            import_agent(p, tmp / p.stem, arch=arch, game=game, env_id=env_id)
+    return [out / s for s in stems]
+
+
 __all__ = [
+    "AGENT_FILES",
+    "import_folder",
     "NATURE_SHAPES",
     "POSTER_SHAPES",
     "build_model",

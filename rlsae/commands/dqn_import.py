@@ -16,7 +16,10 @@ from rlsae.errors import RlsaeError
 @dqn_app.command("import")
 def dqn_import(
     src: Path = typer.Option(
-        ..., "--from", help="File to import: torch.save(module), state dict .pt, .safetensors."
+        ...,
+        "--from",
+        help="File to import (torch.save(module), state dict .pt, .safetensors, SB3 zip), or a "
+        "folder of them (each into OUT/<name>).",
     ),
     out: Path = typer.Option(..., "--out", help="Agent directory to create (must not exist)."),
     arch: str | None = typer.Option(
@@ -42,7 +45,7 @@ def dqn_import(
     SB3 zips: only their weights-only policy.pth and the plain JSON of their data are read."""
     if arch is not None:
         check_choice("dqn import", "arch", arch, ARCHS)
-    if not src.is_file():
+    if not src.exists():
         raise RlsaeError(f"{src} not found")
     if out.exists():
         raise RlsaeError(f"{out} already exists; choose another --out or remove it")
@@ -50,6 +53,12 @@ def dqn_import(
     from rlsae.agents.importer import import_agent
     from rlsae.agents.results import AgentInfo
 
+    if src.is_dir():
+        from rlsae.agents.importer import import_folder
+
+        paths = import_folder(src, out, arch=arch, game=game, env_id=env_id)
+        emit({"out": str(out), "agents": [p.name for p in paths]}, as_json)
+        return
     path = import_agent(src, out, arch=arch, game=game, env_id=env_id)
     info = AgentInfo.read(path / "agent.json")
     assert info.source is not None

@@ -319,3 +319,18 @@ def test_sb3_zip_wrong_game_or_arch_refused(sb3_zip: Path, run_cli, tmp_path: Pa
     assert "holds a nature network" in err
     err = _run_refused(run_cli, sb3_zip, tmp_path / "out", "--env-id", "ALE/Pong-v5")
     assert "not a ms_pacman environment" in err
+
+
+def test_folder_import_all_or_nothing(run_cli, tmp_path: Path):
+    dqns = tmp_path / "dqns"
+    dqns.mkdir()
+    for i in (0, 1):
+        _save_poster(tmp_path, f"dqns/dqn{i}.pt", SEED=str(i))
+    (dqns / "README.md").write_text("not an agent")
+    code, out, err = run_cli("dqn", "import", "--from", dqns, "--out", tmp_path / "a", "--json")
+    assert code == 0, err
+    assert json.loads(out)["agents"] == ["dqn0", "dqn1"]
+    assert AgentInfo.read(tmp_path / "a" / "dqn1" / "agent.json").source.file == "dqn1.pt"
+    # one bad file: nothing is published
+    _save_poster(tmp_path, "dqns/dqn2.pt", VARIANT="nan")
+    _run_refused(run_cli, dqns, tmp_path / "b")
