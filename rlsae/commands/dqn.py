@@ -369,6 +369,7 @@ def dqn_concepts(
     path = res.write(out if out is not None else sae / CONCEPTS_FILE)
     explained = [f for f in res.features if f.matches]
     best = sorted(explained, key=lambda f: -f.matches[0].strength)[:show]
+    layer_only = _layer_only(res)
     summary = {
         "out": str(path),
         "rows": res.n_rows,
@@ -377,7 +378,7 @@ def dqn_concepts(
         "coverage": res.coverage,
         "coverage_auroc": res.coverage_auroc,
         "top": [{"feature": f.feature, "explanation": f.explanation} for f in best],
-        "layer_only": _layer_only(res),
+        "layer_only": layer_only,
     }
     cov = "n/a" if res.coverage is None else f"{res.coverage:.3f}"
     lines = [
@@ -385,12 +386,12 @@ def dqn_concepts(
         f"coverage {cov} (best match AUROC >= {res.coverage_auroc:g})",
         *(f"  feature {f.feature}: {f.explanation}" for f in best),
     ]
-    if summary["layer_only"]:
+    if layer_only:
         lines.append("the layer encodes, no single feature carries (probe AUROC vs best feature):")
         lines += [
             f"  {c['concept']}: probe {c['probe_auroc']:.2f}, best feature "
             + ("none" if c["feature"] is None else f"{c['feature']} {c['auroc']:.2f}")
-            for c in summary["layer_only"][:show]
+            for c in layer_only[:show]
         ]
     lines.append(f"wrote {path}")
     emit(summary, as_json, human=None if as_json else "\n".join(lines))
