@@ -254,6 +254,10 @@ def _build(tp: Any, value: Any, where: str, path: str) -> Any:
     return value
 
 
+INT64_MAX = 2**63 - 1
+"""The largest integer setting anything accepts (torch and numpy count in 64 bits)."""
+
+
 def check_range(
     where: str,
     name: str,
@@ -266,6 +270,8 @@ def check_range(
     """Refuse ``value`` outside ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``) or not finite."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _err(where, name, f"expected a finite number, got {describe(value)}")
+    if isinstance(value, int) and hi is None and abs(value) > INT64_MAX:
+        hi = INT64_MAX  # no setting is beyond 64 bits; torch and numpy would overflow later
     below = lo is not None and (value <= lo if lo_open else value < lo)
     above = hi is not None and value > hi
     if below or above:

@@ -29,7 +29,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from rlsae.configs import check_range, describe, from_mapping
+from rlsae.configs import INT64_MAX, check_range, describe, from_mapping
 from rlsae.errors import RlsaeError
 
 ARCHS = ("nature", "poster")
@@ -45,14 +45,25 @@ def check_int(
     """Refuse ``value`` unless it is an integer (not a bool) of at least ``lo`` (at most ``hi``)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise RlsaeError(f"{where}: {name}: expected an integer, got {describe(value)}")
+    if hi is None and abs(value) > INT64_MAX:  # torch, numpy and the emulator count in 64 bits
+        raise RlsaeError(f"{where}: {name}: must be at most {INT64_MAX}, got {value}")
     if hi is not None and lo is not None and not lo <= value <= hi:
         raise RlsaeError(f"{where}: {name}: must be between {lo} and {hi}, got {value}")
     if lo is not None and value < lo:
         raise RlsaeError(f"{where}: {name}: must be at least {lo}, got {value}")
 
 
+def check_seed(where: str, seed: Any) -> None:
+    """A seed is an integer in [0, :data:`SEED_MAX`]."""
+    check_int(where, "seed", seed, 0)
+    if seed > SEED_MAX:
+        raise RlsaeError(f"{where}: seed: must be at most {SEED_MAX}, got {seed}")
+
+
 MAX_ENVS = 1024
 """Most emulators one process steps side by side (each holds a full Atari state and frames)."""
+SEED_MAX = 2**32 - 1
+"""numpy's legacy seeding (which SB3 and gymnasium call) takes seeds below 2**32."""
 
 
 def check_n_envs(where: str, value: Any) -> None:
@@ -292,7 +303,7 @@ class DQNTrainConfig:
         """The one check of a training run's settings, before anything is written."""
         check_choice(where, "arch", self.arch, ARCHS)
         check_int(where, "steps", self.steps, 1)
-        check_int(where, "seed", self.seed, 0)
+        check_seed(where, self.seed)
         check_n_envs(where, self.n_envs)
         if self.checkpoint_every is not None:
             check_int(where, "checkpoint_every", self.checkpoint_every, 1)
@@ -355,7 +366,7 @@ class EvalConfig:
     def validate(self, where: str = "dqn eval") -> None:
         check_int(where, "episodes", self.episodes, 1)
         _check_prob(where, "epsilon", self.epsilon)
-        check_int(where, "seed", self.seed, 0)
+        check_seed(where, self.seed)
         check_n_envs(where, self.n_envs)
         if self.max_episode_steps is not None:
             check_int(where, "max_episode_steps", self.max_episode_steps, 1)
@@ -400,7 +411,7 @@ class RecordConfig:
             raise RlsaeError(f"{where}: layer: expected a layer name, got {describe(self.layer)}")
         check_int(where, "steps", self.steps, 1)
         _check_prob(where, "epsilon", self.epsilon)
-        check_int(where, "seed", self.seed, 0)
+        check_seed(where, self.seed)
         check_n_envs(where, self.n_envs)
         check_choice(where, "dtype", self.dtype, DTYPES)
         if self.max_episode_steps is not None:

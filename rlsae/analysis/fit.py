@@ -149,10 +149,15 @@ def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
+MAX_BOOTSTRAP = 1_000_000
+
+
 def check_fit_options(bootstrap: int, seed: int, level: float = 0.95) -> None:
     """Refuse a negative bootstrap count or seed, or a level outside (0, 1), in one line."""
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
         raise RlsaeError(f"--bootstrap must be a whole number >= 0, got {bootstrap!r}")
+    if bootstrap > MAX_BOOTSTRAP:  # each resample refits; more would run for hours, not help
+        raise RlsaeError(f"--bootstrap must be at most {MAX_BOOTSTRAP}, got {bootstrap!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise RlsaeError(f"--seed must be a whole number >= 0, got {seed!r}")
     if not 0.0 < float(level) < 1.0:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from rlsae.commands._apps import JsonOpt, analyze_app, emit
+from rlsae.configs import INT64_MAX
 from rlsae.errors import RlsaeError
 
 
@@ -98,8 +99,8 @@ def analyze_dead(
     as_json: bool = JsonOpt,
 ) -> None:
     """Count live and dead latents of an SAE over a store."""
-    if threshold < 1:
-        raise RlsaeError("--threshold must be at least 1")
+    if not 1 <= threshold <= INT64_MAX:  # a count of firings; torch counts in 64 bits
+        raise RlsaeError(f"--threshold must be between 1 and {INT64_MAX}, got {threshold}")
     _need_dir(sae_dir, "SAE directory")
     _need_dir(acts, "activation store")
     from rlsae.sae import ActivationStore, evaluate_sae, live_feature_count, load_sae

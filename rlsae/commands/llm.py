@@ -315,6 +315,8 @@ def explain_cmd(
     cfg = build_config(ExplainConfig, EXPLAIN_OPTIONS, locals(), "llm explain")
 
     feature_list = parse_layers(features, what="--features")
+    if layer is not None:  # a layer index; checked against the SAE's hook once it is read
+        check_range("--layer", "", layer, 0)
     utility_table = UtilityTable.load(table)
     from rlsae.llm.explain import explain_features
 

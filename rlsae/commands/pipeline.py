@@ -10,6 +10,8 @@ import typer
 from rlsae.commands._apps import JsonOpt, app, emit, pipeline_app
 from rlsae.errors import RlsaeError
 
+MAX_WORKERS = 4096
+
 
 def _human_study(res: dict) -> str:
     lines = [
@@ -72,6 +74,8 @@ def sweep(
     from rlsae.study.sweep import check_engine
 
     check_engine(engine, address)
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise RlsaeError(f"--workers must be between 1 and {MAX_WORKERS}, got {workers}")
     cfg, source = resolve_config(str(config))
     run_dir = out if out is not None else Path("runs") / cfg.name
     res = run_study(

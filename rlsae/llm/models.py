@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from rlsae.errors import RlsaeError
 from rlsae.llm.configs import DEFAULT_MODEL
 
@@ -33,6 +35,8 @@ LOAD_ERRORS: tuple[type[Exception], ...] = (
     # RuntimeError ("PytorchStreamReader failed ...")
     pickle.UnpicklingError,
     RuntimeError,
+    # a truncated or empty model.safetensors ("header too small")
+    SafetensorError,
 )
 """What loading a model or tokenizer raises for a bad directory, name or weights file."""
 
