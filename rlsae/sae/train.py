@@ -324,7 +324,7 @@ def _loop(
     per_epoch = st.batches_per_epoch(cfg.batch_size, drop_last=drop_last)
     batches = st.iter_batches(
         cfg.batch_size,
-        shuffle=True,
+        shuffle=cfg.shuffle,
         seed=cfg.seed,
         epochs=math.ceil(total / per_epoch),
         drop_last=drop_last,
