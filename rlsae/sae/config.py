@@ -151,6 +151,9 @@ class TrainConfig:
     """Initialise b_dec from the data mean (over up to 65536 rows) or at zero."""
     seed: int = 0
     """Seeds the initial weights and the data order."""
+    shuffle: bool = True
+    """Read the store's rows shuffled; False reads them in the order they were written (for an
+    agent's recording: play order, as the poster trained its SAEs, one pass with epochs 1)."""
     checkpoint_every: int = 200
     """Steps between checkpoints (the last step is always checkpointed)."""
     log_every: int = 25
@@ -173,7 +176,7 @@ class TrainConfig:
             raise RlsaeError(
                 f"{where}: init_b_dec: expected mean or zeros, got {describe(self.init_b_dec)}"
             )
-        for name in ("tied", "final_eval"):
+        for name in ("tied", "final_eval", "shuffle"):
             if not isinstance(getattr(self, name), bool):
                 raise RlsaeError(f"{where}: {name}: expected true or false")
         for name in ("hook_name", "source"):
