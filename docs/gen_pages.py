@@ -118,13 +118,18 @@ def _option(param: Any, ctx: Any) -> str:
     kind = "" if param.is_flag else f"`{param.display_type(ctx).strip('<>')}`"
     if param.multiple:
         kind += ", repeatable"
-    help_text = _cell(param.help or "") + _range(param)
+    help_text = _cell(_unrich(param.help or "")) + _range(param)
     return f"| {names} | {kind} | {_option_default(param)} | {help_text} |"
 
 
 def _help(cmd: Any) -> str:
     """A command's help text as Markdown, its line breaks kept."""
-    return _doc((cmd.help or "").strip())
+    return _doc(_unrich((cmd.help or "").strip()))
+
+
+def _unrich(text: str) -> str:
+    """A help text as the terminal shows it: rich's markup escape ``\\[`` is a plain ``[``."""
+    return text.replace("\\[", "[")
 
 
 def render_cli() -> str:
