@@ -1,13 +1,17 @@
-"""``rlsae acts``: activation stores (import your own activations)."""
+"""``rlsae acts``: activation stores (import your own activations, or synthesise toy ones with
+planted features)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from rlsae.commands._apps import JsonOpt, acts_app, emit
+from rlsae.configs import field_default, field_docs
 from rlsae.errors import RlsaeError
+from rlsae.sae.synth import SynthConfig
 
 
 @acts_app.command("import")
@@ -53,3 +57,64 @@ def acts_import(
         },
         as_json,
     )
+
+
+def _synth_opt(name: str, flag: str) -> Any:
+    """A typer option for SynthConfig field ``name``: its default and docstring."""
+    help_text = field_docs(SynthConfig)[name].replace("``", "").replace("[", "\\[")
+    return typer.Option(field_default(SynthConfig, name), flag, help=help_text)
+
+
+SYNTH_OPTIONS = {
+    "rows": "--rows",
+    "d_in": "--d-in",
+    "n_features": "--n-features",
+    "mean_active": "--mean-active",
+    "firing": "--firing",
+    "zipf_exponent": "--zipf-exponent",
+    "parents": "--parents",
+    "children": "--children",
+    "child_prob": "--child-prob",
+    "seed": "--seed",
+}
+"""``acts synth`` option of each SynthConfig field."""
+
+
+@acts_app.command("synth")
+def acts_synth(
+    out: Path = typer.Option(..., "--out", help="New activation-store directory."),
+    rows: int = _synth_opt("rows", "--rows"),
+    d_in: int = _synth_opt("d_in", "--d-in"),
+    n_features: int = _synth_opt("n_features", "--n-features"),
+    mean_active: float = _synth_opt("mean_active", "--mean-active"),
+    firing: str = _synth_opt("firing", "--firing"),
+    zipf_exponent: float = _synth_opt("zipf_exponent", "--zipf-exponent"),
+    parents: int = _synth_opt("parents", "--parents"),
+    children: int = _synth_opt("children", "--children"),
+    child_prob: float = _synth_opt("child_prob", "--child-prob"),
+    seed: int = _synth_opt("seed", "--seed"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Toy activations with planted features (superposition, Zipf or Poisson firing, optional
+    parent/child hierarchy) and their ground truth (OUT/ground_truth.safetensors), for
+    ``sae eval --ground-truth``."""
+    cfg = SynthConfig(
+        rows=rows,
+        d_in=d_in,
+        n_features=n_features,
+        mean_active=mean_active,
+        firing=firing,  # type: ignore[arg-type]  # validate() refuses others
+        zipf_exponent=zipf_exponent,
+        parents=parents,
+        children=children,
+        child_prob=child_prob,
+        seed=seed,
+    )
+    cfg.validate("acts synth")
+    if out.exists():
+        raise RlsaeError(f"{out} already exists; choose another --out or remove it")
+
+    from rlsae.sae.synth import synthesize
+
+    truth = synthesize(cfg, out)
+    emit({"out": str(out), "ground_truth": str(truth), "rows": rows, "d_in": d_in}, as_json)

@@ -162,25 +162,44 @@ def sae_eval(
     any_hook: bool = typer.Option(
         False, "--any-hook", help="Allow a store recorded at a different hook than the SAE's."
     ),
+    ground_truth: Path | None = typer.Option(
+        None,
+        "--ground-truth",
+        help="True feature directions, (n_features, d_in) as .npy/.pt, or the .safetensors "
+        "acts synth writes (then also the correlation of matched latents with the true "
+        "activations): adds MMCS both ways, fraction recovered at cosine >= 0.9, MCC.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Reconstruction (FVU, MSE, explained variance), L0, dead and dense latents over a store.
 
-    With ``--json``: one ``rlsae.sae_metrics`` object (see ``rlsae.sae.metrics.SAEMetrics``)."""
+    With ``--json``: one ``rlsae.sae_metrics`` object (see ``rlsae.sae.metrics.SAEMetrics``),
+    with ``--ground-truth`` an ``rlsae.ground_truth_metrics`` one under ``ground_truth``."""
     check_eval_args(batch_size, max_rows, where="sae eval")
+    if ground_truth is not None and not ground_truth.is_file():
+        raise RlsaeError(f"ground truth {ground_truth} not found")
 
+    from rlsae.sae.groundtruth import ground_truth_metrics, read_ground_truth
     from rlsae.sae.metrics import evaluate_sae
     from rlsae.sae.model import load_sae
     from rlsae.sae.store import ActivationStore
 
     sae = load_sae(sae_dir)
     store = ActivationStore(acts)
+    truth = read_ground_truth(ground_truth) if ground_truth is not None else None
+    if truth is not None and truth.directions.shape[1] != sae.cfg.d_in:
+        raise RlsaeError(
+            f"ground truth {ground_truth} has d_in={truth.directions.shape[1]}, "
+            f"the SAE {sae.cfg.d_in}"
+        )
     result = evaluate_sae(
         sae, store, batch_size=batch_size, max_rows=max_rows, check_hook=not any_hook, progress=True
     )
     if save_stats:
         result.metrics.feature_stats = str(result.stats.write(sae_dir))
     data = result.metrics.to_json()
+    if truth is not None:
+        data["ground_truth"] = ground_truth_metrics(sae, truth, store, batch_size).to_json()
     if not as_json:  # the readable summary: the figures only
         data = {k: v for k, v in data.items() if k not in ("format", "version")}
     emit(data, as_json)

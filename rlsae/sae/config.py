@@ -199,6 +199,12 @@ class TrainConfig:
         check_range(where, "epochs", self.epochs, 0, lo_open=True)
         if self.lr is not None:
             check_range(where, "lr", self.lr, 0, lo_open=True)
+        # Upper ends: beyond them a run overflows (d_sae from expansion) or never ends.
+        for name, hi in (("d_sae", MAX_D_SAE), ("expansion", MAX_D_SAE), ("epochs", MAX_EPOCHS),
+                         ("lr", 1.0)):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value > hi:
+                check_range(where, name, value, hi=hi)
         for name in ("l1_warmup_frac", "warmup_frac", "decay_frac"):
             check_range(where, name, getattr(self, name), 0, 1)
         check_range(where, "grad_clip", self.grad_clip, 0)
@@ -231,6 +237,11 @@ class TrainConfig:
         """The SAE's config and the learning rate for activations of width ``d_in`` (validates
         first; k above the resolved d_sae, or groups not adding up to it, are refused here)."""
         self.validate(where)
+        if self.d_sae is None and self.expansion * d_in > MAX_D_SAE:
+            raise RlsaeError(
+                f"{where}: expansion: {self.expansion:g} x d_in {d_in} is above the largest "
+                f"d_sae, {MAX_D_SAE}"
+            )
         d_sae = int(self.d_sae) if self.d_sae is not None else int(round(self.expansion * d_in))
         groups = None
         if self.arch == "matryoshka":
@@ -301,6 +312,12 @@ def check_eval_args(batch_size: Any, max_rows: Any = None, where: str = "") -> N
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+MAX_D_SAE = 2**26
+"""The most latents an SAE may have (64 Mi; the largest published SAEs have 16 Mi)."""
+MAX_EPOCHS = 1e6
+"""The most passes over a store one run may ask for."""
 
 
 def _int(
