@@ -1,0 +1,123 @@
+"""Steps/s of ``dqn eval`` and ``dqn record`` beside the floor (the bare batched forward).
+
+For the poster network and NatureCNN (random weights, imported through ``dqn import`` so the
+agents are ordinary agent directories), at 1, 4, 8 and 16 emulators: the steps/s of
+``evaluate_agent`` (greedy) and ``record_activations`` (fc1, epsilon 0.2), and the steps/s of the
+bare batched forward of the same network (``Agent.forward(obs, "fc1")``) at the same batch size
+and thread count, measured in the same run; ``eval_vs_floor`` and ``record_vs_floor`` are the
+ratios (issue 13's target: >= 0.7 at 8 envs). Prints one line per figure and, last, one JSON
+object. Never asserts on time.
+
+Usage: ``python benchmarks/agent_play.py [--steps-per-env 150] [--envs 1 4 8 16]
+[--arch poster nature] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+warnings.filterwarnings("ignore")
+
+
+def make_agent(arch: str, root: Path) -> Path:
+    """A random-weight agent of ``arch`` imported from a state dict (rlsae's names)."""
+    import torch
+
+    from rlsae.agents.importer import import_agent, rlsae_shapes
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {k: torch.randn(s, generator=gen) * 0.05 for k, s in rlsae_shapes(arch).items()}
+    torch.save(tensors, root / f"{arch}.pt")
+    return import_agent(root / f"{arch}.pt", root / arch, arch=arch)
+
+
+def floor_rate(agent: Any, n: int, seconds: float) -> float:
+    """Rows/s of the bare batched forward (Q and fc1) at batch ``n``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 256, (n, *agent.env_config.obs_shape), dtype=np.uint8)
+    agent.forward(obs, "fc1")  # warm-up
+    rows, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        agent.forward(obs, "fc1")
+        rows += n
+    return rows / (time.perf_counter() - t0)
+
+
+def measure(arch: str, agent_dir: Path, n: int, steps_per_env: int, root: Path) -> dict:
+    from rlsae.agents.dqn import load_agent
+    from rlsae.agents.evaluate import evaluate_agent
+    from rlsae.agents.record import record_activations
+
+    agent = load_agent(agent_dir)
+    t0 = time.perf_counter()
+    ev = evaluate_agent(agent, episodes=n, n_envs=n, max_episode_steps=steps_per_env)
+    eval_rate = sum(ev.lengths) / (time.perf_counter() - t0)
+    out = root / f"rec-{arch}-{n}"
+    t0 = time.perf_counter()
+    record_activations(
+        agent, "fc1", n * steps_per_env, out, n_envs=n, max_episode_steps=steps_per_env,
+        progress=False,
+    )  # fmt: skip
+    record_rate = n * steps_per_env / (time.perf_counter() - t0)
+    floor = floor_rate(agent, n, seconds=2.0)
+    return {
+        "arch": arch,
+        "n_envs": n,
+        "eval_steps_per_s": round(eval_rate, 1),
+        "record_steps_per_s": round(record_rate, 1),
+        "floor_steps_per_s": round(floor, 1),
+        "eval_vs_floor": round(eval_rate / floor, 3),
+        "record_vs_floor": round(record_rate / floor, 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps-per-env", type=int, default=150)
+    ap.add_argument("--envs", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--arch", nargs="+", default=["poster", "nature"])
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    from rlsae.threads import torch_threads
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, torch_threads(args.threads):
+        root = Path(tmp)
+        for arch in args.arch:
+            agent_dir = make_agent(arch, root)
+            for n in args.envs:
+                r = measure(arch, agent_dir, n, args.steps_per_env, root)
+                rows.append(r)
+                print(
+                    f"{arch:6s} {n:3d} envs: eval {r['eval_steps_per_s']:8.1f}/s  record "
+                    f"{r['record_steps_per_s']:8.1f}/s  floor {r['floor_steps_per_s']:8.1f}/s  "
+                    f"(eval {r['eval_vs_floor']:.2f}, record {r['record_vs_floor']:.2f} of it)",
+                    flush=True,
+                )
+    print(
+        json.dumps(
+            {
+                "benchmark": "agent_play",
+                "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+                "threads": args.threads,
+                "steps_per_env": args.steps_per_env,
+                "rows": rows,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
