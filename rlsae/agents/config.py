@@ -387,6 +387,46 @@ class SpliceConfig(EvalConfig):
             raise RlsaeError(f"{where}: layer: expected a layer name, got {describe(self.layer)}")
 
 
+SCALE_MAX = 1e6
+"""Largest steering scale (a feature set beyond a million times its maximum only overflows)."""
+
+
+@dataclass
+class SteerConfig(SpliceConfig):
+    """Steering or ablating SAE features in play (``dqn steer``): what is set, and the episodes
+    the spliced and the steered agent each play on the same seeds."""
+
+    episodes: int = 5
+    """Episodes per variant (spliced, steered)."""
+    features: list[int] = field(default_factory=list)
+    """The SAE features to set (several at once: ``3,17``)."""
+    scale: float | None = None
+    """Set each feature to ``scale`` x its maximum over the recorded store (None: ``ablate``)."""
+    ablate: bool = False
+    """Set the features to zero instead of scaling them."""
+    relative: bool = False
+    """Scale each feature's own activation in each state instead of its maximum (``scale`` 1:
+    no change)."""
+    bootstrap: int = 1000
+    """Bootstrap resamples of the paired per-episode return differences (95% CI)."""
+
+    def validate(self, where: str = "dqn steer") -> None:
+        super().validate(where)
+        if not isinstance(self.features, list) or not self.features:
+            raise RlsaeError(f"{where}: features: give at least one feature index")
+        for f in self.features:
+            check_int(where, "features", f, 0)
+        if len(set(self.features)) != len(self.features):
+            raise RlsaeError(f"{where}: features: each feature once, got {self.features}")
+        if (self.scale is None) == (not self.ablate):
+            raise RlsaeError(f"{where}: give either a scale or ablate, not both or neither")
+        if self.scale is not None:
+            check_range(where, "scale", self.scale, -SCALE_MAX, SCALE_MAX)
+        if self.relative and self.ablate:
+            raise RlsaeError(f"{where}: relative scales a feature's own value; not with ablate")
+        check_int(where, "bootstrap", self.bootstrap, 1, 1_000_000)
+
+
 @dataclass
 class RecordConfig:
     """Settings of one recording (saved in ``meta.json`` ``extra`` and ``episodes.json``)."""

@@ -11,6 +11,7 @@ class               format                 written as
                                            ``source``: :class:`ImportSource` if imported)
 :class:`Evaluation` ``rlsae.dqn_eval``     ``AGENT/eval.json``, ``dqn eval --json``
 :class:`SpliceResult` ``rlsae.dqn_splice`` ``dqn splice --json``, the study's splice stage
+:class:`SteerResult` ``rlsae.dqn_steer``   ``dqn steer --json``
 :class:`EpisodeLog` ``rlsae.atari_episodes`` ``STORE/episodes.json`` (replays a recording)
 ==================  =====================  ==================================================
 """
@@ -181,6 +182,79 @@ class RecordedEpisode:
     """True when the recording saw the episode end (game over, truncation or the step cap)."""
     score: float = 0.0
     """Raw game score over the recorded steps (the episode's return so far)."""
+
+
+@dataclass
+class SteerResult(Artifact):
+    """SAE features steered or ablated in play, against the spliced agent on the same seeds.
+
+    The action-distribution figures compare the two networks' greedy actions on the same states
+    (every state of the spliced agent's episodes, and those where any of the features fires):
+    ``P`` the spliced network's action histogram, ``Q`` the steered one's; KL(P || Q) with half a
+    count added to each action (so it is finite).
+    """
+
+    FORMAT: ClassVar[str] = "rlsae.dqn_steer"
+    VERSION: ClassVar[int] = 1
+
+    agent: str
+    """The agent directory."""
+    sae: str
+    """The SAE directory ("" for an SAE given as an object)."""
+    layer: str
+    """The layer the SAE's reconstruction replaced."""
+    features: list[int]
+    """The features set."""
+    scale: float | None
+    """Each feature set to scale x its maximum (x its own value with ``relative``); None: ablated."""
+    relative: bool
+    """True: the scale multiplied each feature's own activation in each state."""
+    values: list[float | None]
+    """The value each feature was set to (None with ``relative``: it varies by state)."""
+    feature_max: list[float | None]
+    """Each feature's maximum over the recorded store (None: not known, not needed)."""
+    episodes: int
+    """Episodes per variant."""
+    seed: int
+    """Seed of the episodes."""
+    epsilon: float
+    """Probability of a random action."""
+    return_spliced: float
+    """Mean return of the spliced agent (no intervention)."""
+    return_steered: float
+    """Mean return of the steered agent."""
+    delta_return: float
+    """return_steered - return_spliced."""
+    delta_return_ci: list[float]
+    """95% bootstrap interval [low, high] of delta_return (paired by episode seed)."""
+    states: int
+    """States of the spliced agent's episodes."""
+    states_firing: int
+    """Those where any of the features fires."""
+    greedy_changed: float
+    """Fraction of the states where the steered network's greedy action differs."""
+    greedy_changed_firing: float | None
+    """The same over the states where a feature fires (None: none)."""
+    changed_states: int
+    """States where the greedy action differs."""
+    changed_states_firing: int
+    """Of those, states where a feature fires."""
+    action_tv: float
+    """Total variation between the two greedy-action histograms over all states."""
+    action_kl: float
+    """KL(spliced || steered) of the histograms over all states (nats)."""
+    action_tv_firing: float | None
+    """Total variation over the states where a feature fires (None: none)."""
+    action_kl_firing: float | None
+    """KL over the states where a feature fires (None: none)."""
+    returns_spliced: list[float] = field(default_factory=list)
+    """Each episode's return, spliced agent."""
+    returns_steered: list[float] = field(default_factory=list)
+    """Each episode's return, steered agent."""
+    episodes_spliced: list[RecordedEpisode] = field(default_factory=list)
+    """The spliced agent's episodes (seed and actions: replayable)."""
+    episodes_steered: list[RecordedEpisode] = field(default_factory=list)
+    """The steered agent's episodes (seed and actions: replayable)."""
 
 
 @dataclass

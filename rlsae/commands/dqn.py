@@ -1,4 +1,5 @@
-"""``rlsae dqn``: Ms. Pac-Man DQN agents: train, eval, record, layers, splice, effects, replay.
+"""``rlsae dqn``: Ms. Pac-Man DQN agents: train, eval, record, layers, splice, steer, effects,
+replay.
 
 Options take their defaults and help texts from the config dataclasses of
 :mod:`rlsae.agents.config`, and every value is checked by the config's ``validate`` before torch
@@ -27,6 +28,7 @@ from rlsae.agents.config import (
     EvalConfig,
     RecordConfig,
     SpliceConfig,
+    SteerConfig,
     build_configs,
     check_device,
     check_int,
@@ -251,6 +253,67 @@ def dqn_splice(
         max_episode_steps=cfg.max_episode_steps,
     )
     emit(res.to_json(), as_json)
+
+
+def parse_features(text: str, where: str) -> list[int]:
+    """``3,17`` -> [3, 17] (one-line error for anything else)."""
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise RlsaeError(
+            f"{where}: --feature: expected feature indices like 3 or 3,17, got {text!r}"
+        ) from None
+    return out
+
+
+@dqn_app.command("steer")
+def dqn_steer(
+    agent: Path = typer.Option(..., "--agent", help="Agent directory."),
+    sae: Path = typer.Option(..., "--sae", help="SAE directory trained on one of its layers."),
+    feature: str = typer.Option(..., "--feature", help=field_docs(SteerConfig)["features"]),
+    scale: float | None = _opt(SteerConfig, "scale", "--scale"),
+    ablate: bool = _opt(SteerConfig, "ablate", "--ablate"),
+    relative: bool = _opt(SteerConfig, "relative", "--relative"),
+    acts: Path | None = typer.Option(
+        None,
+        "--acts",
+        help="Recorded store for each feature's maximum (and dead features); "
+        "default: the SAE's feature_stats.safetensors.",
+    ),
+    episodes: int = _opt(SteerConfig, "episodes", "--episodes"),
+    seed: int = _opt(SteerConfig, "seed", "--seed"),
+    layer: str | None = _opt(SteerConfig, "layer", "--layer"),
+    epsilon: float = _opt(SteerConfig, "epsilon", "--epsilon"),
+    n_envs: int = _opt(SteerConfig, "n_envs", "--n-envs"),
+    max_episode_steps: int | None = _opt(SteerConfig, "max_episode_steps", "--max-episode-steps"),
+    bootstrap: int = _opt(SteerConfig, "bootstrap", "--bootstrap"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Play with SAE features steered or ablated: Δreturn (bootstrap CI), action shift, changes."""
+    cfg = SteerConfig(
+        episodes=episodes, epsilon=epsilon, seed=seed, n_envs=n_envs,
+        max_episode_steps=max_episode_steps, layer=layer,
+        features=parse_features(feature, "dqn steer"), scale=scale, ablate=ablate,
+        relative=relative, bootstrap=bootstrap,
+    )  # fmt: skip
+    cfg.validate("dqn steer")
+    check_agent_dir(agent)
+
+    from rlsae.agents.steer import steer_features
+
+    res = steer_features(
+        agent, sae, cfg.features, cfg.scale, ablate=cfg.ablate, relative=cfg.relative, acts=acts,
+        episodes=cfg.episodes, seed=cfg.seed, layer=cfg.layer, epsilon=cfg.epsilon,
+        n_envs=cfg.n_envs, max_episode_steps=cfg.max_episode_steps, bootstrap=cfg.bootstrap,
+    )  # fmt: skip
+    lo, hi = res.delta_return_ci
+    human = (
+        f"features {res.features} at {res.layer}: return {res.return_spliced:.1f} -> "
+        f"{res.return_steered:.1f} (delta {res.delta_return:+.1f}, 95% CI [{lo:.1f}, {hi:.1f}])\n"
+        f"greedy action changed on {res.greedy_changed:.1%} of {res.states} states; "
+        f"action TV {res.action_tv:.3f}, KL {res.action_kl:.3f}"
+    )
+    emit(res.to_json(), as_json, human)
 
 
 @dqn_app.command("effects")

@@ -1,0 +1,187 @@
+"""Steering and ablating SAE features in play: known answers, bad input, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlsae.agents.dqn import load_agent
+from rlsae.agents.results import SteerResult
+from rlsae.agents.rollout import play
+from rlsae.agents.steer import action_shift, steer_features
+from rlsae.errors import RlsaeError
+from rlsae.sae import SAE, SAEConfig, save_sae
+
+KW = dict(episodes=2, seed=1, max_episode_steps=30)
+
+
+def _sae(layer: str, d_in: int = 512, d_sae: int = 32, k: int = 8) -> SAE:
+    sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, k=k, hook_name=layer), seed=0)
+    with torch.no_grad():
+        sae.b_enc.fill_(0.05)  # features fire on the small activations of a tiny agent
+    return sae
+
+
+def _reading_agent(nature_agent: Path):
+    """A head that reads fc1 through random weights (the tiny agent's own greedy action hardly
+    varies), so steering the reconstruction changes what the agent does."""
+    agent = load_agent(nature_agent)
+    w = torch.randn(agent.head.weight.shape, generator=torch.Generator().manual_seed(0)) * 50
+    with torch.no_grad():
+        agent.head.weight.copy_(w)
+        agent.head.bias.zero_()
+    return agent
+
+
+def test_relative_scale_one_is_the_spliced_agent_exactly(nature_agent: Path):
+    agent = _reading_agent(nature_agent)
+    res = steer_features(agent, _sae("fc1"), [0, 3], 1.0, relative=True, **KW)
+    assert res.returns_steered == res.returns_spliced
+    assert [e.actions for e in res.episodes_steered] == [e.actions for e in res.episodes_spliced]
+    assert res.changed_states == 0 and res.greedy_changed == 0.0
+    assert res.action_tv == 0.0 and res.action_kl == 0.0
+    assert res.delta_return == 0.0 and res.delta_return_ci == [0.0, 0.0]
+    assert res.states == sum(len(e.actions) for e in res.episodes_spliced) == 60
+    # typed artifact: the --json object reads back as the same result
+    assert SteerResult.from_json(json.loads(json.dumps(res.to_json()))) == res
+
+
+def test_ablating_every_feature_is_the_layer_set_to_the_decoder_bias(nature_agent: Path):
+    agent = _reading_agent(nature_agent)
+    sae = _sae("fc1")
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(512, generator=torch.Generator().manual_seed(2)).abs())
+    res = steer_features(agent, sae, list(range(32)), ablate=True, **KW)
+
+    def bias_policy(obs):
+        h = sae.b_dec.detach().expand(len(obs), 512)
+        return agent.forward_from("fc1", h).numpy(), None
+
+    actions: dict[int, list[int]] = {}
+    rewards: dict[int, float] = {}
+    for b in play(agent.env_config, bias_policy, seed=1, episodes=2, max_episode_steps=30):
+        for i, e in enumerate(b.episode.tolist()):
+            actions.setdefault(e, []).append(int(b.action[i]))
+            rewards[e] = rewards.get(e, 0.0) + float(b.reward[i])
+    assert [e.actions for e in res.episodes_steered] == [actions[0], actions[1]]
+    assert res.returns_steered == [rewards[0], rewards[1]]
+    assert res.values == [0.0] * 32 and res.scale is None
+
+
+def _hand_built(nature_agent: Path):
+    """fc1 unit ``u`` alone decides: feature 0 = relu(h_u - t) is decoded onto unit u, the head
+    gives RIGHT (2) the value h'_u and UP (1) zero, every other action -1. Feature 0 active:
+    RIGHT; inactive: a tie, and argmax takes the first, UP. Feature 1 never fires."""
+    agent = load_agent(nature_agent)
+    acts = []
+
+    def pol(obs):
+        q, a = agent.forward(obs, "fc1")
+        acts.append(a)
+        return q.numpy(), None
+
+    list(play(agent.env_config, pol, seed=1, episodes=2, max_episode_steps=30))
+    h = torch.cat(acts)
+    u = int(h.var(0).argmax())
+    t = float(h[:, u].median())
+    sae = SAE(SAEConfig(d_in=512, d_sae=2, arch="relu", hook_name="fc1"), seed=0)
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.W_enc[u, 0] = 1.0
+        sae.b_enc.copy_(torch.tensor([-t, -1.0]))
+        sae.W_dec.zero_()
+        sae.W_dec[0, u] = 1.0
+        sae.b_dec.zero_()
+        agent.head.weight.zero_()
+        agent.head.weight[2, u] = 1.0
+        agent.head.bias.fill_(-1.0)
+        agent.head.bias[1] = 0.0
+        agent.head.bias[2] = 0.0
+    return agent, sae
+
+
+def test_ablating_the_deciding_feature_flips_the_action_exactly_where_it_fired(nature_agent):
+    agent, sae = _hand_built(nature_agent)
+    res = steer_features(agent, sae, [0], ablate=True, **KW)
+    assert 0 < res.states_firing < res.states
+    assert res.changed_states == res.states_firing == res.changed_states_firing
+    assert res.greedy_changed_firing == 1.0
+    # the steered agent only ever presses UP
+    assert {a for e in res.episodes_steered for a in e.actions} == {1}
+    tv, _ = action_shift(np.array([1, 2]), np.array([1, 1]))
+    assert tv == 0.5 and res.action_tv_firing == 1.0
+
+
+def test_action_shift_and_bootstrap_by_hand():
+    from rlsae.agents.steer import bootstrap_ci
+
+    tv, kl = action_shift(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0]))
+    assert tv == pytest.approx(0.5)
+    pa = (np.array([2, 2, 0, 0, 0, 0, 0, 0, 0]) + 0.5) / 8.5
+    pb = (np.array([4, 0, 0, 0, 0, 0, 0, 0, 0]) + 0.5) / 8.5
+    assert kl == pytest.approx(float((pa * np.log(pa / pb)).sum()))
+    lo, hi = bootstrap_ci(np.array([1.0, 2.0, 3.0, 4.0]), 2000, 0)
+    assert 1.0 <= lo < 2.5 < hi <= 4.0
+
+
+def test_steer_refuses_bad_input_in_one_line(
+    nature_agent: Path, poster_agent: Path, poster_recording: Path, tmp_path: Path
+):
+    agent = load_agent(nature_agent)
+    with pytest.raises(RlsaeError, match="out of range: the SAE has 32 features"):
+        steer_features(agent, _sae("fc1"), [32], ablate=True, **KW)
+    with pytest.raises(RlsaeError, match="trained on layer 'conv3', not 'fc1'"):
+        steer_features(agent, _sae("conv3"), [0], ablate=True, layer="fc1", **KW)
+    with pytest.raises(RlsaeError, match="3136 wide"):
+        steer_features(agent, _sae("conv3"), [0], ablate=True, **KW)
+    with pytest.raises(RlsaeError, match="either a scale or ablate"):
+        steer_features(agent, _sae("fc1"), [0], 2.0, ablate=True, **KW)
+    with pytest.raises(RlsaeError, match="needs --acts"):
+        steer_features(agent, _sae("fc1"), [0], 2.0, **KW)
+    # a store recorded from a poster agent (same layer name, same width) does not fit a nature one
+    with pytest.raises(RlsaeError, match="recorded from a poster agent; this agent is nature"):
+        steer_features(agent, _sae("fc1"), [0], 2.0, acts=poster_recording, **KW)
+    dead = _sae("fc1")
+    with torch.no_grad():
+        dead.b_enc[5] = -1e6
+    with pytest.raises(RlsaeError, match=r"feature 5 is dead: it never fired over the 240 rows"):
+        steer_features(load_agent(poster_agent), dead, [5], 2.0, acts=poster_recording, **KW)
+
+
+def test_steer_scales_to_a_multiple_of_the_store_maximum(poster_agent: Path, poster_recording):
+    from rlsae.agents.steer import feature_range
+
+    sae = _sae("fc1")
+    rng = feature_range(sae, poster_recording)
+    assert rng is not None
+    j = int(np.argmax(rng.firing_counts))
+    res = steer_features(poster_agent, sae, [j], 3.0, acts=poster_recording, episodes=1,
+                         max_episode_steps=10)  # fmt: skip
+    assert res.feature_max == [pytest.approx(float(rng.max_activation[j]))]
+    assert res.values == [pytest.approx(3.0 * float(rng.max_activation[j]))]
+    assert res.states == 10 and len(res.episodes_steered[0].actions) == 10
+
+
+def test_dqn_steer_command(nature_agent: Path, tmp_path: Path, run_cli):
+    sae_dir = tmp_path / "sae"
+    save_sae(_sae("fc1"), sae_dir)
+    code, out, err = run_cli(
+        "dqn", "steer", "--agent", nature_agent, "--sae", sae_dir, "--feature", "1,2",
+        "--ablate", "--episodes", "1", "--max-episode-steps", "12", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    res = SteerResult.from_json(json.loads(out))
+    assert res.features == [1, 2] and res.states == 12 and res.scale is None
+    code, out, err = run_cli(
+        "dqn", "steer", "--agent", nature_agent, "--sae", sae_dir, "--feature", "1,x", "--ablate"
+    )
+    assert code == 2 and "--feature: expected feature indices" in err and out == ""
+    code, _, err = run_cli(
+        "dqn", "steer", "--agent", nature_agent, "--sae", sae_dir, "--feature", "1", "--scale",
+        "nan",
+    )  # fmt: skip
+    assert code == 2 and "scale" in err and len(err.strip().splitlines()) == 1
