@@ -21,6 +21,7 @@ from rlsae.configs import check_range, field_default, field_docs, from_mapping, 
 from rlsae.errors import RlsaeError
 from rlsae.llm.configs import (
     ExplainConfig,
+    ExplanationScoreConfig,
     LMRecordConfig,
     RLHFConfig,
     ScoreConfig,
@@ -85,12 +86,24 @@ EXPLAIN_OPTIONS: Spec = {
     "samples": ("samples", "--samples"),
     "temperature": ("temperature", "--temperature"),
 }
+SCORE_EXPLANATIONS_OPTIONS: Spec = {
+    "scorer": ("scorer", "--scorer"),
+    "methods": ("methods", "--methods"),
+    "n_activating": ("n_activating", "--n-activating"),
+    "n_non_activating": ("n_non_activating", "--n-non-activating"),
+    "window": ("window", "--window"),
+    "seed": ("seed", "--seed"),
+    "base_url": ("base_url", "--base-url"),
+    "scorer_model": ("model", "--scorer-model"),
+    "timeout": ("timeout", "--timeout"),
+}
 CONFIG_OPTIONS: dict[str, tuple[type, Spec]] = {
     "pretrain-tiny": (TinyConfig, TINY_OPTIONS),
     "rlhf": (RLHFConfig, RLHF_OPTIONS),
     "score": (ScoreConfig, SCORE_OPTIONS),
     "record": (LMRecordConfig, RECORD_OPTIONS),
     "explain": (ExplainConfig, EXPLAIN_OPTIONS),
+    "score-explanations": (ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS),
 }
 """Each config-backed verb: its config class and its options (checked by the tests)."""
 
@@ -338,6 +351,70 @@ def explain_cmd(
     lines = [f"{k:>6}  {v['utility']:5.2f}  {v['explanation']}" for k, v in feats.items()]
     emit(
         {"features": feats, "out": str(out or Path(sae) / "explanations.json")},
+        as_json,
+        "\n".join(lines),
+    )
+
+
+@llm_app.command("score-explanations")
+def score_explanations_cmd(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory (its explanations.json)."),
+    acts: Path = typer.Option(..., "--acts", help="The LM activation store it was trained on."),
+    features: str = typer.Option(None, "--features", help="Feature indices (default: all)."),
+    scorer: str = _opt(ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, "scorer"),
+    methods: str = _opt(ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, "methods"),
+    n_activating: int = _opt(ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, "n_activating"),
+    n_non_activating: int = _opt(
+        ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, "n_non_activating"
+    ),
+    window: int = _opt(ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, "window"),
+    seed: int = _opt(ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, "seed"),
+    base_url: str = _opt(ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, "base_url"),
+    scorer_model: str = _opt(ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, "scorer_model"),
+    timeout: float = _opt(ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, "timeout"),
+    explanations: Path = typer.Option(
+        None, "--explanations", help="Default: SAE_DIR/explanations.json."
+    ),
+    redo: bool = typer.Option(False, "--redo", help="Score again features already scored."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Score explanations on held-out contexts: detection, fuzzing, simulation.
+
+    The scores are stored in the explanations file. --scorer offline is a token-set stand-in
+    (not a language model); --scorer llm uses an OpenAI-compatible endpoint with the key from
+    OPENAI_API_KEY (never written).
+    """
+    cfg = build_config(
+        ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, locals(), "llm score-explanations"
+    )
+    feature_list = parse_layers(features, what="--features") if features else None
+    from rlsae.llm.scoring import score_explanations, scorer_label
+
+    res = score_explanations(
+        sae,
+        acts,
+        feature_list,
+        cfg=cfg,
+        explanations=explanations,
+        redo=redo,
+        progress=True,
+    )
+    feats: dict[str, Any] = {}
+    for k, v in res.features.items():
+        if v.scores is not None and (feature_list is None or int(k) in feature_list):
+            feats[k] = {"explanation": v.explanation, **to_mapping(v.scores)}
+    scorers = sorted({f["scorer"] for f in feats.values()})
+    lines = [f"scorer: {scorer_label(s)}" for s in scorers]
+    lines.append(f"{'feature':>7}  detect  fuzz    simul   explanation")
+    for k, f in feats.items():
+        vals = "  ".join(
+            "  --  " if f[m] is None else f"{f[m]:6.3f}"
+            for m in ("detection", "fuzzing", "simulation")
+        )
+        lines.append(f"{k:>7}  {vals}  {f['explanation']}")
+    out = str(explanations or Path(sae) / "explanations.json")
+    emit(
+        {"features": feats, "scorers": [scorer_label(s) for s in scorers], "out": out},
         as_json,
         "\n".join(lines),
     )

@@ -351,3 +351,52 @@ class ExplainConfig:
             check_range(where, name, getattr(self, name), 1)
         check_range(where, "timeout", self.timeout, 0, lo_open=True)
         check_range(where, "temperature", self.temperature, 0, 2)
+
+
+SCORERS = ("offline", "llm")
+SCORE_METHODS = ("detection", "fuzzing", "simulation")
+
+
+@dataclass
+class ExplanationScoreConfig:
+    """How explanations are scored on held-out contexts (saved beside the scores)."""
+
+    scorer: str = "offline"
+    """offline (a token-set detector built from the explanation's words; a stand-in for tests
+    and the demo, not a language model) or llm (an OpenAI-compatible endpoint)."""
+    methods: str = "detection,fuzzing,simulation"
+    """Comma-separated scorers to run: detection (which contexts activate; balanced accuracy),
+    fuzzing (which highlighted tokens are the activating ones; balanced accuracy), simulation
+    (per-token activations 0-10; Pearson correlation with the true ones, Bills et al. 2023)."""
+    n_activating: int = 10
+    """Held-out activating contexts per feature (documents not shown to the explainer)."""
+    n_non_activating: int = 10
+    """Held-out contexts on which the feature never fires, drawn at random."""
+    window: int = 32
+    """Tokens shown per context (a window around the strongest activation)."""
+    seed: int = 0
+    """Seed for drawing contexts and fuzzing's random highlights."""
+    base_url: str | None = None
+    """Scorer endpoint base URL (env RLSAE_EXPLAINER_BASE_URL); the key comes from
+    OPENAI_API_KEY and is never written to disk."""
+    model: str | None = None
+    """Scorer model name (env RLSAE_EXPLAINER_MODEL)."""
+    timeout: float = 60.0
+    """Seconds to wait for one scorer answer."""
+
+    def method_list(self) -> list[str]:
+        """The scorers to run, in the order given."""
+        return [m for m in dict.fromkeys(self.methods.replace(" ", "").split(",")) if m]
+
+    def validate(self, where: str = "score config") -> None:
+        """Scorer, methods and ranges."""
+        check_choice(where, "scorer", self.scorer, SCORERS)
+        methods = self.method_list()
+        if not methods:
+            raise RlsaeError(f"{where}: methods: name at least one of {', '.join(SCORE_METHODS)}")
+        for m in methods:
+            check_choice(where, "methods", m, SCORE_METHODS)
+        for name in ("n_activating", "n_non_activating", "window"):
+            check_range(where, name, getattr(self, name), 1)
+        check_range(where, "seed", self.seed, 0, 2**32 - 1)
+        check_range(where, "timeout", self.timeout, 0, lo_open=True)

@@ -40,7 +40,7 @@ import torch
 
 from rlsae.artifacts import Artifact
 from rlsae.errors import RlsaeError
-from rlsae.llm.configs import ExplainConfig
+from rlsae.llm.configs import ExplainConfig, ExplanationScoreConfig
 from rlsae.llm.rewards import UtilityTable
 from rlsae.sae.model import load_sae
 from rlsae.sae.store import ActivationStore
@@ -83,6 +83,29 @@ class ContextRecord:
 
 
 @dataclass
+class ExplanationScores:
+    """How well an explanation predicts the feature on held-out contexts (:mod:`rlsae.llm.scoring`).
+
+    A score the scorer could not compute (a constant prediction for simulation, no held-out
+    context of one kind) is ``None``."""
+
+    scorer: str
+    """'offline-token-set' (a stand-in, not a language model) or 'llm:MODEL'."""
+    detection: float | None = None
+    """Balanced accuracy of telling activating from non-activating contexts (0.5 = chance)."""
+    fuzzing: float | None = None
+    """Balanced accuracy of telling correctly highlighted activating tokens from random ones."""
+    simulation: float | None = None
+    """Pearson correlation of simulated (0-10) with true per-token activations."""
+    n_activating: int = 0
+    """Held-out activating contexts scored on."""
+    n_non_activating: int = 0
+    """Held-out non-activating contexts scored on."""
+    documents: list[int] = field(default_factory=list)
+    """The held-out documents (activating first), none of them shown to the explainer."""
+
+
+@dataclass
 class FeatureExplanation:
     """One feature's explanation and its utility."""
 
@@ -100,6 +123,8 @@ class FeatureExplanation:
     """The top documents shown to the explainer."""
     samples: list[str] = field(default_factory=list)
     """Every LLM sample when more than one was drawn (empty otherwise)."""
+    scores: ExplanationScores | None = None
+    """Detection / fuzzing / simulation scores on held-out contexts, once scored."""
 
 
 @dataclass
@@ -107,7 +132,8 @@ class Explanations(Artifact):
     """The explanations of an SAE's features (``SAE_DIR/explanations.json``)."""
 
     FORMAT: ClassVar[str] = "rlsae.explanations"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
+    """2 added ``scores`` to each feature; version 1 files (no scores) are still read."""
 
     features: dict[str, FeatureExplanation] = field(default_factory=dict)
     """By feature index (as a string, JSON's key type)."""
@@ -117,6 +143,15 @@ class Explanations(Artifact):
     """The SAE directory."""
     acts: str = ""
     """The activation store explained on."""
+    score_config: ExplanationScoreConfig | None = None
+    """How the latest scores were computed (never an API key)."""
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "") -> Explanations:
+        """Also reads version 1 (the same layout without ``scores``)."""
+        if isinstance(data, dict) and data.get("format") == cls.FORMAT and data.get("version") == 1:
+            data = {**data, "version": cls.VERSION}
+        return super().from_json(data, where)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Explanations:
@@ -308,6 +343,8 @@ class ChatEndpoint:
     api_key: str | None = None
     timeout: float = 60.0
     temperature: float = 0.0
+    role: str = "explainer"
+    """Named in error messages ('explainer' or 'scorer')."""
 
     @classmethod
     def from_options(
@@ -354,19 +391,19 @@ class ChatEndpoint:
         except urllib.error.HTTPError as e:
             detail = e.read().decode("utf-8", "replace").strip().splitlines()
             raise RlsaeError(
-                f"explainer endpoint {url} answered HTTP {e.code}"
+                f"{self.role} endpoint {url} answered HTTP {e.code}"
                 + (f" ({detail[0][:160]})" if detail else "")
             ) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise RlsaeError(f"explainer endpoint {url} is unreachable ({reason})") from None
+            raise RlsaeError(f"{self.role} endpoint {url} is unreachable ({reason})") from None
         except json.JSONDecodeError:
-            raise RlsaeError(f"explainer endpoint {url} did not answer JSON") from None
+            raise RlsaeError(f"{self.role} endpoint {url} did not answer JSON") from None
         try:
             return str(payload["choices"][0]["message"]["content"]).strip()
         except (KeyError, IndexError, TypeError):
             raise RlsaeError(
-                f"explainer endpoint {url} answered without choices[0].message.content"
+                f"{self.role} endpoint {url} answered without choices[0].message.content"
             ) from None
 
 

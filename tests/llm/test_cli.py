@@ -211,6 +211,7 @@ REQUIRED = {
     "score": ["--model", "{model}", "--prefixes", "2"],
     "record": ["--model", "{model}", "--layers", "0", "--out", "{out}", "--prefixes", "2"],
     "explain": ["--sae", "{out}/sae", "--acts", "{out}/acts", "--features", "0"],
+    "score-explanations": ["--sae", "{out}/sae", "--acts", "{out}/acts"],
 }
 
 

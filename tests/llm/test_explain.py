@@ -230,7 +230,7 @@ def test_cli_explain(planted, run_cli):
 def test_explanations_artifact_round_trip(planted, tmp_path):
     res = explain_features(planted["sae"], planted["store"], [0, 1], out=tmp_path / "e.json")
     data = json.loads((tmp_path / "e.json").read_text())
-    assert (data["format"], data["version"]) == ("rlsae.explanations", 1)
+    assert (data["format"], data["version"]) == ("rlsae.explanations", 2)
     assert data["features"]["0"]["top_tokens"][0]["token"] == "great"
     assert data["config"]["method"] == "offline" and data["acts"] == str(planted["store"])
     assert Explanations.read(tmp_path / "e.json") == res

@@ -1,0 +1,261 @@
+"""Scored explanations: the offline scorer gives ~1 to an explanation naming exactly the
+activating tokens and ~chance to an unrelated one; the LLM scorer talks to a real local HTTP
+server (prompts and parsing checked); failures are one line and keep the scores so far."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+from rlsae.errors import RlsaeError
+from rlsae.llm.configs import ExplanationScoreConfig
+from rlsae.llm.explain import ExplainConfig, Explanations, explain_features
+from rlsae.llm.scoring import (
+    OFFLINE_NOTE,
+    balanced_accuracy,
+    explanation_words,
+    pearson,
+    score_explanations,
+)
+from rlsae.sae import SAE, SAEConfig
+from rlsae.sae.store import ActivationWriter
+
+VOCAB = ["the", " movie", " was", " great", " awful", " plot", " and", " long"]
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture()
+def explained(tmp_path):
+    """200 documents; feature 0 fires on every " great" (2..3), feature 1 on every " awful"
+    (1.0), feature 2 on noise. Features 0 and 1 explained offline; feature 1's explanation is
+    then replaced by an unrelated one ('tokens "plot"')."""
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(0, len(VOCAB), size=rng.integers(6, 12)).tolist() for _ in range(200)]
+    ids = np.array([t for d in docs for t in d])
+    x = np.zeros((len(ids), 8), dtype=np.float32)
+    x[:, 2:] = rng.normal(0, 0.05, size=(len(ids), 6))
+    great, awful = ids == VOCAB.index(" great"), ids == VOCAB.index(" awful")
+    x[great, 0] = 2.0 + rng.uniform(0, 1, size=great.sum())
+    x[awful, 1] = 1.0
+    ctx = {
+        "document": [i for i, d in enumerate(docs) for _ in d],
+        "position": [p for d in docs for p in range(len(d))],
+        "token_id": ids.tolist(),
+        "token": [VOCAB[t] for t in ids],
+    }
+    store = tmp_path / "acts" / HOOK
+    with ActivationWriter(store, 8, hook=HOOK, source="base", provider="lm") as w:
+        w.append(x, ctx)
+    sae = SAE(SAEConfig(d_in=8, d_sae=3, arch="relu", hook_name=HOOK), seed=0)
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.W_enc[0, 0] = 1.0
+        sae.W_enc[1, 1] = 1.0
+        sae.W_enc[2, 2] = -1.0
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    sae_dir = tmp_path / "sae"
+    sae.save(sae_dir)
+    res = explain_features(sae_dir, store, [0, 1], cfg=ExplainConfig(n_top=20))
+    assert res.features["0"].explanation.startswith('tokens "great"')
+    res.features["1"].explanation = 'tokens "plot" (lift 1.0x)'
+    res.write(sae_dir / "explanations.json")
+    return {"sae": sae_dir, "store": store}
+
+
+def test_offline_scores_exact_explanation_near_one_and_unrelated_near_chance(explained):
+    res = score_explanations(explained["sae"], explained["store"])
+    good, bad = res.features["0"].scores, res.features["1"].scores
+    assert good is not None and bad is not None
+    assert good.scorer == bad.scorer == "offline-token-set"
+    assert (good.n_activating, good.n_non_activating) == (10, 10)
+    assert good.detection == pytest.approx(1.0) and good.fuzzing == pytest.approx(1.0)
+    assert good.simulation is not None and good.simulation > 0.95
+    assert bad.detection is not None and abs(bad.detection - 0.5) < 0.25
+    assert bad.fuzzing is not None and abs(bad.fuzzing - 0.5) < 0.25
+    # held out: none of the documents shown to the explainer is scored on
+    shown = {c.document for c in res.features["0"].contexts}
+    assert shown and not shown & set(good.documents)
+    on_disk = Explanations.read(explained["sae"] / "explanations.json")
+    assert on_disk.features["0"].scores == good
+    assert on_disk.score_config is not None and on_disk.score_config.scorer == "offline"
+
+
+def test_offline_words_and_score_helpers():
+    assert explanation_words('tokens "great", "superb" (lift 9.1x, 7.4x)') == {"great", "superb"}
+    assert explanation_words("the word great in reviews") == {"great", "reviews"}
+    assert balanced_accuracy([1, 1, 0, 0], [1, 0, 0, 0]) == 0.75
+    assert balanced_accuracy([1, 1], [1, 1]) is None
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_nonsense_explanation_is_exactly_chance(explained):
+    res = Explanations.read(explained["sae"] / "explanations.json")
+    res.features["1"].explanation = "zebras"
+    res.write(explained["sae"] / "explanations.json")
+    s = score_explanations(explained["sae"], explained["store"], [1]).features["1"].scores
+    assert s is not None and s.detection == 0.5 and s.fuzzing == 0.5
+    assert s.simulation is None  # a constant prediction has no correlation
+
+
+def test_version_1_file_still_read(explained):
+    data = json.loads((explained["sae"] / "explanations.json").read_text())
+    data["version"] = 1
+    for f in data["features"].values():
+        f.pop("scores", None)
+    data.pop("score_config", None)
+    (explained["sae"] / "old.json").write_text(json.dumps(data))
+    old = Explanations.read(explained["sae"] / "old.json")
+    assert old.features["0"].scores is None and old.features["0"].explanation
+
+
+class _Scorer(BaseHTTPRequestHandler):
+    """Answers like a scorer that knows the feature fires on " great"."""
+
+    requests: list = []
+    status = 200
+    malformed = False
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        cls.requests.append(
+            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+        )
+        if cls.status != 200:
+            self.send_response(cls.status)
+            self.end_headers()
+            self.wfile.write(b"upstream overloaded\nsecond line")
+            return
+        text = "I think so" if cls.malformed else _answer(body["messages"][1]["content"])
+        data = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def _answer(prompt: str) -> str:
+    if "marked <<like this>>" in prompt:
+        marked = [
+            re.findall(r"<<(.*?)>>", ln) for ln in prompt.splitlines() if ln.startswith("Example ")
+        ]
+        return json.dumps([int(all(m == " great" for m in ms)) for ms in marked])
+    if "Predict the feature's activation" in prompt:
+        blocks = re.findall(r"<start>\n(.*?)\n<end>", prompt, re.S)
+        return json.dumps([[10 if t == " great" else 0 for t in b.split("\n")] for b in blocks])
+    lines = [ln for ln in prompt.splitlines() if ln.startswith("Example ")]
+    return "Sure: " + json.dumps([int(" great" in ln) for ln in lines])
+
+
+@pytest.fixture()
+def server():
+    _Scorer.requests, _Scorer.status, _Scorer.malformed = [], 200, False
+    srv = HTTPServer(("127.0.0.1", 0), _Scorer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _llm(server) -> ExplanationScoreConfig:
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    return ExplanationScoreConfig(scorer="llm", base_url=url, model="judge", timeout=5)
+
+
+def test_llm_scorer_prompts_and_parsing(explained, server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    res = score_explanations(explained["sae"], explained["store"], [0], cfg=_llm(server))
+    s = res.features["0"].scores
+    assert s is not None and s.scorer == "llm:judge"
+    assert (s.detection, s.fuzzing) == (1.0, 1.0)
+    assert s.simulation is not None and s.simulation > 0.95
+    assert [r["path"] for r in _Scorer.requests] == ["/v1/chat/completions"] * 3
+    assert all(r["auth"] == "Bearer sk-secret" for r in _Scorer.requests)
+    detect = _Scorer.requests[0]["body"]["messages"][1]["content"]
+    assert detect.startswith('Explanation: tokens "great"')
+    assert detect.count("\nExample ") == 20 and "JSON list of 20 numbers" in detect
+    fuzz = _Scorer.requests[1]["body"]["messages"][1]["content"]
+    assert "<< great>>" in fuzz and fuzz.count("\nExample ") == 20
+    sim = _Scorer.requests[2]["body"]["messages"][1]["content"]
+    assert sim.count("<start>") == 20 and "one number per token" in sim
+    text = (explained["sae"] / "explanations.json").read_text()
+    assert "sk-secret" not in text and '"model": "judge"' in text
+    # a re-run with the same scorer asks nothing
+    score_explanations(explained["sae"], explained["store"], [0], cfg=_llm(server))
+    assert len(_Scorer.requests) == 3
+
+
+def test_server_dying_mid_run_keeps_finished_scores(explained, server):
+    cfg = _llm(server)
+
+    def die(feature, entry):
+        server.shutdown()
+        server.server_close()
+
+    with pytest.raises(RlsaeError, match=r"unreachable.*1 scored features so far kept") as e:
+        score_explanations(explained["sae"], explained["store"], cfg=cfg, on_feature=die)
+    assert "\n" not in str(e.value) and str(e.value).startswith("scorer endpoint")
+    kept = Explanations.read(explained["sae"] / "explanations.json")
+    assert kept.features["0"].scores is not None and kept.features["1"].scores is None
+    # resumable: a new server scores only what is left
+    srv = HTTPServer(("127.0.0.1", 0), _Scorer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        _Scorer.requests = []
+        res = score_explanations(explained["sae"], explained["store"], cfg=_llm(srv))
+        assert len(_Scorer.requests) == 3 and res.features["1"].scores is not None
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_http_error_and_malformed_answer_are_one_line(explained, server):
+    _Scorer.status = 503
+    with pytest.raises(
+        RlsaeError, match=r"scorer endpoint .* HTTP 503 \(upstream overloaded\)"
+    ) as e:
+        score_explanations(explained["sae"], explained["store"], [0], cfg=_llm(server))
+    assert "\n" not in str(e.value)
+    _Scorer.status, _Scorer.malformed = 200, True
+    with pytest.raises(
+        RlsaeError, match=r"detection answer for feature 0 is malformed: 'I think so'"
+    ):
+        score_explanations(explained["sae"], explained["store"], [0], cfg=_llm(server))
+
+
+def test_bad_requests(explained, tmp_path, monkeypatch):
+    monkeypatch.delenv("RLSAE_EXPLAINER_BASE_URL", raising=False)
+    with pytest.raises(RlsaeError, match="no scorer endpoint: pass --base-url"):
+        score_explanations(explained["sae"], explained["store"], cfg=ExplanationScoreConfig("llm"))
+    with pytest.raises(RlsaeError, match=r"features \[2\] have no explanation"):
+        score_explanations(explained["sae"], explained["store"], [2])
+    with pytest.raises(RlsaeError, match="no explanations at .*; run `rlsae llm explain` first"):
+        score_explanations(explained["sae"], explained["store"], explanations=tmp_path / "x.json")
+    with pytest.raises(RlsaeError, match="methods: expected one of detection"):
+        ExplanationScoreConfig(methods="detection,vibes").validate()
+
+
+def test_cli_score_explanations(explained, run_cli):
+    args = ["llm", "score-explanations", "--sae", explained["sae"], "--acts", explained["store"]]
+    code, out, err = run_cli([*args, "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["features"]["0"]["detection"] == 1.0
+    assert data["scorers"] == [f"offline-token-set ({OFFLINE_NOTE})"]
+    code, out, err = run_cli([*args, "--methods", "detection", "--redo"])
+    assert code == 0, err
+    assert out.startswith("scorer: offline-token-set (offline token-set scorer") and "not a" in out
+    code, out, err = run_cli([*args, "--scorer", "gpt"])
+    assert code == 2 and err.count("\n") == 1 and "--scorer: expected one of offline, llm" in err
