@@ -20,6 +20,7 @@ import torch
 
 from rlsae.errors import RlsaeError
 from rlsae.llm.explain import EXPLANATIONS, Explanations
+from rlsae.llm.scoring import scorer_label
 from rlsae.viewer.source import (
     Explanation,
     FeatureExtras,
@@ -248,5 +249,14 @@ def read_explanations(sae_dir: Path, notes: list[str]) -> dict[int, Explanation]
     out = {}
     for key, fe in expl.features.items():
         if key.isdigit():
-            out[int(key)] = Explanation(fe.explanation, utility=fe.utility, method=fe.method)
+            sc = fe.scores
+            out[int(key)] = Explanation(
+                fe.explanation,
+                utility=fe.utility,
+                method=fe.method,
+                scorer=None if sc is None else scorer_label(sc.scorer),
+                detection=None if sc is None else sc.detection,
+                fuzzing=None if sc is None else sc.fuzzing,
+                simulation=None if sc is None else sc.simulation,
+            )
     return out

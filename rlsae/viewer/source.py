@@ -199,10 +199,18 @@ class Explanation:
     """Its summed utility score, when scored."""
     method: str | None = None
     """How it was made (e.g. ``top-tokens``)."""
+    scorer: str | None = None
+    """Who scored it on held-out contexts, as outputs name it (the offline stand-in says so)."""
+    detection: float | None = None
+    """Detection balanced accuracy (0.5 = chance), when scored."""
+    fuzzing: float | None = None
+    """Fuzzing balanced accuracy, when scored."""
+    simulation: float | None = None
+    """Simulation correlation with the true activations, when scored."""
 
     def to_page(self) -> dict[str, Any]:
         page: dict[str, Any] = {"explanation": self.explanation}
-        for key in ("utility", "method"):
+        for key in ("utility", "method", "scorer", "detection", "fuzzing", "simulation"):
             if getattr(self, key) is not None:
                 page[key] = getattr(self, key)
         return page

@@ -37,6 +37,9 @@ def test_lm_site_navigates_and_renders_data_as_text(
         assert pg.locator("ol.tokens.pos li").count() == 10
         assert pg.locator("ol.tokens.neg li").count() == 10
         assert "utility score 1.25" in pg.locator("#explanation").text_content()
+        scores = pg.locator("#explanation .expl-scores").text_content()
+        assert "detection 0.95 · fuzzing 0.75 · simulation –" in scores
+        assert "offline-token-set" in scores and "not a language model" in scores
         assert pg.locator("#act-hist rect.bar").count() == 30
         assert "%" in pg.locator("#firing-rate").text_content()
         # base-vs-tuned pairing links to the tuned SAE's feature 7

@@ -169,6 +169,13 @@ def test_explanations_read_typed(tmp_path):
     )
     got = read_explanations(tmp_path, notes)
     assert got == {3: Explanation("x", utility=0.5, method="offline-lift")} and notes == []
+    from rlsae.llm.explain import ExplanationScores
+
+    scored = FeatureExplanation("y", 0.5, "llm:m", scores=ExplanationScores("llm:j", 0.9, 0.8))
+    Explanations(features={"4": scored}).write(tmp_path / "explanations.json")
+    page = read_explanations(tmp_path, notes)[4].to_page()
+    assert (page["scorer"], page["detection"], page["fuzzing"]) == ("llm:j", 0.9, 0.8)
+    assert "simulation" not in page  # unscored values are left out
     (tmp_path / "explanations.json").write_text(json.dumps({"features": {"3": "x"}}))
     assert read_explanations(tmp_path, notes) == {}
     assert len(notes) == 1 and "explanations.json" in notes[0] and "no explanations" in notes[0]

@@ -26,7 +26,7 @@ def build_lm_run(root: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlsae.analysis.mmcs import FeatureMatch, LayerShared, SAEPair, SharedFeatures, SizePair
-    from rlsae.llm.explain import Explanations, FeatureExplanation
+    from rlsae.llm.explain import Explanations, ExplanationScores, FeatureExplanation
     from rlsae.llm.record import record_lm_activations
     from rlsae.llm.tiny import pretrain_tiny
     from rlsae.sae import load_sae
@@ -68,7 +68,12 @@ def build_lm_run(root: Path) -> Path:
     sae.save(sae_dir)
     expl = Explanations(
         features={
-            "0": FeatureExplanation(f"mentions {MARKUP} markup", 1.25, "top-tokens"),
+            "0": FeatureExplanation(
+                f"mentions {MARKUP} markup",
+                1.25,
+                "top-tokens",
+                scores=ExplanationScores("offline-token-set", 0.95, 0.75, None, 10, 10),
+            ),
             "5": FeatureExplanation("film words", 0.5, "top-tokens"),
         }
     )

@@ -419,7 +419,9 @@
     return el("div", { class: "explanation", id: "explanation" },
       el("strong", { text: "Explanation: " }), el("span", { class: "expl-text", text: e.explanation || "" }),
       e.utility !== undefined && e.utility !== null ? el("span", { class: "muted", text: " · utility score " + fmt(e.utility) }) : null,
-      e.method ? el("span", { class: "muted", text: " · " + e.method }) : null);
+      e.method ? el("span", { class: "muted", text: " · " + e.method }) : null,
+      e.scorer ? el("div", { class: "muted expl-scores", text: "held-out scores: detection " + fmt(e.detection) +
+        " · fuzzing " + fmt(e.fuzzing) + " · simulation " + fmt(e.simulation) + " (scorer: " + e.scorer + ")" }) : null);
   }
 
   function pairBox(pairs) {
