@@ -427,6 +427,27 @@ class SteerConfig(SpliceConfig):
         check_int(where, "bootstrap", self.bootstrap, 1, 1_000_000)
 
 
+SALIENCY_METHODS = ("ig", "gxi")
+SALIENCY_BASELINES = ("black", "mean")
+
+
+@dataclass
+class SaliencyConfig:
+    """How a feature's saliency on a recorded state is computed (``dqn saliency``)."""
+
+    method: str = "ig"
+    """``ig`` (integrated gradients) or ``gxi`` (gradient x input)."""
+    baseline: str = "black"
+    """Integrated gradients' starting frame: ``black`` or ``mean`` (the episode's mean frame)."""
+    steps: int = 64
+    """Integrated gradients' path points (midpoint rule)."""
+
+    def validate(self, where: str = "dqn saliency") -> None:
+        check_choice(where, "method", self.method, SALIENCY_METHODS)
+        check_choice(where, "baseline", self.baseline, SALIENCY_BASELINES)
+        check_int(where, "steps", self.steps, 1, 100_000)
+
+
 @dataclass
 class RecordConfig:
     """Settings of one recording (saved in ``meta.json`` ``extra`` and ``episodes.json``)."""

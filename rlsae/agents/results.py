@@ -12,6 +12,7 @@ class               format                 written as
 :class:`Evaluation` ``rlsae.dqn_eval``     ``AGENT/eval.json``, ``dqn eval --json``
 :class:`SpliceResult` ``rlsae.dqn_splice`` ``dqn splice --json``, the study's splice stage
 :class:`SteerResult` ``rlsae.dqn_steer``   ``dqn steer --json``
+:class:`SaliencyResult` ``rlsae.dqn_saliency`` ``dqn saliency --json``
 :class:`EpisodeLog` ``rlsae.atari_episodes`` ``STORE/episodes.json`` (replays a recording)
 ==================  =====================  ==================================================
 """
@@ -255,6 +256,43 @@ class SteerResult(Artifact):
     """The spliced agent's episodes (seed and actions: replayable)."""
     episodes_steered: list[RecordedEpisode] = field(default_factory=list)
     """The steered agent's episodes (seed and actions: replayable)."""
+
+
+@dataclass
+class SaliencyResult(Artifact):
+    """Where in the frame a feature looks on one recorded state (``dqn saliency``)."""
+
+    FORMAT: ClassVar[str] = "rlsae.dqn_saliency"
+    VERSION: ClassVar[int] = 1
+
+    agent: str
+    """The agent directory."""
+    sae: str
+    """The SAE directory."""
+    layer: str
+    """The layer the SAE reads."""
+    feature: int
+    """The feature."""
+    episode: int
+    """The recorded episode."""
+    step: int
+    """The step within it."""
+    method: str
+    """``ig`` or ``gxi``."""
+    baseline: str | None
+    """``black`` or ``mean`` (integrated gradients); None for ``gxi``."""
+    steps: int | None
+    """Integrated gradients' path points; None for ``gxi``."""
+    activation: float
+    """The feature's activation on the state."""
+    baseline_activation: float | None
+    """Its activation on the baseline frame (integrated gradients)."""
+    attribution_sum: float
+    """Sum of the attributions over every input pixel."""
+    completeness_error: float | None
+    """|attribution_sum - (activation - baseline_activation)| (integrated gradients)."""
+    out: str
+    """The PNG written (the heat map over the replayed RGB frame)."""
 
 
 @dataclass

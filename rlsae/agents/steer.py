@@ -35,6 +35,8 @@ from rlsae.agents.results import RecordedEpisode, SteerResult
 from rlsae.agents.rollout import StepBatch, play
 from rlsae.errors import RlsaeError
 from rlsae.sae import load_sae
+from rlsae.sae.metrics import FeatureStats, check_compatible
+from rlsae.sae.store import ActivationStore
 
 
 @dataclass
@@ -62,9 +64,6 @@ def feature_range(
     With ``arch``, a store recorded from an agent of another architecture is refused.
     """
     if acts_dir is not None:
-        from rlsae.sae.metrics import check_compatible
-        from rlsae.sae.store import ActivationStore
-
         store = ActivationStore(acts_dir)
         check_compatible(sae, store, check_hook=True)
         rec_arch = store.extra.get("arch")
@@ -80,8 +79,6 @@ def feature_range(
             fires += (f > 0).sum(0)
         return FeatureRange(top.numpy(), fires.numpy(), len(store), f"the store {acts_dir}")
     if sae_dir is not None and (os.path.isfile(os.path.join(sae_dir, "feature_stats.safetensors"))):
-        from rlsae.sae.metrics import FeatureStats
-
         st = FeatureStats.read(sae_dir)
         return FeatureRange(
             st.max_activation.float().numpy(),

@@ -1,5 +1,5 @@
-"""``rlsae dqn``: Ms. Pac-Man DQN agents: train, eval, record, layers, splice, steer, effects,
-replay.
+"""``rlsae dqn``: Ms. Pac-Man DQN agents: train, eval, record, layers, splice, steer, saliency,
+effects, replay.
 
 Options take their defaults and help texts from the config dataclasses of
 :mod:`rlsae.agents.config`, and every value is checked by the config's ``validate`` before torch
@@ -27,6 +27,7 @@ from rlsae.agents.config import (
     DQNTrainConfig,
     EvalConfig,
     RecordConfig,
+    SaliencyConfig,
     SpliceConfig,
     SteerConfig,
     build_configs,
@@ -313,6 +314,40 @@ def dqn_steer(
         f"greedy action changed on {res.greedy_changed:.1%} of {res.states} states; "
         f"action TV {res.action_tv:.3f}, KL {res.action_kl:.3f}"
     )
+    emit(res.to_json(), as_json, human)
+
+
+@dqn_app.command("saliency")
+def dqn_saliency(
+    agent: Path = typer.Option(..., "--agent", help="Agent directory."),
+    sae: Path = typer.Option(..., "--sae", help="SAE directory trained on one of its layers."),
+    acts: Path = typer.Option(..., "--acts", help="Store written by `dqn record` (the state)."),
+    feature: int = typer.Option(..., "--feature", help="Feature index."),
+    out: Path = typer.Option(..., "--out", help="PNG to write: the heat map over the frame."),
+    episode: int = typer.Option(0, "--episode", help="Recorded episode."),
+    step: int = typer.Option(0, "--step", help="Step within the episode."),
+    method: str = _opt(SaliencyConfig, "method", "--method"),
+    baseline: str = _opt(SaliencyConfig, "baseline", "--baseline"),
+    steps: int = _opt(SaliencyConfig, "steps", "--steps"),
+    layer: str | None = typer.Option(None, "--layer", help="Layer (default: the SAE's hook)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Where in the frame a feature looks: integrated gradients or gradient x input, as a PNG."""
+    cfg = SaliencyConfig(method=method, baseline=baseline, steps=steps)
+    cfg.validate("dqn saliency")
+    check_int("dqn saliency", "feature", feature, 0)
+    check_agent_dir(agent)
+    _check_state("dqn saliency", acts, episode, step)
+
+    from rlsae.agents.saliency import state_saliency
+
+    res = state_saliency(
+        agent, sae, acts, feature, episode, step, out, method=cfg.method,
+        baseline=cfg.baseline, steps=cfg.steps, layer=layer,
+    )  # fmt: skip
+    human = f"feature {res.feature} activation {res.activation:.4g}: {res.method} map -> {res.out}"
+    if res.completeness_error is not None:
+        human += f" (completeness error {res.completeness_error:.2e})"
     emit(res.to_json(), as_json, human)
 
 
