@@ -416,8 +416,37 @@ def _tables_3_4(util: UtilityTables) -> str:
         f"<tr><td class='l'>aggregate |utility| of completions</td>"
         f"{pair(t4, 'aggregate_abs_utility')}</tr>"
         f"<tr><td class='l'>mean reward of completions</td>{pair(t4, 'mean_reward', '.3f')}</tr>"
-        "</table>"
+        + _scored_row(util, pair)
+        + "</table>"
+        + _scorer_note(util)
     )
+
+
+_SCORES = ("detection", "fuzzing", "simulation")
+"""The held-out scores of an explanation (columns shown when any feature has one)."""
+
+
+def _is_scored(row: Any) -> bool:
+    return any(getattr(row, m) is not None for m in _SCORES)
+
+
+def _scored_row(util: UtilityTables, pair: Any) -> str:
+    """Table 3 over the explanations whose detection score reaches the threshold."""
+    if util.score_threshold is None:
+        return ""
+    n = sum(v.features for v in util.table3_scored.values())
+    total = sum(util.table3[m].features for m in util.table3_scored if m in util.table3)
+    return (
+        f"<tr><td class='l'>the same, over explanations with detection ≥ "
+        f"{util.score_threshold:g} only ({n} of {total})</td>"
+        f"{pair(util.table3_scored, 'score')}</tr>"
+    )
+
+
+def _scorer_note(util: UtilityTables) -> str:
+    if not util.scorer:
+        return ""
+    return f"<p class='muted'>Explanations scored on held-out contexts by {esc(util.scorer)}.</p>"
 
 
 def _mmcs_table(shared: SharedFeatures) -> str:
@@ -446,12 +475,15 @@ def _explanations(shared: SharedFeatures, util: UtilityTables) -> str:
         for layer, scored in layers.items():
             pair = shared.layer(int(layer)).models.get(src)
             cos = {r.feature: r.cosine for r in pair.top_k_utility} if pair else {}
+            methods = _SCORES if any(_is_scored(r) for r in scored) else ()
             rows = [
                 [str(r.feature), num(cos.get(r.feature), ".3f", "nan")]
-                + [num(r.utility, ".2f"), esc(r.explanation)]
+                + [num(r.utility, ".2f")]
+                + [num(getattr(r, m), ".2f", "–") for m in methods]
+                + [esc(r.explanation)]
                 for r in scored
             ]
-            heads = ["feature", "max cos", "|utility|", "explanation"]
+            heads = ["feature", "max cos", "|utility|", *methods, "explanation"]
             parts.append(f"<h3>{esc(src)}, layer {esc(layer)}</h3>")
             parts.append(html_table(heads, rows, {"explanation"}))
     return "".join(parts)
@@ -500,9 +532,18 @@ def write_utility_html(result: UtilityTables, path: str | os.PathLike) -> Path:
         "explanations</h2>",
         html_table(
             ["Model", "M_base score", "M_RLHF score"],
-            [[label, cell(t3, "base", "score"), cell(t3, "tuned", "score")]],
+            [[label, cell(t3, "base", "score"), cell(t3, "tuned", "score")]]
+            + (
+                []
+                if result.score_threshold is None
+                else [
+                    [f"{label}, detection ≥ {result.score_threshold:g}"]
+                    + [cell(result.table3_scored, m, "score") for m in ("base", "tuned")]
+                ]
+            ),
             {"Model"},
         ),
+        _scorer_note(result),
         "<h2>Table 4: aggregate absolute utility of completions</h2>",
         html_table(
             ["Model", "M_base", "M_RLHF", "mean reward base", "mean reward RLHF"],
@@ -524,12 +565,16 @@ def write_utility_html(result: UtilityTables, path: str | os.PathLike) -> Path:
             "<h2>Per layer</h2>",
             html_table(["model", "layer", "score"], per_layer, {"model"}),
         ]
+        all_rows = [r for layers in result.features.values() for s in layers.values() for r in s]
+        methods = _SCORES if any(_is_scored(r) for r in all_rows) else ()
         rows = [
-            [esc(m), esc(layer), str(r.feature), num(r.utility, ".2f"), esc(r.explanation)]
+            [esc(m), esc(layer), str(r.feature), num(r.utility, ".2f")]
+            + [num(getattr(r, k), ".2f", "–") for k in methods]
+            + [esc(r.explanation)]
             for m, layers in result.features.items()
             for layer, scored in layers.items()
             for r in scored
         ]
-        heads = ["model", "layer", "feature", "utility", "explanation"]
+        heads = ["model", "layer", "feature", "utility", *methods, "explanation"]
         body += ["<h2>Explanations</h2>", html_table(heads, rows, {"model", "explanation"})]
     return write_page(path, "Utility scores", "\n".join(body), plotly=False)

@@ -48,10 +48,16 @@ from rlsae.analysis.mmcs import (
     size_pair,
 )
 from rlsae.analysis.report import RLHFSummary, write_llm_report, write_utility_html
-from rlsae.analysis.utility import UtilityTables, feature_scores, tables_markdown, utility_tables
+from rlsae.analysis.utility import (
+    UtilityTables,
+    feature_scores,
+    table3_scored_markdown,
+    tables_markdown,
+    utility_tables,
+)
 from rlsae.configs import to_mapping
 from rlsae.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
-from rlsae.llm.configs import ExplainConfig, ScoreConfig
+from rlsae.llm.configs import ExplainConfig, ExplanationScoreConfig, ScoreConfig
 from rlsae.study.engine import Context, Stage, Study, Units, load_config
 from rlsae.study.engine import resolve_config as resolve_study_config
 from rlsae.study.engine import run as run_engine
@@ -255,9 +261,11 @@ def mmcs(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
 
 
 def explain(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
-    """Explanations of each small SAE's top shared features (``explanations.json``)."""
+    """Explanations of each small SAE's top shared features (``explanations.json``), scored on
+    held-out contexts unless ``explanation_scorer`` is none."""
     from rlsae.llm.explain import explain_features
     from rlsae.llm.rewards import UtilityTable
+    from rlsae.llm.scoring import score_explanations
 
     cfg, home = ctx.config, _home(ctx, unit)
     shared = _shared(ctx, unit)
@@ -267,6 +275,9 @@ def explain(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
     ecfg = ExplainConfig(
         method=cfg.explainer, samples=cfg.explainer_samples, temperature=cfg.explainer_temperature
     )
+    scfg = None
+    if cfg.explanation_scorer != "none":
+        scfg = ExplanationScoreConfig(scorer=cfg.explanation_scorer, seed=cfg.seed)
     files = []
     for src in SOURCES:
         for key, hook in hooks.items():
@@ -276,6 +287,8 @@ def explain(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> FilesWritten:
             explain_features(
                 home / sae, home / "acts" / src / hook, feats, cfg=ecfg, table=table, layer=L
             )
+            if scfg is not None:
+                score_explanations(home / sae, home / "acts" / src / hook, feats, cfg=scfg)
             files.append(f"{sae}/explanations.json")
     return FilesWritten(files)
 
@@ -306,28 +319,42 @@ def utility(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> Tables:
     from rlsae.llm.explain import load_explanations
     from rlsae.llm.rewards import UtilityTable
     from rlsae.llm.score import ScoreResult
+    from rlsae.llm.scoring import scorer_label
 
     cfg, home = ctx.config, _home(ctx, unit)
     shared = _shared(ctx, unit)
     pairs = ctx.result(SAEPairs, "saes", unit.name)
     table = UtilityTable.load(cfg.rlhf.table)
     per_model: dict[str, dict[int, Any]] = {src: {} for src in SOURCES}
+    scorers: set[str] = set()
     for src in SOURCES:
         for entry in shared.layers:
             L = entry.layer
             expl = load_explanations(home / pairs.path(src, L, "small") / "explanations.json")
             feats = [r.feature for r in entry.models[src].top_k_utility]
             per_model[src][L] = feature_scores(_plain_features(expl), feats, table)
+            got = (expl.features[str(f)].scores for f in feats if str(f) in expl.features)
+            scorers |= {sc.scorer for sc in got if sc is not None}
     scores = {
         src: ScoreResult.read(home / "analysis" / f"score_{src}.json").to_json() for src in SOURCES
     }
+    scored = cfg.explanation_scorer != "none"
     result = utility_tables(
-        per_model, scores, k=cfg.utility_k, label=unit.name, explainer=cfg.explainer
+        per_model,
+        scores,
+        k=cfg.utility_k,
+        label=unit.name,
+        explainer=cfg.explainer,
+        score_threshold=cfg.score_threshold if scored else None,
+        scorer=", ".join(sorted({scorer_label(name) for name in scorers})) if scored else "",
     )
     analysis = home / "analysis"
     result.write(analysis / "utility.json")
     write_utility_html(result, analysis / "utility.html")
     atomic_write_bytes(analysis / "utility.md", (tables_markdown(result) + "\n").encode())
+    if result.score_threshold is not None:
+        md = table3_scored_markdown(result) + "\n"
+        atomic_write_bytes(analysis / "utility_scored.md", md.encode())
     return Tables(
         table3={m: v.score for m, v in result.table3.items()},
         table4={m: v.aggregate_abs_utility for m, v in result.table4.items()},
@@ -378,6 +405,28 @@ def _units(ctx: Context[LLMStudyConfig]) -> list[ModelUnit]:
 
 def _shared(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> SharedFeatures:
     return SharedFeatures.read(_home(ctx, unit) / "analysis" / "llm_shared_features.json")
+
+
+def _explanation_scores(home: Path) -> dict[str, Any]:
+    """The summary's explanation scores: each explained feature's detection score by
+    ``source/layer``, their mean per source, the scorer and Table 3 above the threshold."""
+    util = UtilityTables.read(home / "analysis" / "utility.json")
+    detection = {
+        f"{src}/{layer}": {str(r.feature): r.detection for r in rows}
+        for src, layers in util.features.items()
+        for layer, rows in layers.items()
+    }
+    means = {}
+    for src, layers in util.features.items():
+        vals = [r.detection for rows in layers.values() for r in rows if r.detection is not None]
+        means[src] = round(sum(vals) / len(vals), 4) if vals else None
+    return {
+        "explanation_scorer": util.scorer,
+        "detection": detection,
+        "detection_mean": means,
+        "score_threshold": util.score_threshold,
+        "table3_scored": {m: v.score for m, v in util.table3_scored.items()},
+    }
 
 
 def _plain_features(expl: Any) -> dict[str, Any]:
@@ -480,6 +529,7 @@ def _model_summary(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> dict[str, A
         },
         "table3": tables.table3,
         "table4": tables.table4,
+        **_explanation_scores(home),
         "utility_json": str(home / "analysis" / "utility.json"),
         "utility_html": str(home / "analysis" / "utility.html"),
         "report": str(home / "analysis" / "report.html"),

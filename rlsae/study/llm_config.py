@@ -109,6 +109,15 @@ class LLMStudyConfig:
     """LLM explanations per feature; Table 3 uses their mean utility (the paper: 3)."""
     explainer_temperature: float = 0.0
     """LLM sampling temperature (above 0 when drawing several samples)."""
+    explanation_scorer: str = "offline"
+    """Scores every explanation on held-out contexts (detection, fuzzing, simulation;
+    ``rlsae llm score-explanations``): ``offline`` (a token-set stand-in, not a language model,
+    labelled so in every output), ``llm`` (an OpenAI-compatible endpoint from
+    RLSAE_EXPLAINER_BASE_URL / RLSAE_EXPLAINER_MODEL / OPENAI_API_KEY) or ``none``."""
+    score_threshold: float | None = 0.75
+    """Table 3 is also reported over only the explanations whose detection score (balanced
+    accuracy, 0.5 = chance) is at least this; None (or explanation_scorer none) reports only
+    the unrestricted table."""
     score_prefixes: int = 100
     """Completions scored for Table 4 (the paper: 100)."""
     score_prefix_tokens: int = 30
@@ -142,6 +151,13 @@ class LLMStudyConfig:
             raise RlsaeError(f"{where}: utility_k: must be at least top_k ({self.top_k})")
         if self.explainer not in ("offline", "llm"):
             raise RlsaeError(f"{where}: explainer: expected offline or llm, got {self.explainer!r}")
+        if self.explanation_scorer not in ("offline", "llm", "none"):
+            raise RlsaeError(
+                f"{where}: explanation_scorer: expected offline, llm or none, "
+                f"got {self.explanation_scorer!r}"
+            )
+        if self.score_threshold is not None:
+            check_range(where, "score_threshold", self.score_threshold, 0, 1)
         check_range(where, "seed", self.seed, 0, 2**32 - 1)
         if self.rlhf.model != RLHFConfig().model:
             raise RlsaeError(

@@ -170,6 +170,7 @@ LLM_PAPER: dict[str, Any] = {
     "explainer": "llm",
     "explainer_samples": 3,
     "explainer_temperature": 1.0,
+    "explanation_scorer": "llm",
     "score_prefixes": 100,
     "score_prefix_tokens": 30,
 }

@@ -259,3 +259,31 @@ def test_cli_score_explanations(explained, run_cli):
     assert out.startswith("scorer: offline-token-set (offline token-set scorer") and "not a" in out
     code, out, err = run_cli([*args, "--scorer", "gpt"])
     assert code == 2 and err.count("\n") == 1 and "--scorer: expected one of offline, llm" in err
+
+
+def test_table3_restricted_to_scored_explanations():
+    from rlsae.analysis.utility import (
+        ScoredFeature,
+        UtilityTables,
+        table3_scored_markdown,
+        tables_markdown,
+        utility_tables,
+    )
+
+    rows = {
+        "base": {3: [ScoredFeature(1, "a", 2.0, 0.9), ScoredFeature(2, "b", 1.0, 0.6)]},
+        "tuned": {3: [ScoredFeature(1, "c", 4.0, 0.8), ScoredFeature(2, "d", 3.0, None)]},
+    }
+    t = utility_tables(rows, k=2, label="tiny", score_threshold=0.75, scorer="offline-token-set")
+    assert (t.table3["base"].score, t.table3["tuned"].score) == (3.0, 7.0)  # both reported
+    assert (t.table3_scored["base"].score, t.table3_scored["tuned"].score) == (2.0, 4.0)
+    assert t.table3_scored["tuned"].features == 1 and t.table3_scored_tuned_minus_base == 2.0
+    md = table3_scored_markdown(t).splitlines()
+    assert md[2] == "| tiny, all explanations | 3.0 (2/2) | 7.0 (2/2) |"
+    assert md[3] == "| tiny, detection ≥ 0.75 | 2.0 (1/2) | 4.0 (1/2) |"
+    assert len(tables_markdown(t).splitlines()) == 3  # the paper's table keeps its shape
+    assert utility_tables(rows, k=2).table3_scored == {}
+    back = UtilityTables.from_json(t.to_json())
+    assert back == t and back.features["base"]["3"][0].detection == 0.9
+    old = {**t.to_json(), "version": 1}
+    assert UtilityTables.from_json(old).table3 == t.table3  # version 1 still read

@@ -151,6 +151,17 @@ def test_smoke_pipeline_interrupted_and_resumed(tmp_path, monkeypatch):
     assert res["table3"]["tuned"] == util["table3"]["tuned"]["score"]
     report = (run / "analysis" / "report.html").read_text()
     assert "Plotly.newPlot" in report and "Tables 3 and 4" in report
+    # the explained features' held-out scores (offline stand-in, labelled) and Table 3 above
+    # the detection threshold beside the unrestricted one
+    tops = [str(r["feature"]) for r in small["top_k_utility"]]
+    assert all(expl[f]["scores"]["scorer"] == "offline-token-set" for f in tops)
+    assert res["explanation_scorer"].startswith("offline-token-set (offline token-set scorer")
+    L = res["layers"][0]
+    assert set(res["detection"]) == {f"base/{L}", f"tuned/{L}"}
+    assert set(res["detection"][f"tuned/{L}"]) == set(tops)
+    assert util["score_threshold"] == 0.75 and set(res["table3_scored"]) == {"base", "tuned"}
+    assert "detection ≥ 0.75" in (run / "analysis" / "utility_scored.md").read_text()
+    assert "detection ≥ 0.75" in report and "not a language model" in report
 
     # the finished study resumed: no stage runs, no file is rewritten, within two seconds
     every_file = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
