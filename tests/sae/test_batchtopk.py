@@ -251,3 +251,20 @@ def test_batchtopk_bad_settings_one_line(tmp_path, kw, msg):
         train_sae(tmp_path / "nowhere", tmp_path / "out", _cfg(**kw), progress=False)
     assert msg in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+@pytest.mark.parametrize("chunk", [16, 4096])
+def test_batchtopk_blockwise_equals_one_block(monkeypatch, chunk):
+    """Batches above CHUNK rows (the encoder in blocks, widths doubled on a short row) keep the
+    same entries as the one-block path and the dense reference."""
+    import rlsae.sae._fast.loss as loss_mod
+
+    g = torch.Generator().manual_seed(4)
+    x, W_enc, b_enc, W_dec, b_dec = _params(g, 60, 10, 512, False, skew=True)
+    dead = torch.arange(0, 512, 9)
+    monkeypatch.setattr(loss_mod, "CHUNK", chunk)
+    with torch.no_grad():  # as inside the autograd function's forward
+        vals, idx, a_vals, a_idx = _encode_batchtopk(x, W_enc, b_enc, b_dec, True, 6, dead, 5)
+    _, f_r, _ = naive_batchtopk_forward(x, W_enc, b_enc, W_dec, b_dec, 6)
+    torch.testing.assert_close(_dense(vals.detach(), idx, 512), f_r.detach())
+    assert a_vals is not None and a_idx is not None and bool(torch.isin(a_idx, dead).all())

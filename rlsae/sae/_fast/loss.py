@@ -158,28 +158,78 @@ def _encode_batchtopk(
     m) values and indices whose entries outside the kept set have value 0 (they decode to nothing
     and get no gradient, exactly as the dense ``relu(pre) * kept``), plus AuxK as ``_encode_topk``.
 
-    A threshold search over the block without a dense pass of its own: each row's top m (the
-    grouped selection, m = 2k to start), then t = the (k * rows)-th largest of those candidates;
+    A threshold search over the block: each row's top m = 2k (the grouped selection), then t =
+    the (k * rows)-th largest of those candidates, a lower bound of the batch's true threshold;
     an entry is kept where it is >= t and above 0. This is exact unless some row's smallest
-    candidate is positive and >= t (that row may hold more entries above t than it offered);
-    then m doubles and the selection runs again, up to m = d_sae (the plain dense answer)."""
+    candidate is positive and >= t (that row may hold more entries above t than it offered).
+    Then one counting pass over the block gives the most entries >= t in any row, which bounds
+    every row's kept count, and the selection runs once more at that width (rounded up to a
+    power of two). Batches above CHUNK rows, whose block is not kept whole, re-run the blockwise
+    encoder with m doubled instead. Deterministic given the data (a resume repeats it)."""
     B, n = x.shape[0], W_enc.shape[1]
     keep = k * B
     m = min(n, 2 * k)
-    while True:
-        vals, idx, a_vals, a_idx = _encode_topk(
-            x, W_enc, b_enc, b_dec, apply_b_dec, m, dead_idx, k_aux, workspace
-        )
-        flat = vals.reshape(-1)
-        t = flat.kthvalue(flat.numel() - keep + 1).values
-        if m == n:
-            break
-        low = vals.amin(dim=1)
-        if not bool(((low > 0) & (low >= t)).any()):
-            break
-        m = min(n, 2 * m)
+    if B > CHUNK:
+        while True:
+            vals, idx, a_vals, a_idx = _encode_topk(
+                x, W_enc, b_enc, b_dec, apply_b_dec, m, dead_idx, k_aux, workspace
+            )
+            t = _kth_largest(vals, keep)
+            if m == n or not _short(vals, t):
+                break
+            m = min(n, 2 * m)
+        vals.mul_(vals >= t)
+        return vals, idx, a_vals, a_idx
+    c = b_enc - b_dec @ W_enc if apply_b_dec else b_enc
+    pre = workspace.get("pre", (B, n), x) if workspace is not None else x.new_empty((B, n))
+    torch.mm(x, W_enc, out=pre)
+    vals, idx = topk_select(pre, m, bias=c)
+    vals.relu_()
+    t = _kth_largest(vals, keep)
+    if m < n and _short(vals, t):
+        above = pre >= (t - c) if float(t) > 0 else pre > -c
+        need = int(torch.count_nonzero(above, dim=1).max())
+        m = min(n, max(2 * m, 1 << max(0, need - 1).bit_length()))
+        vals, idx = topk_select(pre, m, bias=c)
+        vals.relu_()
+        t = _kth_largest(vals, keep)
+        if m < n and _short(vals, t):  # rounding at the boundary: the plain dense answer
+            vals, idx = topk_select(pre, n, bias=c)
+            vals.relu_()
+            t = _kth_largest(vals, keep)
     vals.mul_(vals >= t)
-    return vals, idx, a_vals, a_idx
+    vals, idx = _compact(vals, idx)
+    dead = dead_idx if dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0 else None
+    if dead is None:
+        return vals, idx, None, None
+    ka = min(int(k_aux), int(dead.numel()))
+    a_vals, a_pos = (pre.index_select(1, dead) + c[dead]).topk(ka, dim=-1, sorted=False)
+    return vals, idx, a_vals.relu_(), dead[a_pos]
+
+
+def _compact(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the columns no row needs: each row's kept (non-zero) entries moved into the first
+    w columns, w = the most any row keeps, rounded up to a multiple of 8; the sparse decode and
+    backward then work on w entries a row instead of the selection's width."""
+    w = int(torch.count_nonzero(vals, dim=1).max())
+    w = min(vals.shape[1], max(8, -(-w // 8) * 8))
+    if w >= vals.shape[1]:
+        return vals, idx
+    top, pos = vals.topk(w, dim=1, sorted=False)
+    return top, idx.gather(1, pos)
+
+
+def _kth_largest(vals: torch.Tensor, keep: int) -> torch.Tensor:
+    """The ``keep``-th largest entry of ``vals`` (a 0-d tensor)."""
+    flat = vals.reshape(-1)
+    return flat.kthvalue(flat.numel() - keep + 1).values
+
+
+def _short(vals: torch.Tensor, t: torch.Tensor) -> bool:
+    """Whether some row's candidates may have left out an entry >= t: its smallest candidate is
+    positive and >= t."""
+    low = vals.amin(dim=1)
+    return bool(((low > 0) & (low >= t)).any())
 
 
 def _sparse_grads(
