@@ -85,6 +85,13 @@ ALLOWED: dict[tuple[str, str], dict[str, str]] = {
     ("dqn replay", "--step"): {"0": _INDEX, HUGE: "checked against the recording once read"},
     ("dqn replay", "--episode"): {"0": _INDEX, HUGE: "checked against the recording once read"},
     ("dqn effects", "--episode"): {"0": _INDEX, HUGE: "checked against the recording once read"},
+    ("dqn saliency", "--feature"): {"0": _INDEX},
+    ("dqn saliency", "--step"): {"0": _INDEX},
+    ("dqn saliency", "--episode"): {"0": _INDEX},
+    ("dqn steer", "--scale"): {
+        "0": "sets the features to zero (the same as --ablate)",
+        "-1": "a negative scale pushes the features the other way",
+    },
     ("llm explain", "--layer"): {"0": _INDEX, HUGE: "checked against the store once read"},
     ("llm explain", "--samples"): {HUGE: "capped by the store's contexts"},
     ("dqn concepts", "--show"): {"0": "print no features (the --json result is complete)"},

@@ -418,13 +418,13 @@ class SteerConfig(SpliceConfig):
             check_int(where, "features", f, 0)
         if len(set(self.features)) != len(self.features):
             raise RlsaeError(f"{where}: features: each feature once, got {self.features}")
-        if (self.scale is None) == (not self.ablate):
-            raise RlsaeError(f"{where}: give either a scale or ablate, not both or neither")
+        check_int(where, "bootstrap", self.bootstrap, 1, 1_000_000)
         if self.scale is not None:
             check_range(where, "scale", self.scale, -SCALE_MAX, SCALE_MAX)
+        if (self.scale is None) == (not self.ablate):
+            raise RlsaeError(f"{where}: give either a scale or ablate, not both or neither")
         if self.relative and self.ablate:
             raise RlsaeError(f"{where}: relative scales a feature's own value; not with ablate")
-        check_int(where, "bootstrap", self.bootstrap, 1, 1_000_000)
 
 
 SALIENCY_METHODS = ("ig", "gxi")

@@ -107,10 +107,16 @@ def heat_map(attr: np.ndarray, arch: str) -> tuple[np.ndarray, np.ndarray | None
     return last[rows][:, cols], a
 
 
+def _scaled(m: np.ndarray) -> np.ndarray:
+    """A map scaled to [0, 1] by its 99th percentile (its maximum when that is 0), so that a few
+    extreme pixels do not wash the rest out."""
+    top = float(np.percentile(m, 99)) or float(m.max())
+    return np.clip(m / top, 0, 1) if top > 0 else np.zeros_like(m)
+
+
 def _colour(m: np.ndarray) -> np.ndarray:
-    """A map as a red-yellow heat image (uint8 RGB), scaled to its own maximum."""
-    top = float(m.max())
-    v = m / top if top > 0 else np.zeros_like(m)
+    """A map as a red-yellow heat image (uint8 RGB), scaled by :func:`_scaled`."""
+    v = _scaled(m)
     rgb = np.stack([np.clip(2 * v, 0, 1), np.clip(2 * v - 1, 0, 1), np.zeros_like(v)], -1)
     return (rgb * 255).astype(np.uint8)
 
@@ -120,7 +126,7 @@ def saliency_png(frame: np.ndarray, screen_map: np.ndarray, stack: np.ndarray | 
     frames' maps to its right, stretched to the screen's height)."""
     from PIL import Image  # only when a PNG is drawn
 
-    m = screen_map / screen_map.max() if screen_map.max() > 0 else screen_map
+    m = _scaled(screen_map)
     heat = _colour(screen_map).astype(np.float64)
     alpha = (0.75 * m)[..., None]
     over = (frame.astype(np.float64) * (1 - alpha) + heat * alpha).astype(np.uint8)
