@@ -47,12 +47,9 @@ def field_docs(cls: type) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
-        try:
-            src = textwrap.dedent(inspect.getsource(klass))
-        except (OSError, TypeError):  # pragma: no cover - class defined without source
+        body = _class_node(klass)
+        if body is None:  # pragma: no cover - class defined without source
             continue
-        body = ast.parse(src).body[0]
-        assert isinstance(body, ast.ClassDef)
         stmts = body.body
         for a, b in zip(stmts, stmts[1:], strict=False):
             if (
@@ -64,6 +61,42 @@ def field_docs(cls: type) -> dict[str, str]:
             ):
                 docs[a.target.id] = " ".join(inspect.cleandoc(b.value.value).split())
     return docs
+
+
+def _class_node(klass: type) -> ast.ClassDef | None:
+    """The class's syntax tree, from its module parsed once (``inspect.getsource`` parses the
+    whole module again for every class: half of the CLI's start-up went there)."""
+    try:
+        filename = inspect.getsourcefile(klass)
+    except TypeError:  # pragma: no cover - a built-in class
+        return None
+    if filename and os.path.isfile(filename):
+        node = _module_classes(filename).get(klass.__qualname__)
+        if node is not None:
+            return node
+    try:  # a class made in a function (tests) or from a module without its file
+        src = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):
+        return None
+    body = ast.parse(src).body[0]
+    return body if isinstance(body, ast.ClassDef) else None
+
+
+@cache
+def _module_classes(filename: str) -> dict[str, ast.ClassDef]:
+    """``{qualified name: ClassDef}`` for the classes at module level (and nested in them)."""
+    with open(filename, "rb") as f:
+        tree = ast.parse(f.read(), filename)
+    out: dict[str, ast.ClassDef] = {}
+
+    def walk(nodes: list[ast.stmt], prefix: str) -> None:
+        for node in nodes:
+            if isinstance(node, ast.ClassDef):
+                out.setdefault(prefix + node.name, node)
+                walk(node.body, f"{prefix}{node.name}.")
+
+    walk(tree.body, "")
+    return out
 
 
 def field_default(cls: type, name: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -20,8 +20,6 @@ from rlsae.agents.agent_dir import (
     list_checkpoints,
     read_agent_info,
 )
-from rlsae.agents.concept_run import CONCEPTS_FILE, check_concept_inputs, sae_concepts
-from rlsae.agents.concepts import ConceptMatches
 from rlsae.agents.config import (
     DQNConfig,
     DQNTrainConfig,
@@ -40,6 +38,9 @@ from rlsae.agents.results import read_episodes
 from rlsae.commands._apps import JsonOpt, dqn_app, emit
 from rlsae.configs import field_default, field_docs
 from rlsae.errors import RlsaeError
+
+if TYPE_CHECKING:  # numpy-heavy; the concepts verb imports it when it runs
+    from rlsae.agents.concepts import ConceptMatches
 
 
 def _opt(cls: type, name: str, flag: str, default: Any = ..., help: str = "") -> Any:
@@ -462,6 +463,9 @@ def dqn_concepts(
     check_int("dqn concepts", "show", show, 0)
     if max_rows is not None:
         check_int("dqn concepts", "max_rows", max_rows, 1)
+    # numpy-heavy (concepts, RAM decoding): imported here so other verbs start fast
+    from rlsae.agents.concept_run import CONCEPTS_FILE, check_concept_inputs, sae_concepts
+
     check_concept_inputs(agent, sae, acts, concepts or None)  # before torch and the emulator
     res = sae_concepts(agent, sae, acts, concepts=concepts or None, top_k=top_k, max_rows=max_rows)
     path = res.write(out if out is not None else sae / CONCEPTS_FILE)

@@ -132,6 +132,7 @@ def sae_train(
         checkpoint_every=checkpoint_every,
     )
     cfg.validate("sae train")  # before the store is opened or anything written
+    _need_dir(acts, "activation store")  # before torch loads: a fast one-line error
 
     from rlsae.sae.store import ActivationStore
     from rlsae.sae.train import TRAINING, TrainingRecord, train_sae
@@ -178,6 +179,8 @@ def sae_eval(
     check_eval_args(batch_size, max_rows, where="sae eval")
     if ground_truth is not None and not ground_truth.is_file():
         raise RlsaeError(f"ground truth {ground_truth} not found")
+    _need_dir(sae_dir, "SAE directory")  # before torch loads: a fast one-line error
+    _need_dir(acts, "activation store")
 
     from rlsae.sae.groundtruth import ground_truth_metrics, read_ground_truth
     from rlsae.sae.metrics import evaluate_sae
@@ -203,3 +206,9 @@ def sae_eval(
     if not as_json:  # the readable summary: the figures only
         data = {k: v for k, v in data.items() if k not in ("format", "version")}
     emit(data, as_json)
+
+
+def _need_dir(path: Path, what: str) -> None:
+    """A missing input directory is refused before torch is imported."""
+    if not path.is_dir():
+        raise RlsaeError(f"{what} {path} not found")

@@ -52,6 +52,10 @@ def parse_layers(text: str | Sequence[int], what: str = "--layers") -> list[int]
     return list(dict.fromkeys(items))
 
 
+MAX_TIMEOUT = 86_400.0
+"""The longest wait for one explainer request, in seconds (a day)."""
+
+
 @dataclass
 class PPOConfig:
     """PPO hyperparameters. Defaults: the paper's Table 1 and, elsewhere, TRL's PPO defaults."""
@@ -350,6 +354,8 @@ class ExplainConfig:
         for name in ("n_top", "n_records", "max_tokens_shown", "min_count", "samples"):
             check_range(where, name, getattr(self, name), 1)
         check_range(where, "timeout", self.timeout, 0, lo_open=True)
+        if self.timeout > MAX_TIMEOUT:  # a larger one overflows the socket layer's timeval
+            check_range(where, "timeout", self.timeout, hi=MAX_TIMEOUT)
         check_range(where, "temperature", self.temperature, 0, 2)
 
 
@@ -400,3 +406,5 @@ class ExplanationScoreConfig:
             check_range(where, name, getattr(self, name), 1)
         check_range(where, "seed", self.seed, 0, 2**32 - 1)
         check_range(where, "timeout", self.timeout, 0, lo_open=True)
+        if self.timeout > MAX_TIMEOUT:  # a larger one overflows the socket layer's timeval
+            check_range(where, "timeout", self.timeout, hi=MAX_TIMEOUT)

@@ -132,7 +132,10 @@ def resolve_model_ref(name_or_dir: str | os.PathLike) -> tuple[str, bool]:
     """
     text = os.fspath(name_or_dir)
     path = Path(text).expanduser()
-    if path.exists() or isinstance(name_or_dir, Path) or text.startswith((".", "/", "~")):
+    # a path, or what looks like one: runs/model where runs/ exists is a missing directory,
+    # not the hub's "runs" organisation (which would be tried over the network for a minute)
+    looks_local = text.startswith((".", "/", "~")) or ("/" in text and path.parent.is_dir())
+    if path.exists() or isinstance(name_or_dir, Path) or looks_local:
         if not path.is_dir():
             raise RlsaeError(f"model directory {path} not found; pass a hub name or a model dir")
         if not os.access(path, os.R_OK | os.X_OK):
@@ -142,7 +145,30 @@ def resolve_model_ref(name_or_dir: str | os.PathLike) -> tuple[str, bool]:
         return str(path), True
     if text.count("/") > 1 or not text:
         raise RlsaeError(f"{text!r} is neither an existing directory nor a hub name (owner/name)")
+    if hub_offline() and not hub_cached(text):  # fail now, not after importing transformers
+        from huggingface_hub import constants
+
+        raise RlsaeError(
+            f"could not load {text!r} from the Hugging Face hub: HF_HUB_OFFLINE is set and the "
+            f"hub cache ({constants.HF_HUB_CACHE}) holds no copy; pass a model directory"
+        )
     return text, False
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids the network."""
+    return any(
+        os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def hub_cached(name: str) -> bool:
+    """Whether the local hub cache holds a snapshot of model ``name`` with its config.json."""
+    from huggingface_hub import constants  # light: paths and environment only
+
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{name.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any(snapshots.glob("*/config.json"))
 
 
 def load_error(name: str, local: bool, e: Exception) -> str:
