@@ -13,6 +13,7 @@ class               format                 written as
 :class:`SpliceResult` ``rlsae.dqn_splice`` ``dqn splice --json``, the study's splice stage
 :class:`SteerResult` ``rlsae.dqn_steer``   ``dqn steer --json``
 :class:`SaliencyResult` ``rlsae.dqn_saliency`` ``dqn saliency --json``
+:class:`AblationSweep` ``rlsae.dqn_ablation_sweep`` the Atari study's ``ablation`` stage
 :class:`EpisodeLog` ``rlsae.atari_episodes`` ``STORE/episodes.json`` (replays a recording)
 ==================  =====================  ==================================================
 """
@@ -256,6 +257,61 @@ class SteerResult(Artifact):
     """The spliced agent's episodes (seed and actions: replayable)."""
     episodes_steered: list[RecordedEpisode] = field(default_factory=list)
     """The steered agent's episodes (seed and actions: replayable)."""
+
+
+@dataclass
+class AblationRow:
+    """One feature of an ablation sweep: the agent with that feature set to zero."""
+
+    feature: int
+    """The feature ablated."""
+    delta_return: float
+    """Ablated - spliced mean return."""
+    delta_return_ci: list[float]
+    """95% bootstrap interval [low, high] (paired by episode seed)."""
+    greedy_changed: float
+    """Fraction of the spliced agent's states where the greedy action changes."""
+    greedy_changed_firing: float | None
+    """The same over the states where the feature fires (None: none)."""
+    action_tv: float
+    """Total variation between the greedy-action histograms on the spliced agent's states."""
+    states_firing: int
+    """Spliced-agent states where the feature fires."""
+    returns: list[float] = field(default_factory=list)
+    """Each episode's return with the feature ablated."""
+
+
+@dataclass
+class AblationSweep(Artifact):
+    """Every live feature ablated in turn, ranked by |delta_return| (largest first)."""
+
+    FORMAT: ClassVar[str] = "rlsae.dqn_ablation_sweep"
+    VERSION: ClassVar[int] = 1
+
+    agent: str
+    """The agent directory."""
+    sae: str
+    """The SAE directory."""
+    layer: str
+    """The layer the SAE's reconstruction replaced."""
+    episodes: int
+    """Episodes per variant."""
+    seed: int
+    """Seed of the episodes."""
+    epsilon: float
+    """Probability of a random action."""
+    return_spliced: float
+    """Mean return of the spliced agent (no intervention)."""
+    states: int
+    """States of the spliced agent's episodes."""
+    seconds: float
+    """Wall time of the sweep."""
+    features_per_minute: float
+    """Features ablated per minute of wall time."""
+    returns_spliced: list[float] = field(default_factory=list)
+    """Each episode's return, spliced agent."""
+    rows: list[AblationRow] = field(default_factory=list)
+    """One per feature swept, largest |delta_return| first."""
 
 
 @dataclass

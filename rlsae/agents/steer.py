@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from rlsae import threads as _threads
-from rlsae.agents.config import SteerConfig
+from rlsae.agents.config import EvalConfig, SteerConfig
 from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.effects import check_sae
 from rlsae.agents.results import RecordedEpisode, SteerResult
@@ -231,10 +231,10 @@ def _play_both(
     def steered(obs: np.ndarray) -> tuple[np.ndarray, None]:
         return both(obs)[1].numpy(), None
 
-    return _episodes(agent, spliced, cfg), _episodes(agent, steered, cfg), tally
+    return play_episodes(agent, spliced, cfg), play_episodes(agent, steered, cfg), tally
 
 
-def _episodes(agent: Agent, policy: Any, cfg: SteerConfig) -> list[RecordedEpisode]:
+def play_episodes(agent: Agent, policy: Any, cfg: EvalConfig) -> list[RecordedEpisode]:
     """Play ``cfg.episodes`` seeded episodes; each one's seed, actions and return."""
     eps: dict[int, RecordedEpisode] = {}
     batches: Any = play(

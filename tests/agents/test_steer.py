@@ -1,4 +1,5 @@
-"""Steering and ablating SAE features in play: known answers, bad input, the command."""
+"""Steering and ablating SAE features in play: known answers, bad input, the command, and the
+ablation sweep (each row equals steer with ablate; live features; ranking)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 from rlsae.agents.dqn import load_agent
-from rlsae.agents.results import SteerResult
+from rlsae.agents.results import AblationSweep, SteerResult
 from rlsae.agents.rollout import play
 from rlsae.agents.steer import action_shift, steer_features
+from rlsae.agents.sweep import ablation_sweep
 from rlsae.errors import RlsaeError
 from rlsae.sae import SAE, SAEConfig, save_sae
 
@@ -185,3 +187,41 @@ def test_dqn_steer_command(nature_agent: Path, tmp_path: Path, run_cli):
         "nan",
     )  # fmt: skip
     assert code == 2 and "scale" in err and len(err.strip().splitlines()) == 1
+
+
+def _sae_dir(tmp_path: Path, d_sae: int = 8) -> tuple[SAE, Path]:
+    sae = SAE(SAEConfig(d_in=512, d_sae=d_sae, k=4, hook_name="fc1"), seed=0)
+    with torch.no_grad():
+        sae.b_enc.fill_(0.05)
+        sae.b_enc[d_sae - 1] = -1e6  # dead
+    return sae, save_sae(sae, tmp_path / "sae")
+
+
+def test_each_row_is_steer_with_ablate_and_rows_are_ranked(nature_agent: Path, tmp_path: Path):
+    agent = _reading_agent(nature_agent)
+    _, sdir = _sae_dir(tmp_path)
+    kw = dict(episodes=2, seed=1, max_episode_steps=20)
+    sw = ablation_sweep(agent, sdir, features=[0, 1, 2], **kw)
+    assert sorted(r.feature for r in sw.rows) == [0, 1, 2]
+    deltas = [abs(r.delta_return) for r in sw.rows]
+    assert deltas == sorted(deltas, reverse=True)
+    for row in sw.rows:
+        one = steer_features(agent, sdir, [row.feature], ablate=True, **kw)
+        assert row.returns == one.returns_steered
+        assert sw.returns_spliced == one.returns_spliced
+        assert row.delta_return == one.delta_return
+        assert row.delta_return_ci == one.delta_return_ci
+        assert row.states_firing == one.states_firing
+        assert row.greedy_changed == pytest.approx(one.greedy_changed, abs=1 / sw.states)
+        assert row.action_tv == pytest.approx(one.action_tv, abs=1 / sw.states)
+    assert sw.states == 40 and sw.features_per_minute > 0
+    assert AblationSweep.from_json(json.loads(json.dumps(sw.to_json()))) == sw
+
+
+def test_the_sweep_takes_the_live_features_of_the_store(
+    poster_agent: Path, poster_recording: Path, tmp_path: Path
+):
+    _, sdir = _sae_dir(tmp_path)
+    sw = ablation_sweep(poster_agent, sdir, poster_recording, episodes=1, max_episode_steps=4)
+    got = sorted(r.feature for r in sw.rows)
+    assert 7 not in got and got and set(got) <= set(range(7))
