@@ -7,7 +7,13 @@ other processes hits both alike; the medians are reported. The floor is the plai
 of the same shape, (4096, 512) @ (512, 2048). FVU of each SAE is measured on a held-out batch
 after the same number of steps.
 
-    python benchmarks/sae_throughput.py [--steps 12] [--threads N]
+    python benchmarks/sae_throughput.py [--steps 12] [--threads N] [--kinds topk,batchtopk,...]
+
+``--kinds`` adds, after the TopK table, one row pair per other kind (batchtopk, matryoshka,
+jumprelu): rlsae's step next to SAELens's trainer of the same kind (BatchTopKTrainingSAE,
+MatryoshkaBatchTopKTrainingSAE with the same prefixes, JumpReLUTrainingSAE), same sizes, data and
+learning rate, interleaved the same way, with the FVU of both on the held-out batch and our step
+against the encoder-matmul floor; one more JSON line per kind.
 
 Prints a table, then one JSON line: ours_rows_per_s, saelens_rows_per_s, ratio_vs_saelens,
 floor_ratio (our step time / encoder matmul time), warm_floor_ratio (the same against the matmul
@@ -100,6 +106,11 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=2048)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument(
+        "--kinds",
+        default="topk",
+        help="comma-separated: topk and any of batchtopk, matryoshka, jumprelu",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -227,6 +238,99 @@ def main() -> None:
     print("where an rlsae step's time goes (torch profiler, self time, mean of 3 steps):")
     for name, ms in breakdown.items():
         print(f"  {name:38}{ms:>8.1f} ms  {ms / res['ms_floor']:>5.2f} x floor")
+    print(json.dumps(res))
+    for kind in args.kinds.split(","):
+        if kind != "topk":
+            compare_kind(kind, data, held_out, n, warm, lr, med["floor"], args)
+
+
+def _saelens_sae(kind: str, d_in: int, d_sae: int, k: int, widths: list[int]):
+    if kind == "batchtopk":
+        from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+
+        return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    if kind == "matryoshka":
+        from sae_lens.saes.matryoshka_batchtopk_sae import (
+            MatryoshkaBatchTopKTrainingSAE,
+            MatryoshkaBatchTopKTrainingSAEConfig,
+        )
+
+        cfg = MatryoshkaBatchTopKTrainingSAEConfig(
+            d_in=d_in, d_sae=d_sae, k=k, matryoshka_widths=widths
+        )
+        return MatryoshkaBatchTopKTrainingSAE(cfg)
+    if kind == "jumprelu":
+        from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
+        return JumpReLUTrainingSAE(
+            JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l0_coefficient=1e-3)
+        )
+    raise SystemExit(f"unknown kind {kind!r}")
+
+
+def compare_kind(kind, data, held_out, n, warm, lr, floor_s, args) -> None:
+    """One kind: rlsae's train_step against SAELens's trainer of the same kind."""
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from rlsae.sae import SAE
+    from rlsae.sae.config import default_groups
+    from rlsae.sae.train import TrainConfig, TrainState, prefix_widths, train_step
+
+    d_in, d_sae, k, B = args.d_in, args.d_sae, args.k, args.batch
+    extra = {"l0": 1e-3} if kind == "jumprelu" else {}
+    cfg = TrainConfig(arch=kind, d_sae=d_sae, k=k, batch_size=B, lr=lr, steps=n, **extra)
+    sae_cfg, _ = cfg.resolve(d_in)
+    ours = SAE(sae_cfg, seed=0)
+    with torch.no_grad():
+        ours.b_dec.copy_(data[0].mean(0))
+        if kind == "jumprelu":
+            ours.threshold.fill_(cfg.init_threshold)
+    state = TrainState.new(ours, cfg, total=n, base_lr=lr, aux_k=d_in // 2)
+    torch.manual_seed(0)
+    widths = prefix_widths(default_groups(d_sae))
+    theirs = _saelens_sae(kind, d_in, d_sae, k, widths)
+    trainer = SAETrainer(
+        SAETrainerConfig(
+            total_training_samples=n * B, train_batch_size_samples=B, lr=lr, lr_end=lr
+        ),
+        theirs,
+        iter(data),
+    )
+    times: dict[str, list[float]] = {"ours": [], "saelens": []}
+    for i in range(n):
+        for name in ("ours", "saelens"):
+            t0 = time.perf_counter()
+            if name == "ours":
+                state.step = i
+                train_step(state, data[i])
+            else:
+                trainer.step(data[i])
+                trainer.n_training_steps += 1
+            if i >= warm:
+                times[name].append(time.perf_counter() - t0)
+    med = {k_: statistics.median(v) for k_, v in times.items()}
+    with torch.no_grad():
+        fvu_ours = fvu(ours(held_out), held_out)
+        fvu_theirs = fvu(theirs(held_out), held_out)
+    res = {
+        "kind": kind,
+        "ms_ours": 1e3 * med["ours"],
+        "ms_saelens": 1e3 * med["saelens"],
+        "ratio_vs_saelens": med["saelens"] / med["ours"],
+        "floor_ratio": med["ours"] / floor_s,
+        "fvu_ours": fvu_ours,
+        "fvu_saelens": fvu_theirs,
+    }
+    print(
+        f"{'rlsae ' + kind + ' step':28}{res['ms_ours']:>10.1f}{B / med['ours']:>12.0f}{fvu_ours:>24.4f}"
+    )
+    print(
+        f"{'SAELens ' + kind + ' step':28}{res['ms_saelens']:>10.1f}{B / med['saelens']:>12.0f}{fvu_theirs:>24.4f}"
+    )
+    print(
+        f"{kind}: ratio vs SAELens {res['ratio_vs_saelens']:.2f}x (target >= 3), floor ratio {res['floor_ratio']:.2f}"
+    )
     print(json.dumps(res))
 
 
