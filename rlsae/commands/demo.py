@@ -61,17 +61,21 @@ def _agent_saes(csv: Path) -> list[dict[str, Any]]:
     out = []
     for _, row in df.iterrows():
         cov = row.get("concept_coverage")
+        hn = row.get("human_normalized")
         out.append(
             {
                 "agent": str(row["agent"]),
                 "live": int(row["live"]) if "live" in row and pd.notna(row["live"]) else None,
                 "concept_coverage": float(cov) if cov is not None and pd.notna(cov) else None,
+                "human_normalized": float(hn) if hn is not None and pd.notna(hn) else None,
             }
         )
     return out
 
 
 def _human(res: dict[str, Any]) -> str:
+    from rlsae.analysis.report import POSTER_COMMAND, SKILL_FLOOR
+
     a = res["atari"]
     lines = [f"rlsae demo finished in {res['seconds']:.0f} s", ""]
     lines.append(f"Ms. Pac-Man dead-features study ({a['agents']} agents, {a['seconds']:.0f} s)")
@@ -79,11 +83,20 @@ def _human(res: dict[str, Any]) -> str:
     if "atari" in res["viewers"]:
         lines.append(f"  viewer:  {res['viewers']['atari']}")
     lines.append(f"  table:   {a['agents_csv']}")
-    for s in a.get("saes", []):
-        cov = s["concept_coverage"]
+    saes = a.get("saes", [])
+    for s in saes:
+        cov, hn = s["concept_coverage"], s.get("human_normalized")
         lines.append(
             f"    {s['agent']}: {s['live']} live features, concept coverage "
             + ("n/a" if cov is None else f"{cov:.3f}")
+            + ("" if hn is None else f", human-normalised score {hn:.2f}")
+        )
+    scores = [s.get("human_normalized") for s in saes]
+    if scores and all(h is not None and h < SKILL_FLOOR for h in scores):
+        lines.append(
+            f"  These agents are no better than random play (every one below {SKILL_FLOOR} "
+            "human-normalised): the fit below says nothing about the poster's claim. To test "
+            f"it, import the poster's agents: {POSTER_COMMAND} (docs/dead-features.md)."
         )
     fit = a.get("fit")
     if fit:
