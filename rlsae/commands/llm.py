@@ -1,7 +1,7 @@
 """``rlsae llm``: tiny Pythia, RLHF, scoring, divergence, recording, explanations.
 
 The options of a verb backed by a config (``pretrain-tiny``, ``rlhf``, ``score``, ``record``,
-``explain``) take their defaults and help texts from the config's dataclass fields
+``explain``, ``score-explanations``) take their defaults and help texts from the config's dataclass fields
 (:mod:`rlsae.llm.configs`), listed once per verb in a table ``parameter -> (field, flag)``.
 The values go through :func:`rlsae.configs.from_mapping`, so the config's own ``validate``
 refuses a bad value in one line naming the option, before torch is imported or anything is

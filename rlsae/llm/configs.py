@@ -388,7 +388,7 @@ class ExplanationScoreConfig:
     model: str | None = None
     """Scorer model name (env RLSAE_EXPLAINER_MODEL)."""
     timeout: float = 60.0
-    """Seconds to wait for one scorer answer."""
+    """Seconds to wait for one scorer answer (at most an hour)."""
 
     def method_list(self) -> list[str]:
         """The scorers to run, in the order given."""
@@ -405,6 +405,6 @@ class ExplanationScoreConfig:
         for name in ("n_activating", "n_non_activating", "window"):
             check_range(where, name, getattr(self, name), 1)
         check_range(where, "seed", self.seed, 0, 2**32 - 1)
-        check_range(where, "timeout", self.timeout, 0, lo_open=True)
+        check_range(where, "timeout", self.timeout, 0, 3600, lo_open=True)
         if self.timeout > MAX_TIMEOUT:  # a larger one overflows the socket layer's timeval
             check_range(where, "timeout", self.timeout, hi=MAX_TIMEOUT)

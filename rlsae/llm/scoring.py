@@ -146,8 +146,8 @@ def fuzz_examples(
     out = []
     active = [c for c in contexts if c.active]
     right = set(rng.permutation(len(active))[: (len(active) + 1) // 2].tolist())
-    k_default = max(1, round(np.mean([sum(a > 0 for a in c.activations) for c in active])))
-    k_default = k_default if active else 1
+    counts = [sum(a > 0 for a in c.activations) for c in active]
+    k_default = max(1, round(sum(counts) / len(counts))) if counts else 1
     j = 0
     for c in contexts:
         on = [i for i, a in enumerate(c.activations) if a > 0]

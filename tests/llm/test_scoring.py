@@ -287,3 +287,13 @@ def test_table3_restricted_to_scored_explanations():
     assert back == t and back.features["base"]["3"][0].detection == 0.9
     old = {**t.to_json(), "version": 1}
     assert UtilityTables.from_json(old).table3 == t.table3  # version 1 still read
+
+
+def test_contexts_without_activating_ones_give_no_score():
+    from rlsae.llm.scoring import HeldOutContext, OfflineScorer, fuzz_examples, score_feature
+
+    silent = [HeldOutContext(d, [" the", " plot"], [0.0, 0.0]) for d in range(4)]
+    rng = np.random.default_rng(0)
+    assert all(not ex.correct and len(ex.marked) == 1 for ex in fuzz_examples(silent, rng))
+    s = score_feature('tokens "great"', silent, OfflineScorer(), ["detection", "fuzzing"], rng)
+    assert (s.detection, s.fuzzing, s.n_activating, s.n_non_activating) == (None, None, 0, 4)
