@@ -2,7 +2,8 @@
 
 For every verb the script runs ``rlsae GROUP VERB --help`` and ``rlsae GROUP VERB`` with each
 required option filled in (paths with a file that does not exist, numbers with 1, text with
-``x``), as separate processes, and reports the median wall time of ``--repeats`` runs each,
+``x``; a command with no input file to miss gets -1 for its first numeric option instead),
+as separate processes, and reports the median wall time of ``--repeats`` runs each,
 the exit status and the first line of stderr. Target (issue 18): under 1 s on 2 cores for
 both. The last line is one JSON object.
 
@@ -49,6 +50,11 @@ def commands() -> list[tuple[list[str], list[str]]]:
             if value == "x" and p.name in ("model", "base", "tuned"):
                 value = MISSING  # a model directory that does not exist, not a hub name
             args += [p.opts[0], value]
+        if MISSING not in args or args[args.index(MISSING) - 1] == "--out":
+            # no input file to miss (pretrain-tiny, rlhf: only --out): time a bad value instead
+            numeric = [p for p in cmd.params if p.opts and _placeholder(p) in ("1", "1.0")]
+            if numeric:
+                args += [numeric[0].opts[0], "-1"]
         out.append((path, args))
 
     walk(root, [])
