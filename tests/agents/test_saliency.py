@@ -71,7 +71,8 @@ def _firing(agent, sae, layer):
         obs, *_ = env.step(np.random.default_rng(0).integers(0, 9, 2))
     env.close()
     _, h = agent.forward(obs, layer)
-    f = sae.encode(h.float())
+    with torch.no_grad():
+        f = sae.encode(h.float())
     j = int(f[0].argmax())
     assert float(f[0, j]) > 0
     return obs[0], j
