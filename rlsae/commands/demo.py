@@ -129,6 +129,15 @@ def _human(res: dict[str, Any]) -> str:
                     f"{m} {v:.4g}" for m, v in lr[key].items() if isinstance(v, int | float)
                 )
                 lines.append(f"  {what}: {vals}")
+        if isinstance(lr.get("detection_mean"), dict) and lr.get("explanation_scorer"):
+            n = lr.get("detection_scored") or {}
+            vals = ", ".join(
+                f"{m} {v:.3f} ({n.get(m, '?')} with a score)"
+                for m, v in lr["detection_mean"].items()
+                if isinstance(v, float)
+            )
+            lines.append(f"  explanations' mean detection score: {vals or '–'}")
+            lines.append(f"    scorer: {lr['explanation_scorer']}")
     return "\n".join(lines)
 
 

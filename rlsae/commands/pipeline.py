@@ -114,6 +114,14 @@ def pipeline_llm_cmd(
             f"MMCS(small, large): {res['mmcs']}\n"
             f"Table 3 (features' summed |utility|): {res['table3']}\n"
             f"Table 4 (completions' aggregate |utility|): {res['table4']}\n"
-            f"tables: {res['utility_html']}"
         )
+        if res.get("explanation_scorer"):
+            human += (
+                f"explanations' mean detection score: {res['detection_mean']} "
+                f"(explanations with one: {res['detection_scored']}; "
+                f"scorer: {res['explanation_scorer']})\n"
+                f"Table 3 over explanations with detection >= {res['score_threshold']}: "
+                f"{res['table3_scored']}\n"
+            )
+        human += f"tables: {res['utility_html']}"
     emit(res, as_json, human)

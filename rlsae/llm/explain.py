@@ -452,7 +452,7 @@ def explain_features(
     table = table or UtilityTable.vader()
     out = Path(out) if out is not None else Path(sae_dir) / EXPLANATIONS
     result = Explanations.load(out)  # a foreign file is refused before any work
-    sae, store, ctx = _open(sae_dir, store_dir, layer)
+    sae, store, ctx = open_lm_store(sae_dir, store_dir, layer)
     endpoint = None
     if cfg.method == "llm":
         endpoint = ChatEndpoint.from_options(
@@ -486,7 +486,9 @@ def explain_features(
     return result
 
 
-def _open(sae_dir: str | os.PathLike, store_dir: str | os.PathLike, layer: int | None) -> Any:
+def open_lm_store(
+    sae_dir: str | os.PathLike, store_dir: str | os.PathLike, layer: int | None
+) -> Any:
     """``(sae, store, context)``, checked to belong together and to hold token contexts."""
     sae = load_sae(sae_dir)
     store = ActivationStore(store_dir)

@@ -55,8 +55,8 @@ from rlsae.llm.explain import (
     Explanations,
     ExplanationScores,
     FeatureExplanation,
-    _open,
     feature_activations,
+    open_lm_store,
 )
 
 OFFLINE_SCORER = "offline-token-set"
@@ -416,7 +416,7 @@ def score_explanations(
     ]
     if not todo:
         return result
-    sae, store, ctx = _open(sae_dir, store_dir, None)
+    sae, store, ctx = open_lm_store(sae_dir, store_dir, None)
     acts = feature_activations(sae, store, todo).numpy()
     order = np.lexsort((ctx["position"].to_numpy(), ctx["document"].to_numpy()))
     docs_sorted = ctx["document"].to_numpy()[order]

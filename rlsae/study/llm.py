@@ -409,21 +409,25 @@ def _shared(ctx: Context[LLMStudyConfig], unit: ModelUnit) -> SharedFeatures:
 
 def _explanation_scores(home: Path) -> dict[str, Any]:
     """The summary's explanation scores: each explained feature's detection score by
-    ``source/layer``, their mean per source, the scorer and Table 3 above the threshold."""
+    ``source/layer``, their mean per source and how many have one (a feature that fires in
+    every held-out document has none: no non-activating context), the scorer and Table 3
+    above the threshold."""
     util = UtilityTables.read(home / "analysis" / "utility.json")
     detection = {
         f"{src}/{layer}": {str(r.feature): r.detection for r in rows}
         for src, layers in util.features.items()
         for layer, rows in layers.items()
     }
-    means = {}
+    means, counts = {}, {}
     for src, layers in util.features.items():
         vals = [r.detection for rows in layers.values() for r in rows if r.detection is not None]
         means[src] = round(sum(vals) / len(vals), 4) if vals else None
+        counts[src] = f"{len(vals)}/{sum(len(rows) for rows in layers.values())}"
     return {
         "explanation_scorer": util.scorer,
         "detection": detection,
         "detection_mean": means,
+        "detection_scored": counts,
         "score_threshold": util.score_threshold,
         "table3_scored": {m: v.score for m, v in util.table3_scored.items()},
     }

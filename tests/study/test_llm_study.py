@@ -159,6 +159,7 @@ def test_smoke_pipeline_interrupted_and_resumed(tmp_path, monkeypatch):
     L = res["layers"][0]
     assert set(res["detection"]) == {f"base/{L}", f"tuned/{L}"}
     assert set(res["detection"][f"tuned/{L}"]) == set(tops)
+    assert res["detection_scored"]["tuned"].endswith(f"/{len(tops)}")
     assert util["score_threshold"] == 0.75 and set(res["table3_scored"]) == {"base", "tuned"}
     assert "detection ≥ 0.75" in (run / "analysis" / "utility_scored.md").read_text()
     assert "detection ≥ 0.75" in report and "not a language model" in report
