@@ -268,6 +268,16 @@ def _saelens_sae(kind: str, d_in: int, d_sae: int, k: int, widths: list[int]):
     raise SystemExit(f"unknown kind {kind!r}")
 
 
+def _batch_fvu(sae, x: torch.Tensor) -> float:
+    """FVU of a (Matryoshka) BatchTopK SAE with the batch-wide TopK over ``x``."""
+    from rlsae.sae._fast import topk_loss
+
+    sse, _, _, _ = topk_loss(
+        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.k, None, 0, True, None, batch=True
+    )
+    return float(sse / ((x - x.mean(0)) ** 2).sum())
+
+
 def compare_kind(kind, data, held_out, n, warm, lr, floor_s, args) -> None:
     """One kind: rlsae's train_step against SAELens's trainer of the same kind."""
     from sae_lens.config import SAETrainerConfig
@@ -311,7 +321,11 @@ def compare_kind(kind, data, held_out, n, warm, lr, floor_s, args) -> None:
                 times[name].append(time.perf_counter() - t0)
     med = {k_: statistics.median(v) for k_, v in times.items()}
     with torch.no_grad():
-        fvu_ours = fvu(ours(held_out), held_out)
+        # BatchTopK kinds in their training mode (the batch's TopK) on both sides: after a few
+        # steps the inference threshold's moving average has not converged yet
+        fvu_ours = (
+            _batch_fvu(ours, held_out) if kind != "jumprelu" else fvu(ours(held_out), held_out)
+        )
         fvu_theirs = fvu(theirs(held_out), held_out)
     res = {
         "kind": kind,
