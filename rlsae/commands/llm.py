@@ -388,6 +388,9 @@ def score_explanations_cmd(
         ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS, locals(), "llm score-explanations"
     )
     feature_list = parse_layers(features, what="--features") if features else None
+    expl = explanations if explanations is not None else Path(sae) / "explanations.json"
+    if not Path(expl).is_file():  # before torch loads with the scorer: a fast one-line error
+        raise RlsaeError(f"no explanations at {expl}; run `rlsae llm explain` first")
     from rlsae.llm.scoring import score_explanations, scorer_label
 
     res = score_explanations(
