@@ -90,6 +90,24 @@ class SerialEngine:
         pass
 
 
+def die_with_parent() -> None:
+    """Pool-worker initializer: on Linux, ask the kernel to kill this worker when the study's
+    process dies. Without it a ``kill -9``'d study leaves its workers running, and they keep
+    writing into the run directory while ``--resume`` runs the same stages (issue 18)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: nothing to ask for
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 class LocalEngine:
     """A process pool (``spawn`` start method, so torch state is never forked)."""
 
@@ -107,7 +125,9 @@ class LocalEngine:
     @property
     def pool(self) -> ProcessPoolExecutor:
         if self._pool is None:  # started on first use: no idle workers for single tasks
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=self._ctx)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=self._ctx, initializer=die_with_parent
+            )
         return self._pool
 
     def map(
