@@ -28,6 +28,7 @@ Entry points: :func:`run_atari_pipeline` (a preset or a config file) and :func:`
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import os
 import re
@@ -237,7 +238,7 @@ def record(ctx: Context[StudyConfig], spec: AgentSpec) -> Recording:
 
 
 def _train_config(cfg: StudyConfig, d_in: int) -> TrainConfig:
-    known = set(TrainConfig.__dataclass_fields__)  # sae.train's keys: StudyConfig.validate
+    known = {f.name for f in dataclasses.fields(TrainConfig)}  # sae.train's keys: validated
     base = {"arch": cfg.sae.arch, "d_sae": cfg.sae.d_sae, "k": cfg.sae.k, "d_in": d_in}
     return TrainConfig(**{k: v for k, v in {**base, **cfg.sae.train}.items() if k in known})
 
@@ -388,10 +389,10 @@ def _agent_row(ctx: Context[StudyConfig], a: AgentSpec) -> dict[str, Any]:
     row.update({k: getattr(live, k) for k in _LIVE_COLUMNS if getattr(live, k) is not None})
     if not _no_splice(ctx.config):
         sp = ctx.result(SpliceResult, "splice", a.name)
-        for k in sp.__dataclass_fields__:
-            v = getattr(sp, k)
+        for f in dataclasses.fields(sp):  # not __dataclass_fields__: it lists FORMAT, VERSION
+            v = getattr(sp, f.name)
             if isinstance(v, int | float) and not isinstance(v, bool):
-                row[f"splice_{k}"] = v
+                row[f"splice_{f.name}"] = v
     con = ctx.result(AgentConcepts, "concepts", a.name)
     row["concept_coverage"] = con.coverage
     return row

@@ -42,6 +42,8 @@ def test_smoke_study_end_to_end(smoke_run) -> None:
     for col in ("mean_return", "live", "dead", "fvu", "l0", "splice_return_sae", "splice_q_fvu"):
         assert df[col].notna().all(), col
     assert (df["live"] + df["dead"] == 128).all() and (df["l0"] <= 8).all()
+    # splice columns are the SpliceResult's fields, not its FORMAT/VERSION class variables
+    assert not [c for c in df.columns if c.startswith("splice_") and c[7:].isupper()]
 
     # live counts recomputed independently: dense encode of every recorded row
     from rlsae.sae import load_sae
