@@ -192,25 +192,12 @@ def _err(where: str, path: str, what: str) -> RlsaeError:
 
 
 def _build(tp: Any, value: Any, where: str, path: str) -> Any:
+    """``value`` as type ``tp``: dispatch on the kind of type (each kind is a function below)."""
     origin = typing.get_origin(tp)
     if tp is Any or tp is object:
         return value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _err(where, path, "must not be null")
-        first: RlsaeError | None = None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _build(arg, value, where, path)
-            except RlsaeError as e:
-                first = first or e
-        assert first is not None
-        raise first
+        return _build_union(tp, value, where, path)
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value in allowed and type(value) in {type(a) for a in allowed}:
@@ -219,38 +206,7 @@ def _build(tp: Any, value: Any, where: str, path: str) -> Any:
             where, path, f"expected one of {', '.join(map(str, allowed))}, got {describe(value)}"
         )
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(value, dict):
-            raise _err(where, path, f"expected a mapping, got {describe(value)}")
-        hints = typing.get_type_hints(tp)
-        known = {f.name: f for f in dataclasses.fields(tp) if f.init}
-        kwargs: dict[str, Any] = {}
-        for key, v in value.items():
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in known:
-                names = ", ".join(known)
-                raise _err(where, sub, f"unknown key; known keys here: {names}")
-            kwargs[key] = _build(hints[key], v, where, sub)
-        missing = [
-            n
-            for n, f in known.items()
-            if n not in kwargs
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ]
-        if missing:
-            sub = f"{path}.{missing[0]}" if path else missing[0]
-            raise _err(where, sub, "missing (required)")
-        obj = tp(**kwargs)
-        validate = getattr(obj, "validate", None)
-        if callable(validate):
-            try:
-                validate(where)
-            except RlsaeError as e:  # name the nested section: "FILE: lr" -> "FILE: sae.lr"
-                msg = str(e)
-                if path and msg.startswith(f"{where}: "):
-                    msg = f"{where}: {path}.{msg[len(where) + 2 :]}"
-                raise RlsaeError(msg) from None
-        return obj
+        return _build_dataclass(tp, value, where, path)
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise _err(where, path, f"expected a list, got {describe(value)}")
@@ -264,6 +220,68 @@ def _build(tp: Any, value: Any, where: str, path: str) -> Any:
         args = typing.get_args(tp)
         item = args[1] if len(args) == 2 else Any
         return {str(k): _build(item, v, where, f"{path}.{k}") for k, v in value.items()}
+    if tp in (float, int, bool, str):
+        return _build_scalar(tp, value, where, path)
+    return value
+
+
+def _build_union(tp: Any, value: Any, where: str, path: str) -> Any:
+    """``X | Y | None``: null where allowed, else the first member type that accepts it."""
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _err(where, path, "must not be null")
+    first: RlsaeError | None = None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _build(arg, value, where, path)
+        except RlsaeError as e:
+            first = first or e
+    assert first is not None
+    raise first
+
+
+def _build_dataclass(tp: type, value: Any, where: str, path: str) -> Any:
+    """A nested config: known keys only, required ones present, then its ``validate``."""
+    if not isinstance(value, dict):
+        raise _err(where, path, f"expected a mapping, got {describe(value)}")
+    hints = typing.get_type_hints(tp)
+    known = {f.name: f for f in dataclasses.fields(tp) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, v in value.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if key not in known:
+            names = ", ".join(known)
+            raise _err(where, sub, f"unknown key; known keys here: {names}")
+        kwargs[key] = _build(hints[key], v, where, sub)
+    missing = [
+        n
+        for n, f in known.items()
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        sub = f"{path}.{missing[0]}" if path else missing[0]
+        raise _err(where, sub, "missing (required)")
+    obj = tp(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate(where)
+        except RlsaeError as e:  # name the nested section: "FILE: lr" -> "FILE: sae.lr"
+            msg = str(e)
+            if path and msg.startswith(f"{where}: "):
+                msg = f"{where}: {path}.{msg[len(where) + 2 :]}"
+            raise RlsaeError(msg) from None
+    return obj
+
+
+def _build_scalar(tp: type, value: Any, where: str, path: str) -> Any:
+    """A float (finite; an int is accepted), an int (a whole float is accepted), bool or str."""
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(value):
@@ -280,11 +298,9 @@ def _build(tp: Any, value: Any, where: str, path: str) -> Any:
         if isinstance(value, bool):
             return value
         raise _err(where, path, f"expected true or false, got {describe(value)}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _err(where, path, f"expected a string, got {describe(value)}")
-    return value
+    if isinstance(value, str):
+        return value
+    raise _err(where, path, f"expected a string, got {describe(value)}")
 
 
 INT64_MAX = 2**63 - 1
