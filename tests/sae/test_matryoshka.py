@@ -175,3 +175,18 @@ def test_state_carries_threshold_for_matryoshka(tmp_path):
     sae = train_sae(store, tmp_path / "sae", _cfg(steps=20), progress=False)
     assert sae.threshold is not None and float(sae.threshold[0]) > 0
     assert TrainState.__dataclass_fields__["topk_threshold"].default == 0.0
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka", "jumprelu"])
+def test_tied_kinds_train_and_load_in_saelens(tmp_path, arch):
+    """Tied weights for the new kinds: trained, W_enc stays W_dec.T, SAELens gives our outputs."""
+    store, x = _store(tmp_path)
+    kw = {"matryoshka_groups": [16, 48]} if arch == "matryoshka" else {}
+    cfg = TrainConfig(arch=arch, d_sae=64, k=4, tied=True, batch_size=128, steps=15, lr=3e-3, **kw)
+    sae = train_sae(store, tmp_path / "sae", cfg, progress=False)
+    assert sae.cfg.tied and "W_enc" not in dict(sae.named_parameters())
+    back = load_sae(tmp_path / "sae")
+    assert back.cfg.tied
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x[:200]), sae(x[:200]))
