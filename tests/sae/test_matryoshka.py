@@ -190,3 +190,43 @@ def test_tied_kinds_train_and_load_in_saelens(tmp_path, arch):
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"))
     with torch.no_grad():
         torch.testing.assert_close(theirs(x[:200]), sae(x[:200]))
+
+
+def test_saelens_matryoshka_trained_loads_here(tmp_path):
+    """SAELens's own Matryoshka BatchTopK trainer, saved for inference (JumpReLU): the same
+    outputs here."""
+    import warnings
+
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import (
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    )
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    x, _ = superposition(2000, d=16, n_true=32)
+    torch.manual_seed(0)
+    cfg = MatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=16, d_sae=64, k=4, matryoshka_widths=[8, 32, 64]
+    )
+    sae = MatryoshkaBatchTopKTrainingSAE(cfg)
+
+    def batches():
+        g = torch.Generator().manual_seed(0)
+        while True:
+            yield x[torch.randint(0, x.shape[0], (128,), generator=g)]
+
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=128 * 40, train_batch_size_samples=128, lr=3e-3, lr_end=3e-3
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trained = SAETrainer(trainer_cfg, sae, batches()).fit()
+    trained.save_inference_model(str(tmp_path / "theirs"))
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "theirs"))
+    ours = load_sae(tmp_path / "theirs")
+    assert ours.cfg.arch == "jumprelu"
+    with torch.no_grad():
+        assert (theirs.encode(x) > 0).any()
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
