@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -104,12 +105,15 @@ def _temp_files(run: Path) -> list[str]:
 
 def _results(run: Path) -> dict[str, bytes]:
     """What a study run computed, byte for byte: the agents table, every SAE's weights, every
-    agent's evaluation and the recorded activations (timings and reports left out)."""
+    agent's weights and the recorded activations (timings and reports left out)."""
     keep = ["analysis/agents.csv"]
     keep += [str(p.relative_to(run)) for p in run.rglob("sae_weights.safetensors")]
     keep += [str(p.relative_to(run)) for p in run.rglob("shard_*.safetensors")]
-    keep += [str(p.relative_to(run)) for p in run.rglob("model.zip")]
-    return {k: (run / k).read_bytes() for k in sorted(keep)}
+    out = {k: (run / k).read_bytes() for k in sorted(keep)}
+    for p in sorted(run.rglob("model.zip")):  # the zip's own timestamps differ: the weights
+        with zipfile.ZipFile(p) as z:
+            out[f"{p.relative_to(run)}:policy.pth"] = z.read("policy.pth")
+    return out
 
 
 def _pipeline(out: Path, *extra: str) -> list[str]:
