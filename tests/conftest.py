@@ -25,3 +25,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]):
+    """The one CLI runner: ``run_cli(*args) -> (exit code, stdout, stderr)`` of
+    :func:`rlsae.cli.main`, in-process, so the one-line-error contract is what every CLI test
+    checks (arguments may be paths or numbers; they are passed as strings)."""
+    from rlsae.cli import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread inside the test (restored after): small tensors next to the emulator
+    or a tiny model run several times faster, and steadier, that way on a shared 2-core machine.
+    Directories of such tests use it for every test (an autouse fixture in their conftest)."""
+    from rlsae.threads import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -4,18 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from rlsae.cli import main
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
 
 @pytest.mark.parametrize(
     "argv, line",
@@ -33,25 +21,25 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
         (["acts", "import", "--from"], "error: option '--from' requires an argument"),
     ],
 )
-def test_usage_errors_are_one_line_with_exit_status_2(capsys, argv, line):
-    code, out, err = run(capsys, *argv)
+def test_usage_errors_are_one_line_with_exit_status_2(run_cli, argv, line):
+    code, out, err = run_cli(*argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(line), err
     assert "--help" in err and "Traceback" not in err and "╭" not in err
 
 
-def test_a_library_error_is_one_line_too(capsys, tmp_path):
-    code, out, err = run(
-        capsys, "acts", "import", "--from", str(tmp_path / "no.npy"), "--out", str(tmp_path / "o")
+def test_a_library_error_is_one_line_too(run_cli, tmp_path):
+    code, out, err = run_cli(
+        "acts", "import", "--from", str(tmp_path / "no.npy"), "--out", str(tmp_path / "o")
     )
     assert code == 2 and out == "" and err == f"error: {tmp_path / 'no.npy'} not found\n"
     assert not (tmp_path / "o").exists()
 
 
-def test_no_arguments_print_the_help_and_succeed(capsys):
-    code, out, err = run(capsys)
+def test_no_arguments_print_the_help_and_succeed(run_cli):
+    code, out, err = run_cli()
     assert code == 0 and "Usage" in out and "pipeline" in out and err == ""
-    code, out, _ = run(capsys, "sae")
+    code, out, _ = run_cli("sae")
     assert code == 0 and "train" in out and "eval" in out
-    code, out, _ = run(capsys, "--help")
+    code, out, _ = run_cli("--help")
     assert code == 0 and "Usage" in out

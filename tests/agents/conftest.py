@@ -16,15 +16,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny forward passes next to the emulator run fastest on one thread (restored after)."""
-    from rlsae.threads import torch_threads
-
-    with torch_threads(1):
-        yield
-
-
 @pytest.fixture(scope="session")
 def poster_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A poster-architecture agent trained for 200 steps, checkpoints at 100 and 200."""
@@ -55,18 +46,7 @@ def poster_recording(poster_agent: Path, tmp_path_factory: pytest.TempPathFactor
     )  # fmt: skip
 
 
-@pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture):
-    """``run_cli(*args)`` -> (exit code, stdout, stderr) of :func:`rlsae.cli.main`."""
-    from rlsae.cli import main
-
-    def run(*args: object) -> tuple[int, str, str]:
-        code = 0
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        cap = capsys.readouterr()
-        return code, cap.out, cap.err
-
-    return run
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every test here runs torch on one thread (the shared ``one_thread`` fixture)."""
+    yield

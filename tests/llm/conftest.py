@@ -27,32 +27,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return pretrain_tiny(out, seed=0, progress=False, **TINY_TEST_OPTIONS)
 
 
-@pytest.fixture
-def run_cli(capsys):
-    """``run_cli([args])`` -> (exit code, stdout, stderr) of :func:`rlsae.cli.main`."""
-    from rlsae.cli import main
-
-    def run(args):
-        code = 0
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        cap = capsys.readouterr()
-        return code, cap.out, cap.err
-
-    return run
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tuning is many small ops: one thread is several times faster on a shared 2-core machine."""
-    from rlsae.threads import torch_threads
-
-    with torch_threads(1):
-        yield
-
-
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory):
     """A 2-label DistilBERT whose positive logit counts the word 'great' (weights set by hand)."""
@@ -181,3 +155,9 @@ def make_lm():
 def save_lm(tiny_tokenizer):
     """``save_lm(model, path)`` -> path, the model saved with the test tokenizer."""
     return lambda model, path: save_model(model, tiny_tokenizer, path)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every test here runs torch on one thread (the shared ``one_thread`` fixture)."""
+    yield

@@ -84,7 +84,7 @@ def test_rlhf_bad_values_are_refused_before_anything(
 ):
     out = tmp_path / "run"
     code, stdout, err = run_cli(
-        ["llm", "rlhf", "--model", tiny_model_dir, "--out", out, "--steps", "1", *args]
+        "llm", "rlhf", "--model", tiny_model_dir, "--out", out, "--steps", "1", *args
     )
     _refused(code, stdout, err, message)
     assert not out.exists()
@@ -110,7 +110,7 @@ def test_rlhf_bad_values_are_refused_before_anything(
 def test_score_and_record_bad_values(random_lm_dir, tmp_path, run_cli, verb, args, message):
     out = tmp_path / "acts"
     extra = ["--out", out] if verb == "record" else []
-    code, stdout, err = run_cli(["llm", verb, "--model", random_lm_dir, *extra, *args])
+    code, stdout, err = run_cli("llm", verb, "--model", random_lm_dir, *extra, *args)
     _refused(code, stdout, err, message)
     assert not out.exists()
 
@@ -126,15 +126,13 @@ def test_score_and_record_bad_values(random_lm_dir, tmp_path, run_cli, verb, arg
 )
 def test_pretrain_tiny_bad_values(tmp_path, run_cli, args, message):
     out = tmp_path / "tiny"
-    code, stdout, err = run_cli(["llm", "pretrain-tiny", "--out", out, *args])
+    code, stdout, err = run_cli("llm", "pretrain-tiny", "--out", out, *args)
     _refused(code, stdout, err, message)
     assert not out.exists()
 
 
 def test_divergence_bad_top_n(tmp_path, run_cli):
-    code, out, err = run_cli(
-        ["llm", "divergence", "--base", "a/b", "--tuned", "a/c", "--top-n", "0"]
-    )
+    code, out, err = run_cli("llm", "divergence", "--base", "a/b", "--tuned", "a/c", "--top-n", "0")
     _refused(code, out, err, "--top-n: must be at least 1, got 0")
 
 
@@ -150,10 +148,10 @@ def test_pickled_weights_are_refused_in_one_line(random_lm_dir, tmp_path, run_cl
     (bad / "model.safetensors").unlink()
     (bad / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Evil()}))
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(["llm", "score", "--model", bad, "--prefixes", "2"])
+    code, out, err = run_cli("llm", "score", "--model", bad, "--prefixes", "2")
     _refused(code, out, err, "pickled weights file (pytorch_model.bin)")
     assert not (tmp_path / "PWNED").exists()
-    code, out, err = run_cli(["llm", "rlhf", "--model", bad, "--out", tmp_path / "o"])
+    code, out, err = run_cli("llm", "rlhf", "--model", bad, "--out", tmp_path / "o")
     _refused(code, out, err, "refused without running it")
     assert not (tmp_path / "o").exists() and not (tmp_path / "PWNED").exists()
 
@@ -168,23 +166,23 @@ def test_rlhf_refusals_leave_nothing_and_resume_names_the_keys(tiny_model_dir, t
     bad = tmp_path / "bad.tsv"
     bad.write_text("great\t1\nawful\n")
     base = ["llm", "rlhf", "--model", tiny_model_dir, "--out", out, "--threads", "1", *SMALL]
-    code, stdout, err = run_cli([*base, "--steps", "1", "--table", bad])
+    code, stdout, err = run_cli(*base, "--steps", "1", "--table", bad)
     _refused(code, stdout, err, "bad.tsv:2: malformed")
     assert not out.exists()
-    code, stdout, err = run_cli([*base, "--steps", "1", "--json"])
+    code, stdout, err = run_cli(*base, "--steps", "1", "--json")
     assert code == 0, err
     res = json.loads(stdout)
     assert (res["format"], res["steps"]) == ("rlsae.rlhf_result", 1)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     code, stdout, err = run_cli(
-        [*base, "--steps", "2", "--resume", "--batch-size", "8", "--kl-coef", "0.1", "--seed", "3"]
+        *base, "--steps", "2", "--resume", "--batch-size", "8", "--kl-coef", "0.1", "--seed", "3"
     )
     _refused(code, stdout, err, f"cannot resume {out}: ")
     for key in ("ppo.batch_size was 4, now 8", "ppo.init_kl_coef was 0.5, now 0.1", "seed was 0"):
         assert key in err
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert after == before  # nothing rewritten
-    code, stdout, err = run_cli([*base, "--steps", "2", "--resume", "--json"])
+    code, stdout, err = run_cli(*base, "--steps", "2", "--resume", "--json")
     assert code == 0, err
     assert json.loads(stdout)["steps"] == 2
 
@@ -224,7 +222,7 @@ def test_generated_bad_numbers_for_every_numeric_option(
     out = tmp_path / "out"
     base = [a.format(out=out, model=random_lm_dir) for a in REQUIRED[verb]]
     for value in BAD_NUMBERS:
-        code, stdout, err = run_cli(["llm", verb, *base, flag, value])
+        code, stdout, err = run_cli("llm", verb, *base, flag, value)
         assert code == 2 and stdout == "", (flag, value, err)
         assert err.startswith("error: ") and err.count("\n") == 1, (flag, value, err)
         assert flag in err and "Traceback" not in err, (flag, value, err)

@@ -112,19 +112,17 @@ def test_cli_divergence_json_and_errors(make_lm, save_lm, tmp_path, run_cli):
     odir = save_lm(make_lm(0, hidden=48), tmp_path / "other")
     html = tmp_path / "fig.html"
     code, out, err = run_cli(
-        [
-            "llm",
-            "divergence",
-            "--base",
-            str(bdir),
-            "--tuned",
-            str(tdir),
-            "--top-n",
-            "2",
-            "--json",
-            "--html",
-            str(html),
-        ],
+        "llm",
+        "divergence",
+        "--base",
+        str(bdir),
+        "--tuned",
+        str(tdir),
+        "--top-n",
+        "2",
+        "--json",
+        "--html",
+        str(html),
     )
     assert code == 0, err
     out = json.loads(out)
@@ -134,7 +132,7 @@ def test_cli_divergence_json_and_errors(make_lm, save_lm, tmp_path, run_cli):
     assert out["embeddings"] == pytest.approx(5.0, rel=1e-6)
     assert html.is_file()
 
-    code, out, err = run_cli(["llm", "divergence", "--base", str(bdir), "--tuned", str(odir)])
+    code, out, err = run_cli("llm", "divergence", "--base", str(bdir), "--tuned", str(odir))
     assert code == 2 and out == "" and err.startswith("error: base and tuned models have")
     assert err.count("\n") == 1
 

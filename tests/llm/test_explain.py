@@ -209,11 +209,11 @@ def test_sae_of_another_layer_is_refused(planted, tmp_path):
 
 def test_cli_explain(planted, run_cli):
     args = ["llm", "explain", "--sae", planted["sae"], "--acts", planted["store"]]
-    code, out, err = run_cli([*args, "--features", "0,1", "--json"])
+    code, out, err = run_cli(*args, "--features", "0,1", "--json")
     assert code == 0, err
     out = json.loads(out)
     assert out["features"]["0"]["explanation"].startswith('tokens "great"')
-    code, out, err = run_cli([*args, "--features", "0", "--layer", "2"])
+    code, out, err = run_cli(*args, "--features", "0", "--layer", "2")
     assert code == 2 and out == "" and "not the requested layer 2" in err
     assert err.startswith("error: ") and err.count("\n") == 1
     for bad, message in [
@@ -222,7 +222,7 @@ def test_cli_explain(planted, run_cli):
         (["--features", "0", "--method", "gpt"], "--method: expected one of offline, llm"),
         (["--features", "0", "--temperature", "-1"], "--temperature: must be between 0 and 2"),
     ]:
-        code, out, err = run_cli([*args, *bad])
+        code, out, err = run_cli(*args, *bad)
         assert code == 2 and err.startswith("error: ") and message in err, err
         assert err.count("\n") == 1
 

@@ -126,7 +126,7 @@ def test_unknown_hook_and_layer_list_the_valid_ones(random_lm_dir):
 def test_cli_record_and_bad_input(random_lm_dir, corpus_file, tmp_path, run_cli):
     out = tmp_path / "acts"
     base = ["llm", "record", "--model", random_lm_dir, "--data", corpus_file]
-    code, stdout, err = run_cli([*base, "--layers", "1", "--prefixes", "4", "--out", out, "--json"])
+    code, stdout, err = run_cli(*base, "--layers", "1", "--prefixes", "4", "--out", out, "--json")
     assert code == 0, err
     assert len(stdout.strip().splitlines()) == 1  # nothing else on stdout
     res = json.loads(stdout)
@@ -138,7 +138,7 @@ def test_cli_record_and_bad_input(random_lm_dir, corpus_file, tmp_path, run_cli)
         (["--layers", "1", "--hook", "nope"], "valid hooks:"),
         (["--layers", "x"], "comma-separated integers"),
     ]:
-        code, stdout, err = run_cli([*base, "--out", tmp_path / "bad", *args])
+        code, stdout, err = run_cli(*base, "--out", tmp_path / "bad", *args)
         assert code == 2 and stdout == "" and err.startswith("error: ") and msg in err, err
         assert err.count("\n") == 1
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())

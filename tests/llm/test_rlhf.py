@@ -154,21 +154,19 @@ def test_cli_entry_point_subprocess(tmp_path):
 
 def test_cli_score_json_and_errors(tiny_model_dir, tmp_path, run_cli):
     code, out, err = run_cli(
-        [
-            "llm",
-            "score",
-            "--model",
-            str(tiny_model_dir),
-            "--prefixes",
-            "6",
-            "--prefix-tokens",
-            "10",
-            "--max-new-tokens",
-            "8",
-            "--threads",
-            "1",
-            "--json",
-        ]
+        "llm",
+        "score",
+        "--model",
+        str(tiny_model_dir),
+        "--prefixes",
+        "6",
+        "--prefix-tokens",
+        "10",
+        "--max-new-tokens",
+        "8",
+        "--threads",
+        "1",
+        "--json",
     )
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -180,49 +178,43 @@ def test_cli_score_json_and_errors(tiny_model_dir, tmp_path, run_cli):
     bad = tmp_path / "bad.tsv"
     bad.write_text("great\tvery\n")
     code, out, err = run_cli(
-        [
-            "llm",
-            "rlhf",
-            "--model",
-            str(tiny_model_dir),
-            "--out",
-            str(tmp_path / "o"),
-            "--table",
-            str(bad),
-            "--steps",
-            "1",
-        ]
+        "llm",
+        "rlhf",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "o"),
+        "--table",
+        str(bad),
+        "--steps",
+        "1",
     )
     assert code == 2 and err.startswith("error: ") and "bad.tsv:1: malformed" in err
     assert err.count("\n") == 1  # fails before any model is loaded
 
     code, out, err = run_cli(
-        [
-            "llm",
-            "rlhf",
-            "--model",
-            str(tiny_model_dir),
-            "--out",
-            str(tmp_path / "o2"),
-            "--batch-size",
-            "64",
-            "--mini-batch-size",
-            "24",
-            "--steps",
-            "1",
-        ]
+        "llm",
+        "rlhf",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "o2"),
+        "--batch-size",
+        "64",
+        "--mini-batch-size",
+        "24",
+        "--steps",
+        "1",
     )
     assert code == 2 and err.startswith("error: ") and "not divisible" in err
     assert err.count("\n") == 1
     code, out, err = run_cli(
-        [
-            "llm",
-            "score",
-            "--model",
-            str(tiny_model_dir),
-            "--prefix-tokens",
-            "120",
-        ]
+        "llm",
+        "score",
+        "--model",
+        str(tiny_model_dir),
+        "--prefix-tokens",
+        "120",
     )
     assert code == 2 and err.splitlines()[-1].startswith("error: a 120-token prefix")
     assert "exceeds the model's context of 128" in err
@@ -248,12 +240,12 @@ def test_cli_rlhf_runs_and_resumes(tiny_model_dir, tmp_path, run_cli):
         "1",
         "--json",
     ]
-    code, out, err = run_cli([*args, "--steps", "1"])
+    code, out, err = run_cli(*args, "--steps", "1")
     assert code == 0, err
     assert json.loads(out)["steps"] == 1
-    code, out, err = run_cli([*args, "--steps", "2"])
+    code, out, err = run_cli(*args, "--steps", "2")
     assert code == 2 and "--resume" in err
-    code, out, err = run_cli([*args, "--steps", "2", "--resume"])
+    code, out, err = run_cli(*args, "--steps", "2", "--resume")
     assert code == 0, err
     assert json.loads(out)["steps"] == 2
 
@@ -312,28 +304,26 @@ def test_rloo_interrupted_run_resumes(tiny_model_dir, tmp_path):
 
 def test_cli_pretrain_tiny(tmp_path, run_cli):
     code, out, err = run_cli(
-        [
-            "llm",
-            "pretrain-tiny",
-            "--out",
-            str(tmp_path / "t"),
-            "--steps",
-            "2",
-            "--layers",
-            "1",
-            "--d-model",
-            "16",
-            "--threads",
-            "1",
-            "--json",
-        ]
+        "llm",
+        "pretrain-tiny",
+        "--out",
+        str(tmp_path / "t"),
+        "--steps",
+        "2",
+        "--layers",
+        "1",
+        "--d-model",
+        "16",
+        "--threads",
+        "1",
+        "--json",
     )
     assert code == 0, err
     res = json.loads(out)
     model, tok = load_model(res["model_dir"])
     assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 16
     assert res["n_params"] == sum(p.numel() for p in model.parameters())
-    code, out, err = run_cli(["llm", "pretrain-tiny", "--out", tmp_path / "t"])
+    code, out, err = run_cli("llm", "pretrain-tiny", "--out", tmp_path / "t")
     assert code == 2 and "already exists" in err
 
 

@@ -249,15 +249,15 @@ def test_bad_requests(explained, tmp_path, monkeypatch):
 
 def test_cli_score_explanations(explained, run_cli):
     args = ["llm", "score-explanations", "--sae", explained["sae"], "--acts", explained["store"]]
-    code, out, err = run_cli([*args, "--json"])
+    code, out, err = run_cli(*args, "--json")
     assert code == 0, err
     data = json.loads(out)
     assert data["features"]["0"]["detection"] == 1.0
     assert data["scorers"] == [f"offline-token-set ({OFFLINE_NOTE})"]
-    code, out, err = run_cli([*args, "--methods", "detection", "--redo"])
+    code, out, err = run_cli(*args, "--methods", "detection", "--redo")
     assert code == 0, err
     assert out.startswith("scorer: offline-token-set (offline token-set scorer") and "not a" in out
-    code, out, err = run_cli([*args, "--scorer", "gpt"])
+    code, out, err = run_cli(*args, "--scorer", "gpt")
     assert code == 2 and err.count("\n") == 1 and "--scorer: expected one of offline, llm" in err
 
 

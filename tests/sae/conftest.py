@@ -10,15 +10,6 @@ import torch
 from rlsae.sae.store import ActivationWriter
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine run far faster (and steadier) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def superposition(n_rows: int, d: int = 32, n_true: int = 64, p: float = 0.05, seed: int = 0):
     """Toy superposition data (Sharkey et al. 2022): ``n_true`` > ``d`` planted unit-norm directions,
     each row a sparse non-negative combination of them. Returns (rows, directions)."""
@@ -47,14 +38,7 @@ def small_store(tmp_path: Path, small_acts: torch.Tensor) -> Path:
     return write_store(tmp_path / "acts", small_acts, shard_rows=300, hook="h", source="toy")
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the ``rlsae`` entry point in-process: (exit code, stdout, stderr)."""
-    from rlsae.cli import main
-
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every test here runs torch on one thread (the shared ``one_thread`` fixture)."""
+    yield

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from rlsae.sae import SAE, SAEConfig
 
-from .conftest import run_cli, write_store
+from .conftest import write_store
 
 
 def _assert_clean_failure(code, out, err, tmp_path, *, match, must_not_exist=()):
@@ -35,11 +35,9 @@ def acts16(tmp_path, small_acts):
     return write_store(tmp_path / "acts16", small_acts, shard_rows=400)
 
 
-def test_d_in_mismatch(tmp_path, capsys, acts16):
+def test_d_in_mismatch(tmp_path, capsys, acts16, run_cli):
     SAE(SAEConfig(d_in=8, d_sae=32, k=4), seed=0).save(tmp_path / "sae8")
-    code, out, err = run_cli(
-        capsys, "sae", "eval", "--sae", tmp_path / "sae8", "--acts", acts16, "--json"
-    )
+    code, out, err = run_cli("sae", "eval", "--sae", tmp_path / "sae8", "--acts", acts16, "--json")
     _assert_clean_failure(
         code,
         out,
@@ -48,33 +46,30 @@ def test_d_in_mismatch(tmp_path, capsys, acts16):
         match="d_in=8",
         must_not_exist=[tmp_path / "sae8" / "feature_stats.safetensors"],
     )
-    code, out, err = run_cli(
-        capsys, "analyze", "dead", "--sae", tmp_path / "sae8", "--acts", acts16
-    )
+    code, out, err = run_cli("analyze", "dead", "--sae", tmp_path / "sae8", "--acts", acts16)
     _assert_clean_failure(code, out, err, tmp_path, match="d_in=16")
 
 
-def test_hook_mismatch_detected(tmp_path, capsys, small_acts):
+def test_hook_mismatch_detected(tmp_path, capsys, small_acts, run_cli):
     store = write_store(tmp_path / "acts", small_acts, hook="blocks.2.hook_resid_post")
     SAE(SAEConfig(d_in=16, d_sae=32, k=4, hook_name="blocks.5.hook_resid_post"), seed=0).save(
         tmp_path / "sae"
     )
-    code, out, err = run_cli(capsys, "sae", "eval", "--sae", tmp_path / "sae", "--acts", store)
+    code, out, err = run_cli("sae", "eval", "--sae", tmp_path / "sae", "--acts", store)
     _assert_clean_failure(code, out, err, tmp_path, match="blocks.5.hook_resid_post")
     code, out, err = run_cli(
-        capsys, "sae", "eval", "--sae", tmp_path / "sae", "--acts", store, "--any-hook", "--json"
+        "sae", "eval", "--sae", tmp_path / "sae", "--acts", store, "--any-hook", "--json"
     )
     assert code == 0 and json.loads(out)["rows"] == 1000
 
 
-def test_nan_in_store_names_shard_and_row(tmp_path, capsys, small_acts):
+def test_nan_in_store_names_shard_and_row(tmp_path, capsys, small_acts, run_cli):
     store = write_store(tmp_path / "acts", small_acts, shard_rows=400)
     bad = small_acts[400:800].clone()
     bad[123, 5] = float("nan")
     save_file({"activations": bad}, str(store / "shard_00001.safetensors"))
     out_dir = tmp_path / "sae"
     code, out, err = run_cli(
-        capsys,
         "sae",
         "train",
         "--acts",
@@ -94,12 +89,12 @@ def test_nan_in_store_names_shard_and_row(tmp_path, capsys, small_acts):
     assert "row 123" in err and "NaN" in err
 
 
-def test_inf_in_imported_file(tmp_path, capsys, small_acts):
+def test_inf_in_imported_file(tmp_path, capsys, small_acts, run_cli):
     x = small_acts.numpy().copy()
     x[777, 0] = np.inf
     np.save(tmp_path / "m.npy", x)
     code, out, err = run_cli(
-        capsys, "acts", "import", "--from", tmp_path / "m.npy", "--out", tmp_path / "acts"
+        "acts", "import", "--from", tmp_path / "m.npy", "--out", tmp_path / "acts"
     )
     _assert_clean_failure(
         code, out, err, tmp_path, match="row 777", must_not_exist=[tmp_path / "acts"]
@@ -107,11 +102,11 @@ def test_inf_in_imported_file(tmp_path, capsys, small_acts):
     assert "Inf" in err
 
 
-def test_truncated_and_corrupt_safetensors(tmp_path, capsys, acts16):
+def test_truncated_and_corrupt_safetensors(tmp_path, capsys, acts16, run_cli):
     shard = acts16 / "shard_00000.safetensors"
     shard.write_bytes(shard.read_bytes()[:-100])
     code, out, err = run_cli(
-        capsys, "sae", "train", "--acts", acts16, "--out", tmp_path / "s", "--d-sae", 32, "--k", 4
+        "sae", "train", "--acts", acts16, "--out", tmp_path / "s", "--d-sae", 32, "--k", 4
     )
     _assert_clean_failure(
         code, out, err, tmp_path, match="truncated", must_not_exist=[tmp_path / "s"]
@@ -122,13 +117,12 @@ def test_truncated_and_corrupt_safetensors(tmp_path, capsys, acts16):
         b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all"
     )
     code, out, err = run_cli(
-        capsys, "analyze", "mmcs", "--sae", tmp_path / "sae", "--sae", tmp_path / "sae"
+        "analyze", "mmcs", "--sae", tmp_path / "sae", "--sae", tmp_path / "sae"
     )
     _assert_clean_failure(code, out, err, tmp_path, match="sae_weights.safetensors")
 
     (tmp_path / "garbage.safetensors").write_bytes(b"garbage")
     code, out, err = run_cli(
-        capsys,
         "acts",
         "import",
         "--from",
@@ -141,20 +135,20 @@ def test_truncated_and_corrupt_safetensors(tmp_path, capsys, acts16):
     )
 
 
-def test_k_larger_than_d_sae(tmp_path, capsys, acts16):
+def test_k_larger_than_d_sae(tmp_path, capsys, acts16, run_cli):
     out_dir = tmp_path / "sae"
     code, out, err = run_cli(
-        capsys, "sae", "train", "--acts", acts16, "--out", out_dir, "--d-sae", 16, "--k", 17
+        "sae", "train", "--acts", acts16, "--out", out_dir, "--d-sae", 16, "--k", 17
     )
     _assert_clean_failure(
         code, out, err, tmp_path, match="k must be between 1 and d_sae=16", must_not_exist=[out_dir]
     )
 
 
-def test_empty_inputs(tmp_path, capsys):
+def test_empty_inputs(tmp_path, capsys, run_cli):
     np.save(tmp_path / "empty.npy", np.zeros((0, 8), dtype=np.float32))
     code, out, err = run_cli(
-        capsys, "acts", "import", "--from", tmp_path / "empty.npy", "--out", tmp_path / "acts"
+        "acts", "import", "--from", tmp_path / "empty.npy", "--out", tmp_path / "acts"
     )
     _assert_clean_failure(
         code, out, err, tmp_path, match="non-empty", must_not_exist=[tmp_path / "acts"]
@@ -171,42 +165,36 @@ def test_empty_inputs(tmp_path, capsys):
         "shards": [],
     }
     (empty / "meta.json").write_text(json.dumps(meta))
-    code, out, err = run_cli(capsys, "sae", "train", "--acts", empty, "--out", tmp_path / "sae")
+    code, out, err = run_cli("sae", "train", "--acts", empty, "--out", tmp_path / "sae")
     _assert_clean_failure(
         code, out, err, tmp_path, match="empty", must_not_exist=[tmp_path / "sae"]
     )
 
 
-def test_missing_paths(tmp_path, capsys, acts16):
-    code, out, err = run_cli(
-        capsys, "sae", "train", "--acts", tmp_path / "nope", "--out", tmp_path / "sae"
-    )
+def test_missing_paths(tmp_path, capsys, acts16, run_cli):
+    code, out, err = run_cli("sae", "train", "--acts", tmp_path / "nope", "--out", tmp_path / "sae")
     _assert_clean_failure(
         code, out, err, tmp_path, match="not found", must_not_exist=[tmp_path / "sae"]
     )
-    code, out, err = run_cli(capsys, "sae", "eval", "--sae", tmp_path / "nosae", "--acts", acts16)
+    code, out, err = run_cli("sae", "eval", "--sae", tmp_path / "nosae", "--acts", acts16)
     _assert_clean_failure(code, out, err, tmp_path, match="not found")
     code, out, err = run_cli(
-        capsys, "acts", "import", "--from", tmp_path / "x.npy", "--out", tmp_path / "a"
+        "acts", "import", "--from", tmp_path / "x.npy", "--out", tmp_path / "a"
     )
     _assert_clean_failure(
         code, out, err, tmp_path, match="not found", must_not_exist=[tmp_path / "a"]
     )
 
 
-def test_pickled_pt_file_is_refused(tmp_path, capsys):
+def test_pickled_pt_file_is_refused(tmp_path, capsys, run_cli):
     torch.save({"not": "a tensor", "fn": print}, tmp_path / "p.pt")
-    code, out, err = run_cli(
-        capsys, "acts", "import", "--from", tmp_path / "p.pt", "--out", tmp_path / "a"
-    )
+    code, out, err = run_cli("acts", "import", "--from", tmp_path / "p.pt", "--out", tmp_path / "a")
     _assert_clean_failure(code, out, err, tmp_path, match="p.pt", must_not_exist=[tmp_path / "a"])
 
 
-def test_existing_output_is_not_overwritten(tmp_path, capsys, acts16, small_acts):
+def test_existing_output_is_not_overwritten(tmp_path, capsys, acts16, small_acts, run_cli):
     np.save(tmp_path / "m.npy", small_acts.numpy())
-    code, out, err = run_cli(
-        capsys, "acts", "import", "--from", tmp_path / "m.npy", "--out", acts16
-    )
+    code, out, err = run_cli("acts", "import", "--from", tmp_path / "m.npy", "--out", acts16)
     _assert_clean_failure(code, out, err, tmp_path, match="already exists")
     assert (acts16 / "meta.json").is_file()
 
@@ -259,7 +247,7 @@ TRAIN_BASE = ("--d-sae", 32, "--k", 4, "--steps", 5, "--batch-size", 100)
         (("--threads", 0), "--threads must be at least 1"),
     ],
 )
-def test_sae_train_refuses_bad_values(tmp_path, capsys, acts16, args, match):
+def test_sae_train_refuses_bad_values(tmp_path, run_cli, acts16, args, match):
     """Each bad value: exit 2, one ``error:`` line, no traceback, nothing at --out and no
     .partial left to block the corrected run (``--checkpoint-every 0`` used to leave one)."""
     out_dir = tmp_path / "sae"
@@ -269,27 +257,25 @@ def test_sae_train_refuses_bad_values(tmp_path, capsys, acts16, args, match):
         if args[i] in base:
             del base[base.index(args[i]) : base.index(args[i]) + 2]
     cmd = ["sae", "train", "--acts", acts16, "--out", out_dir, *base, *args]
-    code, out, err = run_cli(capsys, *cmd)
+    code, out, err = run_cli(*cmd)
     _assert_clean_failure(code, out, err, tmp_path, match=match, must_not_exist=[out_dir])
     assert "Traceback" not in err and out == ""
     # the corrected command then runs
     fixed = ["sae", "train", "--acts", acts16, "--out", out_dir, *TRAIN_BASE, "--json"]
-    code, out, err = run_cli(capsys, *fixed)
+    code, out, err = run_cli(*fixed)
     assert code == 0, err
 
 
-def test_bad_setting_is_refused_before_the_store_is_read(tmp_path, capsys):
+def test_bad_setting_is_refused_before_the_store_is_read(tmp_path, capsys, run_cli):
     code, out, err = run_cli(
-        capsys, "sae", "train", "--acts", tmp_path / "missing", "--out", tmp_path / "s", "--lr", -1
+        "sae", "train", "--acts", tmp_path / "missing", "--out", tmp_path / "s", "--lr", -1
     )
     _assert_clean_failure(code, out, err, tmp_path, match="lr: must be above 0")
 
 
-def test_epochs_and_expansion_refused(tmp_path, capsys, acts16):
+def test_epochs_and_expansion_refused(tmp_path, capsys, acts16, run_cli):
     for args, match in ((("--epochs", 0), "epochs: must be above 0"), (("--expansion", 0), "expansion: must be above 0")):  # fmt: skip
-        code, out, err = run_cli(
-            capsys, "sae", "train", "--acts", acts16, "--out", tmp_path / "s", *args
-        )
+        code, out, err = run_cli("sae", "train", "--acts", acts16, "--out", tmp_path / "s", *args)
         _assert_clean_failure(
             code, out, err, tmp_path, match=match, must_not_exist=[tmp_path / "s"]
         )
@@ -304,24 +290,24 @@ def test_epochs_and_expansion_refused(tmp_path, capsys, acts16):
         (("--max-rows", 0), "max rows must be a positive integer, got 0"),
     ],
 )
-def test_sae_eval_and_analyze_dead_refuse_bad_sizes(tmp_path, capsys, acts16, args, match):
+def test_sae_eval_and_analyze_dead_refuse_bad_sizes(tmp_path, capsys, acts16, args, match, run_cli):
     """``--max-rows -5`` used to drop the last 5 rows silently; ``--batch-size 0`` was a
     traceback. Nothing is written (no feature_stats)."""
     SAE(SAEConfig(d_in=16, d_sae=32, k=4), seed=0).save(tmp_path / "sae")
     stats = tmp_path / "sae" / "feature_stats.safetensors"
     code, out, err = run_cli(
-        capsys, "sae", "eval", "--sae", tmp_path / "sae", "--acts", acts16, *args, "--json"
+        "sae", "eval", "--sae", tmp_path / "sae", "--acts", acts16, *args, "--json"
     )
     _assert_clean_failure(code, out, err, tmp_path, match=match, must_not_exist=[stats])
     if args[0] == "--batch-size":  # analyze dead has no --max-rows
         code, out, err = run_cli(
-            capsys, "analyze", "dead", "--sae", tmp_path / "sae", "--acts", acts16, *args
+            "analyze", "dead", "--sae", tmp_path / "sae", "--acts", acts16, *args
         )
         _assert_clean_failure(code, out, err, tmp_path, match=match, must_not_exist=[stats])
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".pt"])
-def test_complex_activations_are_refused(tmp_path, capsys, small_acts, suffix):
+def test_complex_activations_are_refused(tmp_path, run_cli, small_acts, suffix):
     """A complex matrix used to be imported with its imaginary part dropped."""
     z = small_acts.numpy() + 1j * small_acts.numpy()
     src = tmp_path / f"z{suffix}"
@@ -329,16 +315,16 @@ def test_complex_activations_are_refused(tmp_path, capsys, small_acts, suffix):
         np.save(src, z)
     else:
         torch.save(torch.from_numpy(z), src)
-    code, out, err = run_cli(capsys, "acts", "import", "--from", src, "--out", tmp_path / "a")
+    code, out, err = run_cli("acts", "import", "--from", src, "--out", tmp_path / "a")
     _assert_clean_failure(
         code, out, err, tmp_path, match="complex", must_not_exist=[tmp_path / "a"]
     )
 
 
-def test_acts_import_refuses_bad_shard_rows_before_reading(tmp_path, capsys, small_acts):
+def test_acts_import_refuses_bad_shard_rows_before_reading(tmp_path, capsys, small_acts, run_cli):
     np.save(tmp_path / "m.npy", small_acts.numpy())
     code, out, err = run_cli(
-        capsys, "acts", "import", "--from", tmp_path / "m.npy", "--out", tmp_path / "a",
+        "acts", "import", "--from", tmp_path / "m.npy", "--out", tmp_path / "a",
         "--shard-rows", 0,
     )  # fmt: skip
     _assert_clean_failure(

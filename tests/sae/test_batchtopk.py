@@ -14,7 +14,7 @@ from rlsae.errors import RlsaeError
 from rlsae.sae import SAE, SAEConfig, TrainConfig, load_sae, train_sae
 from rlsae.sae._fast.loss import _encode_batchtopk
 
-from .conftest import run_cli, superposition, write_store
+from .conftest import superposition, write_store
 from .reference import naive_batchtopk_forward, topk_forward
 
 
@@ -226,11 +226,11 @@ def test_jumprelu_sae_loads_in_saelens(tmp_path, tied):
     torch.testing.assert_close(load_sae(tmp_path / "sae").threshold, sae.threshold)
 
 
-def test_cli_trains_batchtopk(tmp_path, capsys):
+def test_cli_trains_batchtopk(tmp_path, run_cli):
     store, _, _ = _toy_store(tmp_path)
     args = ["sae", "train", "--acts", store, "--out", tmp_path / "s", "--arch", "batchtopk"]
     args += ["--d-sae", 64, "--k", 4, "--steps", 20, "--batch-size", 128, "--json"]
-    code, out, err = run_cli(capsys, *args, "--topk-threshold-lr", 0.05)
+    code, out, err = run_cli(*args, "--topk-threshold-lr", 0.05)
     assert code == 0, err
     assert json.loads(out)["steps"] == 20
     assert load_sae(tmp_path / "s").cfg.arch == "batchtopk"

@@ -11,14 +11,13 @@ import torch
 from rlsae.sae import ActivationStore, load_sae
 from rlsae.sae.metrics import evaluate_sae, live_feature_count
 
-from .conftest import run_cli, superposition
+from .conftest import superposition
 
 
-def test_import_train_eval_dead_mmcs(tmp_path, capsys):
+def test_import_train_eval_dead_mmcs(tmp_path, capsys, run_cli):
     x, _ = superposition(3000, d=16, n_true=32, seed=3)
     np.save(tmp_path / "acts.npy", x.numpy())
     code, out, err = run_cli(
-        capsys,
         "acts",
         "import",
         "--from",
@@ -41,7 +40,7 @@ def test_import_train_eval_dead_mmcs(tmp_path, capsys):
     }
 
     code, out, err = run_cli(
-        capsys, "sae", "train", "--acts", tmp_path / "acts", "--out", tmp_path / "sae", "--arch", "topk",
+        "sae", "train", "--acts", tmp_path / "acts", "--out", tmp_path / "sae", "--arch", "topk",
         "--expansion", 4, "--k", 3, "--epochs", 3, "--batch-size", 100, "--lr", 3e-3, "--seed", 1, "--json",
     )  # fmt: skip
     assert code == 0, err
@@ -51,7 +50,7 @@ def test_import_train_eval_dead_mmcs(tmp_path, capsys):
     assert res["steps"] == 90 and res["d_sae"] == 64 and res["l0"] <= 3
 
     code, out, err = run_cli(
-        capsys, "sae", "eval", "--sae", tmp_path / "sae", "--acts", tmp_path / "acts", "--json"
+        "sae", "eval", "--sae", tmp_path / "sae", "--acts", tmp_path / "acts", "--json"
     )
     assert code == 0, err
     ev = json.loads(out)
@@ -68,7 +67,6 @@ def test_import_train_eval_dead_mmcs(tmp_path, capsys):
     assert ev["dead"] == int((counts == 0).sum()) and ev["dense"] == int((counts > 300).sum())
 
     code, out, err = run_cli(
-        capsys,
         "analyze",
         "dead",
         "--sae",
@@ -85,7 +83,6 @@ def test_import_train_eval_dead_mmcs(tmp_path, capsys):
     assert dead["threshold"] == 20 and dead["rows"] == 3000
 
     code, out, err = run_cli(
-        capsys,
         "analyze",
         "mmcs",
         "--sae",

@@ -16,8 +16,6 @@ from rlsae.sae.groundtruth import GroundTruth, ground_truth_metrics, read_ground
 from rlsae.sae.store import ActivationStore
 from rlsae.sae.synth import SynthConfig, firing_probabilities, synthesize
 
-from .conftest import run_cli
-
 
 def test_synth_store_equals_its_ground_truth(tmp_path):
     cfg = SynthConfig(rows=5000, d_in=16, n_features=48, mean_active=3.0, parents=4, children=3)
@@ -112,9 +110,9 @@ def test_directions_only_and_bad_files(tmp_path):
         ground_truth_metrics(sae, GroundTruth(torch.randn(3, 5)))
 
 
-def test_cli_synth_and_eval_ground_truth(tmp_path, capsys):
+def test_cli_synth_and_eval_ground_truth(tmp_path, capsys, run_cli):
     code, out, err = run_cli(
-        capsys, "acts", "synth", "--out", tmp_path / "s", "--rows", 4000, "--d-in", 16,
+        "acts", "synth", "--out", tmp_path / "s", "--rows", 4000, "--d-in", 16,
         "--n-features", 32, "--mean-active", 2, "--json",
     )  # fmt: skip
     assert code == 0, err
@@ -123,13 +121,13 @@ def test_cli_synth_and_eval_ground_truth(tmp_path, capsys):
         tmp_path / "s" / "ground_truth.safetensors"
     )
     code, out, err = run_cli(
-        capsys, "sae", "train", "--acts", tmp_path / "s", "--out", tmp_path / "sae",
+        "sae", "train", "--acts", tmp_path / "s", "--out", tmp_path / "sae",
         "--arch", "batchtopk", "--d-sae", 32, "--k", 2, "--steps", 300, "--batch-size", 256,
         "--lr", 3e-3, "--json",
     )  # fmt: skip
     assert code == 0, err
     code, out, err = run_cli(
-        capsys, "sae", "eval", "--sae", tmp_path / "sae", "--acts", tmp_path / "s",
+        "sae", "eval", "--sae", tmp_path / "sae", "--acts", tmp_path / "s",
         "--ground-truth", tmp_path / "s" / "ground_truth.safetensors", "--json",
     )  # fmt: skip
     assert code == 0, err
@@ -148,19 +146,19 @@ def test_cli_synth_and_eval_ground_truth(tmp_path, capsys):
         (("--child-prob", 1.5), "child_prob"),
     ],
 )
-def test_synth_bad_settings_one_line(tmp_path, capsys, args, msg):
-    code, out, err = run_cli(capsys, "acts", "synth", "--out", tmp_path / "s", *args)
+def test_synth_bad_settings_one_line(tmp_path, run_cli, args, msg):
+    code, out, err = run_cli("acts", "synth", "--out", tmp_path / "s", *args)
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "s").exists()
 
 
-def test_eval_ground_truth_refusals(tmp_path, capsys):
+def test_eval_ground_truth_refusals(tmp_path, capsys, run_cli):
     synthesize(SynthConfig(rows=500, d_in=8, n_features=12), tmp_path / "s")
     SAE(SAEConfig(d_in=8, d_sae=16, k=2), seed=0).save(tmp_path / "sae")
     np.save(tmp_path / "wide.npy", np.zeros((4, 9), dtype=np.float32))
     for truth, msg in ((tmp_path / "nope.npy", "not found"), (tmp_path / "wide.npy", "d_in=9")):
         code, _, err = run_cli(
-            capsys, "sae", "eval", "--sae", tmp_path / "sae", "--acts", tmp_path / "s",
+            "sae", "eval", "--sae", tmp_path / "sae", "--acts", tmp_path / "s",
             "--ground-truth", truth, "--any-hook",
         )  # fmt: skip
         assert code == 2 and msg in err, err

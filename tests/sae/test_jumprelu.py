@@ -14,7 +14,7 @@ from rlsae.errors import RlsaeError
 from rlsae.sae import TrainConfig, load_sae, train_sae
 from rlsae.sae.jumprelu import jumprelu, step
 
-from .conftest import run_cli, superposition, write_store
+from .conftest import superposition, write_store
 
 
 def test_ste_gradients_equal_hand_derived_reference():
@@ -145,11 +145,11 @@ def test_saelens_jumprelu_trained_loads_here(tmp_path):
         torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
 
 
-def test_cli_trains_jumprelu(tmp_path, capsys):
+def test_cli_trains_jumprelu(tmp_path, run_cli):
     store, _ = _store(tmp_path)
     args = ["sae", "train", "--acts", store, "--out", tmp_path / "s", "--arch", "jumprelu"]
     args += ["--d-sae", 64, "--steps", 20, "--batch-size", 128, "--l0", 0.02, "--json"]
-    code, out, err = run_cli(capsys, *args, "--bandwidth", 0.1, "--sparsity-loss", "tanh")
+    code, out, err = run_cli(*args, "--bandwidth", 0.1, "--sparsity-loss", "tanh")
     assert code == 0, err
     assert load_sae(tmp_path / "s").cfg.arch == "jumprelu"
     rec = json.loads((tmp_path / "s" / "training.json").read_text())

@@ -15,7 +15,7 @@ from rlsae.sae._fast import Workspace, topk_loss
 from rlsae.sae.config import default_groups
 from rlsae.sae.train import TrainState, _prefix_losses
 
-from .conftest import run_cli, superposition, write_store
+from .conftest import superposition, write_store
 from .reference import naive_batchtopk_forward
 
 
@@ -73,7 +73,7 @@ def _cfg(**kw):
     return TrainConfig(**base)
 
 
-def test_matryoshka_trains_and_eval_reports_every_prefix(tmp_path, capsys):
+def test_matryoshka_trains_and_eval_reports_every_prefix(tmp_path, capsys, run_cli):
     store, x = _store(tmp_path)
     sae = train_sae(store, tmp_path / "sae", _cfg(), progress=False)
     rec = json.loads((tmp_path / "sae" / "training.json").read_text())
@@ -93,9 +93,7 @@ def test_matryoshka_trains_and_eval_reports_every_prefix(tmp_path, capsys):
             err = float((f[:, :w] @ sae.W_dec[:w] + sae.b_dec - x).pow(2).sum())
             assert p["fvu"] == pytest.approx(err / var, rel=1e-4)
             assert p["l0"] == pytest.approx(float((f[:, :w] > 0).sum()) / x.shape[0])
-    code, out, err = run_cli(
-        capsys, "sae", "eval", "--sae", tmp_path / "sae", "--acts", store, "--json"
-    )
+    code, out, err = run_cli("sae", "eval", "--sae", tmp_path / "sae", "--acts", store, "--json")
     assert code == 0, err
     assert [p["width"] for p in json.loads(out)["prefixes"]] == [8, 32, 64]
     # saved as SAELens saves Matryoshka BatchTopK: a JumpReLU with the threshold
@@ -129,22 +127,22 @@ def test_matryoshka_resumes_bit_identically(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_cli_matryoshka_and_default_groups(tmp_path, capsys):
+def test_cli_matryoshka_and_default_groups(tmp_path, run_cli):
     store, _ = _store(tmp_path)
     args = ["sae", "train", "--acts", store, "--arch", "matryoshka", "--d-sae", 64, "--k", 4]
     args += ["--steps", 10, "--batch-size", 128, "--json"]
-    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "a", "--matryoshka-groups", "16,48")
+    code, _, err = run_cli(*args, "--out", tmp_path / "a", "--matryoshka-groups", "16,48")
     assert code == 0, err
     assert load_sae(tmp_path / "a").cfg.matryoshka_groups == [16, 48]
-    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "b")
+    code, _, err = run_cli(*args, "--out", tmp_path / "b")
     assert code == 0, err
     assert load_sae(tmp_path / "b").cfg.matryoshka_groups == default_groups(64) == [4, 4, 8, 16, 32]
-    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "c", "--matryoshka-groups", "16,x")
+    code, _, err = run_cli(*args, "--out", tmp_path / "c", "--matryoshka-groups", "16,x")
     assert code == 2 and "--matryoshka-groups: expected integers" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
     # groups that do not add up to the d_sae resolved from the store: refused before any write
     bad = ["sae", "train", "--acts", store, "--arch", "matryoshka", "--expansion", 4]
-    code, _, err = run_cli(capsys, *bad, "--out", tmp_path / "d", "--matryoshka-groups", "16,16")
+    code, _, err = run_cli(*bad, "--out", tmp_path / "d", "--matryoshka-groups", "16,16")
     assert code == 2 and "add up to 32, not d_sae=64" in err, err
     assert not (tmp_path / "d").exists() and not (tmp_path / ".d.partial").exists()
 

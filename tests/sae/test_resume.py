@@ -13,7 +13,7 @@ from rlsae.errors import RlsaeError
 from rlsae.sae import ActivationStore, SAEMetrics, TrainingRecord, load_sae
 from rlsae.sae.train import FINISHED, TrainConfig, train_sae
 
-from .conftest import run_cli, superposition, write_store
+from .conftest import superposition, write_store
 
 CFG = dict(d_sae=32, k=4, steps=30, batch_size=128, checkpoint_every=5)
 """A run the CLI can repeat: ``--d-sae 32 --k 4 --steps 30 --batch-size 128 ...``."""
@@ -44,13 +44,13 @@ def _interrupted(store, out, cfg, at=12):
     assert (out.with_name(f".{out.name}.partial") / "checkpoints" / "latest.pt").is_file()
 
 
-def test_resume_with_another_k_is_refused_in_one_line(tmp_path, capsys, two_stores):
+def test_resume_with_another_k_is_refused_in_one_line(tmp_path, run_cli, two_stores):
     store, _ = two_stores
     out = tmp_path / "sae"
     _interrupted(store, out, TrainConfig(**CFG))
     args = ["sae", "train", "--acts", store, "--out", out, "--d-sae", 32, "--steps", 30]
     args += ["--batch-size", 128, "--checkpoint-every", 5, "--resume"]
-    code, stdout, err = run_cli(capsys, *args, "--k", 8)
+    code, stdout, err = run_cli(*args, "--k", 8)
     assert code == 2 and stdout == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot resume"), err
@@ -60,7 +60,7 @@ def test_resume_with_another_k_is_refused_in_one_line(tmp_path, capsys, two_stor
     with pytest.raises(RlsaeError, match=r"other settings \(k 4 -> 8\)"):
         train_sae(store, out, TrainConfig(**{**CFG, "k": 8}), resume=True, progress=False)
     # the same settings resume (another --checkpoint-every is allowed: it changes nothing)
-    code, stdout, err = run_cli(capsys, *args[:-2], 7, "--resume", "--k", 4, "--json")
+    code, stdout, err = run_cli(*args[:-2], 7, "--resume", "--k", 4, "--json")
     assert code == 0, err
     full = train_sae(store, tmp_path / "full", TrainConfig(**CFG), progress=False)
     back = load_sae(out)
@@ -71,7 +71,7 @@ def test_resume_with_another_k_is_refused_in_one_line(tmp_path, capsys, two_stor
         train_sae(store, out, TrainConfig(**{**CFG, "lr": 0.01}), resume=True, progress=False)
 
 
-def test_resume_on_another_store_of_the_same_width_is_refused(tmp_path, capsys, two_stores):
+def test_resume_on_another_store_of_the_same_width_is_refused(tmp_path, run_cli, two_stores):
     """Same width, rows, hook and source: only the content fingerprint tells them apart."""
     a, b = two_stores
     ia, ib = ActivationStore(a).identity(), ActivationStore(b).identity()
@@ -81,7 +81,7 @@ def test_resume_on_another_store_of_the_same_width_is_refused(tmp_path, capsys, 
     _interrupted(a, out, TrainConfig(**CFG))
     args = ["sae", "train", "--out", out, "--d-sae", 32, "--k", 4, "--steps", 30]
     args += ["--batch-size", 128, "--checkpoint-every", 5, "--resume"]
-    code, stdout, err = run_cli(capsys, *args, "--acts", b)
+    code, stdout, err = run_cli(*args, "--acts", b)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert "another activation store" in lines[0] and "fingerprint" in lines[0]
@@ -90,7 +90,7 @@ def test_resume_on_another_store_of_the_same_width_is_refused(tmp_path, capsys, 
     import shutil
 
     shutil.copytree(a, tmp_path / "copy_of_a")
-    code, stdout, err = run_cli(capsys, *args, "--acts", tmp_path / "copy_of_a", "--json")
+    code, stdout, err = run_cli(*args, "--acts", tmp_path / "copy_of_a", "--json")
     assert code == 0, err
     record = TrainingRecord.read(out / "training.json")
     assert record.store.fingerprint == ia.fingerprint
@@ -136,7 +136,7 @@ def test_new_store_and_sae_follow_the_umask(tmp_path, small_acts, mask):
             assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
 
 
-def test_training_json_and_eval_json_are_typed_artifacts(tmp_path, capsys, two_stores):
+def test_training_json_and_eval_json_are_typed_artifacts(tmp_path, run_cli, two_stores):
     store, _ = two_stores
     out = tmp_path / "sae"
     train_sae(store, out, TrainConfig(**CFG), progress=False)
@@ -147,7 +147,7 @@ def test_training_json_and_eval_json_are_typed_artifacts(tmp_path, capsys, two_s
     assert record.final is not None and record.final.rows == 2000
     assert record.final.feature_stats == "feature_stats.safetensors"
     assert record.history[-1]["step"] == 30
-    code, stdout, err = run_cli(capsys, "sae", "eval", "--sae", out, "--acts", store, "--json")
+    code, stdout, err = run_cli("sae", "eval", "--sae", out, "--acts", store, "--json")
     assert code == 0, err
     metrics = SAEMetrics.from_json(json.loads(stdout))
     assert metrics.rows == 2000 and metrics.d_sae == 32

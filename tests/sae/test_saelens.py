@@ -12,7 +12,7 @@ import torch
 from rlsae.analysis.mmcs import compare_dictionaries
 from rlsae.sae import SAE, SAEConfig, load_sae
 
-from .conftest import run_cli, superposition, write_store
+from .conftest import superposition, write_store
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])
@@ -74,7 +74,7 @@ def _train_with_saelens(x: torch.Tensor, arch: str, out, steps: int = 40):
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])
-def test_saelens_trained_sae_evaluates_and_compares_here(tmp_path, capsys, arch):
+def test_saelens_trained_sae_evaluates_and_compares_here(tmp_path, capsys, arch, run_cli):
     x, _ = superposition(2000, d=16, n_true=32)
     store = write_store(tmp_path / "acts", x, shard_rows=700)
     their_dir = _train_with_saelens(x, arch, tmp_path / "theirs")
@@ -90,7 +90,7 @@ def test_saelens_trained_sae_evaluates_and_compares_here(tmp_path, capsys, arch)
     ref_fvu = float(((ref - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
     ref_l0 = float((theirs.encode(x) > 0).float().sum(-1).mean())
 
-    code, out, err = run_cli(capsys, "sae", "eval", "--sae", their_dir, "--acts", store, "--json")
+    code, out, err = run_cli("sae", "eval", "--sae", their_dir, "--acts", store, "--json")
     assert code == 0, err
     res = json.loads(out)
     assert res["fvu"] == pytest.approx(ref_fvu, rel=1e-4)
@@ -102,7 +102,7 @@ def test_saelens_trained_sae_evaluates_and_compares_here(tmp_path, capsys, arch)
     mine = SAE(SAEConfig(d_in=16, d_sae=32, k=4), seed=5)
     mine.save(tmp_path / "mine")
     code, out, err = run_cli(
-        capsys, "analyze", "mmcs", "--sae", tmp_path / "mine", "--sae", their_dir, "--json"
+        "analyze", "mmcs", "--sae", tmp_path / "mine", "--sae", their_dir, "--json"
     )
     assert code == 0, err
     res = json.loads(out)

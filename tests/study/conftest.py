@@ -84,20 +84,3 @@ def counted() -> dict:
         variant = variant.with_stage(replace(ATARI.stage(s), run=make(s)))
     state["study"] = variant
     return state
-
-
-@pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture):
-    """``run_cli(*args) -> (exit code, stdout, stderr)`` of the ``rlsae`` entry point."""
-    from rlsae.cli import main
-
-    def run(*args: object) -> tuple[int, str, str]:
-        code = 0
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            code = int(e.code or 0)
-        cap = capsys.readouterr()
-        return code, cap.out, cap.err
-
-    return run
