@@ -38,15 +38,13 @@ def _poster_files(folder: Path) -> None:
         )  # fmt: skip
 
 
-def test_poster_protocol_over_imported_agents(tmp_path: Path, capsys) -> None:
-    from rlsae.cli import main
+def test_poster_protocol_over_imported_agents(tmp_path: Path, run_cli) -> None:
     from rlsae.sae import TrainingRecord
 
-    def cli(*args: str) -> None:
-        try:
-            main(list(args))
-        except SystemExit as e:
-            assert not e.code, capsys.readouterr().err
+    def cli(*args: str) -> str:
+        code, out, err = run_cli(*args)
+        assert code == 0, err
+        return out
 
     _poster_files(tmp_path / "dqns")
     cli("dqn", "import", "--from", str(tmp_path / "dqns"), "--out", str(tmp_path / "agents"))
@@ -69,10 +67,9 @@ def test_poster_protocol_over_imported_agents(tmp_path: Path, capsys) -> None:
         "fit": {"bootstrap": 10},
     }
     (tmp_path / "poster.yaml").write_text(yaml.safe_dump(cfg))
-    capsys.readouterr()
-    cli("pipeline", "atari", "--preset", str(tmp_path / "poster.yaml"), "--out",
-        str(tmp_path / "run"), "--json")  # fmt: skip
-    res = json.loads(capsys.readouterr().out)
+    out = cli("pipeline", "atari", "--preset", str(tmp_path / "poster.yaml"), "--out",
+              str(tmp_path / "run"), "--json")  # fmt: skip
+    res = json.loads(out)
     assert res["agents"] == 3
     run = tmp_path / "run"
     table = pd.read_csv(run / "analysis" / "agents.csv")

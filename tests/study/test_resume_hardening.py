@@ -22,18 +22,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlsae.cli import main
-
-
-def _run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
     return {
@@ -52,7 +40,7 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
     ],
 )
 def test_resume_with_a_changed_setting_is_refused_naming_it(
-    tmp_path, capsys, pipeline, change, key
+    tmp_path, run_cli, pipeline, change, key
 ):
     if pipeline == "atari":
         from rlsae.study.atari import ATARI as STUDY
@@ -75,9 +63,7 @@ def test_resume_with_a_changed_setting_is_refused_naming_it(
     data[section][field] = value
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(data))
-    code, out, err = _run_cli(
-        capsys, "pipeline", pipeline, "--preset", changed, "--out", run, "--resume"
-    )
+    code, out, err = run_cli("pipeline", pipeline, "--preset", changed, "--out", run, "--resume")
     assert code == 2 and out == "", err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
