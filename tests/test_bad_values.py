@@ -112,9 +112,7 @@ ALLOWED: dict[tuple[str, str], dict[str, str]] = {
 # Cases not yet refused (issue 18 left open; each says what happens). They are not run: each
 # would start the work. The test fails when an entry names no existing case, so fixing one
 # means deleting its line here.
-KNOWN_GAPS: dict[tuple[str, str, str], str] = {
-    ("llm rlhf", "--kl-coef", "1e308"): "accepted; whether the PPO loss overflows is untested",
-}
+KNOWN_GAPS: dict[tuple[str, str, str], str] = {}
 
 
 # ---------------------------------------------------------------------------------------------

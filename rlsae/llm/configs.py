@@ -118,7 +118,8 @@ class PPOConfig:
         check_range(where, p + "learning_rate", self.learning_rate, 0, lo_open=True)
         if self.learning_rate > 1:  # an Adam step above 1 diverges at once; the paper's is 1e-6
             check_range(where, p + "learning_rate", self.learning_rate, hi=1)
-        check_range(where, p + "init_kl_coef", self.init_kl_coef, 0)
+        # the paper uses 0.5; beyond 1e6 the penalty alone overflows float32 rewards
+        check_range(where, p + "init_kl_coef", self.init_kl_coef, 0, 1e6)
         check_range(where, p + "target_kl", self.target_kl, 0, lo_open=True)
         check_range(where, p + "kl_horizon", self.kl_horizon, 1)
         check_range(where, p + "gamma", self.gamma, 0, 1)
