@@ -22,6 +22,9 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
 
     On any exception the temporary directory is removed and ``final`` is untouched.
     With ``overwrite`` an existing ``final`` is replaced only after the new one is complete.
+    Before the rename every file and directory inside gets the mode an ordinary ``open()`` /
+    ``mkdir()`` would give under the user's umask: the one permission rule of every artifact,
+    whatever wrote the files (safetensors and ``mkstemp`` create 0600, ``mkdtemp`` 0700).
     """
     final = Path(final)
     if final.exists() and not overwrite:
@@ -30,12 +33,12 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)  # what a killed earlier write of it left
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    apply_umask(tmp)
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
@@ -43,6 +46,18 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def apply_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the modes of the user's umask (0o666 / 0o777 less
+    it); links are left alone."""
+    mask = _umask()
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -50,3 +50,24 @@ def test_read_json_errors_are_one_line(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(RlsaeError, match="not valid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+def test_atomic_dir_publishes_everything_with_the_umask_modes(tmp_path):
+    """Files a third-party writer creates 0600 (safetensors, mkstemp) and 0700 directories are
+    published with the modes of the user's umask, like every other artifact."""
+    import os
+
+    from rlsae.fsutil import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as d:
+            (d / "sub").mkdir(mode=0o700)
+            (d / "sub" / "w.bin").write_bytes(b"x")
+            os.chmod(d / "sub" / "w.bin", 0o600)
+    finally:
+        os.umask(old)
+    modes = {
+        p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "out", *(tmp_path / "out").rglob("*")]
+    }
+    assert modes == {"out": 0o755, "sub": 0o755, "w.bin": 0o644}

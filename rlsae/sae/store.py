@@ -70,12 +70,6 @@ class StoreIdentity:
         ]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _shard_name(i: int) -> str:
     return f"shard_{i:05d}.safetensors"
 
@@ -183,7 +177,6 @@ class ActivationWriter:
         shard, rest = allx[:n].contiguous(), allx[n:]
         name = _shard_name(len(self._shards))
         save_file({"activations": shard}, str(self._tmp / name))
-        os.chmod(self._tmp / name, 0o666 & ~_umask())  # safetensors creates 0600: the umask rule
         self._shards.append({"file": name, "rows": int(shard.shape[0])})
         self._rows += int(shard.shape[0])
         self._buf = [rest] if rest.shape[0] else []
