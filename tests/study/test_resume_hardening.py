@@ -2,7 +2,7 @@
 
 - ``--resume`` with a changed setting is refused through the CLI, for both studies, in one line
   naming the changed keys, before anything in the run directory changes (issue 18).
-- Slow tier: ``rlsae pipeline atari --preset smoke`` killed with SIGKILL at seeded random
+- Slow tier: ``rlsae pipeline atari --preset smoke`` (and ``pipeline llm``) killed with SIGKILL at seeded random
   moments, then ``--resume``d, ends with the same agents table, SAEs and stage results as an
   uninterrupted run, and no temporary file of an interrupted write is left in the run.
 """
@@ -156,3 +156,48 @@ def test_killed_atari_study_resumes_to_the_uninterrupted_result(tmp_path):
         assert json.loads((run / "run.json").read_text())["status"] == "finished"
         assert bad_modes(run, 0o022) == []
     assert bad_modes(ref, 0o077) == []
+
+
+def _lm_results(run: Path) -> dict[str, bytes]:
+    """What the language-model study computed, byte for byte: the tuned model, the recorded
+    activations, every SAE's weights and the Table 3/4 markdown (timings and reports left out)."""
+    keep = [str(p.relative_to(run)) for p in run.rglob("model.safetensors")]
+    keep += [str(p.relative_to(run)) for p in run.rglob("sae_weights.safetensors")]
+    keep += [str(p.relative_to(run)) for p in run.rglob("shard_*.safetensors")]
+    keep += ["analysis/utility.md"]
+    return {k: (run / k).read_bytes() for k in sorted(keep)}
+
+
+def _lm_pipeline(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "rlsae", "pipeline", "llm", "--preset", "smoke",
+            "--out", str(out), *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_killed_llm_study_resumes_to_the_uninterrupted_result(tmp_path):
+    """``rlsae pipeline llm --preset smoke`` killed with SIGKILL during a seeded stage (right
+    after the marker of the stage before it appears) and resumed ends with the uninterrupted
+    run's tuned model, stores, SAEs and tables, and no temp file of an interrupted write."""
+    ref = tmp_path / "ref"
+    subprocess.run(_lm_pipeline(ref), check=True, capture_output=True, env=_env(), timeout=900)
+    want = _lm_results(ref)
+    assert "analysis/utility.md" in want and any("sae_weights" in k for k in want)
+
+    before = random.Random(18).choice(["pretrain", "rlhf", "divergence", "record", "saes"])
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_lm_pipeline(run), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env())  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not list(run.glob(f"analysis/stages/model/*/{before}.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no kill point reached"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "analysis" / "utility.md").exists(), "killed after the study finished"
+    subprocess.run(_lm_pipeline(run, "--resume"), check=True, capture_output=True, env=_env(),
+                   timeout=900)  # fmt: skip
+    got = _lm_results(run)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name] == want[name], name
+    assert _temp_files(run) == []
