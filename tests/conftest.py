@@ -55,3 +55,21 @@ def one_thread():
 
     with torch_threads(1):
         yield
+
+
+def modes_off_umask(root, mask: int) -> list[str]:
+    """Files and directories under ``root`` whose mode is not what ``mask`` gives (0o666 and
+    0o777 less it): the one permission rule of every artifact (issue 18)."""
+    out = []
+    for p in [root, *root.rglob("*")]:
+        want = (0o777 if p.is_dir() else 0o666) & ~mask
+        mode = p.stat().st_mode & 0o777
+        if mode != want:
+            out.append(f"{p.relative_to(root)}: {mode:o}, not {want:o}")
+    return out
+
+
+@pytest.fixture
+def bad_modes():
+    """``bad_modes(root, mask)``: the paths under ``root`` that break the umask rule."""
+    return modes_off_umask

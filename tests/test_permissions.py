@@ -10,22 +10,11 @@ checked the same way in the slow tier (tests/study/test_resume_hardening.py).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rlsae.cli import main
-
-
-def bad_modes(root: Path, mask: int) -> list[str]:
-    out = []
-    for p in [root, *root.rglob("*")]:
-        want = (0o777 if p.is_dir() else 0o666) & ~mask
-        mode = p.stat().st_mode & 0o777
-        if mode != want:
-            out.append(f"{p.relative_to(root)}: {mode:o}, not {want:o}")
-    return out
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: object) -> str:
@@ -37,7 +26,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: object) -> str:
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077])
-def test_every_artifact_of_a_small_run_follows_the_umask(tmp_path, capsys, mask):
+def test_every_artifact_of_a_small_run_follows_the_umask(tmp_path, capsys, bad_modes, mask):
     src = tmp_path / "inputs"
     src.mkdir()
     rng = np.random.default_rng(0)

@@ -9,18 +9,10 @@ import os
 import pytest
 
 
-def bad_modes(root, mask: int) -> list[str]:
-    out = []
-    for p in [root, *root.rglob("*")]:
-        want = (0o777 if p.is_dir() else 0o666) & ~mask
-        mode = p.stat().st_mode & 0o777
-        if mode != want:
-            out.append(f"{p.relative_to(root)}: {mode:o}, not {want:o}")
-    return out
-
-
 @pytest.mark.parametrize("mask", [0o022, 0o077])
-def test_lm_artifacts_follow_the_umask(tmp_path, run_cli, random_lm_dir, corpus_file, mask):
+def test_lm_artifacts_follow_the_umask(
+    tmp_path, run_cli, random_lm_dir, corpus_file, bad_modes, mask
+):
     old = os.umask(mask)
     try:
         run = tmp_path / "run"

@@ -111,20 +111,8 @@ def _env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 
 
-def bad_modes(root: Path, mask: int) -> list[str]:
-    """Files and directories under ``root`` whose mode is not what ``mask`` gives (0o666 and
-    0o777 less the mask): one rule, the user's umask, for every artifact (issue 18)."""
-    out = []
-    for p in [root, *root.rglob("*")]:
-        want = (0o777 if p.is_dir() else 0o666) & ~mask
-        mode = p.stat().st_mode & 0o777
-        if mode != want:
-            out.append(f"{p.relative_to(root)}: {mode:o}, not {want:o}")
-    return out
-
-
 @pytest.mark.slow
-def test_killed_atari_study_resumes_to_the_uninterrupted_result(tmp_path):
+def test_killed_atari_study_resumes_to_the_uninterrupted_result(tmp_path, bad_modes):
     """The reference run is made under umask 077 and the killed one under 022: every file and
     directory of both whole smoke runs follows its umask."""
     ref = tmp_path / "ref"
