@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from rlsae.configs import field_default, field_docs
 from rlsae.fsutil import dumps_json, json_default
 
 _opts: dict[str, Any] = {"no_args_is_help": True, "pretty_exceptions_enable": False}
@@ -58,3 +59,15 @@ def _default(o: Any) -> Any:
         return json_default(o)
     except TypeError:
         return str(o)
+
+
+def config_option(cls: type, name: str, flag: str, default: Any = ..., help: str = "") -> Any:
+    """A typer option whose default and help come from field ``name`` of config dataclass ``cls``
+    (``default``/``help`` override them): the one way a command derives an option from a config."""
+    value = field_default(cls, name) if default is ... else default
+    return typer.Option(value, flag, help=help or field_docs(cls)[name])
+
+
+def plain_help(text: str) -> str:
+    """A field docstring as plain ``--help`` text: no reST backticks, ``[`` escaped from rich."""
+    return text.replace("``", "").replace("[", "\\[")

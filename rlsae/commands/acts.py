@@ -8,8 +8,8 @@ from typing import Any
 
 import typer
 
-from rlsae.commands._apps import JsonOpt, acts_app, emit
-from rlsae.configs import field_default, field_docs
+from rlsae.commands._apps import JsonOpt, acts_app, config_option, emit, plain_help
+from rlsae.configs import field_docs
 from rlsae.errors import RlsaeError
 from rlsae.sae.synth import SynthConfig
 
@@ -61,8 +61,7 @@ def acts_import(
 
 def _synth_opt(name: str, flag: str) -> Any:
     """A typer option for SynthConfig field ``name``: its default and docstring."""
-    help_text = field_docs(SynthConfig)[name].replace("``", "").replace("[", "\\[")
-    return typer.Option(field_default(SynthConfig, name), flag, help=help_text)
+    return config_option(SynthConfig, name, flag, help=plain_help(field_docs(SynthConfig)[name]))
 
 
 SYNTH_OPTIONS = {

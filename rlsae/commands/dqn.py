@@ -35,18 +35,15 @@ from rlsae.agents.config import (
 )
 from rlsae.agents.layers import check_layer
 from rlsae.agents.results import read_episodes
-from rlsae.commands._apps import JsonOpt, dqn_app, emit
-from rlsae.configs import field_default, field_docs
+from rlsae.commands._apps import JsonOpt, config_option, dqn_app, emit
+from rlsae.configs import field_docs
 from rlsae.errors import RlsaeError
 
 if TYPE_CHECKING:  # numpy-heavy; the concepts verb imports it when it runs
     from rlsae.agents.concepts import ConceptMatches
 
 
-def _opt(cls: type, name: str, flag: str, default: Any = ..., help: str = "") -> Any:
-    """A typer option whose default and help come from field ``name`` of config ``cls``."""
-    value = field_default(cls, name) if default is ... else default
-    return typer.Option(value, flag, help=help or field_docs(cls)[name])
+_opt = config_option
 
 
 def _arch_default(name: str) -> str:

@@ -13,15 +13,12 @@ import typer
 from rlsae.agents.agent_dir import check_agent_dir
 from rlsae.agents.layers import check_layer
 from rlsae.agents.survey_config import SurveyConfig
-from rlsae.commands._apps import JsonOpt, dqn_app, emit
-from rlsae.configs import field_default, field_docs
+from rlsae.commands._apps import JsonOpt, config_option, dqn_app, emit
 from rlsae.errors import RlsaeError
 
 
 def _opt(name: str, flag: str) -> Any:
-    return typer.Option(
-        field_default(SurveyConfig, name), flag, help=field_docs(SurveyConfig)[name]
-    )
+    return config_option(SurveyConfig, name, flag)
 
 
 @dqn_app.command("survey")

@@ -16,8 +16,8 @@ from typing import Any
 
 import typer
 
-from rlsae.commands._apps import JsonOpt, emit, llm_app
-from rlsae.configs import check_range, field_default, field_docs, from_mapping, to_mapping
+from rlsae.commands._apps import JsonOpt, config_option, emit, llm_app
+from rlsae.configs import check_range, from_mapping, to_mapping
 from rlsae.errors import RlsaeError
 from rlsae.llm.configs import (
     ExplainConfig,
@@ -122,7 +122,7 @@ def _opt(cls: type, spec: Spec, param: str) -> Any:
     """A typer option whose default and help are those of the config field behind ``param``."""
     dotted, flag = spec[param]
     owner, name = field_owner(cls, dotted)
-    return typer.Option(field_default(owner, name), flag, help=field_docs(owner)[name])
+    return config_option(owner, name, flag)
 
 
 def build_config(cls: type, spec: Spec, values: dict[str, Any], where: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from rlsae.commands._apps import JsonOpt, emit, sae_app
+from rlsae.commands._apps import JsonOpt, config_option, emit, plain_help, sae_app
 from rlsae.configs import field_default, field_docs
 from rlsae.errors import RlsaeError
 from rlsae.sae.config import TrainConfig, check_eval_args
@@ -46,13 +46,13 @@ TRAIN_OPTIONS = {
 def _opt(name: str, *, either: bool = False) -> Any:
     """A typer option for TrainConfig field ``name``: its default and docstring. ``either``: the
     option defaults to None (it excludes another one) and its help names the field default."""
-    # plain text: no reST backticks, and "[" escaped from rich's markup ("W_dec[i]")
-    help_text = field_docs(TrainConfig)[name].replace("``", "").replace("[", "\\[")
+    help_text = plain_help(field_docs(TrainConfig)[name])  # "W_dec[i]" is not rich markup
     default = field_default(TrainConfig, name)
     if either:
-        help_text += f" (default {default:g})"
-        default = None
-    return typer.Option(default, TRAIN_OPTIONS[name], help=help_text)
+        return config_option(
+            TrainConfig, name, TRAIN_OPTIONS[name], None, f"{help_text} (default {default:g})"
+        )
+    return config_option(TrainConfig, name, TRAIN_OPTIONS[name], help=help_text)
 
 
 def _int_list(flag: str, text: str | None) -> list[int] | None:
