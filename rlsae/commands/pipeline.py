@@ -17,7 +17,8 @@ def _human_study(res: dict) -> str:
     lines = [
         f"study {res['study']}: {res['agents']} agents in {res['run_dir']} "
         f"({res['stages_run']} stages run, {res['stages_skipped']} already done, "
-        f"{res['seconds']:.0f} s)",
+        + (f"{res['stages_off']} switched off, " if res.get("stages_off") else "")
+        + f"{res['seconds']:.0f} s)",
         f"agents table: {res['agents_csv']}",
         f"report:       {res['report']}",
     ]

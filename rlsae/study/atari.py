@@ -580,6 +580,7 @@ def run_study(
         "agents": len(table.agents),
         "stages_run": out.count("agent"),
         "stages_skipped": out.count("agent", "skipped"),
+        "stages_off": out.count("agent", "off"),
         "worker_pids": sorted(out.worker_pids.get("agent", ())),
         "seconds": out.seconds,
         "agents_csv": str(Path(out_dir) / table.path),

@@ -351,7 +351,8 @@ class Context(Generic[C]):
         return out
 
     def is_done(self, stage: Stage, unit: str | None = None) -> bool:
-        """Off for this config, or its marker exists and was computed from the current inputs."""
+        """Nothing due: off for this config, or its marker exists and was computed from the
+        current inputs (callers that report what happened ask :meth:`Stage.off` first)."""
         if stage.off(self.config):
             return True
         m = self.marker(stage.name, unit)
@@ -391,11 +392,14 @@ class UnitOutcome:
 def run_unit(
     study: Study[C], cfg: C, stages: Sequence[str], progress: bool, run_dir: str, unit: Unit
 ) -> UnitOutcome:
-    """A group of per-unit stages for one unit, skipping those done: one executor task."""
+    """A group of per-unit stages for one unit, skipping those done: one executor task.
+    Stages off for ``cfg`` are neither run nor skipped (the caller reports them as off)."""
     ctx = Context(study, cfg, Path(run_dir), progress)
     done, skipped = [], []
     for name in stages:
         stage = study.stage(name)
+        if stage.off(cfg):
+            continue
         if ctx.is_done(stage, unit.name):
             skipped.append(name)
             continue
@@ -423,12 +427,15 @@ class Executor(Protocol):
 
 @dataclass
 class Outcome:
-    """What a run of the engine did: stages run and skipped per kind (``study`` or a unit kind)."""
+    """What a run of the engine did, per kind (``study`` or a unit kind): stages run, stages
+    skipped (already done) and stages off (switched off by the config's ``skip_if``: not run and
+    not counted as done). ``STAGE`` or ``STAGE/UNIT`` each."""
 
     run_dir: Path
     info: RunInfo
     ran: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    off: dict[str, list[str]] = field(default_factory=dict)
     worker_pids: dict[str, set[int]] = field(default_factory=dict)
     """Processes that ran each kind's tasks."""
     seconds: float = 0.0
@@ -471,7 +478,7 @@ def run(
 
         for per, stages in study.groups():
             if per is None:
-                if not ctx.is_done(stages[0]):
+                if not stages[0].off(cfg) and not ctx.is_done(stages[0]):
                     start()
                 _run_study_stage(ctx, stages[0], out)
                 continue
@@ -497,6 +504,9 @@ def run(
 
 
 def _run_study_stage(ctx: Context[Any], stage: Stage, out: Outcome) -> None:
+    if stage.off(ctx.config):
+        out.off.setdefault("study", []).append(stage.name)
+        return
     if ctx.is_done(stage):
         out.skipped.setdefault("study", []).append(stage.name)
         return
@@ -505,10 +515,15 @@ def _run_study_stage(ctx: Context[Any], stage: Stage, out: Outcome) -> None:
 
 
 def _pending_units(ctx: Context[Any], per: str, stages: list[Stage], out: Outcome) -> list[Unit]:
+    """The units with a stage of ``stages`` due; off stages are reported as off for every unit,
+    the stages of units with nothing due as skipped."""
     pending = []
+    off = [s for s in stages if s.off(ctx.config)]
+    on = [s for s in stages if not s.off(ctx.config)]
     for unit in ctx.units(per):
-        if all(ctx.is_done(s, unit.name) for s in stages):
-            out.skipped.setdefault(per, []).extend(f"{s.name}/{unit.name}" for s in stages)
+        out.off.setdefault(per, []).extend(f"{s.name}/{unit.name}" for s in off)
+        if all(ctx.is_done(s, unit.name) for s in on):
+            out.skipped.setdefault(per, []).extend(f"{s.name}/{unit.name}" for s in on)
         else:
             pending.append(unit)
     return pending

@@ -16,7 +16,8 @@ from rlsae.configs import differing_keys, from_mapping
 from rlsae.study import atari, sweep
 from rlsae.study.atari import ATARI
 from rlsae.study.atari_config import ResourcesConfig, StudyConfig
-from rlsae.study.engine import Context, Stage, load_config, open_run
+from rlsae.study.engine import Context, Stage, Study, Units, load_config, open_run
+from rlsae.study.engine import run as run_engine
 from rlsae.study.llm import LLM
 from rlsae.study.results import LiveFeatures
 
@@ -120,6 +121,98 @@ def test_local_pool_size_follows_cores_and_cpus_per_task(monkeypatch) -> None:
         monkeypatch.setattr(sweep.os, "cpu_count", lambda c=cores: c)
         assert sweep.LocalEngine(resources=ResourcesConfig(cpus=cpus)).workers == want
     assert sweep.LocalEngine(workers=3).workers == 3
+
+
+# --------------------------------------------------------------------------------------------
+# A stage switched off by the config: reported off, neither run nor "already done"
+
+
+@dataclass
+class ToyConfig:
+    name: str = "toy"
+    extra: bool = False
+    """Whether the optional stages run."""
+
+
+@dataclass
+class Count(Artifact):
+    FORMAT: ClassVar[str] = "test.count"
+    VERSION: ClassVar[int] = 1
+    n: int
+
+
+@dataclass(frozen=True)
+class Item:
+    name: str
+
+
+def _toy_study(calls: list[str]) -> Study:
+    def stage(label: str):
+        def fn(ctx, unit=None) -> Count:
+            calls.append(label if unit is None else f"{label}/{unit.name}")
+            return Count(len(calls))
+
+        return fn
+
+    def no_extra(cfg: ToyConfig) -> bool:
+        return not cfg.extra
+
+    return Study(
+        kind="toy",
+        config=ToyConfig,
+        units=(Units("item", lambda ctx: [Item("a"), Item("b")]),),
+        stages=(
+            Stage("first", stage("first"), Count, per="item"),
+            Stage("optional", stage("optional"), Count, after=("first",), per="item",
+                  skip_if=no_extra),
+            Stage("summary", stage("summary"), Count, after=("first", "optional")),
+            Stage("extra_summary", stage("extra_summary"), Count, skip_if=no_extra),
+        ),
+    )  # fmt: skip
+
+
+def _listed(d: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {k: v for k, v in d.items() if v}
+
+
+def test_a_stage_switched_off_is_reported_off_not_skipped(tmp_path) -> None:
+    calls: list[str] = []
+    study, run = _toy_study(calls), tmp_path / "run"
+    out = run_engine(study, ToyConfig(), run)
+    assert calls == ["first/a", "first/b", "summary"]
+    assert _listed(out.ran) == {"item": ["first/a", "first/b"], "study": ["summary"]}
+    assert _listed(out.off) == {"item": ["optional/a", "optional/b"], "study": ["extra_summary"]}
+    assert _listed(out.skipped) == {} and out.count("item", "skipped") == 0
+    assert out.count("item", "off") == 2 and out.count("study", "off") == 1
+    markers = sorted(p.name for p in run.rglob("*.json") if p.name != "run.json")
+    assert markers == ["first.json", "first.json", "summary.json"]  # nothing for the off ones
+    # resumed: the done stages are skipped, the off ones are still off (not "already done")
+    again = run_engine(study, ToyConfig(), run, resume=True)
+    assert calls == ["first/a", "first/b", "summary"] and _listed(again.ran) == {}
+    assert _listed(again.skipped) == {"item": ["first/a", "first/b"], "study": ["summary"]}
+    assert _listed(again.off) == _listed(out.off)
+    # switched on (another run directory: another config), every stage runs and none is off
+    on = run_engine(study, ToyConfig(name="toy2", extra=True), tmp_path / "on")
+    assert (
+        _listed(on.off) == {}
+        and on.count("item") == 4
+        and on.ran["study"] == ["summary", "extra_summary"]
+    )
+
+
+def test_splice_switched_off_counts_as_off_in_the_study_result(
+    tmp_path, external_agents, counted
+) -> None:
+    d = atari.preset_dict("smoke")
+    d["population"] = {"train_steps": 0, "agents": external_agents}
+    d["fit"] = {"bootstrap": 50}
+    d["evaluation"]["splice_episodes"] = 0
+    cfg, run = from_mapping(StudyConfig, d, "config"), tmp_path / "run"
+    res = atari.run_study(cfg, run, engine="serial", study=counted["study"])
+    assert (res["stages_run"], res["stages_skipped"], res["stages_off"]) == (25, 0, 5)
+    assert counted["calls"]["splice"] == []
+    again = atari.run_study(cfg, run, resume=True, engine="serial", study=counted["study"])
+    assert (again["stages_run"], again["stages_skipped"], again["stages_off"]) == (0, 25, 5)
 
 
 # --------------------------------------------------------------------------------------------
