@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,11 @@ from rlsae.agents.effects import check_sae
 from rlsae.agents.results import RecordedEpisode, SteerResult
 from rlsae.agents.rollout import StepBatch, play
 from rlsae.errors import RlsaeError
+from rlsae.fsutil import read_json
 from rlsae.sae import load_sae
 from rlsae.sae.metrics import FeatureStats, check_compatible
 from rlsae.sae.store import ActivationStore
+from rlsae.sae.train import TrainingRecord
 
 
 @dataclass
@@ -87,6 +90,45 @@ def feature_range(
             f"{sae_dir}/feature_stats.safetensors",
         )
     return None
+
+
+def sae_origin(sae_dir: str | os.PathLike) -> dict[str, str]:
+    """What the SAE's training store was recorded from (``arch``, ``layer``, ``provider``): from
+    its ``training.json``, or, for SAEs trained before that was recorded, from the meta of the
+    store it names when that store is still there; empty when neither says."""
+    path = Path(sae_dir) / "training.json"
+    if not path.is_file():
+        return {}
+    rec = TrainingRecord.read(path)
+    if rec.origin:
+        return dict(rec.origin)
+    meta = Path(rec.store_path) / "meta.json"
+    if not meta.is_file():
+        return {}
+    raw = read_json(meta)
+    extra = raw.get("extra") if isinstance(raw, dict) else None
+    if not isinstance(extra, dict):
+        return {}
+    return {k: str(extra[k]) for k in ("arch", "layer") if extra.get(k)}
+
+
+def check_sae_origin(agent: Agent, sae_dir: str | os.PathLike | None, layer: str) -> None:
+    """Refuse, in one line, an SAE whose training store was recorded from an agent of another
+    architecture or at another layer than ``agent``'s ``layer`` (nothing to check for an SAE
+    that does not record its origin)."""
+    if sae_dir is None:
+        return
+    origin = sae_origin(sae_dir)
+    arch, rec_layer = origin.get("arch"), origin.get("layer")
+    if arch is not None and arch != agent.arch:
+        raise RlsaeError(
+            f"the SAE {sae_dir} was trained on activations of a {arch} agent; "
+            f"this agent is {agent.arch}"
+        )
+    if rec_layer is not None and rec_layer != layer:
+        raise RlsaeError(
+            f"the SAE {sae_dir} was trained on activations of layer {rec_layer!r}, not {layer!r}"
+        )
 
 
 def check_features(features: list[int], rng: FeatureRange | None) -> None:
@@ -187,6 +229,7 @@ def steer_features(
         raise RlsaeError("the SAE names no layer (hook_name); pass layer=/--layer")
     for f in cfg.features:
         check_sae(agent, sae, layer, f)
+    check_sae_origin(agent, sae_dir if is_dir else None, layer)
     sae.eval()
     rng = feature_range(sae, acts, sae_dir if is_dir else None, arch=agent.arch)
     check_features(cfg.features, rng)

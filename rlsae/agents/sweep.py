@@ -24,6 +24,7 @@ from rlsae.agents.results import AblationRow, AblationSweep
 from rlsae.agents.steer import (
     action_shift,
     bootstrap_ci,
+    check_sae_origin,
     feature_range,
     play_episodes,
     steered_features,
@@ -62,6 +63,7 @@ def ablation_sweep(
     if not layer:
         raise RlsaeError("the SAE names no layer (hook_name); pass layer=")
     check_sae(agent, sae, layer, 0)
+    check_sae_origin(agent, sae_dir, layer)
     sae.eval()
     rng = feature_range(sae, acts, sae_dir, arch=agent.arch)
     if features is None:

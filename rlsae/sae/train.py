@@ -109,6 +109,17 @@ class TrainingRecord(Artifact):
     """Every ``log_every`` steps: step, rows, lr, loss, fvu, l0, dead (+ aux_loss or l1 terms)."""
     final: SAEMetrics | None = None
     """The evaluation over the whole store at the end (None with ``final_eval=False``)."""
+    origin: dict[str, Any] = field(default_factory=dict)
+    """What the store was recorded from: its ``provider`` and, for an agent's store, the
+    agent's ``arch`` and ``layer`` (tools using the SAE refuse another agent architecture or
+    layer without the store; empty for SAEs trained before this was recorded)."""
+
+
+def store_origin(store: ActivationStore) -> dict[str, Any]:
+    """A store's provider and, when its meta records them, the agent ``arch`` and ``layer``."""
+    keys = {"provider": store.provider, "arch": store.extra.get("arch")}
+    keys["layer"] = store.extra.get("layer")
+    return {k: str(v) for k, v in keys.items() if v}
 
 
 @dataclass
@@ -385,6 +396,7 @@ def _finish(state: TrainState, st: ActivationStore, work: Path, out: Path, progr
         store=st.identity(),
         history=state.history,
         final=final,
+        origin=store_origin(st),
     )
     record.write(work / TRAINING)
     for p in work.iterdir():  # checkpoints, copies, and any temporary file of a killed write

@@ -225,3 +225,48 @@ def test_the_sweep_takes_the_live_features_of_the_store(
     sw = ablation_sweep(poster_agent, sdir, poster_recording, episodes=1, max_episode_steps=4)
     got = sorted(r.feature for r in sw.rows)
     assert 7 not in got and got and set(got) <= set(range(7))
+
+
+def test_an_sae_of_another_agent_arch_or_layer_is_refused_without_the_store(
+    nature_agent: Path, poster_agent: Path, tmp_path: Path
+):
+    """The SAE's training.json records the store's agent arch and layer, so steering (and the
+    sweep) refuse an SAE of a nature agent's fc1 on a poster agent's fc1 (same name, same
+    width), and one of another layer, with no --acts; the store may be gone."""
+    import shutil
+
+    from rlsae.agents.record import record_activations
+    from rlsae.sae.config import TrainConfig
+    from rlsae.sae.train import TrainingRecord, train_sae
+
+    store = record_activations(
+        nature_agent, "fc1", 64, tmp_path / "acts", seed=3, max_episode_steps=40, progress=False
+    )
+    sdir = tmp_path / "sae"
+    train_sae(store, sdir, TrainConfig(d_sae=16, k=4, steps=3, batch_size=32), progress=False)
+    rec = TrainingRecord.read(sdir / "training.json")
+    assert rec.origin == {"provider": "atari", "arch": "nature", "layer": "fc1"}
+    shutil.rmtree(store)  # the check needs only the SAE folder
+    kw = dict(episodes=1, max_episode_steps=5)
+    with pytest.raises(RlsaeError, match="activations of a nature agent; this agent is poster"):
+        steer_features(poster_agent, sdir, [0], ablate=True, **kw)
+    with pytest.raises(RlsaeError, match="activations of a nature agent; this agent is poster"):
+        ablation_sweep(poster_agent, sdir, features=[0], **kw)
+    # the same SAE on its own arch plays; one that says another layer is refused
+    assert steer_features(nature_agent, sdir, [0], ablate=True, **kw).states == 5
+    rec.origin["layer"] = "fc0"
+    rec.write(sdir / "training.json")
+    with pytest.raises(RlsaeError, match="activations of layer 'fc0', not 'fc1'"):
+        steer_features(nature_agent, sdir, [0], ablate=True, **kw)
+    # an SAE from before origins were recorded: read from the meta of the store it names
+    old = tmp_path / "old_store"
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"extra": {"arch": "nature", "layer": "fc1"}}))
+    rec.origin, rec.store_path = {}, str(old)
+    rec.write(sdir / "training.json")
+    with pytest.raises(RlsaeError, match="activations of a nature agent; this agent is poster"):
+        steer_features(poster_agent, sdir, [0], ablate=True, **kw)
+    # ... and with neither, nothing is known: it plays
+    rec.store_path = str(tmp_path / "gone")
+    rec.write(sdir / "training.json")
+    assert steer_features(poster_agent, sdir, [0], ablate=True, **kw).states == 5
