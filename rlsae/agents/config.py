@@ -31,6 +31,7 @@ from typing import Any
 
 from rlsae.configs import INT64_MAX, check_range, describe, from_mapping
 from rlsae.errors import RlsaeError
+from rlsae.sae.config import MAX_D_SAE
 
 ARCHS = ("nature", "poster")
 """The two agent architectures (and observation modes)."""
@@ -380,11 +381,16 @@ class SpliceConfig(EvalConfig):
     """Episodes per variant (original, spliced, mean-ablated)."""
     layer: str | None = None
     """Layer the SAE replaces (None: the SAE's hook name)."""
+    prefix: int | None = None
+    """Splice the reconstruction from the SAE's first ``prefix`` latents only (a Matryoshka
+    SAE's nested prefix; None: all latents). Not for TopK SAEs."""
 
     def validate(self, where: str = "dqn splice") -> None:
         super().validate(where)
         if self.layer is not None and (not isinstance(self.layer, str) or not self.layer):
             raise RlsaeError(f"{where}: layer: expected a layer name, got {describe(self.layer)}")
+        if self.prefix is not None:
+            check_int(where, "prefix", self.prefix, 1, MAX_D_SAE)
 
 
 SCALE_MAX = 1e6
@@ -412,6 +418,8 @@ class SteerConfig(SpliceConfig):
 
     def validate(self, where: str = "dqn steer") -> None:
         super().validate(where)
+        if self.prefix is not None:
+            raise RlsaeError(f"{where}: prefix: a splice setting; steer splices every latent")
         if not isinstance(self.features, list) or not self.features:
             raise RlsaeError(f"{where}: features: give at least one feature index")
         for f in self.features:

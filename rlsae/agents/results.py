@@ -168,6 +168,8 @@ class SpliceResult(Artifact):
     """Each episode's return, spliced agent."""
     returns_ablated: list[float] = field(default_factory=list)
     """Each episode's return, mean-ablated agent."""
+    prefix: int | None = None
+    """The SAE's first ``prefix`` latents only were spliced in (None: all of them)."""
 
 
 @dataclass

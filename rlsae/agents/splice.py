@@ -15,6 +15,7 @@ its mean activation over the original agent's states in these episodes). Reporte
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,7 @@ from rlsae.agents.results import SpliceResult
 from rlsae.agents.rollout import episode_returns, play
 from rlsae.errors import RlsaeError
 from rlsae.sae import load_sae
+from rlsae.sae.model import check_prefix
 
 
 class _Stats:
@@ -67,26 +69,32 @@ def splice_metrics(
     n_envs: int = 1,
     max_episode_steps: int | None = None,
     torch_threads: int | None = 1,
+    prefix: int | None = None,
 ) -> SpliceResult:
     """Return recovered, greedy-action agreement and Q-value FVU of an SAE spliced into an agent.
 
     ``sae_dir`` is an SAE directory (or a loaded SAE); ``layer`` defaults to the SAE's hook name.
+    ``prefix``: splice the reconstruction from the SAE's first ``prefix`` latents only
+    (:meth:`~rlsae.sae.model.SAE.reconstruct`; a Matryoshka SAE's nested prefixes).
     The settings are those of :class:`~rlsae.agents.config.SpliceConfig`, checked first.
     """
     cfg = SpliceConfig(
         episodes=episodes, epsilon=epsilon, seed=seed, n_envs=n_envs,
-        max_episode_steps=max_episode_steps, layer=layer,
+        max_episode_steps=max_episode_steps, layer=layer, prefix=prefix,
     )  # fmt: skip
     cfg.validate("splice_metrics")
     agent = agent_dir if isinstance(agent_dir, Agent) else load_agent(agent_dir)
     sae = load_sae(sae_dir) if isinstance(sae_dir, str | os.PathLike) else sae_dir
+    if cfg.prefix is not None:
+        check_prefix(sae.cfg, cfg.prefix, "splice")
     layer = cfg.layer or str(getattr(sae.cfg, "hook_name", "") or "")
     if not layer:
         raise RlsaeError("the SAE names no layer (hook_name); pass layer=/--layer")
     check_sae(agent, sae, layer, 0)
     sae.eval()
     with _threads.torch_threads(torch_threads):
-        orig, spliced, returns = _play_three_variants(agent, sae, layer, cfg)
+        recon = sae if cfg.prefix is None else functools.partial(sae.reconstruct, prefix=cfg.prefix)
+        orig, spliced, returns = _play_three_variants(agent, recon, layer, cfg)
 
     def mean(r: list[float]) -> float:
         return float(np.mean(r))
@@ -110,13 +118,15 @@ def splice_metrics(
         returns_original=returns["original"],
         returns_sae=returns["sae"],
         returns_ablated=returns["ablated"],
+        prefix=cfg.prefix,
     )
 
 
 def _play_three_variants(
-    agent: Agent, sae: Any, layer: str, cfg: SpliceConfig
+    agent: Agent, sae: Callable[[torch.Tensor], torch.Tensor], layer: str, cfg: SpliceConfig
 ) -> tuple[_Stats, _Stats, dict[str, list[float]]]:
-    """Play the original, spliced and mean-ablated agents on the same seeded episodes."""
+    """Play the original, spliced and mean-ablated agents on the same seeded episodes
+    (``sae``: the reconstruction spliced in)."""
     _, width, _ = check_layer(agent.arch, layer)
     orig = _Stats(width)
     spliced = _Stats(width)

@@ -133,3 +133,25 @@ def curve_figure(
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
     )
     return fig
+
+
+def prefix_figures(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """A Matryoshka study's curves against the prefix (latents kept), one line per agent: the
+    prefix's FVU and, where spliced, its return (``rows``: the dead-features study's
+    ``analysis/prefixes.csv``: agent, prefix, fvu, return_sae, ...)."""
+    figs = []
+    for col, label in (("fvu", "FVU"), ("return_sae", "spliced return")):
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        for r in rows:
+            v = r.get(col)
+            if v is not None and np.isfinite(float(v)):
+                xs, ys = series.setdefault(str(r["agent"]), ([], []))
+                xs.append(float(r["prefix"]))
+                ys.append(float(v))
+        if series:
+            fig = curve_figure(
+                series, x_label="prefix (latents)", y_label=label, title=f"{label} vs prefix"
+            )
+            fig.update_xaxes(type="log")
+            figs.append(fig)
+    return figs

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlsae.analysis.figures import curve_figure, figure_div, fit_figure, plotly_js_tag
+from rlsae.analysis.figures import (
+    curve_figure,
+    figure_div,
+    fit_figure,
+    plotly_js_tag,
+    prefix_figures,
+)
 from rlsae.analysis.fit import FitResult
 from rlsae.analysis.mmcs import SharedFeatures
 from rlsae.analysis.utility import UtilityTables
@@ -344,6 +350,17 @@ def _links(run_dir: Path) -> str:
     )
 
 
+def _prefix_section(path: Path) -> str:
+    """A Matryoshka study's FVU and spliced return against the prefix, when it made them."""
+    import pandas as pd
+
+    if not path.is_file():
+        return ""
+    rows = pd.read_csv(path).to_dict("records")
+    figs = "".join(figure_div(f) for f in prefix_figures(rows))
+    return f"<h2>Matryoshka prefixes</h2><div class='grid'>{figs}</div>"
+
+
 _RUN_KEYS = ("study", "source", "config_hash", "created", "finished", "git_commit", "versions")
 
 
@@ -377,6 +394,7 @@ def write_atari_report(run_dir: str | os.PathLike) -> Path:
         "<h2>Agents</h2>" + _df_table(df),
         _training_curves(run_dir, df),
         _sae_section(run_dir, df),
+        _prefix_section(analysis / "prefixes.csv"),
         _study_section(info),
     ]
     name = str(info.get("study", run_dir.name))

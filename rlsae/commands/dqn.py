@@ -229,12 +229,13 @@ def dqn_splice(
     epsilon: float = _opt(SpliceConfig, "epsilon", "--epsilon"),
     n_envs: int = _opt(SpliceConfig, "n_envs", "--n-envs"),
     max_episode_steps: int | None = _opt(SpliceConfig, "max_episode_steps", "--max-episode-steps"),
+    prefix: int | None = _opt(SpliceConfig, "prefix", "--prefix"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Play with the SAE reconstruction spliced in: return recovered, action agreement, Q FVU."""
     cfg = SpliceConfig(
         episodes=episodes, epsilon=epsilon, seed=seed, n_envs=n_envs,
-        max_episode_steps=max_episode_steps, layer=layer,
+        max_episode_steps=max_episode_steps, layer=layer, prefix=prefix,
     )  # fmt: skip
     cfg.validate("dqn splice")
     check_agent_dir(agent)
@@ -250,6 +251,7 @@ def dqn_splice(
         epsilon=cfg.epsilon,
         n_envs=cfg.n_envs,
         max_episode_steps=cfg.max_episode_steps,
+        prefix=cfg.prefix,
     )
     emit(res.to_json(), as_json)
 

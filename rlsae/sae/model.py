@@ -30,7 +30,7 @@ from rlsae.sae._fast import topk_select
 from rlsae.sae.config import DTYPES, SAEConfig
 from rlsae.sae.io import read_sae_files, write_sae_files
 
-__all__ = ["SAE", "SAEConfig", "encoder_parameter", "load_sae", "save_sae"]
+__all__ = ["SAE", "SAEConfig", "check_prefix", "encoder_parameter", "load_sae", "save_sae"]
 
 _DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES}
 THRESHOLD_ARCHS = ("jumprelu", "batchtopk", "matryoshka")
@@ -133,6 +133,19 @@ class SAE(nn.Module):
             return self.decode_sparse(*self.encode_topk(x))
         return self.decode(self.encode(x))
 
+    def reconstruct(self, x: torch.Tensor, prefix: int | None = None) -> torch.Tensor:
+        """Reconstruction of ``x`` from the first ``prefix`` latents only (all of them with
+        ``None``): the activations of latents ``prefix`` and above are set to 0 before decoding,
+        as Matryoshka training decodes its nested prefixes. For the kinds whose latents fire
+        independently (a threshold or a ReLU) this is the SAE with those latents removed; a
+        TopK SAE's prefix is not one (its TopK chooses among all latents), so it is refused."""
+        if prefix is None:
+            return self(x)
+        check_prefix(self.cfg, prefix)
+        f = self.encode(x)
+        f[..., prefix:] = 0
+        return self.decode(f)
+
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale each decoder row to unit norm."""
@@ -160,6 +173,19 @@ class SAE(nn.Module):
     def extra_repr(self) -> str:
         c = self.cfg
         return f"arch={c.arch}, d_in={c.d_in}, d_sae={c.d_sae}, k={c.k}, tied={c.tied}"
+
+
+def check_prefix(cfg: SAEConfig, prefix: int, where: str = "") -> None:
+    """RlsaeError unless ``prefix`` is 1..d_sae latents of an SAE whose latents fire
+    independently (any kind but ``topk``)."""
+    pre = f"{where}: " if where else ""
+    if cfg.arch == "topk":
+        raise RlsaeError(
+            f"{pre}prefix: a topk SAE has no prefixes (its TopK chooses among all latents); "
+            "use a matryoshka, batchtopk, jumprelu or relu SAE"
+        )
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or not 1 <= prefix <= cfg.d_sae:
+        raise RlsaeError(f"{pre}prefix: expected 1 to d_sae={cfg.d_sae} latents, got {prefix!r}")
 
 
 def save_sae(sae: SAE, path: str | os.PathLike) -> Path:

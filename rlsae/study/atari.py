@@ -48,6 +48,7 @@ from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, read_json
 from rlsae.sae.config import TrainConfig
 from rlsae.study.atari_config import StudyConfig, expand_agent_dirs
+from rlsae.study.atari_prefixes import PrefixCurves, no_prefixes, prefixes
 from rlsae.study.engine import Context, Stage, Study, Units, load_config
 from rlsae.study.engine import resolve_config as resolve_study_config
 from rlsae.study.engine import run as run_engine
@@ -496,7 +497,8 @@ ATARI = Study(
         Stage("concepts", concepts, AgentConcepts, after=("sae",), per="agent"),
         Stage("table", agents_table, AgentsTable, after=("eval", "live", "splice", "concepts")),
         Stage("fit", fit, FitOutcome, after=("table",)),
-        Stage("report", report, Report, after=("table", "fit")),
+        Stage("prefixes", prefixes, PrefixCurves, after=("sae", "splice"), skip_if=no_prefixes),
+        Stage("report", report, Report, after=("table", "fit", "prefixes")),
     ),
 )
 

@@ -30,7 +30,7 @@ from rlsae.agents.config import train_config
 from rlsae.agents.layers import LAYERS, check_layer
 from rlsae.configs import check_range, from_mapping
 from rlsae.errors import RlsaeError
-from rlsae.sae.config import TrainConfig
+from rlsae.sae.config import TRAIN_ARCHS, TrainConfig
 
 
 @dataclass
@@ -78,11 +78,13 @@ class SAESettings:
     """The SAE trained on each agent's activations (poster defaults: TopK, 2048 latents, k 50)."""
 
     arch: str = "topk"
-    """``topk`` or ``relu`` (ReLU + L1)."""
+    """``topk``, ``relu`` (ReLU + L1), ``batchtopk``, ``jumprelu`` or ``matryoshka`` (its
+    nested prefixes add the ``prefixes`` stage: FVU and spliced return per prefix)."""
     d_sae: int = 2048
     """Latents (the poster: 512 -> 2048)."""
     k: int = 50
-    """Active latents per row for TopK (the poster: 50)."""
+    """Active latents per row for TopK, on average for BatchTopK and Matryoshka (the poster:
+    50)."""
     train: dict[str, Any] = field(default_factory=dict)
     """Further ``rlsae.sae.train.TrainConfig`` fields (e.g. ``epochs``, ``batch_size``, ``lr``)."""
 
@@ -158,12 +160,13 @@ class StudyConfig:
         r, s, e, res = self.recording, self.sae, self.evaluation, self.resources
         check_range(where, "recording.steps", r.steps, 1)
         check_range(where, "recording.epsilon", r.epsilon, 0, 1)
-        if s.arch not in ("topk", "relu"):
+        if s.arch not in TRAIN_ARCHS:
             raise RlsaeError(
-                f"{where}: sae.arch: unknown SAE architecture {s.arch!r}; use topk or relu"
+                f"{where}: sae.arch: unknown SAE architecture {s.arch!r}; use one of "
+                f"{', '.join(TRAIN_ARCHS)}"
             )
         check_range(where, "sae.d_sae", s.d_sae, 1)
-        if s.arch == "topk":
+        if s.arch in ("topk", "batchtopk", "matryoshka"):
             check_range(where, "sae.k", s.k, 1, s.d_sae)
         _check_train(s, where)
         check_range(where, "evaluation.episodes", e.episodes, 1)

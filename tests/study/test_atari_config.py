@@ -110,7 +110,7 @@ def test_yaml_and_toml_round_trip(tmp_path) -> None:
         ({"recording": {"layre": "fc1"}}, "recording.layre: unknown key"),
         ({"colour": 1}, ": colour: unknown key"),
         ({"sae": {"k": 5000}}, "sae.k: must be between 1 and 128, got 5000"),
-        ({"sae": {"arch": "jumprelu"}}, "unknown SAE architecture 'jumprelu'"),
+        ({"sae": {"arch": "gated"}}, "unknown SAE architecture 'gated'"),
         ({"recording": {"epsilon": 1.5}}, "recording.epsilon: must be between 0 and 1"),
         (
             {"evaluation": {"episodes": "ten"}},
