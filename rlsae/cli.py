@@ -29,6 +29,7 @@ _COMMAND_MODULES = [
     "dqn",
     "dqn_import",
     "dqn_survey",
+    "dqn_sweep",
     "llm",
     "analyze",
     "viewer",

@@ -262,6 +262,24 @@ class SteerResult(Artifact):
 
 
 @dataclass
+class ChangedState:
+    """The state where an ablation changed the greedy action most (of the spliced agent's)."""
+
+    episode: int
+    """Episode of the sweep (its seed and actions are in ``AblationSweep.episodes_spliced``)."""
+    step: int
+    """Step within the episode."""
+    action_spliced: int
+    """The spliced network's greedy action there."""
+    action_ablated: int
+    """The ablated network's greedy action there."""
+    q_gap: float
+    """How far the ablation moved the preference between the two actions: the spliced
+    network's Q margin of its action over the ablated one's, plus the ablated network's margin
+    of its action over the spliced one's."""
+
+
+@dataclass
 class AblationRow:
     """One feature of an ablation sweep: the agent with that feature set to zero."""
 
@@ -281,6 +299,8 @@ class AblationRow:
     """Spliced-agent states where the feature fires."""
     returns: list[float] = field(default_factory=list)
     """Each episode's return with the feature ablated."""
+    most_changed: ChangedState | None = None
+    """The state where the greedy action changed most (None: it never changed)."""
 
 
 @dataclass
@@ -314,6 +334,8 @@ class AblationSweep(Artifact):
     """Each episode's return, spliced agent."""
     rows: list[AblationRow] = field(default_factory=list)
     """One per feature swept, largest |delta_return| first."""
+    episodes_spliced: list[RecordedEpisode] = field(default_factory=list)
+    """The spliced agent's episodes (seed and actions: replayable)."""
 
 
 @dataclass

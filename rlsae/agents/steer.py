@@ -21,6 +21,7 @@ is the agent with the layer set to the SAE's decoder bias.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,8 +278,11 @@ def _play_both(
     return play_episodes(agent, spliced, cfg), play_episodes(agent, steered, cfg), tally
 
 
-def play_episodes(agent: Agent, policy: Any, cfg: EvalConfig) -> list[RecordedEpisode]:
-    """Play ``cfg.episodes`` seeded episodes; each one's seed, actions and return."""
+def play_episodes(
+    agent: Agent, policy: Any, cfg: EvalConfig, on_batch: Callable[[StepBatch], None] | None = None
+) -> list[RecordedEpisode]:
+    """Play ``cfg.episodes`` seeded episodes; each one's seed, actions and return
+    (``on_batch`` sees every step batch, with what the policy passed along in ``extra``)."""
     eps: dict[int, RecordedEpisode] = {}
     batches: Any = play(
         agent.env_config, policy, seed=cfg.seed, episodes=cfg.episodes, epsilon=cfg.epsilon,
@@ -286,6 +290,8 @@ def play_episodes(agent: Agent, policy: Any, cfg: EvalConfig) -> list[RecordedEp
     )  # fmt: skip
     b: StepBatch
     for b in batches:
+        if on_batch is not None:
+            on_batch(b)
         for i, e in enumerate(b.episode.tolist()):
             ep = eps.setdefault(e, RecordedEpisode(episode=e, seed=int(b.episode_seed[i])))
             ep.actions.append(int(b.action[i]))

@@ -270,3 +270,86 @@ def test_an_sae_of_another_agent_arch_or_layer_is_refused_without_the_store(
     rec.store_path = str(tmp_path / "gone")
     rec.write(sdir / "training.json")
     assert steer_features(poster_agent, sdir, [0], ablate=True, **kw).states == 5
+
+
+def test_the_sweep_names_the_state_where_the_action_changed_most(nature_agent: Path, tmp_path):
+    """On the hand-built net, ablating feature 0 turns RIGHT into UP wherever it fires, and the
+    preference shift there is the feature's own activation (Q[RIGHT] - Q[UP] = f0 before, 0
+    after): the state named is where f0 was largest, found here by replaying the spliced
+    agent with its activations recorded another way."""
+    agent, sae = _hand_built(nature_agent)
+    sdir = save_sae(sae, tmp_path / "sae")
+    sw = ablation_sweep(agent, sdir, features=[0], **KW)
+    f0: dict[tuple[int, int], float] = {}
+
+    @torch.no_grad()
+    def pol(obs):
+        _, h = agent.forward(obs, "fc1")
+        f = sae.encode(h.float())
+        return agent.forward_from("fc1", sae.decode(f)).numpy(), f[:, 0].numpy()
+
+    for b in play(agent.env_config, pol, seed=1, episodes=2, max_episode_steps=30):
+        for i in range(len(b.episode)):
+            f0[(int(b.episode[i]), int(b.step[i]))] = float(b.extra[i])
+    best = max(f0, key=lambda k: (f0[k], -k[0], -k[1]))
+    ch = sw.rows[0].most_changed
+    assert ch is not None and (ch.episode, ch.step) == best
+    assert (ch.action_spliced, ch.action_ablated) == (2, 1)
+    assert ch.q_gap == pytest.approx(f0[best], rel=1e-5)
+    # the spliced episodes are in the sweep (replayable), the same as steer's
+    one = steer_features(agent, sdir, [0], ablate=True, **KW)
+    assert [e.actions for e in sw.episodes_spliced] == [e.actions for e in one.episodes_spliced]
+
+
+def test_live_features_keeps_the_most_firing():
+    from rlsae.agents.sweep import live_features
+
+    counts = np.array([5, 0, 9, 9, 1, 0, 7])
+    assert live_features(counts) == [0, 2, 3, 4, 6]
+    assert live_features(counts, 3) == [2, 3, 6]  # 9, 9, 7
+    assert live_features(counts, 4) == [0, 2, 3, 6]
+    assert live_features(counts, 10) == [0, 2, 3, 4, 6]
+
+
+def test_dqn_sweep_command(nature_agent: Path, tmp_path: Path, run_cli):
+    from rlsae.agents import sweep
+    from rlsae.commands import dqn_sweep
+
+    assert dqn_sweep.ABLATION_FILE == sweep.ABLATION_FILE
+    _, sdir = _sae_dir(tmp_path)
+    code, out, err = run_cli(
+        "dqn", "sweep", "--agent", nature_agent, "--sae", sdir, "--features", "0,2",
+        "--episodes", "1", "--max-episode-steps", "8", "--bootstrap", "50", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    res = AblationSweep.from_json(json.loads(out))
+    assert sorted(r.feature for r in res.rows) == [0, 2] and res.states == 8
+    assert AblationSweep.read(sdir / sweep.ABLATION_FILE) == res
+    code, out, err = run_cli(
+        "dqn", "sweep", "--agent", nature_agent, "--sae", sdir, "--features", "1",
+        "--episodes", "1", "--max-episode-steps", "4", "--out", tmp_path / "s.json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.startswith("1 features ablated at fc1 over 1 episodes (4 states")
+    assert "  feature 1: delta " in out and out.strip().endswith(f"wrote {tmp_path / 's.json'}")
+    # bad input: one line, nothing written
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for args, msg in (
+        (["--features", "1,x"], "--feature: expected feature indices"),
+        (["--features", "8"], "feature 8 out of range: the SAE has 8 features"),
+        (["--max-features", "0"], "max_features: must be at least 1"),
+        (["--episodes", "0"], "episodes: must be at least 1"),
+    ):
+        code, out, err = run_cli("dqn", "sweep", "--agent", nature_agent, "--sae", sdir, *args)
+        assert code == 2 and out == "" and err.count("\n") == 1 and msg in err, err
+    # a dead feature is named dead (over the store's rows)
+    from rlsae.agents.record import record_activations
+
+    store = record_activations(
+        nature_agent, "fc1", 32, tmp_path / "acts", seed=2, max_episode_steps=20, progress=False
+    )
+    code, out, err = run_cli(
+        "dqn", "sweep", "--agent", nature_agent, "--sae", sdir, "--acts", store, "--features", "7"
+    )
+    assert code == 2 and "feature 7 is dead: it never fired over the 32 rows" in err
+    assert sorted(p.name for p in tmp_path.rglob("*") if "acts" not in p.parts) == before
