@@ -5,7 +5,10 @@ shown contexts the explainer never saw (documents other than the explanation's `
 ``n_activating`` documents where the feature fires, spread over its activation range (ranked by
 the document's largest activation, picked at evenly spaced ranks), and ``n_non_activating``
 documents where it never fires, drawn at random. Each context is a window of ``window`` tokens
-around its strongest activation.
+around its strongest activation. A dense feature, which fires in (nearly) every document, gets
+its non-activating contexts from within the documents instead: delphi-style chunks of
+``window`` tokens where it stays at or below a threshold (:func:`held_out_contexts`), so every
+live feature gets a detection score.
 
 * **detection** (Paulo et al. 2024, EleutherAI delphi): given the explanation, which contexts
   activate the feature? Score: balanced accuracy (mean of the hit rates on activating and on
@@ -84,11 +87,41 @@ class HeldOutContext:
     document: int
     tokens: list[str]
     activations: list[float]
+    threshold: float = 0.0
+    """The feature counts as firing on a token above this (0, or for a dense feature the
+    level below which its non-activating windows stay: see :func:`held_out_contexts`)."""
 
     @property
     def active(self) -> bool:
         """Whether the feature fires anywhere in the window."""
-        return max(self.activations, default=0.0) > 0
+        return max(self.activations, default=0.0) > self.threshold
+
+    def firing(self) -> list[int]:
+        """The positions where the feature fires (above :attr:`threshold`)."""
+        return [i for i, a in enumerate(self.activations) if a > self.threshold]
+
+
+def _peak_window(rows: np.ndarray, a: np.ndarray, window: int) -> slice:
+    """The ``window`` positions of a document around its strongest activation."""
+    start = max(0, min(int(a.argmax()) - window // 2, len(rows) - window))
+    return slice(start, start + window)
+
+
+def _chunks(
+    docs: Sequence[int], doc_rows: dict[int, np.ndarray], taken: dict[int, slice], window: int
+) -> list[tuple[int, slice]]:
+    """Delphi-style chunks: each document cut into consecutive windows of ``window`` tokens
+    (a document shorter than that is one chunk; a shorter tail is dropped), leaving out any
+    chunk that overlaps the document's window already shown as activating (``taken``)."""
+    out = []
+    for d in docs:
+        n = len(doc_rows[d])
+        starts = range(0, max(n - window, 0) + 1, window)
+        for s in starts:
+            t = taken.get(d)
+            if t is None or s + window <= t.start or s >= t.stop:
+                out.append((d, slice(s, s + window)))
+    return out
 
 
 def held_out_contexts(
@@ -99,26 +132,49 @@ def held_out_contexts(
     cfg: ExplanationScoreConfig,
     rng: np.random.Generator,
 ) -> list[HeldOutContext]:
-    """Activating contexts (spread over the activation range, strongest first), then random
+    """Activating contexts (spread over the activation range, strongest first), then
     non-activating ones; documents in ``explained`` are never used. ``doc_rows``: each
-    document's rows in position order; ``texts``: the token text of every row."""
+    document's rows in position order; ``texts``: the token text of every row.
+
+    Non-activating contexts are random documents where the feature never fires. When there
+    are fewer such documents than ``cfg.n_non_activating`` (a dense feature fires in every
+    document), they are random *chunks* of the held-out documents, as delphi draws them
+    (Paulo et al. 2024: the corpus cut into fixed-length windows): windows of ``cfg.window``
+    tokens where the feature stays at or below a threshold -- 0 when enough such chunks exist,
+    else the lowest level at which ``n_non_activating`` chunks stay below it (the feature's
+    weakest stretches) -- and the activating contexts are the windows that rise above it."""
     docs = [d for d in doc_rows if d not in explained]
     peak = {d: float(acts[doc_rows[d]].max()) for d in docs}
-    firing = sorted((d for d in docs if peak[d] > 0), key=lambda d: (-peak[d], d))
     silent = [d for d in docs if peak[d] <= 0]
+    threshold, chunks, level = 0.0, [], np.zeros(0)
+    if len(silent) < cfg.n_non_activating:
+        chunks = _chunks(docs, doc_rows, {}, cfg.window)
+        level = np.array([float(acts[doc_rows[d][w]].max()) for d, w in chunks])
+        if len(chunks) > cfg.n_non_activating and (level <= 0).sum() < cfg.n_non_activating:
+            threshold = float(np.sort(level)[cfg.n_non_activating - 1])
+    firing = sorted((d for d in docs if peak[d] > threshold), key=lambda d: (-peak[d], d))
     if len(firing) > cfg.n_activating:
         at = np.linspace(0, len(firing) - 1, cfg.n_activating).round().astype(int)
         firing = [firing[i] for i in dict.fromkeys(at.tolist())]
-    if len(silent) > cfg.n_non_activating:
-        silent = sorted(rng.choice(silent, cfg.n_non_activating, replace=False).tolist())
+    windows = {d: _peak_window(doc_rows[d], acts[doc_rows[d]], cfg.window) for d in firing}
+    quiet: list[tuple[int, slice]]
+    if len(silent) >= cfg.n_non_activating:
+        picked = sorted(rng.choice(silent, cfg.n_non_activating, replace=False).tolist())
+        quiet = [(d, slice(0, cfg.window)) for d in picked]
+    else:
+        kept = {(d, w.start) for d, w in _chunks(docs, doc_rows, windows, cfg.window)}
+        below = [
+            i for i, (d, w) in enumerate(chunks) if level[i] <= threshold and (d, w.start) in kept
+        ]  # chunks at or below the threshold that do not overlap an activating window
+        if len(below) > cfg.n_non_activating:
+            below = sorted(rng.choice(below, cfg.n_non_activating, replace=False).tolist())
+        quiet = [chunks[i] for i in below]
     out = []
-    for d in [*firing, *silent]:
-        rows = doc_rows[d]
-        a = acts[rows]
-        start = max(0, min(int(a.argmax()) - cfg.window // 2, len(rows) - cfg.window))
-        rows = rows[start : start + cfg.window]
+    for d, w in [*((d, windows[d]) for d in firing), *quiet]:
+        rows = doc_rows[d][w]
         tokens = [str(t) for t in texts[rows]]
-        out.append(HeldOutContext(int(d), tokens, [round(float(v), 6) for v in acts[rows]]))
+        acts_w = [round(float(v), 6) for v in acts[rows]]
+        out.append(HeldOutContext(int(d), tokens, acts_w, threshold))
     return out
 
 
@@ -146,12 +202,12 @@ def fuzz_examples(
     out = []
     active = [c for c in contexts if c.active]
     right = set(rng.permutation(len(active))[: (len(active) + 1) // 2].tolist())
-    counts = [sum(a > 0 for a in c.activations) for c in active]
+    counts = [len(c.firing()) for c in active]
     k_default = max(1, round(sum(counts) / len(counts))) if counts else 1
     j = 0
     for c in contexts:
-        on = [i for i, a in enumerate(c.activations) if a > 0]
-        off = [i for i, a in enumerate(c.activations) if a <= 0]
+        on = c.firing()
+        off = [i for i, a in enumerate(c.activations) if a <= c.threshold]
         if c.active and (j in right or not off):
             out.append(FuzzExample(c, on, True))
         else:

@@ -297,3 +297,51 @@ def test_contexts_without_activating_ones_give_no_score():
     assert all(not ex.correct and len(ex.marked) == 1 for ex in fuzz_examples(silent, rng))
     s = score_feature('tokens "great"', silent, OfflineScorer(), ["detection", "fuzzing"], rng)
     assert (s.detection, s.fuzzing, s.n_activating, s.n_non_activating) == (None, None, 0, 4)
+
+
+def test_a_dense_feature_gets_non_activating_chunks_within_its_documents():
+    """A feature that fires in every document (weakly on every " the", strongly on " great")
+    has no silent document; its non-activating contexts are chunks of the documents where it
+    stays at or below a threshold, so detection is scored: ~1 for an explanation naming the
+    strong token, ~chance for an unrelated one, and fuzzing marks only the strong tokens."""
+    from rlsae.llm.scoring import OfflineScorer, held_out_contexts, score_feature
+
+    rng = np.random.default_rng(3)
+    doc_rows, texts, acts, start = {}, [], [], 0
+    for d in range(40):  # 40 documents of 96 tokens: 3 chunks of 32 each
+        toks = rng.choice([" the", " plot", " was", " long", " and"], size=96).tolist()
+        toks[0] = " the"  # every document fires (weakly) at least once
+        if d % 2 == 0:  # half the documents hold a strong " great" in their middle chunk
+            toks[40 + d % 7] = " great"
+        a = [0.3 if t == " the" else (3.0 if t == " great" else 0.0) for t in toks]
+        doc_rows[d] = np.arange(start, start + len(toks))
+        texts += toks
+        acts += a
+        start += len(toks)
+    acts_a, texts_a = np.array(acts, dtype=np.float32), np.array(texts)
+    cfg = ExplanationScoreConfig(n_activating=10, n_non_activating=10, window=32)
+    ctxs = held_out_contexts(acts_a, texts_a, doc_rows, set(), cfg, np.random.default_rng(0))
+    quiet = [c for c in ctxs if not c.active]
+    assert sum(c.active for c in ctxs) == 10 and len(quiet) == 10
+    # no window is silent (" the" is everywhere), so the threshold is the weak level
+    assert [c.threshold for c in ctxs] == pytest.approx([0.3] * 20)
+    for c in quiet:  # a chunk of its document, at or below the threshold, never " great"
+        rows = doc_rows[c.document]
+        assert len(c.tokens) == 32 and max(c.activations) <= 0.3 + 1e-6
+        assert " great" not in c.tokens
+        assert any(
+            list(texts_a[rows[s : s + 32]]) == c.tokens for s in range(0, len(rows) - 31, 32)
+        )
+    for c in ctxs[:10]:
+        assert " great" in c.tokens and c.firing() == [c.tokens.index(" great")]
+    good = score_feature('tokens "great"', ctxs, OfflineScorer(), ["detection", "fuzzing"],
+                         np.random.default_rng(0))  # fmt: skip
+    assert good.detection == pytest.approx(1.0) and good.fuzzing == pytest.approx(1.0)
+    bad = score_feature('tokens "plot"', ctxs, OfflineScorer(), ["detection"],
+                        np.random.default_rng(0))  # fmt: skip
+    assert bad.detection is not None and abs(bad.detection - 0.5) < 0.25
+    # a feature silent in enough whole documents keeps the old draw: whole silent documents
+    sparse = np.where(texts_a == " great", 3.0, 0.0).astype(np.float32)
+    old = held_out_contexts(sparse, texts_a, doc_rows, set(), cfg, np.random.default_rng(0))
+    assert all(c.threshold == 0.0 for c in old)
+    assert all(doc_rows[c.document].size and c.document % 2 == 1 for c in old if not c.active)
