@@ -47,8 +47,9 @@ from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, read_json
 from rlsae.sae.config import TrainConfig
-from rlsae.study.atari_config import StudyConfig, expand_agent_dirs
+from rlsae.study.atari_config import StudyConfig, acts_dir, expand_agent_dirs, sae_dir
 from rlsae.study.atari_prefixes import PrefixCurves, no_prefixes, prefixes
+from rlsae.study.atari_sweep import SWEEP
 from rlsae.study.engine import Context, Stage, Study, Units, load_config
 from rlsae.study.engine import resolve_config as resolve_study_config
 from rlsae.study.engine import run as run_engine
@@ -166,19 +167,6 @@ def _list_agents(ctx: Context[StudyConfig]) -> list[AgentSpec]:
 
 # --------------------------------------------------------------------------------------------
 # Where things go
-
-
-def sae_name(cfg: StudyConfig) -> str:
-    s = cfg.sae
-    return f"{s.arch}-{s.d_sae}" + (f"-k{s.k}" if s.arch == "topk" else "")
-
-
-def acts_dir(run_dir: Path, cfg: StudyConfig, agent: str) -> Path:
-    return Path(run_dir) / "acts" / agent / cfg.recording.layer
-
-
-def sae_dir(run_dir: Path, cfg: StudyConfig, agent: str) -> Path:
-    return Path(run_dir) / "saes" / agent / cfg.recording.layer / sae_name(cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,6 +483,7 @@ ATARI = Study(
         Stage("live", count_live, LiveFeatures, after=("sae",), per="agent"),
         Stage("splice", splice, SpliceResult, after=("sae",), per="agent", skip_if=_no_splice),
         Stage("concepts", concepts, AgentConcepts, after=("sae",), per="agent"),
+        SWEEP,
         Stage("table", agents_table, AgentsTable, after=("eval", "live", "splice", "concepts")),
         Stage("fit", fit, FitOutcome, after=("table",)),
         Stage("prefixes", prefixes, PrefixCurves, after=("sae", "splice"), skip_if=no_prefixes),

@@ -105,6 +105,11 @@ class EvaluationConfig:
     """Episodes with the SAE spliced into the network (0: skip the splice stage)."""
     max_episode_steps: int | None = None
     """Cut evaluation, recording and splice episodes after this many steps (None: whole games)."""
+    sweep_episodes: int = 0
+    """Episodes per variant of the ablation sweep (every live feature set to zero in turn, ranked
+    by the change in return; SAE_DIR/ablation_sweep.json); 0: no sweep stage."""
+    sweep_features: int | None = None
+    """Sweep only this many live features per agent, those firing most (None: every live one)."""
 
 
 @dataclass
@@ -173,6 +178,9 @@ class StudyConfig:
         check_range(where, "evaluation.epsilon", e.epsilon, 0, 1)
         check_range(where, "evaluation.live_threshold", e.live_threshold, 1)
         check_range(where, "evaluation.splice_episodes", e.splice_episodes, 0)
+        check_range(where, "evaluation.sweep_episodes", e.sweep_episodes, 0)
+        if e.sweep_features is not None:
+            check_range(where, "evaluation.sweep_features", e.sweep_features, 1)
         if e.max_episode_steps is not None:
             check_range(where, "evaluation.max_episode_steps", e.max_episode_steps, 1)
         check_range(where, "resources.cpus", res.cpus, 0)
@@ -255,3 +263,23 @@ def _check_train(s: SAESettings, where: str) -> None:
     from_mapping(
         TrainConfig, {"arch": s.arch, "d_sae": s.d_sae, "k": s.k, **s.train}, where, "sae.train"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Where a study keeps an agent's store and SAE
+
+
+def sae_name(cfg: StudyConfig) -> str:
+    """The SAE's folder name: its architecture and width (``topk-2048-k50``)."""
+    s = cfg.sae
+    return f"{s.arch}-{s.d_sae}" + (f"-k{s.k}" if s.arch == "topk" else "")
+
+
+def acts_dir(run_dir: Path, cfg: StudyConfig, agent: str) -> Path:
+    """The agent's activation store in the run: ``acts/AGENT/LAYER``."""
+    return Path(run_dir) / "acts" / agent / cfg.recording.layer
+
+
+def sae_dir(run_dir: Path, cfg: StudyConfig, agent: str) -> Path:
+    """The agent's SAE in the run: ``saes/AGENT/LAYER/SAE_NAME``."""
+    return Path(run_dir) / "saes" / agent / cfg.recording.layer / sae_name(cfg)

@@ -353,3 +353,47 @@ def test_dqn_sweep_command(nature_agent: Path, tmp_path: Path, run_cli):
     )
     assert code == 2 and "feature 7 is dead: it never fired over the 32 rows" in err
     assert sorted(p.name for p in tmp_path.rglob("*") if "acts" not in p.parts) == before
+
+
+def test_the_study_sweep_stage(poster_agent: Path, poster_recording: Path, tmp_path: Path):
+    """The dead-features study's ``sweep`` stage is off in the presets (reported off by the
+    engine), and on with evaluation.sweep_episodes it writes SAE_DIR/ablation_sweep.json, the
+    same sweep ablation_sweep gives, for the most-firing live features."""
+    import shutil
+    from dataclasses import replace
+
+    from rlsae.agents import sweep as sweep_mod
+    from rlsae.sae.config import TrainConfig
+    from rlsae.sae.train import train_sae
+    from rlsae.study import atari
+    from rlsae.study.atari_sweep import AgentSweep
+    from rlsae.study.engine import Context
+
+    smoke = atari.preset_config("smoke")
+    stage = atari.ATARI.stage("sweep")
+    assert stage.per == "agent" and stage.off(smoke)
+    assert all(stage.off(atari.preset_config(p)) for p in ("demo", "paper"))
+    ev = replace(smoke.evaluation, sweep_episodes=1, sweep_features=3, max_episode_steps=6)
+    cfg = replace(smoke, evaluation=ev)
+    assert not stage.off(cfg)
+    acts = atari.acts_dir(tmp_path, cfg, "poster")
+    acts.parent.mkdir(parents=True)
+    shutil.copytree(poster_recording, acts)
+    sdir = atari.sae_dir(tmp_path, cfg, "poster")
+    train_sae(acts, sdir, TrainConfig(d_sae=16, k=4, steps=3, batch_size=64), progress=False)
+    spec = atari.AgentSpec(name="poster", agent_dir=str(poster_agent))
+    res = stage.run(Context(atari.ATARI, cfg, tmp_path), spec)
+    assert isinstance(res, AgentSweep) and res.path == str(
+        sdir.relative_to(tmp_path) / sweep_mod.ABLATION_FILE
+    )
+    written = AblationSweep.read(tmp_path / res.path)
+    direct = sweep_mod.ablation_sweep(
+        poster_agent, sdir, acts, episodes=1, seed=ev.seed, epsilon=ev.epsilon,
+        max_episode_steps=6, max_features=3,
+    )  # fmt: skip
+    assert [r.feature for r in written.rows] == [r.feature for r in direct.rows]
+    assert [r.returns for r in written.rows] == [r.returns for r in direct.rows]
+    assert res.features == 3 == len(written.rows) and res.top_features == [
+        r.feature for r in written.rows
+    ]
+    assert AgentSweep.from_json(json.loads(json.dumps(res.to_json()))) == res
