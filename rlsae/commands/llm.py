@@ -19,6 +19,7 @@ import typer
 from rlsae.commands._apps import JsonOpt, config_option, emit, llm_app
 from rlsae.configs import check_range, from_mapping, to_mapping
 from rlsae.errors import RlsaeError
+from rlsae.llm.causal_configs import MAX_ALPHA, LMSteerConfig
 from rlsae.llm.configs import (
     ExplainConfig,
     ExplanationScoreConfig,
@@ -97,6 +98,17 @@ SCORE_EXPLANATIONS_OPTIONS: Spec = {
     "scorer_model": ("model", "--scorer-model"),
     "timeout": ("timeout", "--timeout"),
 }
+STEER_OPTIONS: Spec = {
+    "prefixes": ("prefixes", "--prefixes"),
+    "prefix_tokens": ("prefix_tokens", "--prefix-tokens"),
+    "max_new_tokens": ("max_new_tokens", "--max-new-tokens"),
+    "seed": ("seed", "--seed"),
+    "data": ("data", "--data"),
+    "reward": ("reward", "--reward"),
+    "table": ("table", "--table"),
+    "classifier": ("classifier", "--classifier"),
+    "bootstrap": ("bootstrap", "--bootstrap"),
+}
 CONFIG_OPTIONS: dict[str, tuple[type, Spec]] = {
     "pretrain-tiny": (TinyConfig, TINY_OPTIONS),
     "rlhf": (RLHFConfig, RLHF_OPTIONS),
@@ -105,8 +117,13 @@ CONFIG_OPTIONS: dict[str, tuple[type, Spec]] = {
     "explain": (ExplainConfig, EXPLAIN_OPTIONS),
     "score-explanations": (ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS),
 }
-"""Each config-backed verb: its config class and its options (checked by the tests)."""
+"""Each config-backed verb: its config class and its options (checked by the tests; ``steer``'s
+:data:`STEER_OPTIONS` by tests/llm/test_causal_lm.py)."""
 
+_STEER_ALPHA = (
+    "Multiple of the feature's decoder row W_dec[F] added at the hook (0: no change; negative "
+    "pushes the other way; |alpha| <= 1e6)."
+)
 _THREADS_HELP = "Torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)."
 
 
@@ -421,3 +438,61 @@ def score_explanations_cmd(
         as_json,
         "\n".join(lines),
     )
+
+
+def _sae_width(sae: Path) -> int | None:
+    """The SAE's d_sae from its cfg.json without torch (None if unreadable: load_sae says why)."""
+    import json
+
+    try:
+        return int(json.loads((sae / "cfg.json").read_text())["d_sae"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@llm_app.command("steer")
+def steer_cmd(
+    model: str = typer.Option(..., "--model", help="Hub name or model directory."),
+    sae: Path = typer.Option(..., "--sae", help="SAE directory (trained on a hook of the model)."),
+    feature: int = typer.Option(..., "--feature", help="The feature whose direction is added."),
+    alpha: float = typer.Option(..., "--alpha", help=_STEER_ALPHA),
+    prefixes: int = _opt(LMSteerConfig, STEER_OPTIONS, "prefixes"),
+    prefix_tokens: int = _opt(LMSteerConfig, STEER_OPTIONS, "prefix_tokens"),
+    max_new_tokens: int = _opt(LMSteerConfig, STEER_OPTIONS, "max_new_tokens"),
+    seed: int = _opt(LMSteerConfig, STEER_OPTIONS, "seed"),
+    data: str = _opt(LMSteerConfig, STEER_OPTIONS, "data"),
+    reward: str = _opt(LMSteerConfig, STEER_OPTIONS, "reward"),
+    table: str = _opt(LMSteerConfig, STEER_OPTIONS, "table"),
+    classifier: str = _opt(LMSteerConfig, STEER_OPTIONS, "classifier"),
+    bootstrap: int = _opt(LMSteerConfig, STEER_OPTIONS, "bootstrap"),
+    show: int = typer.Option(3, "--show", help="Completions printed (--json has them all)."),
+    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Add alpha x a feature's decoder direction at the SAE's hook while sampling completions;
+    the mean reward steered vs unsteered (same prefixes and seed) with a bootstrap CI."""
+    check_range("--alpha", "", alpha, -MAX_ALPHA, MAX_ALPHA)
+    cfg = build_config(LMSteerConfig, STEER_OPTIONS, locals(), "llm steer")
+    cfg.alpha = alpha
+    _check_threads(threads)
+    check_range("--show", "", show, 0, 100_000)
+    check_range("--feature", "", feature, 0)
+    if not sae.is_dir():
+        raise RlsaeError(f"SAE directory {sae} not found")
+    width = _sae_width(sae)
+    if width is not None and feature >= width:
+        raise RlsaeError(
+            f"--feature {feature} is out of range; the SAE has features 0..{width - 1}"
+        )
+    resolve_model_ref(model)
+    check_data_source(cfg.data)
+    if cfg.reward == "utility":
+        UtilityTable.load(cfg.table)  # a bad table is refused before torch loads
+    else:
+        resolve_model_ref(cfg.classifier)
+    from rlsae.llm.steer import steer_model
+    from rlsae.threads import torch_threads
+
+    with torch_threads(threads):
+        result = steer_model(model, sae, feature, cfg)
+    emit(result.to_json(), as_json, result.summary(show))

@@ -13,8 +13,9 @@ from typing import Any
 import typer
 
 from rlsae.commands._apps import JsonOpt, config_option, emit, plain_help, sae_app
-from rlsae.configs import field_default, field_docs
+from rlsae.configs import field_default, field_docs, from_mapping
 from rlsae.errors import RlsaeError
+from rlsae.llm.causal_configs import SpliceEvalConfig
 from rlsae.sae.config import TrainConfig, check_eval_args
 
 TRAIN_OPTIONS = {
@@ -152,7 +153,17 @@ def sae_train(
 @sae_app.command("eval")
 def sae_eval(
     sae_dir: Path = typer.Option(..., "--sae", help="SAE directory (rlsae or SAELens format)."),
-    acts: Path = typer.Option(..., "--acts", help="Activation store to evaluate on."),
+    acts: Path | None = typer.Option(None, "--acts", help="Activation store to evaluate on."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Instead of --acts: splice faithfulness on this language model (hub name or "
+        "directory): CE loss unchanged, with the SAE spliced in at its hook and zero-ablated, "
+        "CE loss recovered and KL.",
+    ),
+    prefixes: int = config_option(SpliceEvalConfig, "prefixes", "--prefixes"),
+    prefix_tokens: int = config_option(SpliceEvalConfig, "prefix_tokens", "--prefix-tokens"),
+    lm_data: str | None = config_option(SpliceEvalConfig, "data", "--data"),
     batch_size: int = typer.Option(4096, "--batch-size", help="Rows per batch."),
     max_rows: int | None = typer.Option(None, "--max-rows", help="Evaluate only the first N rows."),
     save_stats: bool = typer.Option(
@@ -175,8 +186,19 @@ def sae_eval(
     """Reconstruction (FVU, MSE, explained variance), L0, dead and dense latents over a store.
 
     With ``--json``: one ``rlsae.sae_metrics`` object (see ``rlsae.sae.metrics.SAEMetrics``),
-    with ``--ground-truth`` an ``rlsae.ground_truth_metrics`` one under ``ground_truth``."""
+    with ``--ground-truth`` an ``rlsae.ground_truth_metrics`` one under ``ground_truth``.
+    With ``--model`` instead of ``--acts``: one ``rlsae.splice_eval`` object (see
+    ``rlsae.llm.splice_eval.SpliceEval``)."""
     check_eval_args(batch_size, max_rows, where="sae eval")
+    splice = _splice_config(prefixes, prefix_tokens, lm_data)
+    if (acts is None) == (model is None):
+        raise RlsaeError("give --acts STORE (reconstruction metrics) or --model M (splice), one")
+    if model is not None:
+        if ground_truth is not None:
+            raise RlsaeError("--ground-truth goes with --acts, not --model")
+        _sae_eval_splice(sae_dir, model, splice, as_json)
+        return
+    assert acts is not None  # one of the two, checked above
     if ground_truth is not None and not ground_truth.is_file():
         raise RlsaeError(f"ground truth {ground_truth} not found")
     _need_dir(sae_dir, "SAE directory")  # before torch loads: a fast one-line error
@@ -206,6 +228,34 @@ def sae_eval(
     if not as_json:  # the readable summary: the figures only
         data = {k: v for k, v in data.items() if k not in ("format", "version")}
     emit(data, as_json)
+
+
+def _splice_config(prefixes: int, prefix_tokens: int, data: str | None) -> SpliceEvalConfig:
+    """The splice options as a validated config; a bad value is one line naming its option."""
+    flags = {"prefixes": "--prefixes", "prefix_tokens": "--prefix-tokens", "data": "--data"}
+    values = {"prefixes": prefixes, "prefix_tokens": prefix_tokens, "data": data}
+    try:
+        return from_mapping(SpliceEvalConfig, values, "sae eval")
+    except RlsaeError as e:
+        msg = str(e)
+        for name, flag in flags.items():
+            msg = msg.replace(f"sae eval: {name}: ", f"{flag}: ", 1)
+        raise RlsaeError(msg) from None
+
+
+def _sae_eval_splice(sae_dir: Path, model: str, cfg: SpliceEvalConfig, as_json: bool) -> None:
+    """``sae eval --model``: the splice faithfulness figures of an SAE on a language model."""
+    _need_dir(sae_dir, "SAE directory")
+    from rlsae.llm.data import check_data_source
+    from rlsae.llm.models import resolve_model_ref
+
+    resolve_model_ref(model)  # a missing model directory: one line, before torch loads
+    if cfg.data is not None:
+        check_data_source(cfg.data)
+    from rlsae.llm.splice_eval import splice_faithfulness
+
+    result = splice_faithfulness(model, sae_dir, cfg)
+    emit(result.to_json(), as_json, result.summary())
 
 
 def _need_dir(path: Path, what: str) -> None:

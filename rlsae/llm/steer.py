@@ -1,0 +1,315 @@
+"""Steering a language model along an SAE feature's decoder direction, scored by the reward.
+
+``α · W_dec[F]`` -- what the SAE's reconstruction gains when feature ``F``'s activation rises by
+``α`` (a unit vector for rlsae's SAEs, whose decoder rows have norm 1) -- is added to the
+activation at the SAE's hook, at every position of the prefix and of the completion, while the
+model samples completions of test prefixes (:func:`rlsae.llm.generate.sample_completions`, the
+code RLHF and ``llm score`` use). The same prefixes are completed with the same seed without the
+addition, both sets are scored with the study's reward (the utility table, the paper's equation
+3, or a sentiment classifier), and the result is the mean reward of each with a paired bootstrap
+interval of the change. ``α = 0`` adds an exact zero: every completion is the unsteered one.
+
+The addition is made on the Hugging Face model by a forward hook on the module behind the
+TransformerLens hook point (the SAE's ``hook_name``): ``hook_resid_post`` of block ``L`` is the
+output of layer ``L``, ``hook_resid_pre`` its input, ``hook_mlp_out`` the output of its MLP and
+``hook_attn_out`` that of its attention (checked against TransformerLens's ``run_with_hooks`` by
+the tests). Other hooks are refused in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from rlsae.artifacts import Artifact
+from rlsae.configs import from_mapping, to_mapping
+from rlsae.errors import RlsaeError
+from rlsae.llm.causal_configs import LMSteerConfig
+from rlsae.llm.data import check_fits_context, load_texts, make_prefixes
+from rlsae.llm.generate import decode_rollout, sample_completions
+from rlsae.llm.models import load_model
+from rlsae.llm.rewards import (
+    ClassifierReward,
+    ClassifierRewardConfig,
+    RewardFn,
+    UtilityReward,
+    UtilityRewardConfig,
+    UtilityTable,
+)
+from rlsae.sae.metrics import FEATURE_STATS, FeatureStats
+from rlsae.sae.model import SAE, load_sae
+
+__all__ = [
+    "LMSteerConfig",
+    "LMSteerResult",
+    "SteeredCompletion",
+    "bootstrap_mean_ci",
+    "check_feature",
+    "steer_model",
+    "steering",
+]
+
+STEERABLE = ("resid_post", "resid_pre", "mlp_out", "attn_out")
+"""Hook points whose module in the Hugging Face model is known."""
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(\w+)$")
+
+
+@dataclass
+class SteeredCompletion:
+    """One prefix completed without and with steering."""
+
+    prefix: str
+    """The prefix text."""
+    unsteered: str
+    """Its completion by the unchanged model."""
+    steered: str
+    """Its completion with the feature direction added (same seed)."""
+    reward_unsteered: float
+    """Reward of prefix + unsteered completion."""
+    reward_steered: float
+    """Reward of prefix + steered completion."""
+
+
+@dataclass
+class LMSteerResult(Artifact):
+    """Steering one feature of an SAE on a language model (``llm steer --json``)."""
+
+    FORMAT: ClassVar[str] = "rlsae.lm_steer"
+    VERSION: ClassVar[int] = 1
+
+    feature: int
+    """The steered feature."""
+    alpha: float
+    """Multiple of its decoder row added at the hook."""
+    hook: str
+    """The TransformerLens hook point steered."""
+    n: int
+    """Prefixes completed (each both ways)."""
+    mean_reward_unsteered: float
+    """Mean reward of the unsteered completions."""
+    mean_reward_steered: float
+    """Mean reward of the steered completions."""
+    delta: float
+    """mean_reward_steered - mean_reward_unsteered."""
+    ci95: list[float]
+    """95% paired bootstrap interval of delta."""
+    utility_unsteered: float
+    """Σ over the unsteered completions (alone) of the utility table's Σ U(word)."""
+    utility_steered: float
+    """The same for the steered completions."""
+    changed: int
+    """Completions that differ from the unsteered one."""
+    decoder_norm: float
+    """‖W_dec[F]‖ (the norm of the added vector is |alpha| times it)."""
+    reward: str = "utility"
+    """The reward: 'utility' (table) or 'sentiment' (classifier)."""
+    model: str = ""
+    """The model (hub name or directory)."""
+    sae: str = ""
+    """The SAE directory."""
+    config: LMSteerConfig = field(default_factory=LMSteerConfig)
+    """The sampling and scoring settings."""
+    seconds: float = 0.0
+    """Wall time."""
+    completions: list[SteeredCompletion] = field(default_factory=list)
+    """Every prefix with both completions and rewards."""
+
+    def summary(self, show: int = 3) -> str:
+        """The readable lines ``llm steer`` prints (the first ``show`` completions)."""
+        lines = [
+            f"feature {self.feature} at {self.hook}, alpha {self.alpha:g}, {self.n} prefixes",
+            f"mean reward  unsteered {self.mean_reward_unsteered:.4f}  steered "
+            f"{self.mean_reward_steered:.4f}  change {self.delta:+.4f} "
+            f"[{self.ci95[0]:+.4f}, {self.ci95[1]:+.4f}]",
+            f"completions changed: {self.changed} of {self.n}",
+        ]
+        for c in self.completions[:show]:
+            lines += [f"  prefix:    {c.prefix}", f"  unsteered: {c.unsteered}"]
+            lines.append(f"  steered:   {c.steered}")
+        return "\n".join(lines)
+
+
+def bootstrap_mean_ci(diffs: np.ndarray, resamples: int, seed: int) -> list[float]:
+    """95% percentile interval of the mean of ``diffs`` over ``resamples`` resamples."""
+    rng = np.random.default_rng([int(seed), 4242])
+    idx = rng.integers(0, len(diffs), (resamples, len(diffs)))
+    means = diffs[idx].mean(1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def _layers(model: Any) -> Any:
+    """The Hugging Face model's list of transformer blocks."""
+    base = getattr(model, "base_model", model)
+    for name in ("layers", "h", "blocks"):
+        mods = getattr(base, name, None)
+        if isinstance(mods, torch.nn.ModuleList):
+            return mods
+    raise RlsaeError(f"cannot find the transformer blocks of a {type(model).__name__}")
+
+
+def _hook_module(model: Any, hook: str) -> tuple[Any, str]:
+    """``(module, kind)`` behind TransformerLens hook point ``hook``: kind ``output`` (add to the
+    module's output) or ``input`` (add to its first input)."""
+    m = _HOOK_RE.match(hook)
+    if m is None or m.group(2) not in STEERABLE:
+        raise RlsaeError(
+            f"cannot steer at hook {hook!r}; steering supports "
+            f"{', '.join('blocks.L.hook_' + h for h in STEERABLE)}"
+        )
+    layers = _layers(model)
+    layer, what = int(m.group(1)), m.group(2)
+    if layer >= len(layers):
+        raise RlsaeError(f"hook {hook!r}: the model has blocks 0..{len(layers) - 1}")
+    block = layers[layer]
+    if what == "resid_post":
+        return block, "output"
+    if what == "resid_pre":
+        return block, "input"
+    names = ("mlp",) if what == "mlp_out" else ("attention", "attn")
+    for name in names:
+        mod = getattr(block, name, None)
+        if isinstance(mod, torch.nn.Module):
+            return mod, "output"
+    raise RlsaeError(f"cannot find the {what[:-4]} module of block {layer} to steer {hook!r}")
+
+
+def _add(value: Any, vec: torch.Tensor) -> Any:
+    """``value + vec`` for a tensor, or for the first element of a tuple output."""
+    if isinstance(value, tuple):
+        return (value[0] + vec.to(value[0].dtype), *value[1:])
+    return value + vec.to(value.dtype)
+
+
+@contextlib.contextmanager
+def steering(model: Any, hook: str, vector: torch.Tensor) -> Iterator[None]:
+    """Within the block, ``vector`` (d,) is added at ``hook`` of the Hugging Face ``model`` at
+    every position of every forward pass (generation included)."""
+    module, kind = _hook_module(model, hook)
+    vec = vector.detach().to(next(model.parameters()).device)
+    if kind == "output":
+        handle = module.register_forward_hook(lambda mod, args, out: _add(out, vec))
+    else:
+
+        def pre(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if args:
+                return (_add(args[0], vec), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": _add(kwargs["hidden_states"], vec)}
+
+        handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def check_feature(sae: SAE, feature: int, sae_dir: str | os.PathLike | None = None) -> None:
+    """Refuse a feature out of range, or one the SAE's feature statistics show dead."""
+    if not 0 <= feature < sae.cfg.d_sae:
+        raise RlsaeError(
+            f"--feature {feature} is out of range; the SAE has features 0..{sae.cfg.d_sae - 1}"
+        )
+    if sae_dir is not None and os.path.isfile(os.path.join(os.fspath(sae_dir), FEATURE_STATS)):
+        stats = FeatureStats.read(sae_dir)  # a corrupt file: one line
+        if int(stats.firing_counts[feature]) == 0:
+            raise RlsaeError(
+                f"--feature {feature} is dead: it never fired over the {stats.rows} rows of "
+                f"{FEATURE_STATS}; steering along it says nothing about what the model learned"
+            )
+
+
+def _reward_fn(cfg: LMSteerConfig) -> RewardFn:
+    if cfg.reward == "sentiment":
+        return ClassifierReward(ClassifierRewardConfig(model=cfg.classifier))
+    return UtilityReward(UtilityRewardConfig(table=cfg.table))
+
+
+def steer_model(
+    model: str | os.PathLike,
+    sae: SAE | str | os.PathLike,
+    feature: int,
+    cfg: LMSteerConfig | None = None,
+    *,
+    hf_model: Any = None,
+    tokenizer: Any = None,
+) -> LMSteerResult:
+    """Complete ``cfg.prefixes`` test prefixes with and without ``cfg.alpha · W_dec[feature]``
+    added at the SAE's hook (same seed) and score both (see the module doc). A feature out of
+    range or dead, or an SAE for another layer or width than the model, is refused in one line
+    before any sampling. ``hf_model``/``tokenizer``: the model already loaded."""
+    cfg = cfg or LMSteerConfig()
+    cfg.validate()
+    t0 = time.time()
+    table = UtilityTable.load(cfg.table)
+    sae_dir = None if isinstance(sae, SAE) else sae
+    sae_obj = sae if isinstance(sae, SAE) else load_sae(sae)
+    check_feature(sae_obj, feature, sae_dir)
+    if hf_model is None or tokenizer is None:
+        hf_model, tokenizer = load_model(model)
+    hook = sae_obj.cfg.hook_name
+    _check_width(hf_model, sae_obj, hook)
+    check_fits_context(hf_model, cfg.prefix_tokens, cfg.max_new_tokens)
+    reward = _reward_fn(cfg)
+    texts = load_texts(cfg.data, "test", model=model)
+    prefix_ids = make_prefixes(texts, tokenizer, cfg.prefixes, cfg.prefix_tokens, seed=cfg.seed)
+    vector = cfg.alpha * sae_obj.W_dec[feature].detach().float()
+
+    def sample() -> tuple[list[str], list[str]]:
+        rollout = sample_completions(
+            hf_model,
+            tokenizer,
+            prefix_ids,
+            cfg.max_new_tokens,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+        )
+        return decode_rollout(tokenizer, rollout)
+
+    prefixes, plain = sample()
+    with steering(hf_model, hook, vector):
+        _, steered = sample()
+    r_plain, r_steered = reward(prefixes, plain), reward(prefixes, steered)
+    diffs = np.asarray(r_steered, dtype=np.float64) - np.asarray(r_plain, dtype=np.float64)
+    return LMSteerResult(
+        feature=feature,
+        alpha=float(cfg.alpha),
+        hook=hook,
+        n=len(prefixes),
+        mean_reward_unsteered=float(np.mean(r_plain)),
+        mean_reward_steered=float(np.mean(r_steered)),
+        delta=float(diffs.mean()),
+        ci95=bootstrap_mean_ci(diffs, cfg.bootstrap, cfg.seed),
+        utility_unsteered=float(sum(table.utility(c) for c in plain)),
+        utility_steered=float(sum(table.utility(c) for c in steered)),
+        changed=sum(a != b for a, b in zip(plain, steered, strict=True)),
+        decoder_norm=float(sae_obj.W_dec[feature].detach().norm()),
+        reward=cfg.reward,
+        model=os.fspath(model),
+        sae=os.fspath(sae_dir) if sae_dir is not None else "",
+        config=from_mapping(LMSteerConfig, to_mapping(cfg)),
+        seconds=time.time() - t0,
+        completions=[
+            SteeredCompletion(p, a, b, ra, rb)
+            for p, a, b, ra, rb in zip(prefixes, plain, steered, r_plain, r_steered, strict=True)
+        ],
+    )
+
+
+def _check_width(hf_model: Any, sae: SAE, hook: str) -> None:
+    """An SAE without a hook, for a block the model lacks, or of another width: one line."""
+    if not hook:
+        raise RlsaeError("the SAE records no hook_name; it was not trained on a model hook")
+    _hook_module(hf_model, hook)  # a hook the model lacks or steering cannot reach: one line
+    d_model = int(getattr(hf_model.config, "hidden_size", 0) or 0)
+    if d_model and sae.cfg.d_in != d_model:
+        raise RlsaeError(
+            f"the SAE reads d_in={sae.cfg.d_in} but {hook} of this model is {d_model} wide; "
+            "an SAE for another model"
+        )
