@@ -25,8 +25,13 @@ DQN hyperparameters (:class:`DQNConfig`, defaults per arch from :func:`default_c
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import importlib.util
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from rlsae.configs import INT64_MAX, check_range, describe, from_mapping
@@ -97,9 +102,43 @@ def _check_prob(where: str, name: str, value: Any) -> None:
     check_range(where, name, value, 0.0, 1.0)
 
 
+DEFAULT_GAME = "ms_pacman"
+"""The game rlsae plays unless told otherwise (the poster's)."""
+
+
+@functools.lru_cache(maxsize=1)
+def ale_games() -> tuple[str, ...]:
+    """The games whose ROMs ship with ale-py (``ms_pacman``, ``breakout``, ``pong``, ...).
+
+    Read from the ROM folder's file names, without importing ale-py (fast ``--help`` and fast
+    refusals); ``ALE_ROMS_DIR`` overrides the folder as it does for ale-py."""
+    folder = os.environ.get("ALE_ROMS_DIR")
+    if not folder:
+        spec = importlib.util.find_spec("ale_py")
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        folder = str(Path(locations[0]) / "roms") if locations else ""
+    return tuple(sorted(p.stem for p in Path(folder).glob("*.bin"))) if folder else ()
+
+
+def check_game(where: str, game: Any) -> None:
+    """Refuse a game without an ale-py ROM (one line naming a few that exist)."""
+    games = ale_games()
+    if not isinstance(game, str) or game not in games:
+        close = difflib.get_close_matches(str(game).lower(), games, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else f"e.g. {', '.join(games[:6])}"
+        raise RlsaeError(
+            f"{where}: game: {describe(game)} is not one of ale-py's {len(games)} ROMs; {hint}"
+        )
+
+
+def env_id_of(game: str) -> str:
+    """The gymnasium v5 id of an ale-py game (``ms_pacman`` -> ``ALE/MsPacman-v5``)."""
+    return "ALE/" + "".join(part.capitalize() for part in game.split("_")) + "-v5"
+
+
 @dataclass
 class EnvConfig:
-    """How a Ms. Pac-Man environment is built. Saved in ``agent.json`` and ``episodes.json``."""
+    """How an Atari environment is built. Saved in ``agent.json`` and ``episodes.json``."""
 
     mode: str = "poster"
     """Observation mode: ``nature`` (84x84 gray, 4 stacked) or ``poster`` (210x160 RGB)."""
@@ -118,6 +157,11 @@ class EnvConfig:
     """Divisor for ``reward_transform="scale"`` (the poster divides rewards by 100)."""
     max_episode_frames: int = 108_000
     """Truncate a game after this many emulator frames (ALE default, 27,000 agent steps)."""
+    game: str = DEFAULT_GAME
+    """The ALE game (an ale-py ROM name: ``ms_pacman``, ``breakout``, ``pong``, ...)."""
+    fire_reset: bool | None = None
+    """Press FIRE at reset in games that have it (Breakout; Ms. Pac-Man has none); ``None``: on
+    for nature (rl-zoo3's ``AtariWrapper``), off for poster (plain ``ALE/<Game>-v5``)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -130,22 +174,35 @@ class EnvConfig:
             self.terminal_on_life_loss = self.mode == "nature"
         if self.reward_transform is None:
             self.reward_transform = "sign" if self.mode == "nature" else "scale"
+        if self.fire_reset is None:
+            self.fire_reset = self.mode == "nature"
 
     def validate(self, where: str = "env") -> None:
         """Refuse values the emulator cannot use (one-line :class:`RlsaeError`)."""
         check_choice(where, "mode", self.mode, MODES)
+        check_game(where, self.game)
         check_int(where, "frameskip", self.frameskip, 1)
         _check_prob(where, "repeat_action_probability", self.repeat_action_probability)
         check_int(where, "noop_max", self.noop_max, 0)
         check_choice(where, "reward_transform", self.reward_transform, REWARD_TRANSFORMS)
         check_range(where, "reward_scale", self.reward_scale, 0.0, lo_open=True)
         check_int(where, "max_episode_frames", self.max_episode_frames, 1)
+        if not isinstance(self.fire_reset, bool):
+            raise RlsaeError(
+                f"{where}: fire_reset: expected true or false, got {describe(self.fire_reset)}"
+            )
+
+    @property
+    def env_id(self) -> str:
+        """The gymnasium id whose settings this follows (``ALE/MsPacman-v5``)."""
+        return env_id_of(self.game)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def ale_kwargs(self, *, rgb_screen: bool = False) -> dict[str, Any]:
-        """Keyword arguments for ``ale_py.vector_env.AtariVectorEnv`` (without game/num_envs).
+        """Keyword arguments for ``ale_py.vector_env.AtariVectorEnv`` (without game/num_envs;
+        the game is :attr:`game`).
 
         ``rgb_screen`` gives the full RGB screen (last frame, no max-pool) with the same emulator
         dynamics (same seeds, no-ops and sticky actions): replay uses it to draw nature episodes.
@@ -157,7 +214,7 @@ class EnvConfig:
             max_num_frames_per_episode=self.max_episode_frames,
             reward_clipping=False,
             episodic_life=False,
-            use_fire_reset=False,
+            use_fire_reset=bool(self.fire_reset),
             full_action_space=False,
         )
         if self.mode == "poster" or rgb_screen:

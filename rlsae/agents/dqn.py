@@ -35,7 +35,7 @@ from rlsae.agents.agent_dir import (
     read_agent_info,
 )
 from rlsae.agents.config import DQNTrainConfig, EnvConfig, check_device, train_config
-from rlsae.agents.envs import ENV_ID, make_vec_env
+from rlsae.agents.envs import make_vec_env
 from rlsae.agents.layers import HEAD, check_layer, layer_widths
 from rlsae.agents.networks import get_module, policy_kwargs
 from rlsae.agents.results import AgentInfo
@@ -280,7 +280,7 @@ def _load_or_build_model(
 def _agent_info(cfg: DQNTrainConfig, steps: int) -> AgentInfo:
     return AgentInfo(
         arch=cfg.arch,
-        env_id=ENV_ID,
+        env_id=cfg.env.env_id,
         seed=cfg.seed,
         steps_trained=int(steps),
         n_envs=cfg.n_envs,

@@ -13,11 +13,16 @@ layer is followed only by the linear Q head (poster ``fc2``, nature ``fc1``), th
 effect of one unit of the feature.
 
 Effects are laid out as the 3x3 joystick grid (rows up/centre/down, columns left/centre/right,
-NOOP in the centre), derived from ale-py's Ms. Pac-Man action names:
+NOOP in the centre), derived from ale-py's action names of the agent's game (Ms. Pac-Man's):
 
     UPLEFT    UP    UPRIGHT
     LEFT      NOOP  RIGHT
     DOWNLEFT  DOWN  DOWNRIGHT
+
+A game whose 18 actions are the joystick with and without the button gets a 3x6 grid: the
+joystick without FIRE on the left, with FIRE on the right (``FIRE`` in the right centre). Any
+other action set (Breakout's NOOP, FIRE, RIGHT, LEFT; Pong's 6) is one row of all its action
+values in ale-py's order, drawn as a bar chart labelled with :func:`rlsae.agents.envs.action_meanings`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlsae.agents.config import DEFAULT_GAME
 from rlsae.agents.dqn import Agent
 from rlsae.agents.envs import action_meanings
 from rlsae.agents.layers import LAYERS, check_layer
@@ -37,27 +43,49 @@ _ROW = {"UP": 0, "": 1, "DOWN": 2}
 _COL = {"LEFT": 0, "": 1, "RIGHT": 2}
 
 
-@functools.lru_cache(maxsize=1)
-def joystick_layout() -> np.ndarray:
-    """(3, 3) array of action ids: where each Ms. Pac-Man action sits on the joystick grid."""
-    grid = np.full((3, 3), -1, dtype=np.int64)
-    for action, name in enumerate(action_meanings()):
+@functools.lru_cache(maxsize=16)
+def action_layout(game: str = DEFAULT_GAME) -> np.ndarray | None:
+    """Where each action of ``game`` sits on the joystick grid: (3, 3) action ids for a 9-action
+    joystick (NOOP centre), (3, 6) for an 18-action joystick with button (without FIRE left,
+    with FIRE right); ``None`` for any other action set (drawn as a bar chart)."""
+    names = action_meanings(game)
+    fire = len(names) == 18
+    if len(names) not in (9, 18):
+        return None
+    grid = np.full((3, 6 if fire else 3), -1, dtype=np.int64)
+    for action, full in enumerate(names):
+        pressed = full.endswith("FIRE")
+        name = full[: -len("FIRE")] if pressed else full
+        name = "" if name in ("NOOP", "") else name
         vertical = "UP" if name.startswith("UP") else "DOWN" if name.startswith("DOWN") else ""
         horizontal = "LEFT" if name.endswith("LEFT") else "RIGHT" if name.endswith("RIGHT") else ""
-        if name not in ("NOOP", vertical + horizontal):
-            raise RlsaeError(f"unexpected Ms. Pac-Man action name {name!r} from ale-py")
-        grid[_ROW[vertical], _COL[horizontal]] = action
-    if (grid < 0).any():
-        raise RlsaeError("ale-py's Ms. Pac-Man action set does not fill the 3x3 joystick grid")
+        if name != vertical + horizontal or (pressed and not fire):
+            return None
+        col = _COL[horizontal] + (3 if pressed else 0)
+        if grid[_ROW[vertical], col] >= 0:
+            return None
+        grid[_ROW[vertical], col] = action
+    return None if (grid < 0).any() else grid
+
+
+def joystick_layout(game: str = DEFAULT_GAME) -> np.ndarray:
+    """(3, 3) (or (3, 6)) array of action ids: where each action of ``game`` (Ms. Pac-Man by
+    default) sits on the joystick grid; one line when its actions are not a joystick."""
+    grid = action_layout(game)
+    if grid is None:
+        raise RlsaeError(f"{game}'s actions ({', '.join(action_meanings(game))}) are no joystick")
     return grid
 
 
-def to_grid(values: Any) -> np.ndarray:
-    """Lay out per-action values (..., 9) on the joystick grid (..., 3, 3)."""
+def to_grid(values: Any, game: str = DEFAULT_GAME) -> np.ndarray:
+    """Lay out per-action values (..., A) of ``game``: on its joystick grid (..., 3, 3) or
+    (..., 3, 6), or, for another action set, as one row (..., 1, A) in action order."""
     v = np.asarray(values)
-    if v.shape[-1] != 9:
-        raise RlsaeError(f"expected 9 action values, got {v.shape[-1]}")
-    return v[..., joystick_layout()]
+    n = len(action_meanings(game))
+    if v.shape[-1] != n:
+        raise RlsaeError(f"expected {n} action values ({game}), got {v.shape[-1]}")
+    grid = action_layout(game)
+    return v[..., None, :] if grid is None else v[..., grid]
 
 
 def check_sae(agent: Agent, sae: Any, layer: str, feature: int) -> None:
@@ -95,7 +123,7 @@ def _as_obs(agent: Agent, obs: Any) -> tuple[torch.Tensor, bool]:
 
 @torch.no_grad()
 def feature_effect(agent: Agent, sae: Any, layer: str, feature: int, obs: Any) -> np.ndarray:
-    """Per-action contribution of ``feature`` in state(s) ``obs``: (9,) or (n, 9)."""
+    """Per-action contribution of ``feature`` in state(s) ``obs``: (A,) or (n, A)."""
     check_sae(agent, sae, layer, feature)
     x, single = _as_obs(agent, obs)
     _, acts = agent.forward(x, layer)
@@ -109,13 +137,14 @@ def feature_effect(agent: Agent, sae: Any, layer: str, feature: int, obs: Any) -
 
 
 def action_effect_grid(agent: Agent, sae: Any, layer: str, feature: int, obs: Any) -> np.ndarray:
-    """:func:`feature_effect` on the 3x3 joystick grid (NOOP centre): (3, 3) or (n, 3, 3)."""
-    return to_grid(feature_effect(agent, sae, layer, feature, obs))
+    """:func:`feature_effect` on the game's joystick grid (NOOP centre): (3, 3) or (n, 3, 3) for
+    Ms. Pac-Man; see :func:`to_grid` for other games."""
+    return to_grid(feature_effect(agent, sae, layer, feature, obs), agent.env_config.game)
 
 
 @torch.no_grad()
 def direct_effect(agent: Agent, sae: Any, layer: str, feature: int) -> np.ndarray:
-    """``W_q @ d_feature`` (9,): the state-independent effect of one unit of the feature.
+    """``W_q @ d_feature`` (A,): the state-independent effect of one unit of the feature.
 
     Only defined when ``layer`` feeds the linear Q head directly (poster ``fc2``, nature ``fc1``).
     """
@@ -132,5 +161,6 @@ def direct_effect(agent: Agent, sae: Any, layer: str, feature: int) -> np.ndarra
 
 
 def direct_effect_grid(agent: Agent, sae: Any, layer: str, feature: int) -> np.ndarray:
-    """:func:`direct_effect` on the joystick grid (3, 3)."""
-    return to_grid(direct_effect(agent, sae, layer, feature))
+    """:func:`direct_effect` on the game's joystick grid ((3, 3) for Ms. Pac-Man; see
+    :func:`to_grid`)."""
+    return to_grid(direct_effect(agent, sae, layer, feature), agent.env_config.game)

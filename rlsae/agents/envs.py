@@ -1,4 +1,5 @@
-"""Ms. Pac-Man environments: ale-py's C++ ``AtariVectorEnv`` behind SB3's ``VecEnv`` interface.
+"""Atari environments (Ms. Pac-Man unless ``EnvConfig.game`` names another ale-py game): ale-py's
+C++ ``AtariVectorEnv`` behind SB3's ``VecEnv`` interface.
 
 Two observation modes:
 
@@ -8,8 +9,9 @@ Two observation modes:
 - ``poster``: the raw RGB screen, 210x160, no stacking, no max-pool, no no-op starts, rewards
   divided by 100 for training (the poster's set-up). Observations are ``(3, 210, 160)`` uint8.
 
-Both follow ``ALE/MsPacman-v5``: frameskip 4, sticky actions with probability 0.25, the 9-action
-minimal set. Observations are channel-first so SB3 uses them without a transpose wrapper.
+Both follow ``ALE/MsPacman-v5`` (the game's ``-v5`` id): frameskip 4, sticky actions with
+probability 0.25, the game's minimal action set (9 actions for Ms. Pac-Man). Observations are
+channel-first so SB3 uses them without a transpose wrapper.
 
 Episode statistics (``info["episode"] = {"r", "l", "t"}``) always count the raw game score of a
 whole game (all lives), whatever the training reward transform, as SB3's ``Monitor`` would.
@@ -20,6 +22,7 @@ same settings; tests and benchmarks compare against it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from typing import Any, Literal
@@ -36,14 +39,16 @@ GAME = "ms_pacman"
 ENV_ID = "ALE/MsPacman-v5"
 
 
-def action_meanings() -> list[str]:
-    """The Ms. Pac-Man minimal action set in ale-py's order (index = action id)."""
+@functools.lru_cache(maxsize=16)
+def action_meanings(game: str = GAME) -> list[str]:
+    """``game``'s minimal action set in ale-py's order (index = action id), e.g. ``NOOP``,
+    ``UP``, ..., ``DOWNLEFT`` for Ms. Pac-Man."""
     import ale_py
     from ale_py import roms
 
     ale = ale_py.ALEInterface()
     ale.setLoggerMode(ale_py.LoggerMode.Error)
-    ale.loadROM(str(roms.get_rom_path(GAME)))
+    ale.loadROM(str(roms.get_rom_path(game)))
     return [a.name for a in ale.getMinimalActionSet()]
 
 
@@ -98,7 +103,7 @@ class AleVecEnv(VecEnv):
         self.rgb_screen = rgb_screen
         self._mode = "poster" if rgb_screen else cfg.mode
         self.ale_env = AtariVectorEnv(
-            GAME,
+            cfg.game,
             n_envs,
             autoreset_mode="SameStep" if autoreset else "NextStep",
             num_threads=num_threads,
@@ -107,7 +112,9 @@ class AleVecEnv(VecEnv):
         shape = (3, 210, 160) if self._mode == "poster" else cfg.obs_shape
         obs_space = spaces.Box(low=0, high=255, shape=shape, dtype=np.uint8)
         self.render_mode = None
-        super().__init__(n_envs, obs_space, spaces.Discrete(9))
+        actions = self.ale_env.single_action_space  # the game's minimal action set
+        assert isinstance(actions, spaces.Discrete)
+        super().__init__(n_envs, obs_space, spaces.Discrete(int(actions.n)))
         self.autoreset = autoreset
         self._base_seed = seed
         self._actions: np.ndarray | None = None
@@ -227,7 +234,7 @@ def make_vec_env(
 
 def make_reference_env(cfg: EnvConfig | str, n_envs: int = 1, *, seed: int = 0) -> VecEnv:
     """SB3's own path (``make_atari_env`` + ``VecFrameStack``) with the same settings, for
-    comparisons: gymnasium ``ALE/MsPacman-v5`` environments stepped one by one in Python."""
+    comparisons: gymnasium ``ALE/<Game>-v5`` environments stepped one by one in Python."""
     import ale_py
     import gymnasium as gym
     from stable_baselines3.common.env_util import make_atari_env
@@ -238,7 +245,7 @@ def make_reference_env(cfg: EnvConfig | str, n_envs: int = 1, *, seed: int = 0) 
         cfg = EnvConfig(mode=cfg)
     if cfg.mode == "nature":
         env = make_atari_env(
-            "ALE/MsPacman-v5",
+            cfg.env_id,
             n_envs=n_envs,
             seed=seed,
             env_kwargs=dict(
@@ -257,7 +264,7 @@ def make_reference_env(cfg: EnvConfig | str, n_envs: int = 1, *, seed: int = 0) 
     from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 
     return sb3_make_vec_env(
-        "ALE/MsPacman-v5",
+        cfg.env_id,
         n_envs=n_envs,
         seed=seed,
         env_kwargs=dict(

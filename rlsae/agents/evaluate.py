@@ -23,6 +23,10 @@ def agent_policy(agent: Agent) -> Policy:
     return policy
 
 
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
 def evaluate_agent(
     agent_dir: str | os.PathLike | Agent,
     episodes: int = 10,
@@ -72,7 +76,7 @@ def evaluate_agent(
         min_return=float(returns.min()),
         max_return=float(returns.max()),
         median_return=float(np.median(returns)),
-        human_normalized=float(human_normalized(float(returns.mean()))),
+        human_normalized=_finite(human_normalized(float(returns.mean()), agent.env_config.game)),
         mean_length=float(np.mean(lengths)),
         returns=returns.tolist(),
         lengths=lengths,

@@ -12,6 +12,8 @@ format                      read with
 ``safetensors``             ``safetensors.torch.load_file``
 ``sb3-zip``                 the ``policy.pth`` inside an SB3 ``model.zip``, weights only
                             (the zip's pickled ``data`` is not unpickled)
+``sb3-qrdqn-zip``           the same for sb3-contrib's QR-DQN; the quantile head is averaged
+                            over quantiles (:mod:`rlsae.agents.import_qrdqn`)
 ==========================  ===============================================================
 
 Parameter names are the poster's (``conv1.weight`` ... ``fc3.bias``: its network takes raw
@@ -37,8 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rlsae.agents.config import ARCHS, EnvConfig, check_choice, default_config
-from rlsae.agents.envs import ENV_ID, GAME
+from rlsae.agents.config import (
+    ARCHS,
+    DEFAULT_GAME,
+    EnvConfig,
+    check_choice,
+    default_config,
+    env_id_of,
+)
+from rlsae.agents.import_qrdqn import is_qrdqn, qrdqn_check, qrdqn_to_dqn
 from rlsae.agents.networks import policy_kwargs
 from rlsae.agents.results import AgentInfo, ImportSource
 from rlsae.agents.unpickle import PickledModule, load_module_pickle
@@ -88,16 +97,39 @@ _POSTER_MODULES: dict[str, tuple[str, dict[str, Any]]] = {
     "conv3": ("Conv2d", {"kernel_size": (6, 6), "stride": (2, 2), "padding": (0, 0)}),
     "fc1": ("Linear", {"in_features": 960, "out_features": 512}),
     "fc2": ("Linear", {"in_features": 512, "out_features": 512}),
-    "fc3": ("Linear", {"in_features": 512, "out_features": 9}),
+    "fc3": ("Linear", {"in_features": 512}),  # out_features: the game's actions
 }
 FOLD = "conv1 weights x 255: the original took raw 0-255 pixels, rlsae feeds pixels / 255"
 
 
-def rlsae_shapes(arch: str) -> dict[str, tuple[int, ...]]:
-    """The parameter names and shapes of rlsae's Q-network (SB3 ``QNetwork`` names)."""
+def rlsae_shapes(arch: str, n_actions: int = 9) -> dict[str, tuple[int, ...]]:
+    """The parameter names and shapes of rlsae's Q-network (SB3 ``QNetwork`` names), with a
+    head of ``n_actions`` (Ms. Pac-Man: 9)."""
     if arch == "nature":
-        return dict(NATURE_SHAPES)
-    return {_rename(k): v for k, v in POSTER_SHAPES.items()}
+        return _with_actions(NATURE_SHAPES, "q_net.0", n_actions)
+    return {_rename(k): v for k, v in poster_shapes(n_actions).items()}
+
+
+def poster_shapes(n_actions: int = 9) -> dict[str, tuple[int, ...]]:
+    """The poster's parameter names and shapes, with a head of ``n_actions``."""
+    return _with_actions(POSTER_SHAPES, "fc3", n_actions)
+
+
+def _with_actions(
+    shapes: dict[str, tuple[int, ...]], head: str, n: int
+) -> dict[str, tuple[int, ...]]:
+    out = dict(shapes)
+    out[f"{head}.weight"], out[f"{head}.bias"] = (n, 512), (n,)
+    return out
+
+
+def _head_actions(tensors: dict[str, torch.Tensor]) -> int:
+    """The action count of the file's Q head (its rows; 9 when it has no head to read)."""
+    for key in ("fc3.weight", "q_net.0.weight"):
+        t = tensors.get(key)
+        if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] >= 1:
+            return int(t.shape[0])
+    return 9
 
 
 def _rename(poster_key: str) -> str:
@@ -230,12 +262,13 @@ def to_rlsae(
     missing, extra, wrongly shaped or non-finite tensor."""
     check_choice(where, "arch", arch, ARCHS)
     tensors = _strip_prefix(tensors)
+    n_actions = _head_actions(tensors)
     if arch == "poster" and any(k in POSTER_SHAPES for k in tensors):
-        _check(where, tensors, POSTER_SHAPES, "poster")
+        _check(where, tensors, poster_shapes(n_actions), "poster")
         out = {_rename(k): v.detach().float().clone() for k, v in tensors.items()}
         out["features_extractor.conv1.0.weight"] *= 255.0
         return out, "poster", [FOLD]
-    _check(where, tensors, rlsae_shapes(arch), f"rlsae {arch}")
+    _check(where, tensors, rlsae_shapes(arch, n_actions), f"rlsae {arch}")
     return {k: v.detach().float().clone() for k, v in tensors.items()}, "rlsae", []
 
 
@@ -326,16 +359,18 @@ def game_actions(game: str) -> int:
 
 
 def check_game(where: str, game: str, n_actions: int) -> None:
-    """Refuse a game whose action set does not fit the network's head, and (for now) any game
-    but Ms. Pac-Man, which is the only one rlsae plays."""
+    """Refuse a game whose action set does not fit the network's head."""
     have = game_actions(game)
     if have != n_actions:
         raise RlsaeError(
             f"{where}: the network has {n_actions} actions, but {game} has {have}; "
             "pass the --game it was trained on"
         )
-    if game != GAME:
-        raise RlsaeError(f"{where}: rlsae plays only {GAME} so far; cannot import a {game} agent")
+
+
+def _v4_id(game: str) -> str:
+    """rl-zoo3's id of ``game`` (``ms_pacman`` -> ``MsPacmanNoFrameskip-v4``)."""
+    return env_id_of(game)[len("ALE/") : -len("-v5")] + "NoFrameskip-v4"
 
 
 def env_from_id(where: str, env_id: str, arch: str, game: str) -> tuple[EnvConfig, list[str]]:
@@ -349,10 +384,12 @@ def env_from_id(where: str, env_id: str, arch: str, game: str) -> tuple[EnvConfi
     if re.sub(r"(?<!^)([A-Z])", r"_\1", m.group(1)).lower() != game:
         raise RlsaeError(f"{where}: env id {env_id!r} is not a {game} environment")
     if v5:
-        env = EnvConfig(mode=arch)
+        env = EnvConfig(mode=arch, game=game)
         notes = [f"{env_id}: sticky actions 0.25, episodes cut at 108,000 frames"]
     else:
-        env = EnvConfig(mode=arch, repeat_action_probability=0.0, max_episode_frames=400_000)
+        env = EnvConfig(
+            mode=arch, game=game, repeat_action_probability=0.0, max_episode_frames=400_000
+        )
         notes = [f"{env_id}: no sticky actions, full episodes (gymnasium's 400,000-frame limit)"]
     if arch == "nature":
         notes.append(ZOO_WRAPPER)
@@ -432,14 +469,14 @@ def import_agent(
     out: str | os.PathLike,
     *,
     arch: str | None = None,
-    game: str = GAME,
+    game: str = DEFAULT_GAME,
     env_id: str | None = None,
 ) -> Path:
     """Import an agent file into a new agent directory ``out``; returns ``out``.
 
     ``arch`` (default: read from the parameter names) must match the file. ``env_id`` says
-    which environment it was trained in (default: ``ALE/MsPacman-v5`` for the poster's files,
-    rl-zoo3's ``MsPacmanNoFrameskip-v4`` for SB3 zips); v4 ids play without sticky actions
+    which environment it was trained in (default: ``ALE/<Game>-v5`` of ``game`` for the poster's
+    files, rl-zoo3's ``<Game>NoFrameskip-v4`` for SB3 zips); v4 ids play without sticky actions
     for a full episode, v5 ids with sticky actions 0.25. Everything is read and checked before
     ``out`` exists; it is then published whole.
     """
@@ -450,17 +487,25 @@ def import_agent(
     if out.exists():
         raise RlsaeError(f"{out} already exists; choose another --out or remove it")
     fmt, tensors, module_class = read_tensors(src)
+    quantile_tensors, qr_conversion = None, []
+    if fmt == "sb3-zip" and is_qrdqn(tensors):
+        quantile_tensors = tensors
+        tensors, note = qrdqn_to_dqn(src, tensors)
+        fmt, qr_conversion = "sb3-qrdqn-zip", [note]
     found = infer_arch(tensors)
-    if arch is not None and arch != found and fmt == "sb3-zip":
+    if arch is not None and arch != found and fmt.startswith("sb3-"):
         raise RlsaeError(f"{where}: the zip holds a {found} network, not {arch}")
     arch = arch or found
     params, names, conversion = to_rlsae(where, arch, tensors)
     check_game(where, game, int(params["q_net.0.weight"].shape[0]))
-    env_id = env_id or ("MsPacmanNoFrameskip-v4" if fmt == "sb3-zip" else ENV_ID)
+    env_id = env_id or (_v4_id(game) if fmt.startswith("sb3-") else env_id_of(game))
     env, env_notes = env_from_id(where, env_id, arch, game)
-    sb3 = sb3_data(src) if fmt == "sb3-zip" else {}
+    sb3 = sb3_data(src) if fmt.startswith("sb3-") else {}
     model = build_model(arch, params)
     err = _check_batch(model, arch, tensors, names)
+    if quantile_tensors is not None:
+        shape = EnvConfig(mode=arch).obs_shape
+        err = max(err, qrdqn_check(model, quantile_tensors, shape))
     if not math.isfinite(err) or err > 1e-4:
         raise RlsaeError(f"{where}: the imported network differs from the file's ({err:.2g})")
     info = AgentInfo(
@@ -476,7 +521,7 @@ def import_agent(
             sha256=file_sha256(src),
             format=fmt,
             key_names=names,
-            conversion=conversion,
+            conversion=qr_conversion + conversion,
             module_class=module_class,
             max_rel_error=err,
             notes=env_notes,
@@ -497,7 +542,7 @@ def import_folder(
     out: str | os.PathLike,
     *,
     arch: str | None = None,
-    game: str = GAME,
+    game: str = DEFAULT_GAME,
     env_id: str | None = None,
 ) -> list[Path]:
     """Import every agent file of a folder (e.g. the poster's ``dqns/``), in name order, into

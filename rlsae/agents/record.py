@@ -30,6 +30,7 @@ from rlsae.fsutil import dumps_json
 from rlsae.sae.store import ActivationStore, ActivationWriter
 
 N_ACTIONS = 9
+"""Ms. Pac-Man's actions (``q_0..q_8``); another game records one ``q_`` column per action."""
 
 
 def record_activations(
@@ -128,8 +129,8 @@ def _play_and_write(
         bar.update(len(b.episode))
     return EpisodeLog(
         env=agent.env_config,
-        # the exact ale_py.vector_env.AtariVectorEnv("ms_pacman", 1, **ale) settings
-        ale={"game": "ms_pacman", **agent.env_config.ale_kwargs()},
+        # the exact ale_py.vector_env.AtariVectorEnv(game, 1, **ale) settings
+        ale={"game": agent.env_config.game, **agent.env_config.ale_kwargs()},
         config=cfg,
         episodes=[episodes[e] for e in sorted(episodes)],
     )
@@ -145,7 +146,7 @@ def _context(b: StepBatch) -> dict[str, Any]:
         "greedy_action": b.greedy_action.astype(np.int64),
         "reward": b.reward.astype(np.float32),
     }
-    for a in range(N_ACTIONS):
+    for a in range(b.q.shape[1]):
         ctx[f"q_{a}"] = b.q[:, a].astype(np.float32)
     ctx["obs_hash"] = [obs_hash(o) for o in b.obs]
     return ctx

@@ -39,7 +39,8 @@ class ImportSource:
     sha256: str
     """Its SHA-256 (hex)."""
     format: str
-    """``torch-module-pickle``, ``torch-state-dict``, ``safetensors`` or ``sb3-zip``."""
+    """``torch-module-pickle``, ``torch-state-dict``, ``safetensors``, ``sb3-zip`` or
+    ``sb3-qrdqn-zip``."""
     key_names: str
     """Whose parameter names it used: ``poster`` (``conv1.weight`` ...) or ``rlsae``."""
     conversion: list[str] = field(default_factory=list)
@@ -117,8 +118,9 @@ class Evaluation(Artifact):
     """Highest return."""
     median_return: float
     """Median return."""
-    human_normalized: float
-    """(mean - random) / (human - random), DQN-Zoo's Ms. Pac-Man constants 307.3 and 6951.6."""
+    human_normalized: float | None
+    """(mean - random) / (human - random), DQN-Zoo's constants of the game (Ms. Pac-Man: 307.3
+    and 6951.6; None for a game without them)."""
     mean_length: float
     """Mean episode length in agent steps."""
     returns: list[float] = field(default_factory=list)

@@ -19,11 +19,26 @@ RANDOM_SCORE = 307.3
 """Ms. Pac-Man random-agent score (DQN-Zoo constants)."""
 HUMAN_SCORE = 6951.6
 """Ms. Pac-Man human score (DQN-Zoo constants)."""
+REFERENCE_SCORES: dict[str, tuple[float, float]] = {
+    "ms_pacman": (RANDOM_SCORE, HUMAN_SCORE),
+    "breakout": (1.7, 30.5),
+    "pong": (-20.7, 14.6),
+    "space_invaders": (148.0, 1668.7),
+    "seaquest": (68.4, 42054.7),
+    "qbert": (163.9, 13455.0),
+    "beam_rider": (363.9, 16926.5),
+    "enduro": (0.0, 860.5),
+}
+"""(random, human) scores per game (DQN-Zoo's ``atari_data.py``, from Mnih et al. 2015)."""
 
 
-def human_normalized(score: float) -> float:
-    """(score - random) / (human - random)."""
-    return (score - RANDOM_SCORE) / (HUMAN_SCORE - RANDOM_SCORE)
+def human_normalized(score: float, game: str = "ms_pacman") -> float:
+    """(score - random) / (human - random) for ``game``; NaN for a game without reference
+    scores in :data:`REFERENCE_SCORES`."""
+    if game not in REFERENCE_SCORES:
+        return float("nan")
+    random, human = REFERENCE_SCORES[game]
+    return (score - random) / (human - random)
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -52,7 +67,7 @@ class StepBatch:
 
 
 Policy = Callable[[np.ndarray], tuple[np.ndarray, Any]]
-"""obs (n, C, H, W) uint8 -> (Q-values (n, 9), anything to pass along, e.g. activations)."""
+"""obs (n, C, H, W) uint8 -> (Q-values (n, actions), anything to pass along, e.g. activations)."""
 
 
 def play(
@@ -158,7 +173,7 @@ def _step(
     q = np.asarray(q)
     greedy = q.argmax(axis=1)
     explore = rng.random(len(idx)) < epsilon
-    random_actions = rng.integers(0, 9, len(idx))
+    random_actions = rng.integers(0, q.shape[1], len(idx))  # the game's actions (Ms. Pac-Man: 9)
     action = np.where(explore, random_actions, greedy)
     full = np.zeros(env.num_envs, dtype=np.int64)
     full[idx] = action

@@ -97,7 +97,7 @@ def _survey(agent: Agent, env: Any, cfg: SurveyConfig, writer: ActivationWriter)
     )  # fmt: skip
     return EpisodeLog(
         env=env,
-        ale={"game": "ms_pacman", **env.ale_kwargs()},
+        ale={"game": env.game, **env.ale_kwargs()},
         config=record,
         episodes=[episodes[e] for e in sorted(episodes)],
     )

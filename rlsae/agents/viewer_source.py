@@ -76,7 +76,7 @@ class AgentViewerSource:
                 state.action = int(actions[r]) if actions is not None else None
                 out.rows[(f, r)] = state
         out.clip = (cfg.clip_before, cfg.clip_after)
-        out.actions = _action_names()
+        out.actions = _action_names(view)
         return out
 
 
@@ -318,10 +318,10 @@ def effect_grids(
     states: dict[int, list[tuple[int, np.ndarray]]],
     progress: bool = False,
 ) -> dict[tuple[int, int], list[list[float]]]:
-    """The 3×3 action-effect grid of feature f on each of its states' observations
+    """The action-effect grid of feature f on each of its states' observations
     ({(feature, row): grid}), from :func:`rlsae.agents.effects.action_effect_grid`: the change
     of each action's Q-value that the feature causes in that state (joystick layout, NOOP
-    centre)."""
+    centre: 3×3, or 3×6 with the button; one row in action order for another action set)."""
     from tqdm import tqdm
 
     from rlsae.agents.dqn import load_agent
@@ -336,7 +336,8 @@ def effect_grids(
     for f, items in bar:
         obs = np.stack([o for _, o in items])
         grids = np.asarray(action_effect_grid(agent, sae, layer, f, obs), dtype=np.float64)
-        for (row, _), g in zip(items, grids.reshape(len(items), 3, 3), strict=True):
+        grids = grids.reshape(len(items), *grids.shape[-2:])  # (3, 3), (3, 6) or (1, actions)
+        for (row, _), g in zip(items, grids, strict=True):
             out[(f, row)] = [[sig(v) for v in line] for line in g]
     return out
 
@@ -351,10 +352,12 @@ def grid_effect(
     return effect / np.maximum((top_rows >= 0).sum(1), 1)
 
 
-def _action_names() -> list[str] | None:
+def _action_names(view: StoreView) -> list[str] | None:
+    """The action names of the store's game (``episodes.json``), in action order."""
     try:
         from rlsae.agents.envs import action_meanings
+        from rlsae.agents.replay import read_episodes
 
-        return [str(n) for n in action_meanings()]
+        return [str(n) for n in action_meanings(read_episodes(view.store.path).env.game)]
     except Exception:  # noqa: BLE001 - names are a nicety; the page falls back to numbers
         return None

@@ -23,6 +23,7 @@ from rlsae.agents.agent_dir import (
 from rlsae.agents.config import (
     DQNConfig,
     DQNTrainConfig,
+    EnvConfig,
     EvalConfig,
     RecordConfig,
     SaliencyConfig,
@@ -30,11 +31,12 @@ from rlsae.agents.config import (
     SteerConfig,
     build_configs,
     check_device,
+    check_game,
     check_int,
     train_config,
 )
 from rlsae.agents.layers import check_layer
-from rlsae.agents.results import read_episodes
+from rlsae.agents.results import AgentInfo, read_episodes
 from rlsae.commands._apps import JsonOpt, config_option, dqn_app, emit
 from rlsae.configs import field_docs
 from rlsae.errors import RlsaeError
@@ -65,6 +67,24 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+GAME_CHECK = (
+    "The game the agent plays is the one in its agent.json; if given, this must name it (a "
+    "check that the agent is the one you mean)."
+)
+
+
+def check_agent_game(where: str, agent: Path, game: str | None) -> AgentInfo:
+    """The agent's ``agent.json``, after refusing a ``--game`` that is not the agent's game."""
+    info = check_agent_dir(agent)
+    if game is not None and game != info.env.game:
+        check_game(where, game)
+        raise RlsaeError(
+            f"{where}: {agent} plays {info.env.game} (agent.json), not {game}; agents play the "
+            "game they were trained or imported for"
+        )
+    return info
+
+
 @dqn_app.command("train")
 def dqn_train(
     arch: str = typer.Option(..., "--arch", help=field_docs(DQNTrainConfig)["arch"]),
@@ -92,10 +112,13 @@ def dqn_train(
         [], "--set", help="Any other DQN/env setting, key=value (e.g. --set gamma=0.99)."
     ),
     device: str = typer.Option("cpu", "--device", help="Torch device for training (cpu, cuda)."),
+    game: str = _opt(EnvConfig, "game", "--game"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Train a DQN on Ms. Pac-Man (progress on stderr, TensorBoard logs in OUT/tensorboard)."""
+    """Train a DQN on an Atari game, Ms. Pac-Man by default (progress on stderr, TensorBoard
+    logs in OUT/tensorboard)."""
     overrides = parse_set(set_)
+    overrides.setdefault("game", game)
     build_configs(arch, overrides, where="--set")  # names the --set key that is wrong
     for key, value in [
         ("buffer_size", buffer_size),
@@ -135,12 +158,14 @@ def dqn_eval(
     n_envs: int = _opt(EvalConfig, "n_envs", "--n-envs"),
     max_episode_steps: int | None = _opt(EvalConfig, "max_episode_steps", "--max-episode-steps"),
     no_save: bool = typer.Option(False, "--no-save", help="Do not write AGENT/eval.json."),
+    game: str | None = typer.Option(None, "--game", help=GAME_CHECK),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Mean score over seeded episodes, human-normalised (random 307.3, human 6951.6)."""
+    """Mean score over seeded episodes in the agent's game, human-normalised (Ms. Pac-Man:
+    random 307.3, human 6951.6)."""
     cfg = EvalConfig(episodes, epsilon, seed, n_envs, max_episode_steps)
     cfg.validate("dqn eval")
-    check_agent_dir(agent)
+    check_agent_game("dqn eval", agent, game)
 
     from rlsae.agents.evaluate import evaluate_agent
 
@@ -170,12 +195,14 @@ def dqn_record(
     resume: bool = typer.Option(
         False, "--resume", help="Keep a finished store at --out recorded with these settings."
     ),
+    game: str | None = typer.Option(None, "--game", help=GAME_CHECK),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Record a layer's activations while the agent plays (store + episodes.json for replay)."""
+    """Record a layer's activations while the agent plays its game (store + episodes.json for
+    replay)."""
     cfg = RecordConfig(layer, steps, epsilon, seed, n_envs, dtype, max_episode_steps)
     cfg.validate("dqn record")
-    check_layer(check_agent_dir(agent).arch, cfg.layer)
+    check_layer(check_agent_game("dqn record", agent, game).arch, cfg.layer)
 
     from rlsae.agents.record import record_activations
     from rlsae.sae.store import ActivationStore

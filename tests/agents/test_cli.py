@@ -332,7 +332,7 @@ def test_bad_values_are_refused_by_every_train_option_and_set_key(run_cli, tmp_p
         else:
             bad += ["2.5", "true"] + ([] if name in at_least_0 else ["0"])
         sets[name] = bad
-    assert len(sets) == 18  # every numeric DQN (13) and env (5) setting
+    assert len(sets) == 19  # every numeric DQN (13) and env (5) setting, and the game (a ROM name)
     cases = 0
     for opt, values in options.items():
         for v in values:

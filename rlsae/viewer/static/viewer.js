@@ -454,15 +454,28 @@
     return "rgb(" + c.join(",") + ")";
   }
 
-  function effectGrid(grid, m) {
-    var rows = [0, 1, 2].map(function (i) {
-      return el("tr", null, [0, 1, 2].map(function (j) {
-        var v = grid[i][j];
-        return el("td", { style: { background: signedColour(v, m) }, title: GRID_LABELS[i * 3 + j] + ": " + v },
-          el("span", { class: "arrow", text: ARROWS[i * 3 + j] }), el("br"), el("span", { text: fmt(v, 2) }));
+  // joystick games: 3x3 (NOOP centre) or 3x6 (the same with the button on the right);
+  // any other action set: one row of values in action order, drawn as labelled bars
+  function effectGrid(grid, m, actions) {
+    if (grid.length === 1) return effectBars(grid[0], m, actions);
+    var rows = grid.map(function (line, i) {
+      return el("tr", null, line.map(function (v, c) {
+        var j = c % 3, fire = c >= 3 ? " + fire" : "";
+        return el("td", { style: { background: signedColour(v, m) }, title: GRID_LABELS[i * 3 + j] + fire + ": " + v },
+          el("span", { class: "arrow", text: ARROWS[i * 3 + j] + (fire ? "•" : "") }), el("br"), el("span", { text: fmt(v, 2) }));
       }));
     });
     return el("table", { class: "effect-grid" }, el("tbody", null, rows));
+  }
+
+  function effectBars(values, m, actions) {
+    var rows = values.map(function (v, a) {
+      var w = m > 0 ? Math.round(60 * Math.min(1, Math.abs(v) / m)) : 0;
+      return el("tr", null, el("td", { class: "small", text: actions && actions[a] ? actions[a] : String(a) }),
+        el("td", null, el("span", { class: "effect-bar", title: v, style: { display: "inline-block", height: "0.8em", width: w + "px", background: signedColour(v, m) } })),
+        el("td", { class: "small", text: fmt(v, 2) }));
+    });
+    return el("table", { class: "effect-bars" }, el("tbody", null, rows));
   }
 
   function agentStates(entry, ft) {
@@ -478,10 +491,10 @@
           el("strong", { text: "#" + (k + 1) + " act " + fmt(s.act) }),
           el("br"), "episode " + s.episode + " · step " + s.step + (act !== undefined ? " · action " + act : ""),
           s.clip_acts ? el("div", { class: "muted small", text: "clip activations: " + s.clip_acts.map(function (v) { return v === null ? "–" : fmt(v, 2); }).join(" ") }) : null),
-        s.grid ? effectGrid(s.grid, m) : null);
+        s.grid ? effectGrid(s.grid, m, entry.actions) : null);
     });
     return el("section", null, el("h2", { text: "Top " + ft.top.length + " states (distinct episodes)" }),
-      el("p", { class: "muted", text: "Replayed frame and a clip around it; the 3×3 grid is the feature's effect on each action (NOOP in the centre): red raises, blue lowers, grey is zero; scale max |Δ| = " + fmt(m) + "." }),
+      el("p", { class: "muted", text: "Replayed frame and a clip around it; the grid is the feature's effect on each action (joystick games: 3×3 with NOOP in the centre, the button's 3×3 beside it; other games: one bar per action): red raises, blue lowers, grey is zero; scale max |Δ| = " + fmt(m) + "." }),
       el("div", { class: "states" }, cards));
   }
 
