@@ -285,7 +285,7 @@ def compare_kind(kind, data, held_out, n, warm, lr, floor_s, args) -> None:
 
     from rlsae.sae import SAE
     from rlsae.sae.config import default_groups
-    from rlsae.sae.train import TrainConfig, TrainState, prefix_widths, train_step
+    from rlsae.sae.train import TrainConfig, TrainState, init_jumprelu, prefix_widths, train_step
 
     d_in, d_sae, k, B = args.d_in, args.d_sae, args.k, args.batch
     extra = {"l0": 1e-3} if kind == "jumprelu" else {}
@@ -294,8 +294,8 @@ def compare_kind(kind, data, held_out, n, warm, lr, floor_s, args) -> None:
     ours = SAE(sae_cfg, seed=0)
     with torch.no_grad():
         ours.b_dec.copy_(data[0].mean(0))
-        if kind == "jumprelu":
-            ours.threshold.fill_(cfg.init_threshold)
+    if kind == "jumprelu":  # SAELens's start: thresholds, decoder rows at norm 0.1
+        init_jumprelu(ours, cfg)
     state = TrainState.new(ours, cfg, total=n, base_lr=lr, aux_k=d_in // 2)
     torch.manual_seed(0)
     widths = prefix_widths(default_groups(d_sae))

@@ -31,6 +31,7 @@ TRAIN_OPTIONS = {
     "bandwidth": "--bandwidth",
     "init_threshold": "--init-threshold",
     "sparsity_loss": "--sparsity-loss",
+    "pre_act_loss": "--pre-act-loss",
     "tied": "--tied",
     "aux_k": "--aux-k",
     "dead_rows": "--dead-rows",
@@ -84,6 +85,7 @@ def sae_train(
     bandwidth: float = _opt("bandwidth"),
     init_threshold: float = _opt("init_threshold"),
     sparsity_loss: str = _opt("sparsity_loss"),
+    pre_act_loss: float | None = _opt("pre_act_loss"),
     tied: bool = _opt("tied"),
     aux_k: int | None = _opt("aux_k"),
     dead_rows: int = _opt("dead_rows"),
@@ -122,6 +124,7 @@ def sae_train(
         bandwidth=bandwidth,
         init_threshold=init_threshold,
         sparsity_loss=sparsity_loss,  # type: ignore[arg-type]  # validate() refuses others
+        pre_act_loss=pre_act_loss,
         tied=tied,
         aux_k=aux_k,
         dead_rows=dead_rows,

@@ -123,6 +123,14 @@ class TrainConfig:
     ``tanh`` (sum_i tanh(tanh_scale * f_i * ||W_dec[i]||), Anthropic's variant)."""
     tanh_scale: float = 4.0
     """JumpReLU with ``sparsity_loss=tanh``: scale inside the tanh."""
+    decoder_init_norm: float | None = 0.1
+    """JumpReLU: decoder rows start at this norm (the encoder at the decoder's transpose) and
+    are left free in training, as SAELens initialises and trains JumpReLU (its
+    ``decoder_init_norm``); None: unit-norm rows kept at unit norm, as TopK."""
+    pre_act_loss: float | None = None
+    """JumpReLU: coefficient of Anthropic's pre-activation loss (SAELens's
+    ``pre_act_loss_coefficient``; 3e-6 is Anthropic's): mean over rows of
+    sum_i relu(threshold_i - pre_i) * ||W_dec[i]|| over the dead latents; None turns it off."""
     tied: bool = False
     """Tie the encoder to the decoder's transpose."""
     aux_k: int | None = None
@@ -223,6 +231,10 @@ class TrainConfig:
         check_range(where, "bandwidth", self.bandwidth, 0, lo_open=True)
         check_range(where, "init_threshold", self.init_threshold, 0)
         check_range(where, "tanh_scale", self.tanh_scale, 0, lo_open=True)
+        if self.decoder_init_norm is not None:
+            check_range(where, "decoder_init_norm", self.decoder_init_norm, 0, 1e6, lo_open=True)
+        if self.pre_act_loss is not None:
+            check_range(where, "pre_act_loss", self.pre_act_loss, 0, 1e6, lo_open=True)
         for name, kinds in KIND_OPTIONS.items():
             if self.arch not in kinds and getattr(self, name) != field_default(TrainConfig, name):
                 raise RlsaeError(
@@ -272,6 +284,8 @@ KIND_OPTIONS: dict[str, tuple[str, ...]] = {
     "init_threshold": ("jumprelu",),
     "sparsity_loss": ("jumprelu",),
     "tanh_scale": ("jumprelu",),
+    "decoder_init_norm": ("jumprelu",),
+    "pre_act_loss": ("jumprelu",),
 }
 """TrainConfig fields that only one kind reads: a value other than the default given to another
 kind is refused (it would be silently ignored)."""

@@ -17,7 +17,10 @@ JumpReLU (Rajamanoharan et al. 2024): loss = MSE + l0 * mean over rows of the la
 their thresholds (``rlsae.sae.jumprelu``'s straight-through estimators with the rectangle kernel
 of width ``bandwidth``; or the tanh surrogate), the L0 coefficient warmed up linearly over
 ``l0_warmup_frac``; thresholds start at ``init_threshold`` and are kept >= 0 (projected before
-every step, as SAELens does); unit-norm decoder rows as TopK. Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK whose loss adds, for each inner prefix
+every step, as SAELens does); decoder rows start at norm ``decoder_init_norm`` (0.1, the encoder
+at their transpose) and are left free, as SAELens trains JumpReLU (``decoder_init_norm=None``:
+unit-norm rows as TopK); with ``pre_act_loss``, Anthropic's pre-activation loss on the dead
+latents (``pre_act_loss``, the function). Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK whose loss adds, for each inner prefix
 of ``matryoshka_groups`` (the first 1, 2, ... groups of latents), the FVU of the reconstruction
 from that prefix's latents alone; the prefix decodes weigh the kept entries by their group, so
 the whole step stays on the sparse path (the extra terms reach the encoder through the kept
@@ -220,9 +223,7 @@ def train_sae(
     torch.manual_seed(cfg.seed)
     sae = SAE(sae_cfg, seed=cfg.seed)
     if sae.cfg.arch == "jumprelu":
-        assert sae.threshold is not None
-        with torch.no_grad():
-            sae.threshold.fill_(cfg.init_threshold)
+        init_jumprelu(sae, cfg)
     state = TrainState.new(sae, cfg, total, base_lr, aux_k)
     if ckpt is not None:
         _restore(state, ckpt, work)
@@ -235,6 +236,24 @@ def train_sae(
         if ckpt is None:  # bad data met in a run that had not checkpointed anything worth keeping
             shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def init_jumprelu(sae: SAE, cfg: TrainConfig) -> None:
+    """JumpReLU's start, as SAELens's: every threshold at ``init_threshold`` and, with
+    ``decoder_init_norm``, decoder rows at that norm with the encoder at their transpose."""
+    assert sae.threshold is not None
+    with torch.no_grad():
+        sae.threshold.fill_(cfg.init_threshold)
+        if cfg.decoder_init_norm is not None:
+            sae.W_dec.mul_(cfg.decoder_init_norm / sae.W_dec.norm(dim=1, keepdim=True))
+            if not sae.cfg.tied:
+                sae.W_enc.copy_(sae.W_dec.t())
+
+
+def unit_norm_decoder(cfg: TrainConfig) -> bool:
+    """Whether training keeps the decoder rows at unit norm: every kind but ReLU, and JumpReLU
+    with ``decoder_init_norm`` (SAELens leaves its decoder free)."""
+    return cfg.arch != "relu" and not (cfg.arch == "jumprelu" and cfg.decoder_init_norm)
 
 
 def _open_partial(work: Path, resume: bool) -> dict[str, Any] | None:
@@ -428,7 +447,7 @@ def train_step(state: TrainState, x: torch.Tensor) -> dict[str, float]:
         loss, fvu, fired, l0 = _relu_terms(state, x, total_var, out)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    unit_norm = sae.cfg.arch != "relu"
+    unit_norm = unit_norm_decoder(cfg)
     if unit_norm:
         sae.remove_parallel_decoder_grad()
     if cfg.grad_clip > 0:  # clip_grad_norm_'s rule, skipping its multiply-by-1 pass when unclipped
@@ -561,9 +580,28 @@ def _jumprelu_terms(
     l0c = cfg.l0 * min(1.0, (state.step + 1) / warm) if warm else cfg.l0
     out["l0_loss"] = float(sparsity.detach())
     out["l0_coeff"] = l0c
+    loss = mse + l0c * sparsity
+    if cfg.pre_act_loss is not None:
+        dead = state.since_fired >= cfg.dead_rows
+        pre_act = pre_act_loss(pre, t, sae.W_dec, dead)
+        out["pre_act_loss"] = float(pre_act.detach())
+        loss = loss + cfg.pre_act_loss * pre_act
     fvu = (recon - x).pow(2).sum() / total_var
     active = f.detach() != 0
-    return mse + l0c * sparsity, fvu, active.any(0), float(active.sum()) / x.shape[0]
+    return loss, fvu, active.any(0), float(active.sum()) / x.shape[0]
+
+
+def pre_act_loss(
+    pre: torch.Tensor, threshold: torch.Tensor, W_dec: torch.Tensor, dead: torch.Tensor
+) -> torch.Tensor:
+    """Anthropic's pre-activation loss as SAELens computes it (before its coefficient): the mean
+    over rows of sum_i relu(threshold_i - pre_i) * ||W_dec[i]|| over the ``dead`` latents (0
+    when none is dead). It pulls dead latents' pre-activations up towards their thresholds."""
+    if not bool(dead.any()):
+        return pre.new_zeros(())
+    cols = dead.nonzero().reshape(-1)
+    gap = (threshold[cols] - pre[:, cols]).relu()
+    return (gap * W_dec[cols].norm(dim=1)).sum(-1).mean()
 
 
 def _relu_terms(

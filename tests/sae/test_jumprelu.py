@@ -174,3 +174,123 @@ def test_jumprelu_bad_settings_one_line(tmp_path, kw, msg):
         train_sae(tmp_path / "nowhere", tmp_path / "out", cfg, progress=False)
     assert msg in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_jumprelu_starts_as_saelens_does():
+    """Decoder rows at SAELens's decoder_init_norm (read from its config class, 0.1), the encoder
+    at their transpose, thresholds at init_threshold."""
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
+    from rlsae.sae import SAE
+    from rlsae.sae.train import init_jumprelu
+
+    scfg = JumpReLUTrainingSAEConfig(d_in=16, d_sae=64)
+    theirs = JumpReLUTrainingSAE(scfg)
+    cfg = _cfg()
+    assert cfg.decoder_init_norm == scfg.decoder_init_norm == 0.1
+    ours = SAE(cfg.resolve(16)[0], seed=0)
+    init_jumprelu(ours, cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.W_dec.norm(dim=1), theirs.W_dec.norm(dim=1))
+        torch.testing.assert_close(ours.W_enc, ours.W_dec.t())
+        torch.testing.assert_close(theirs.W_enc, theirs.W_dec.t())
+        torch.testing.assert_close(ours.threshold, theirs.threshold.new_full((64,), 0.05))
+
+
+def test_jumprelu_decoder_is_free_in_training_unless_asked_for_unit_norm(tmp_path):
+    store, _ = _store(tmp_path)
+    free = train_sae(store, tmp_path / "free", _cfg(steps=30), progress=False)
+    norms = free.W_dec.detach().norm(dim=1)
+    assert not torch.allclose(norms, torch.full_like(norms, 0.1))  # trained, not renormalised
+    assert not torch.allclose(norms, torch.ones_like(norms))
+    unit = train_sae(store, tmp_path / "unit", _cfg(steps=30, decoder_init_norm=None),
+                     progress=False)  # fmt: skip
+    torch.testing.assert_close(unit.W_dec.detach().norm(dim=1), torch.ones(64))
+
+
+def _pre_act_state(coeff):
+    from rlsae.sae import SAE
+    from rlsae.sae.train import TrainState, init_jumprelu
+
+    cfg = _cfg(pre_act_loss=coeff, dead_rows=100, init_threshold=0.3, steps=10)
+    sae = SAE(cfg.resolve(16)[0], seed=1).double()
+    init_jumprelu(sae, cfg)
+    with torch.no_grad():
+        sae.threshold.uniform_(0.05, 0.6, generator=torch.Generator().manual_seed(2))
+    state = TrainState.new(sae, cfg, 10, 1e-3, 0)
+    state.since_fired[::3] = 500  # every third latent dead
+    return state
+
+
+def test_pre_activation_loss_and_its_gradients_equal_a_dense_float64_reference():
+    """The training loss with the pre-activation term, minus the loss without it, equals
+    coeff * mean_rows sum_dead relu(t - pre) * ||W_dec[i]|| written out in float64 (and SAELens's
+    own ``calculate_pre_act_loss``), and so do the gradients of every parameter."""
+    from sae_lens.saes.jumprelu_sae import calculate_pre_act_loss
+
+    from rlsae.sae.train import _jumprelu_terms
+
+    x, _ = superposition(300, d=16, n_true=32)
+    x = x.double()
+    coeff = 0.7
+    grads, losses = [], []
+    for c in (coeff, None):
+        state = _pre_act_state(c)
+        sae = state.sae
+        out: dict[str, float] = {}
+        loss, *_ = _jumprelu_terms(state, x, torch.tensor(1.0, dtype=torch.float64), out)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
+        sae.zero_grad()
+    # the reference, dense and by hand, on a fresh copy of the same parameters
+    ref = _pre_act_state(coeff).sae
+    dead = (torch.arange(64) % 3 == 0).double()
+    pre = (x - ref.b_dec) @ ref.W_enc + ref.b_enc
+    per_row = ((ref.threshold - pre).relu() * dead * ref.W_dec.norm(dim=1)).sum(-1)
+    want = coeff * per_row.mean()
+    assert float(want.detach()) > 0
+    torch.testing.assert_close(losses[0] - losses[1], want.detach(), rtol=1e-12, atol=1e-12)
+    theirs = calculate_pre_act_loss(coeff, ref.threshold, pre, dead.bool(), ref.W_dec.norm(dim=1))
+    torch.testing.assert_close(theirs.detach(), want.detach(), rtol=1e-12, atol=1e-12)
+    want.backward()
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(grads[0][name] - grads[1][name], p.grad, rtol=1e-9, atol=1e-12)
+        if name in ("threshold", "b_enc", "W_dec"):
+            assert p.grad.abs().sum() > 0, name  # the term reaches it
+
+
+def test_jumprelu_with_pre_activation_loss_resumes_bit_identically(tmp_path):
+    store, _ = _store(tmp_path)
+    kw = dict(checkpoint_every=9, pre_act_loss=3e-2, dead_rows=128, init_threshold=0.3)
+    whole = train_sae(store, tmp_path / "whole", _cfg(**kw), progress=False)
+    rec = json.loads((tmp_path / "whole" / "training.json").read_text())
+    assert any(h.get("pre_act_loss", 0) > 0 for h in rec["history"])  # some latents died
+
+    class Stop(Exception):
+        pass
+
+    def stop(step_no, _stats):
+        if step_no == 31:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_sae(store, tmp_path / "cut", _cfg(**kw), progress=False, on_step=stop)
+    resumed = train_sae(store, tmp_path / "cut", _cfg(**kw), resume=True, progress=False)
+    for (name, a), (_, b) in zip(
+        whole.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_cli_pre_activation_loss(tmp_path, run_cli):
+    store, _ = _store(tmp_path)
+    args = ["sae", "train", "--acts", store, "--out", tmp_path / "s", "--arch", "jumprelu"]
+    code, _, err = run_cli(*args, "--d-sae", 64, "--steps", 5, "--pre-act-loss", 3e-6, "--json")
+    assert code == 0, err
+    rec = json.loads((tmp_path / "s" / "training.json").read_text())
+    assert rec["config"]["pre_act_loss"] == 3e-6
+    code, out, err = run_cli("sae", "train", "--acts", store, "--out", tmp_path / "t",
+                             "--pre-act-loss", 0.1)  # fmt: skip
+    assert code == 2 and "pre_act_loss: a jumprelu setting, given to arch topk" in err
+    assert not (tmp_path / "t").exists()
