@@ -40,12 +40,14 @@ class _Stats:
         self.n = 0
         self.agree = 0
         self.sq_err = 0.0
-        self.q_sum = np.zeros(9)
-        self.q_sq_sum = np.zeros(9)
+        self.q_sum = np.zeros(0)  # one per action of the game, sized by the first batch
+        self.q_sq_sum = np.zeros(0)
         self.act_sum = np.zeros(width)
 
     def add(self, q: torch.Tensor, q_sae: torch.Tensor, acts: torch.Tensor) -> None:
         q64, s64 = q.double(), q_sae.double()
+        if self.n == 0:
+            self.q_sum, self.q_sq_sum = np.zeros(q.shape[1]), np.zeros(q.shape[1])
         self.n += q.shape[0]
         self.agree += int((q.argmax(1) == q_sae.argmax(1)).sum())
         self.sq_err += float(((s64 - q64) ** 2).sum())
