@@ -93,6 +93,12 @@ ALLOWED: dict[tuple[str, str], dict[str, str]] = {
         "-1": "a negative scale pushes the features the other way",
     },
     ("llm explain", "--layer"): {"0": _INDEX, HUGE: "checked against the store once read"},
+    ("llm steer", "--feature"): {"0": _INDEX},
+    ("llm steer", "--alpha"): {
+        "0": "adds nothing: the unsteered completions (a known-answer check)",
+        "-1": "a negative alpha pushes the feature the other way",
+    },
+    ("llm steer", "--show"): {"0": "print no completions (the --json result has them all)"},
     ("llm explain", "--samples"): {HUGE: "capped by the store's contexts"},
     ("dqn concepts", "--show"): {"0": "print no features (the --json result is complete)"},
     ("dqn concepts", "--top-k"): {HUGE: "more than the concepts keeps them all"},
@@ -153,6 +159,7 @@ def numeric_options(cmd: Any) -> list[tuple[str, str]]:
 BY_OPTION = {
     "--acts": "{store}",
     "--sae": "{sae}",
+    "--crosscoder": "{sae}",
     "--agent": "{agent}",
     "--model": "{lm}",
     "--base": "{lm}",
@@ -167,6 +174,7 @@ BY_OPTION = {
     "--arch": "poster",
     "--steps": "10",
     "--feature": "0",
+    "--alpha": "1",
     "--features": "0",
     "--layer": "fc1",
     "--layers": "0",
