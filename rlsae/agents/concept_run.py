@@ -2,10 +2,10 @@
 
 Used by ``rlsae dqn concepts`` and the Atari study's ``concepts`` stage. The inputs are checked
 by :func:`check_concept_inputs` before torch or the emulator is loaded (every bad input is one
-line); :func:`sae_concepts` then regenerates the RAM of the store's rows by replay
-(:func:`rlsae.agents.concepts.store_concepts`), encodes the rows with the SAE in batches and
-matches (:func:`rlsae.agents.concepts.match_concepts`), with a ridge probe from the raw layer
-per concept (episodes kept on one side of its split).
+line); :func:`sae_concepts` then reads the RAM the recording stored with every row, or for an
+older store regenerates it by replay (:func:`rlsae.agents.concepts.store_concepts`), encodes
+the rows with the SAE in batches and matches (:func:`rlsae.agents.concepts.match_concepts`),
+with a ridge probe from the raw layer per concept (episodes kept on one side of its split).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from rlsae.agents.agent_dir import check_agent_dir
 from rlsae.agents.concepts import ConceptMatches, compute_concepts
 from rlsae.agents.layers import check_layer
-from rlsae.agents.ram import decode_ram_batch, ram_decoder
+from rlsae.agents.ram import decode_ram_batch, has_recorded_ram, ram_decoder
 from rlsae.agents.results import read_episodes
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import read_json
@@ -62,17 +62,17 @@ def check_concept_inputs(
     concepts: Sequence[str] | None = None,
 ) -> ConceptInputs:
     """Refuse, in one line and without torch or the emulator, inputs that cannot be matched:
-    a game with no RAM table, a recording whose RAM cannot be regenerated (no-ops drawn by the
-    vector env), an SAE of another width than the store, an unknown concept name, a layer the
-    agent does not have."""
+    a game with no RAM table, an older nature recording without RAM (its no-ops were drawn by
+    the vector env, so it cannot be replayed), an SAE of another width than the store, an
+    unknown concept name, a layer the agent does not have."""
     acts, sae = Path(acts_dir), Path(sae_dir)
     doc = read_episodes(acts)  # one line when the store is not a `dqn record` store
     ram_decoder(str(doc.ale.get("game", "")))  # names the games that have a RAM table
-    if doc.env.noop_max != 0:
+    if doc.env.noop_max != 0 and not has_recorded_ram(acts):
         raise RlsaeError(
             f"{acts} was recorded with noop_max={doc.env.noop_max} (nature mode: the vector env "
-            "draws the no-ops itself), so its RAM cannot be regenerated; record with noop_max 0 "
-            "(the poster set-up)"
+            "draws the no-ops itself) by an older `rlsae dqn record` that stored no RAM, so its "
+            "RAM cannot be regenerated; record it again (the RAM is now stored with every row)"
         )
     meta = _read_meta(acts / "meta.json", "an activation store")
     cfg = _read_meta(sae / "cfg.json", "an SAE directory")

@@ -25,7 +25,9 @@ name                               kind    true when / value
                                            :data:`GRID` grid over the maze (0, 0 = top left)
 ``at_side_edge``                   bool    Ms. Pac-Man within 6 px of the leftmost or rightmost
                                            x she reaches (the outer corridors, where the tunnels
-                                           open; tunnels are not told apart yet)
+                                           open)
+``in_tunnel``                      bool    Ms. Pac-Man in a tunnel of her maze (the exits in
+                                           ``ram.MAZE_TUNNELS``, within 12 px of a side)
 ``player_x``, ``player_y``         scalar  Ms. Pac-Man's position (px)
 ``heading_{dir}``                  bool    Ms. Pac-Man faces ``dir`` (the game's heading)
 ``power_pill_near_{d}``            bool    a power pill left within ``d`` px (``d`` in
@@ -231,6 +233,7 @@ def _place_concepts(cols: _Columns, states: MsPacmanStates) -> None:
     lo, hi = SIDE_EDGE_X
     add("at_side_edge", "bool", "Ms. Pac-Man is at the left or right edge of the maze",
         (states.player_x <= lo + 6) | (states.player_x >= hi - 6))  # fmt: skip
+    add("in_tunnel", "bool", "Ms. Pac-Man is in a tunnel", states.in_tunnel())
     add("player_x", "scalar", "Ms. Pac-Man's x (further right)", states.player_x)
     add("player_y", "scalar", "Ms. Pac-Man's y (further down)", states.player_y)
     for k, name in enumerate(DIRECTIONS):

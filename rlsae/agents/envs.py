@@ -119,6 +119,9 @@ class AleVecEnv(VecEnv):
         self._base_seed = seed
         self._actions: np.ndarray | None = None
         self._lives = np.zeros(n_envs, dtype=np.int64)
+        self.noops = np.zeros(n_envs, dtype=np.int64)
+        """Per env, the one-frame no-ops its last reset played (the reset's episode frame
+        number): with the reset seed, what a lockstep emulator needs (``ram_emulator.LockstepAle``)."""
         self._ep_return = np.zeros(n_envs, dtype=np.float64)
         self._ep_len = np.zeros(n_envs, dtype=np.int64)
         self._t0 = time.time()
@@ -133,6 +136,7 @@ class AleVecEnv(VecEnv):
         seed_arr = None if seeds is None else np.array([int(s or 0) for s in seeds])
         obs, info = self.ale_env.reset(seed=seed_arr)
         self._reset_seeds()
+        self.noops[:] = info["episode_frame_number"]
         self._lives[:] = info["lives"]
         self._ep_return[:] = 0
         self._ep_len[:] = 0
@@ -150,6 +154,7 @@ class AleVecEnv(VecEnv):
         order = np.argsort(np.asarray(idx))
         seed_arr = np.asarray(seeds, dtype=np.int64)[order]
         obs, info = self.ale_env.reset(seed=seed_arr, options={"reset_mask": mask})
+        self.noops[mask] = info["episode_frame_number"][mask]
         self._lives[mask] = info["lives"][mask]
         self._ep_return[mask] = 0
         self._ep_len[mask] = 0

@@ -3,9 +3,12 @@
 The agent plays epsilon-greedy (the poster surveyed at epsilon 0.2) on seeded episodes; every
 step appends one activation row of the named layer and one context row: ``episode``,
 ``episode_seed``, ``step`` (within the episode), ``action`` (taken), ``greedy_action``,
-``reward`` (raw game points for that action), ``q_0..q_8`` (Q-values on that observation) and
-``obs_hash`` (of the observation). ``episodes.json`` holds the env settings and each episode's
-seed and action sequence, enough to replay any step in the emulator (``rlsae.agents.replay``).
+``reward`` (raw game points for that action), ``q_0..q_{A-1}`` (Q-values on that observation,
+one per action of the game: ``q_0..q_8`` for Ms. Pac-Man), ``obs_hash`` (of the
+observation) and ``ram`` (the 128 bytes of the emulator's RAM in that state, read from a
+lockstep emulator: :class:`rlsae.agents.ram_emulator.LockstepRams`). ``episodes.json`` holds
+the env settings and each episode's seed and action sequence, enough to replay any step in the
+emulator (``rlsae.agents.replay``).
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ def _play_and_write(
         n_envs=cfg.n_envs,
         max_total_steps=cfg.steps,
         max_episode_steps=cfg.max_episode_steps,
+        ram=True,
     ):
         writer.append(b.extra, _context(b))
         for i, e in enumerate(b.episode.tolist()):
@@ -149,6 +153,8 @@ def _context(b: StepBatch) -> dict[str, Any]:
     for a in range(b.q.shape[1]):
         ctx[f"q_{a}"] = b.q[:, a].astype(np.float32)
     ctx["obs_hash"] = [obs_hash(o) for o in b.obs]
+    if b.ram is not None:
+        ctx["ram"] = [r.tobytes() for r in b.ram]
     return ctx
 
 

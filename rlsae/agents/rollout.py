@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from rlsae.agents.envs import AleVecEnv, EnvConfig
+from rlsae.agents.ram_emulator import LockstepRams
 
 RANDOM_SCORE = 307.3
 """Ms. Pac-Man random-agent score (DQN-Zoo constants)."""
@@ -64,6 +65,8 @@ class StepBatch:
     """Raw game score received for the action."""
     episode_end: np.ndarray
     """True where this step ended the episode (game over, truncation or the step cap)."""
+    ram: np.ndarray | None = None
+    """(n, 128) uint8 ALE RAM of the states the actions were chosen on (``play(ram=True)``)."""
 
 
 Policy = Callable[[np.ndarray], tuple[np.ndarray, Any]]
@@ -80,12 +83,15 @@ def play(
     n_envs: int = 1,
     max_total_steps: int | None = None,
     max_episode_steps: int | None = None,
+    ram: bool = False,
 ) -> Iterator[StepBatch]:
     """Play episodes 0, 1, 2, ... (seeds ``episode_seed(seed, i)``) on ``n_envs`` emulators.
 
     Stops after ``episodes`` episodes, or after ``max_total_steps`` steps in all (the last
     episodes then end early). Actions: greedy on the policy's Q, random with probability
-    ``epsilon`` (a generator seeded by ``seed``).
+    ``epsilon`` (a generator seeded by ``seed``). With ``ram`` every batch carries the
+    emulators' RAM, read from lockstep emulators
+    (:class:`rlsae.agents.ram_emulator.LockstepRams`).
     """
     if episodes is None and max_total_steps is None:
         raise ValueError("give episodes or max_total_steps")
@@ -93,12 +99,24 @@ def play(
     rng = np.random.default_rng([int(seed), 7919])
     env = AleVecEnv(cfg, n_envs, seed=None, autoreset=False)
     slots = _Slots(n_envs, seed, episodes)
+    rams = None
+    if ram:
+        rams = LockstepRams(
+            n_envs, cfg.game, frameskip=cfg.frameskip,
+            repeat_action_probability=cfg.repeat_action_probability,
+            max_episode_frames=cfg.max_episode_frames,
+        )  # fmt: skip
     try:
         obs = env.reset_with_seeds(slots.first_seeds())
+        if rams is not None:
+            on = np.flatnonzero(slots.active)
+            rams.reset(on, slots.ep_seed[on], env.noops[on])
         total = 0
         while slots.active.any():
             idx = np.flatnonzero(slots.active)
-            batch, next_obs = _step(env, policy, obs, idx, slots, rng, epsilon, max_episode_steps)
+            batch, next_obs = _step(
+                env, policy, obs, idx, slots, rng, epsilon, max_episode_steps, rams
+            )
             total += len(idx)
             budget_left = None if max_total_steps is None else max_total_steps - total
             yield batch
@@ -107,6 +125,8 @@ def play(
             restart, restart_seeds = slots.next_episodes(idx[batch.episode_end])
             if restart:
                 next_obs = env.reset_envs(restart, restart_seeds)
+                if rams is not None:
+                    rams.reset(restart, restart_seeds, env.noops[restart])
             obs = next_obs
             if budget_left is not None and budget_left < slots.active.sum():
                 slots.keep_earliest(budget_left)
@@ -167,6 +187,7 @@ def _step(
     rng: np.random.Generator,
     epsilon: float,
     max_episode_steps: int | None,
+    rams: LockstepRams | None = None,
 ) -> tuple[StepBatch, np.ndarray]:
     """One epsilon-greedy step of the active envs ``idx``: the batch and the next observations."""
     q, extra = policy(obs[idx])
@@ -177,8 +198,11 @@ def _step(
     action = np.where(explore, random_actions, greedy)
     full = np.zeros(env.num_envs, dtype=np.int64)
     full[idx] = action
+    ram = None if rams is None else rams.ram(idx)
     next_obs, _, _, infos = env.step(full)
     raw = np.array([infos[i]["raw_reward"] for i in idx], dtype=np.float32)
+    if rams is not None:
+        rams.step(idx, action, raw)
     end = np.array([infos[i]["game_over"] for i in idx], dtype=bool)
     slots.ep_step[idx] += 1
     if max_episode_steps is not None:
@@ -195,6 +219,7 @@ def _step(
         extra=extra,
         reward=raw,
         episode_end=end,
+        ram=ram,
     )
     return batch, np.asarray(next_obs)
 

@@ -55,7 +55,7 @@ def states(rows: list[dict[str, Any]]) -> MsPacmanStates:
         fruit_present=col("fruit", False, bool),
         fruit_x=np.zeros(n, np.float32),
         fruit_y=np.zeros(n, np.float32),
-        level=np.zeros(n, np.int8),
+        level=col("level", 0, np.int8),
         score=np.zeros(n, np.int64),
     )
 
@@ -131,6 +131,19 @@ def test_maze_regions_and_side_edge() -> None:
                        {"region_2_0"}, {"region_0_2"}, {"region_2_1"}]  # fmt: skip
     edge = compute_concepts(states(rows)).column("at_side_edge")
     assert edge.tolist() == [1, 1, 0, 1, 1, 0]
+
+
+def test_in_tunnel_per_maze() -> None:
+    """The exits of MAZE_TUNNELS, within 12 px of a side: maze 0 opens at rows 50-61, 74-85
+    and 98-109; maze 1 at 62-73 and 158-169."""
+    rows: list[dict[str, Any]] = [
+        {"x": 5.0, "y": 103.5}, {"x": 155.0, "y": 55.5}, {"x": 80.0, "y": 103.5},
+        {"x": 5.0, "y": 67.5}, {"x": 5.0, "y": 67.5, "level": 1},
+        {"x": 150.0, "y": 163.5, "level": 1}, {"x": 5.0, "y": 103.5, "level": 1},
+        {"x": 12.5, "y": 103.5}, {"x": 147.5, "y": 79.5, "level": 3},
+    ]  # fmt: skip
+    tunnel = compute_concepts(states(rows)).column("in_tunnel")
+    assert tunnel.tolist() == [1, 1, 0, 0, 1, 1, 0, 0, 0]
 
 
 def test_heading_power_pills_dots_lives_level_fruit() -> None:

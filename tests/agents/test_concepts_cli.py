@@ -89,16 +89,23 @@ def test_concepts_human_output_and_a_concept_filter(poster_agent, planted, run_c
     assert res.concepts == [PLANTED, "lives"]
 
 
-def _edited_copy(src: Path, dst: Path, edit) -> Path:
+def _edited_copy(src: Path, dst: Path, edit, *, drop_ram: bool = False) -> Path:
+    """A copy of the store with ``episodes.json`` edited; ``drop_ram``: without the recorded
+    RAM column, as a store written before `dqn record` recorded it."""
+    import pandas as pd
+
     shutil.copytree(src, dst)
     doc = json.loads((dst / "episodes.json").read_text())
     edit(doc)
     (dst / "episodes.json").write_text(json.dumps(doc))
+    if drop_ram:
+        ctx = pd.read_parquet(dst / "context.parquet")
+        ctx.drop(columns=["ram"]).to_parquet(dst / "context.parquet", index=False)
     return dst
 
 
 def test_concepts_refuses_bad_input_in_one_line_before_torch(poster_agent, planted, tmp_path):
-    """Another game, a nature-mode recording, an SAE of another width, an unknown concept,
+    """Another game, an older nature-mode recording (no RAM column), an SAE of another width, an unknown concept,
     bad numbers: exit 2, one line each, torch never imported, nothing written."""
     import subprocess
     import sys
@@ -110,7 +117,7 @@ def test_concepts_refuses_bad_input_in_one_line_before_torch(poster_agent, plant
         d["env"]["noop_max"] = 30
 
     other_game = _edited_copy(planted["acts"], tmp_path / "breakout", game)
-    noops = _edited_copy(planted["acts"], tmp_path / "nature", nature)
+    noops = _edited_copy(planted["acts"], tmp_path / "nature", nature, drop_ram=True)
     wide = _sae(tmp_path / "wide", np.eye(3))
     base = ["dqn", "concepts", "--agent", str(poster_agent)]
     sae, acts = ["--sae", str(planted["sae"])], ["--acts", str(planted["acts"])]
@@ -147,7 +154,8 @@ def test_concepts_refuses_bad_input_in_one_line_before_torch(poster_agent, plant
 
 def test_study_stage_matches_a_poster_store_and_notes_a_nature_one(poster_agent, planted, tmp_path):
     """The study's ``concepts`` stage on the planted store (in the study's layout) writes
-    SAE_DIR/concepts.json and returns its coverage; on a nature-mode copy it returns a note."""
+    SAE_DIR/concepts.json and returns its coverage; on a nature-mode copy without the recorded
+    RAM (an older store) it returns a note."""
     from rlsae.study import atari
     from rlsae.study.engine import Context
     from rlsae.study.results import AgentConcepts
@@ -161,7 +169,7 @@ def test_study_stage_matches_a_poster_store_and_notes_a_nature_one(poster_agent,
         if edit is None:
             shutil.copytree(planted["acts"], acts)
         else:
-            _edited_copy(planted["acts"], acts, edit)
+            _edited_copy(planted["acts"], acts, edit, drop_ram=True)
         shutil.copytree(planted["sae"], atari.sae_dir(tmp_path, cfg, agent),
                         ignore=shutil.ignore_patterns("concepts.json"))  # fmt: skip
         return atari.AgentSpec(name=agent, agent_dir=str(poster_agent))
