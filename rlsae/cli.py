@@ -35,6 +35,7 @@ _COMMAND_MODULES = [
     "viewer",
     "pipeline",
     "demo",
+    "diff",
 ]
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"rlsae.commands.{_name}")

@@ -33,6 +33,7 @@ from rlsae.artifacts import Artifact
 from rlsae.configs import differing_keys, from_mapping, to_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_json, read_json
+from rlsae.sae.config import TrainConfig
 from rlsae.sae.crosscoder import CFG, WEIGHTS, Crosscoder, CrosscoderSpec, load_crosscoder
 from rlsae.sae.crosscoder_config import CrosscoderConfig
 from rlsae.sae.model import SAE
@@ -47,6 +48,7 @@ from rlsae.sae.train import (
     _partial_dir,
     _restore,
     _save_checkpoint,
+    train_sae,
     train_step,
 )
 
@@ -64,6 +66,7 @@ __all__ = [
     "l1_loss",
     "l1_step",
     "train_crosscoder",
+    "train_diff_sae",
 ]
 
 
@@ -393,3 +396,20 @@ def evaluate_crosscoder(
         l0=active / max(rows, 1),
         dead=int((~fired).sum()),
     )
+
+
+def train_diff_sae(
+    base: ActivationStore | str | os.PathLike,
+    tuned: ActivationStore | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> SAE:
+    """The diff-SAE: an SAE trained by ``train_sae`` on ``tuned - base`` row by row (a
+    ``PairedStore`` in ``diff`` mode, computed on the fly; nothing is written but the SAE), a
+    second lens on what the tuning changed. Its cfg.json's source is ``TUNED minus BASE``."""
+    pair = PairedStore(base, tuned, "diff")  # refuses misaligned stores
+    return train_sae(pair, out_dir, cfg, resume=resume, progress=progress, on_step=on_step)

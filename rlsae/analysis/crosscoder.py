@@ -1,0 +1,51 @@
+"""Figures of a crosscoder's latents (``rlsae.sae.latents``): the norm-ratio histogram with the
+classes coloured, as in Minder et al. 2025's figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlsae.sae.latents import CLASSES, LatentAnalysis
+
+COLOURS = {
+    "shared": "#7f7f7f",
+    "base_only": "#1f77b4",
+    "tuned_only": "#d62728",
+    "artefact": "#ff7f0e",
+    "dead": "#c7c7c7",
+}
+"""Colour of each class."""
+
+
+def norm_ratio_figure(info: LatentAnalysis, *, bins: int = 50, title: str = "") -> Any:
+    """Stacked histogram of the latents' norm ratios (0 base only, 0.5 equal, 1 tuned only),
+    one colour per class; dead latents are left out (their count is in the title)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for kind in CLASSES:
+        if kind == "dead":
+            continue
+        xs = [r.norm_ratio for r in info.latents if r.kind == kind and r.norm_ratio is not None]
+        fig.add_trace(
+            go.Histogram(
+                x=xs,
+                name=f"{kind} ({info.counts.get(kind, 0)})",
+                marker_color=COLOURS[kind],
+                xbins={"start": 0.0, "end": 1.0 + 1e-9, "size": 1.0 / bins},
+            )
+        )
+    cfg = info.config
+    for x in (cfg.base_only_ratio, cfg.tuned_only_ratio):
+        fig.add_vline(x=x, line_dash="dot", line_color="#444")
+    fig.update_layout(
+        barmode="stack",
+        title=title or f"{info.n_latents} latents ({info.counts.get('dead', 0)} dead)",
+        xaxis_title="decoder norm ratio (0 base only, 1 tuned only)",
+        yaxis_title="latents",
+        xaxis_range=[0, 1],
+        template="plotly_white",
+        height=360,
+        margin={"l": 50, "r": 20, "t": 50, "b": 50},
+    )
+    return fig
