@@ -39,6 +39,8 @@ from rlsae.viewer.source import (
 GENERIC = StoreClaim(kind="generic")
 """The page template of a store no source claims: its context columns in a table."""
 DEFAULT_EFFECT_LABEL = "max activation × decoder norm"
+SCORES: tuple[str, ...] = ("detection", "fuzzing", "simulation")
+"""The explanation scores the feature table can be filtered by (``summary.scores``)."""
 
 
 def write_jsonp(path: Path, key: str, obj: Any) -> None:
@@ -267,8 +269,11 @@ def _write_summary(
     labels: list[str | None] = [None] * int(entry["d_sae"])
     concepts: list[str | None] = [None] * int(entry["d_sae"])
     match: list[float | None] = [None] * int(entry["d_sae"])
+    scores: dict[str, list[float | None]] = {m: [None] * int(entry["d_sae"]) for m in SCORES}
     for f, extras in pages.features.items():
         labels[f] = extras.label
+        for m, col in scores.items():  # held-out explanation scores, for filtering the table
+            col[f] = None if extras.explanation is None else getattr(extras.explanation, m)
         if extras.concepts:  # the best concept, for filtering and sorting the feature table
             best = extras.concepts[0]
             concepts[f] = ("NOT " if best.negated else "") + best.concept
@@ -288,4 +293,11 @@ def _write_summary(
     }
     if any(c is not None for c in concepts):
         summary["concepts"], summary["match"] = concepts, match
+    scored = {
+        m: [None if v is None else _r(v, 4) for v in col]
+        for m, col in scores.items()
+        if any(v is not None for v in col)
+    }
+    if scored:
+        summary["scores"] = scored
     write_jsonp(job.site / "data" / "saes" / sid / "summary.js", f"{sid}/summary", summary)

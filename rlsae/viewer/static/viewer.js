@@ -111,6 +111,8 @@
       sort: p.get("sort") || "index",
       filter: p.get("filter") || "all",
       concept: p.get("concept") || "",
+      score: p.get("score") || "",
+      min: p.get("min") || "0.75",
       page: parseInt(p.get("page") || "0", 10) || 0,
     };
   }
@@ -259,6 +261,7 @@
       if (r.filter === "dead" && !dead) continue;
       if (r.concept && !(summary.concepts && summary.concepts[i] === r.concept)) continue;
       if (r.filter === "strong" && !(summary.match && summary.match[i] >= STRONG)) continue;
+      if (r.score && !scoreAtLeast(summary, r.score, i, parseFloat(r.min))) continue;
       idx.push(i);
     }
     var key = { density: summary.density, max: summary.max, effect: summary.effect, match: summary.match }[r.sort];
@@ -269,7 +272,7 @@
 
     var select = function (id, value, options, field) {
       var s = el("select", { id: id, onchange: function () {
-        var q = { sae: entry.id, sort: r.sort, filter: r.filter, concept: r.concept };
+        var q = { sae: entry.id, sort: r.sort, filter: r.filter, concept: r.concept, score: r.score, min: r.min };
         q[field] = s.value;
         location.hash = href(q);
       } }, options.map(function (o) { return el("option", { value: o[0], text: o[1] }); }));
@@ -286,8 +289,9 @@
       el("label", { text: "Sort " }), select("sort", r.sort, sorts, "sort"),
       el("label", { text: " Show " }), select("filter", r.filter, filters, "filter"),
       summary.concepts ? [el("label", { text: " Best concept " }), select("concept", r.concept,
-        [["", "any"]].concat(conceptNames.map(function (c) { return [c, c]; })), "concept")] : null);
-    var q = { sae: entry.id, sort: r.sort, filter: r.filter, concept: r.concept };
+        [["", "any"]].concat(conceptNames.map(function (c) { return [c, c]; })), "concept")] : null,
+      summary.scores ? scoreFilter(summary, entry, r, select) : null);
+    var q = { sae: entry.id, sort: r.sort, filter: r.filter, concept: r.concept, score: r.score, min: r.min };
     var at = function (pg) { var o = Object.assign({}, q); o.page = pg; return href(o); };
 
     var rows = idx.slice(page * PAGE, (page + 1) * PAGE).map(function (i) {
@@ -298,10 +302,12 @@
         el("td", { text: pct(d) }), el("td", { text: fmt(summary.max[i]) }),
         el("td", { text: fmt(summary.effect[i]) }),
         summary.match ? el("td", { class: "match", text: fmt(summary.match[i]) }) : null,
+        r.score && summary.scores ? el("td", { class: "expl-score", text: fmt((summary.scores[r.score] || [])[i]) }) : null,
         el("td", { class: "label", text: summary.labels ? summary.labels[i] || "" : "" }));
     });
     var cols = ["feature", "status", "density", "max act", "effect"];
     if (summary.match) cols.push("match");
+    if (r.score && summary.scores) cols.push(r.score);
     cols.push(summary.labels ? "explanation" : "");
     var head = el("tr", null, cols.map(function (c) { return el("th", { text: c }); }));
     var pager = el("div", { class: "pager" },
@@ -318,6 +324,23 @@
       el("h2", { text: "Feature densities" }), densityHistogram(summary.density),
       controls, el("table", { class: "grid-table", id: "feature-table" }, el("thead", null, head), el("tbody", null, rows)), pager,
     ], [" › ", el("a", { href: href({ sae: entry.id }), text: entry.name })]);
+  }
+
+  // explanation scores on held-out contexts (detection, fuzzing, simulation), per feature
+  function scoreAtLeast(summary, method, i, min) {
+    var v = summary.scores && summary.scores[method] ? summary.scores[method][i] : null;
+    return v !== null && v !== undefined && !isNaN(min) && v >= min;
+  }
+
+  function scoreFilter(summary, entry, r, select) {
+    var methods = ["detection", "fuzzing", "simulation"].filter(function (m) { return summary.scores[m]; });
+    var min = el("input", { id: "score-min", type: "number", step: "0.05", min: -1, max: 1, value: r.min,
+      onchange: function () {
+        location.hash = href({ sae: entry.id, sort: r.sort, filter: r.filter, concept: r.concept, score: r.score, min: min.value });
+      } });
+    return [el("label", { text: " Explanation score " }),
+      select("score", r.score, [["", "any"]].concat(methods.map(function (m) { return [m, m]; })), "score"),
+      el("label", { for: "score-min", text: " ≥ " }), min];
   }
 
   function densityHistogram(density) {
