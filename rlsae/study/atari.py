@@ -47,6 +47,7 @@ from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, read_json
 from rlsae.sae.config import TrainConfig
+from rlsae.study import atari_imports as imports
 from rlsae.study.atari_config import StudyConfig, acts_dir, expand_agent_dirs, sae_dir
 from rlsae.study.atari_prefixes import PrefixCurves, no_prefixes, prefixes
 from rlsae.study.atari_sweep import SWEEP
@@ -143,6 +144,7 @@ def _run_agents(cfg: StudyConfig, run_dir: Path, run: RunSpec) -> list[AgentSpec
 def population(cfg: StudyConfig, run_dir: Path) -> list[AgentSpec]:
     """The agents of the study. With checkpoints, reads which checkpoints training wrote."""
     agents = [a for run in training_runs(cfg) for a in _run_agents(cfg, run_dir, run)]
+    agents += [AgentSpec(name=n, agent_dir=d) for n, d in imports.imported_agents(cfg)]
     seen = {a.name for a in agents}
     for ext in expand_agent_dirs(cfg.population.agents, "population"):
         ap = ext.resolve()
@@ -474,13 +476,14 @@ ATARI = Study(
         Units("agent", _list_agents, markers="analysis/agents/{unit}"),
     ),
     stages=(
+        Stage("import", imports.import_population, imports.ImportedAgents, skip_if=imports.off),
         Stage("train", train, TrainRun, per="run"),
         # an agent's model never changes once written: the population listing is what
         # depends on training, so the agent stages do not list ``train`` as an input
         Stage("eval", evaluate, Evaluation, per="agent"),
         Stage("record", record, Recording, per="agent"),
         Stage("sae", train_agent_sae, TrainedSAE, after=("record",), per="agent"),
-        Stage("live", count_live, LiveFeatures, after=("sae",), per="agent"),
+        Stage("live", imports.survey_or(count_live), LiveFeatures, after=("sae",), per="agent"),
         Stage("splice", splice, SpliceResult, after=("sae",), per="agent", skip_if=_no_splice),
         Stage("concepts", concepts, AgentConcepts, after=("sae",), per="agent"),
         SWEEP,

@@ -12,6 +12,7 @@ One YAML (or TOML) file describes the whole study (``rlsae pipeline atari --pres
         learning_rate: [0.0001, 0.0005]
       checkpoint_every: 50000  # optional: every checkpoint of every run is an agent too
       agents: []             # optional: existing agent directories, used as they are
+      imports: []            # optional: agent files to import (dqns/*.pt), a stage of the study
     recording: {layer: fc1, steps: 1500000, epsilon: 0.2}
     sae: {arch: topk, d_sae: 2048, k: 50}
     evaluation: {episodes: 10, epsilon: 0.05, live_threshold: 1, splice_episodes: 5}
@@ -26,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlsae.agents.config import train_config
+from rlsae.agents.config import ARCHS, check_game, train_config
 from rlsae.agents.layers import LAYERS, check_layer
+from rlsae.agents.survey_config import SurveyConfig
 from rlsae.configs import check_range, from_mapping
 from rlsae.errors import RlsaeError
 from rlsae.sae.config import TRAIN_ARCHS, TrainConfig
@@ -57,6 +59,18 @@ class PopulationConfig:
     """Existing agent directories to add to the population as they are (not trained here); an
     entry may be a glob pattern (``runs/poster/agents/*``: every agent directory it matches, in
     name order), e.g. the folder ``dqn import`` wrote each of the poster's agents into."""
+    imports: list[str] = field(default_factory=list)
+    """Agent files to import as the study's first stage (``dqn import``): files (the poster's
+    ``dqns/dqnN.pt``, ``.pth``/``.safetensors`` state dicts, SB3 or QR-DQN ``.zip``), folders
+    of them or glob patterns (``dqns/*.pt``); each becomes ``agents/imported/<file stem>`` in
+    the run and joins the population."""
+    import_arch: str | None = None
+    """Network of the imported files (``poster`` or ``nature``; None: read from their names)."""
+    import_game: str = "ms_pacman"
+    """The ALE game the imported agents were trained on."""
+    import_env_id: str | None = None
+    """The environment they were trained in (None: ``ALE/<Game>-v5`` for torch files, rl-zoo3's
+    ``<Game>NoFrameskip-v4`` for SB3 zips; see ``dqn import --env-id``)."""
 
 
 @dataclass
@@ -110,6 +124,10 @@ class EvaluationConfig:
     by the change in return; SAE_DIR/ablation_sweep.json); 0: no sweep stage."""
     sweep_features: int | None = None
     """Sweep only this many live features per agent, those firing most (None: every live one)."""
+    survey_episodes: int = 0
+    """With N > 0, live features are counted on a survey with the poster's protocol instead of
+    on the SAE's recorded rows: N whole episodes at epsilon 0.2, sticky actions off, the first
+    66 steps of every episode skipped (the poster: 2,500 episodes); 0: on the recorded rows."""
 
 
 @dataclass
@@ -179,6 +197,7 @@ class StudyConfig:
         check_range(where, "evaluation.live_threshold", e.live_threshold, 1)
         check_range(where, "evaluation.splice_episodes", e.splice_episodes, 0)
         check_range(where, "evaluation.sweep_episodes", e.sweep_episodes, 0)
+        _check_survey(e, self.recording.layer, where)
         if e.sweep_features is not None:
             check_range(where, "evaluation.sweep_features", e.sweep_features, 1)
         if e.max_episode_steps is not None:
@@ -190,8 +209,12 @@ class StudyConfig:
 
 def _check_population(p: PopulationConfig, where: str) -> None:
     check_range(where, "population.train_steps", p.train_steps, 0)
-    if p.train_steps == 0 and not p.agents:
-        raise RlsaeError(f"{where}: population.train_steps is 0 and population.agents is empty")
+    if p.train_steps == 0 and not p.agents and not p.imports:
+        raise RlsaeError(
+            f"{where}: population.train_steps is 0 and population.agents and "
+            "population.imports are empty"
+        )
+    _check_imports(p, where)
     if len(set(p.seeds)) != len(p.seeds):
         raise RlsaeError(f"{where}: population.seeds: has duplicates")
     for key, values in p.grid.items():
@@ -225,6 +248,61 @@ def expand_agent_dirs(entries: list[str], where: str = "config") -> list[Path]:
                 f"{where}: population.agents: {ext} is not an agent directory (no model.zip)"
             )
     return out
+
+
+AGENT_FILES = (".pt", ".pth", ".safetensors", ".zip")
+"""The files ``population.imports`` takes from a folder (as ``dqn import --from FOLDER``)."""
+
+
+def expand_import_files(entries: list[str], where: str = "config") -> list[Path]:
+    """The agent files ``population.imports`` names: a file, a folder (its agent files, in name
+    order) or a glob pattern (every matching file, in name order); one line for an entry that
+    names none, or for two files with the same stem (their agents would share a name)."""
+    out: list[Path] = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if glob.has_magic(str(path)):
+            found = sorted(Path(m) for m in glob.glob(str(path)) if Path(m).is_file())
+        elif path.is_dir():
+            found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in AGENT_FILES)
+        else:
+            found = [path] if path.is_file() else []
+        if not found:
+            raise RlsaeError(f"{where}: population.imports: {entry} names no agent file")
+        out.extend(found)
+    stems = [f.stem for f in out]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise RlsaeError(
+            f"{where}: population.imports: several files are named {dup[0]}.*; each imported "
+            "agent is named by its file's stem"
+        )
+    return out
+
+
+def _check_imports(p: PopulationConfig, where: str) -> None:
+    if p.import_arch is not None and p.import_arch not in ARCHS:
+        raise RlsaeError(
+            f"{where}: population.import_arch: expected one of {', '.join(ARCHS)}, got "
+            f"{p.import_arch!r}"
+        )
+    check_game(f"{where}: population.import_game", p.import_game)
+    if p.imports and p.import_arch is not None and p.import_arch != p.arch:
+        raise RlsaeError(
+            f"{where}: population.import_arch {p.import_arch!r} differs from population.arch "
+            f"{p.arch!r} (the recorded layer is checked against population.arch)"
+        )
+    expand_import_files(p.imports, where)
+
+
+def _check_survey(e: EvaluationConfig, layer: str, where: str) -> None:
+    """``evaluation.survey_episodes`` (and the episode cap it plays under) as the survey's own
+    :class:`~rlsae.agents.survey_config.SurveyConfig` checks them."""
+    check_range(where, "evaluation.survey_episodes", e.survey_episodes, 0)
+    if e.survey_episodes > 0:
+        SurveyConfig(
+            layer=layer, episodes=e.survey_episodes, max_episode_steps=e.max_episode_steps
+        ).validate(f"{where}: evaluation (survey)")
 
 
 def _check_layer(arch: str, layer: str, where: str) -> None:
