@@ -2,9 +2,12 @@
 
 An agent directory holds ``model.zip`` (SB3 DQN), ``agent.json`` (:class:`AgentInfo`: arch, env,
 seed, steps trained, hyperparameters), ``checkpoints/step_N/`` (each a loadable agent directory),
-``tensorboard/``, ``train.json`` (the run's :class:`DQNTrainConfig`, which a resume must match)
-and, while training is resumable, ``resume/`` (the latest replay buffer). ``agent.json`` at the
-top is written last: its presence marks a finished run.
+``tensorboard/``, ``train.json`` (the run's :class:`DQNTrainConfig`, which a resume must match),
+``train_log.json`` (:class:`~rlsae.agents.train_state.TrainLog`, every game finished in training)
+and, while training is resumable, ``resume/step_S/`` (the run's whole state at its latest rollout
+boundary after a checkpoint: see :mod:`rlsae.agents.train_state`; a killed run resumed from it
+ends exactly as an uninterrupted one). ``agent.json`` at the top is written last: its presence
+marks a finished run.
 
 The hyperparameters and their per-arch defaults are in :mod:`rlsae.agents.config`. Every field
 can be overridden per call (``train_dqn(..., buffer_size=5000)``), as can the environment's
@@ -24,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from rlsae import threads as _threads
 from rlsae.agents.agent_dir import (
@@ -39,8 +41,17 @@ from rlsae.agents.envs import make_vec_env
 from rlsae.agents.layers import HEAD, check_layer, layer_widths
 from rlsae.agents.networks import get_module, policy_kwargs
 from rlsae.agents.results import AgentInfo
+from rlsae.agents.train_state import (
+    ActionLog,
+    TrainEpisode,
+    TrainLog,
+    latest_state,
+    load_finished_weights,
+    restore_state,
+    save_state,
+)
 from rlsae.errors import RlsaeError
-from rlsae.fsutil import atomic_dir, atomic_write_json, read_json
+from rlsae.fsutil import atomic_dir
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,15 +224,16 @@ def train_dqn(
 def _train(cfg: DQNTrainConfig, out: Path, resume: bool, progress: bool, device: str) -> Path:
     env = make_vec_env(cfg.env, cfg.n_envs, seed=cfg.seed)
     try:
-        model, done_steps = _load_or_build_model(cfg, out, env, resume, device)
+        model, done_steps, log = _load_or_build_model(cfg, out, env, resume, device)
         if done_steps >= cfg.steps:
             if not (out / "agent.json").is_file():
+                TrainLog(steps=done_steps, episodes=log.episodes).write(out / "train_log.json")
                 _save_agent(model, out, _agent_info(cfg, done_steps))
             return out
         # a resumed finished run is being extended: it is no longer finished
         with contextlib.suppress(FileNotFoundError):
             (out / "agent.json").unlink()
-        callback = _TrainCallback(out, cfg, done_steps, progress)
+        callback = _TrainCallback(out, cfg, done_steps, progress, log)
         try:
             model.learn(
                 total_timesteps=cfg.steps - done_steps,
@@ -234,34 +246,42 @@ def _train(cfg: DQNTrainConfig, out: Path, resume: bool, progress: bool, device:
             callback.close()
     finally:
         env.close()
-    _save_agent(model, out, _agent_info(cfg, int(model.num_timesteps)))
+    steps = int(model.num_timesteps)
+    TrainLog(steps=steps, episodes=log.episodes).write(out / "train_log.json")
+    _save_agent(model, out, _agent_info(cfg, steps))
     shutil.rmtree(out / "resume", ignore_errors=True)
     return out
 
 
+class _RunLog:
+    """What the training callback carries across a resume: the actions sent to the emulators
+    and the games finished so far."""
+
+    def __init__(self, actions: ActionLog, episodes: list[TrainEpisode]) -> None:
+        self.actions, self.episodes = actions, episodes
+
+
 def _load_or_build_model(
     cfg: DQNTrainConfig, out: Path, env: Any, resume: bool, device: str
-) -> tuple[Any, int]:
-    """The model to train and the env steps it has done: from the last checkpoint (or the
-    finished agent) on a resume, else a new one."""
+) -> tuple[Any, int, _RunLog]:
+    """The model to train, the env steps it has done and the run's log so far.
+
+    A new model is built the same way every time (same seeds); a resume then restores the
+    latest ``resume/step_S`` state into it and replays the emulators to that point (exactly
+    the uninterrupted run), or, for a finished run being extended, loads its weights (its
+    emulators and replay buffer are gone: the extension starts them afresh). A resume with no
+    state yet (killed before the first one) starts over, which gives the same run."""
     from stable_baselines3 import DQN
 
-    if resume:
-        ckpts = list_checkpoints(out)
-        src = out if (out / "agent.json").is_file() else (ckpts[-1].path if ckpts else None)
-        if src is not None:
-            model = DQN.load(str(src / "model.zip"), env=env, device=device)
-            done = int(model.num_timesteps)
-            rb = out / "resume" / "replay_buffer.pkl"
-            rb_meta = out / "resume" / "replay_buffer.json"
-            if rb.is_file() and rb_meta.is_file() and read_json(rb_meta).get("step") == done:
-                model.load_replay_buffer(str(rb))
-            return model, done
     hyper = asdict(cfg.hyperparameters)
     hyper.pop("save_replay_buffer")
     rb_kwargs = (
         {"handle_timeout_termination": False} if cfg.hyperparameters.optimize_memory_usage else None
     )
+    state = latest_state(out) if resume else None
+    finished = resume and (out / "agent.json").is_file() and (out / "model.zip").is_file()
+    if resume and state is None and not finished:
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)  # the killed run's, redone now
     torch.manual_seed(cfg.seed)
     model = DQN(
         "CnnPolicy",
@@ -274,7 +294,16 @@ def _load_or_build_model(
         verbose=0,
         **hyper,
     )
-    return model, 0
+    log = _RunLog(ActionLog(cfg.n_envs), [])
+    if finished:
+        done = load_finished_weights(model, out / "model.zip")
+        if (out / "train_log.json").is_file():
+            log.episodes = TrainLog.read(out / "train_log.json").episodes
+        return model, done, log
+    if state is not None:
+        log.actions, log.episodes = restore_state(model, env, state)
+        return model, int(model.num_timesteps), log
+    return model, 0, log
 
 
 def _agent_info(cfg: DQNTrainConfig, steps: int) -> AgentInfo:
@@ -299,13 +328,17 @@ def _save_agent(model: Any, dest: Path, info: AgentInfo) -> None:
 
 
 class _TrainCallback(BaseCallback):
-    """Checkpoints every N env steps (agent dir + replay buffer) and a tqdm bar on stderr."""
+    """Logs actions and finished games, publishes a loadable agent every N env steps and, at
+    the next rollout boundary, the run's whole state (``resume/step_S``); a tqdm bar on stderr."""
 
-    def __init__(self, out: Path, cfg: DQNTrainConfig, start: int, progress: bool) -> None:
+    def __init__(
+        self, out: Path, cfg: DQNTrainConfig, start: int, progress: bool, log: _RunLog
+    ) -> None:
         super().__init__(verbose=0)
-        self.out, self.cfg = out, cfg
+        self.out, self.cfg, self.log = out, cfg, log
         every = cfg.checkpoint_every
         self.next_ckpt = ((start // every) + 1) * every if every else None
+        self.state_due = False
         self.bar: Any = None
         if progress:
             from tqdm.auto import tqdm
@@ -317,6 +350,11 @@ class _TrainCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         n = int(self.model.num_timesteps)
+        self.log.actions.append(self.locals["actions"])
+        for i, info in enumerate(self.locals["infos"]):
+            ep = info.get("episode")
+            if ep is not None:
+                self.log.episodes.append(TrainEpisode(n, i, float(ep["r"]), int(ep["l"])))
         if self.bar is not None:
             self.bar.update(n - self.last)
         self.last = n
@@ -327,18 +365,24 @@ class _TrainCallback(BaseCallback):
                 self.next_ckpt += every
         return True
 
+    def _on_rollout_start(self) -> None:
+        # SB3 has trained on the last rollout and collects the next one from here: the one
+        # point where its whole state is saved (and restored) without a half-done rollout
+        if self.state_due:
+            save_state(
+                self.model,
+                self.out,
+                self.log.actions,
+                self.log.episodes,
+                self.cfg.hyperparameters.save_replay_buffer,
+            )
+            self.state_due = False
+
     def _checkpoint(self, n: int) -> None:
         final = self.out / "checkpoints" / f"step_{n}"
         with atomic_dir(final, overwrite=True) as tmp:
             _save_agent(self.model, tmp, _agent_info(self.cfg, n))
-        if self.cfg.hyperparameters.save_replay_buffer:
-            assert isinstance(self.model, OffPolicyAlgorithm)  # SB3's DQN
-            res = self.out / "resume"
-            res.mkdir(exist_ok=True)
-            tmp_rb = res / ".replay_buffer.tmp.pkl"
-            self.model.save_replay_buffer(str(tmp_rb))
-            os.replace(tmp_rb, res / "replay_buffer.pkl")
-            atomic_write_json(res / "replay_buffer.json", {"step": n})
+        self.state_due = True
 
     def close(self) -> None:
         if self.bar is not None:

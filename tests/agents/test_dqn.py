@@ -258,3 +258,68 @@ def test_training_is_reproducible_from_its_seed(tmp_path: Path):
     c = load_agent(train_dqn("nature", 120, tmp_path / "c", seed=4, **kw)).q_network.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
+    """Training stopped right after its second saved state (an exception, as a SIGINT would)
+    and resumed ends with the uninterrupted run's weights and training log, bit for bit; the
+    state holds no pickle. (The SIGKILL version is tests/agents/test_dqn_kill.py.)"""
+    import rlsae.agents.dqn as dqn_mod
+
+    kw = dict(seed=1, checkpoint_every=80, n_envs=2, progress=False, **TINY)
+    train_dqn("nature", 480, tmp_path / "a", **kw)
+
+    class Stop(Exception):
+        pass
+
+    real, calls = dqn_mod.save_state, []
+
+    def save_then_stop(*args, **kwargs):
+        path = real(*args, **kwargs)
+        calls.append(path)
+        if len(calls) == 2:
+            raise Stop
+        return path
+
+    monkeypatch.setattr(dqn_mod, "save_state", save_then_stop)
+    with pytest.raises(Stop):
+        train_dqn("nature", 480, tmp_path / "b", **kw)
+    state = calls[-1]
+    assert sorted(p.name for p in state.parent.iterdir()) == [state.name]  # older ones dropped
+    names = {p.relative_to(state).as_posix() for p in state.rglob("*") if p.is_file()}
+    assert {"state.json", "torch.pt", "actions.npy", "last_obs.npy"} <= names
+    assert not [n for n in names if n.endswith((".pkl", ".pickle", ".zip"))]
+    monkeypatch.setattr(dqn_mod, "save_state", real)
+    train_dqn("nature", 480, tmp_path / "b", resume=True, **kw)
+    a, b = (load_agent(tmp_path / x).model.policy.state_dict() for x in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a, log_b = ((tmp_path / x / "train_log.json").read_bytes() for x in "ab")
+    assert log_a == log_b and json.loads(log_a)["steps"] == 480
+
+
+def test_a_resume_whose_replayed_emulators_differ_is_refused(tmp_path, monkeypatch):
+    """The emulators are rebuilt by replaying the saved actions; if the replay does not reach
+    the saved observation (another ale-py, a damaged file) the resume is refused in one line."""
+    import rlsae.agents.dqn as dqn_mod
+
+    kw = dict(seed=1, checkpoint_every=40, progress=False, **TINY)
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(*args, **kwargs):
+        path = dqn_mod_real(*args, **kwargs)
+        if int(path.name[5:]) >= 200:  # past the game's intro, where actions change nothing
+            raise Stop(path)
+        return path
+
+    dqn_mod_real = dqn_mod.save_state
+    monkeypatch.setattr(dqn_mod, "save_state", save_then_stop)
+    with pytest.raises(Stop) as stopped:
+        train_dqn("nature", 320, tmp_path / "r", **kw)
+    monkeypatch.setattr(dqn_mod, "save_state", dqn_mod_real)
+    state = stopped.value.args[0]
+    actions = np.load(state / "actions.npy")
+    np.save(state / "actions.npy", (actions + 1) % 9)
+    with pytest.raises(RlsaeError, match="did not reproduce the saved game state"):
+        train_dqn("nature", 320, tmp_path / "r", resume=True, **kw)
