@@ -102,6 +102,11 @@ class TrainConfig:
     matryoshka_groups: list[int] | None = None
     """Matryoshka: sizes of the nested groups of latents, in order, adding up to d_sae (prefix
     i = the first i groups); None means d_sae/16, d_sae/16, d_sae/8, d_sae/4 and the rest."""
+    matryoshka_aux: bool = False
+    """Matryoshka: AuxK per level (SAELens's ``use_matryoshka_aux_loss``): each group's dead
+    latents reconstruct the residual of the prefix that ends with their group, instead of the
+    whole SAE's residual; the levels' terms (each weighed down when the group has fewer dead
+    latents than ``aux_k``) are added."""
     topk_threshold_lr: float = 0.01
     """BatchTopK and Matryoshka: rate of the moving average of the smallest kept activation that gives the
     inference threshold (SAELens's ``topk_threshold_lr``)."""
@@ -184,7 +189,7 @@ class TrainConfig:
             raise RlsaeError(
                 f"{where}: init_b_dec: expected mean or zeros, got {describe(self.init_b_dec)}"
             )
-        for name in ("tied", "final_eval", "shuffle"):
+        for name in ("tied", "final_eval", "shuffle", "matryoshka_aux"):
             if not isinstance(getattr(self, name), bool):
                 raise RlsaeError(f"{where}: {name}: expected true or false")
         for name in ("hook_name", "source"):
@@ -278,6 +283,7 @@ class TrainConfig:
 KIND_OPTIONS: dict[str, tuple[str, ...]] = {
     "topk_threshold_lr": ("batchtopk", "matryoshka"),
     "matryoshka_groups": ("matryoshka",),
+    "matryoshka_aux": ("matryoshka",),
     "l0": ("jumprelu",),
     "l0_warmup_frac": ("jumprelu",),
     "bandwidth": ("jumprelu",),

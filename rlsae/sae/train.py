@@ -483,7 +483,8 @@ def _topk_terms(
     sae, cfg, aux_k = state.sae, state.cfg, state.aux_k
     dead_mask = state.since_fired >= cfg.dead_rows
     n_dead = int(dead_mask.sum())
-    dead_idx = dead_mask.nonzero().reshape(-1) if (aux_k and n_dead) else None
+    per_level = bool(cfg.matryoshka_aux and sae.cfg.matryoshka_groups and aux_k and n_dead)
+    dead_idx = dead_mask.nonzero().reshape(-1) if (aux_k and n_dead and not per_level) else None
     sse, aux_sse, vals, idx = topk_loss(
         x,
         sae.W_enc,
@@ -504,6 +505,10 @@ def _topk_terms(
     loss = fvu
     if sae.cfg.matryoshka_groups:
         loss = loss + _prefix_losses(sae, x, vals, idx, total_var, out)
+    if per_level:
+        aux_loss = matryoshka_aux_loss(sae, x, vals.detach(), idx, dead_mask, aux_k, total_var)
+        loss = loss + cfg.aux_coeff * aux_loss
+        out["aux_loss"] = float(aux_loss.detach())
     if dead_idx is not None:
         # AuxK: the dead latents' top aux_k reconstruct the (detached) residual x - recon
         aux_loss = aux_sse / total_var
@@ -543,6 +548,41 @@ def _prefix_losses(
         term = (recon + sae.b_dec - x).pow(2).sum() / total_var
         out[f"fvu_prefix_{width}"] = float(term.detach())
         total = total + term
+    return total
+
+
+def matryoshka_aux_loss(
+    sae: SAE,
+    x: torch.Tensor,
+    vals: torch.Tensor,
+    idx: torch.Tensor,
+    dead: torch.Tensor,
+    aux_k: int,
+    total_var: torch.Tensor,
+) -> torch.Tensor:
+    """Matryoshka's AuxK per level, as SAELens's ``calculate_matryoshka_aux_loss`` (here with
+    ReLU'd auxiliary activations and each term over ``total_var``, as rlsae's AuxK): for each
+    group [s, e) holding dead latents, the top min(aux_k, dead in the group) ReLU'd
+    pre-activations among them reconstruct (without b_dec) the detached residual of the prefix
+    [0, e); the squared error, times min(1, dead in the group / aux_k), summed over groups."""
+    assert sae.cfg.matryoshka_groups is not None
+    W_enc, W_dec, b_dec = sae.W_enc, sae.W_dec, sae.b_dec
+    x_in = x - b_dec if sae.cfg.apply_b_dec_to_input else x
+    total = x.new_zeros(())
+    start = 0
+    for end in prefix_widths(sae.cfg.matryoshka_groups):
+        cols = dead[start:end].nonzero().reshape(-1) + start
+        start, n_dead = end, int(cols.numel())
+        if not n_dead:
+            continue
+        with torch.no_grad():  # the prefix's residual, detached (AuxK's target)
+            weights = vals * (idx < end)
+            recon = F.embedding_bag(idx, W_dec, per_sample_weights=weights, mode="sum") + b_dec
+            residual = x - recon
+        pre = x_in @ W_enc[:, cols] + sae.b_enc[cols]
+        a_vals, a_pos = pre.topk(min(aux_k, n_dead), dim=-1, sorted=False)
+        aux = F.embedding_bag(cols[a_pos], W_dec, per_sample_weights=a_vals.relu(), mode="sum")
+        total = total + min(1.0, n_dead / aux_k) * (aux - residual).pow(2).sum() / total_var
     return total
 
 

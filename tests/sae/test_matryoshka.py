@@ -228,3 +228,104 @@ def test_saelens_matryoshka_trained_loads_here(tmp_path):
         assert (theirs.encode(x) > 0).any()
         torch.testing.assert_close(ours.encode(x), theirs.encode(x), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
+
+
+def test_per_level_auxk_equals_saelens_matryoshka_aux_loss_and_its_gradients():
+    """``matryoshka_aux_loss`` (total variance set to the row count, so it is SAELens's mean over
+    rows) equals SAELens's own ``calculate_matryoshka_aux_loss`` in float64, value and every
+    gradient; dead latents are given positive pre-activations, where rlsae's ReLU of the
+    auxiliary activations and SAELens's raw pre-activations agree."""
+    from sae_lens.saes.matryoshka_batchtopk_sae import (
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    )
+
+    from rlsae.sae.train import matryoshka_aux_loss
+
+    g = torch.Generator().manual_seed(4)
+    B, d, n, k, groups = 48, 12, 64, 4, [8, 24, 32]
+    sae = SAE(SAEConfig(d_in=d, d_sae=n, arch="matryoshka", k=k, matryoshka_groups=groups), seed=1)
+    sae = sae.double()
+    dead = torch.zeros(n, dtype=torch.bool)
+    dead[[1, 3, 9, 10, 11, 12, 13, 14, 15, 16, 40, 41, 50]] = True  # 2, 8 and 3 per group
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3, generator=g)
+        sae.b_enc[dead] += 4.0  # dead latents' pre-activations above 0
+        sae.b_dec.normal_(generator=g)
+    x = torch.randn(B, d, generator=g, dtype=torch.float64)
+    _, _, vals, idx = topk_loss(
+        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k, None, 0, True, None, batch=True
+    )
+    vals = vals.detach()
+    aux_k = d // 2
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    ours = matryoshka_aux_loss(sae, x, vals, idx, dead, aux_k, torch.tensor(float(B)).double())
+    grads = torch.autograd.grad(ours, params)
+
+    cfg = MatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=d, d_sae=n, k=k, matryoshka_widths=[8, 32, 64], use_matryoshka_aux_loss=True,
+        aux_loss_coefficient=1.0, dtype="float64", rescale_acts_by_decoder_norm=False,
+    )  # fmt: skip
+    theirs = MatryoshkaBatchTopKTrainingSAE(cfg).double()
+    with torch.no_grad():
+        for name, p in zip(("W_enc", "b_enc", "W_dec", "b_dec"), params, strict=True):
+            getattr(theirs, name).copy_(p)
+    hidden_pre = (x - theirs.b_dec) @ theirs.W_enc + theirs.b_enc
+    acts = torch.zeros(B, n, dtype=torch.float64).scatter_add_(1, idx, vals)
+    ref = theirs.calculate_matryoshka_aux_loss(x, acts @ theirs.W_dec + theirs.b_dec, acts,
+                                               hidden_pre, dead)  # fmt: skip
+    assert float(ref.detach()) > 0
+    # (SAELens's default rescale_acts_by_decoder_norm divides by the decoder norms: on unit-norm
+    # rows the same value, and the same gradient once rlsae removes its parallel component)
+    torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-12, atol=0)
+    ref_grads = torch.autograd.grad(ref, [theirs.W_enc, theirs.b_enc, theirs.W_dec, theirs.b_dec])
+    for name, ga, gb in zip(("W_enc", "b_enc", "W_dec", "b_dec"), grads, ref_grads, strict=True):
+        assert gb.abs().sum() > 0, name
+        torch.testing.assert_close(ga, gb, rtol=1e-10, atol=1e-12)
+    # a dense float64 sum written out by hand, level by level: value and gradients to 1e-12
+    p64 = [p.detach().clone().requires_grad_() for p in params]
+    W_enc, b_enc, W_dec, b_dec = p64
+    pre = (x - b_dec) @ W_enc + b_enc
+    hand = x.new_zeros(())
+    for s, e in ((0, 8), (8, 32), (32, 64)):
+        cols = dead[s:e].nonzero().reshape(-1) + s
+        residual = (x - (acts[:, :e] @ W_dec[:e] + b_dec)).detach()
+        v, pos = pre[:, cols].topk(min(aux_k, len(cols)), dim=-1)
+        dense = torch.zeros(B, n, dtype=torch.float64).scatter(1, cols[pos], v.relu())
+        hand = hand + min(1.0, len(cols) / aux_k) * (dense @ W_dec - residual).pow(2).sum() / B
+    torch.testing.assert_close(ours.detach(), hand.detach(), rtol=1e-12, atol=0)
+    for ga, gb in zip(grads, torch.autograd.grad(hand, p64), strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-10, atol=1e-12)
+
+
+def test_matryoshka_per_level_auxk_trains_and_resumes_bit_identically(tmp_path):
+    store, _ = _store(tmp_path)
+    kw = dict(checkpoint_every=8, matryoshka_aux=True, dead_rows=128)
+    whole = train_sae(store, tmp_path / "whole", _cfg(**kw), progress=False)
+    rec = json.loads((tmp_path / "whole" / "training.json").read_text())
+    assert any(h.get("aux_loss", 0) > 0 for h in rec["history"])
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, _stats):
+        if step == 21:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_sae(store, tmp_path / "cut", _cfg(**kw), progress=False, on_step=stop)
+    resumed = train_sae(store, tmp_path / "cut", _cfg(**kw), resume=True, progress=False)
+    for (name, a), (_, b) in zip(
+        whole.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    with pytest.raises(RlsaeError, match="matryoshka_aux: a matryoshka setting, given to arch"):
+        TrainConfig(arch="batchtopk", matryoshka_aux=True).validate()
+
+
+def test_cli_matryoshka_aux(tmp_path, run_cli):
+    store, _ = _store(tmp_path)
+    args = ["sae", "train", "--acts", store, "--arch", "matryoshka", "--d-sae", 64, "--k", 4]
+    code, _, err = run_cli(*args, "--out", tmp_path / "a", "--steps", 3, "--matryoshka-aux")
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "training.json").read_text())["config"]["matryoshka_aux"]
