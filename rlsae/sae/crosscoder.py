@@ -151,15 +151,8 @@ class Crosscoder(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "W_enc": self.W_enc,
-            "b_enc": self.b_enc,
-            "W_dec": self.W_dec,
-            "b_dec": self.b_dec,
-        }
-        if self.threshold is not None:
-            tensors["threshold"] = self.threshold
-        data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        # W_enc, b_enc, W_dec, b_dec and (BatchTopK) the threshold buffer
+        data = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(path / WEIGHTS, save(data))
         atomic_write_json(path / CFG, self.spec.to_dict())
         return path

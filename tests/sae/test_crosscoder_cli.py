@@ -101,6 +101,14 @@ def test_bad_input_is_refused_in_one_line_with_nothing_written(planted, tmp_path
     line = _refused(run_cli, tmp_path, "diff", "latents", "--crosscoder", tmp_path / "sae",
                     "--base", b, "--tuned", t, "--nu-error-max", 0)  # fmt: skip
     assert "nu_error_max" in line
+    # a crosscoder given to an SAE-only command
+    from rlsae.sae.crosscoder_train import train_crosscoder
+
+    train_crosscoder(
+        b, t, tmp_path / "cc2", CrosscoderConfig(d_sae=16, k=2, steps=2), progress=False
+    )
+    line = _refused(run_cli, tmp_path, "sae", "eval", "--sae", tmp_path / "cc2", "--acts", b)
+    assert "'crosscoder' is not supported" in line
 
 
 def test_options_take_their_defaults_from_the_configs():
