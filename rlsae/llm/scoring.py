@@ -107,6 +107,16 @@ def _peak_window(rows: np.ndarray, a: np.ndarray, window: int) -> slice:
     return slice(start, start + window)
 
 
+def chunk_size(docs: Sequence[int], doc_rows: dict[int, np.ndarray], window: int) -> int:
+    """The length of the within-document chunks: ``window``, or for documents shorter than two
+    windows half the median document (at least 4 tokens), so a chunk can leave out the part of
+    a short document where the feature fires."""
+    if not docs:
+        return window
+    median = int(np.median([len(doc_rows[d]) for d in docs]))
+    return max(1, min(window, max(4, median // 2)))
+
+
 def _chunks(
     docs: Sequence[int], doc_rows: dict[int, np.ndarray], taken: dict[int, slice], window: int
 ) -> list[tuple[int, slice]]:
@@ -140,7 +150,8 @@ def held_out_contexts(
     are fewer such documents than ``cfg.n_non_activating`` (a dense feature fires in every
     document), they are random *chunks* of the held-out documents, as delphi draws them
     (Paulo et al. 2024: the corpus cut into fixed-length windows): windows of ``cfg.window``
-    tokens where the feature stays at or below a threshold -- 0 when enough such chunks exist,
+    tokens (of half a document when documents are shorter than two windows:
+    :func:`chunk_size`) where the feature stays at or below a threshold -- 0 when enough exist,
     else the lowest level at which ``n_non_activating`` chunks stay below it (the feature's
     weakest stretches) -- and the activating contexts are the windows that rise above it."""
     docs = [d for d in doc_rows if d not in explained]
@@ -148,11 +159,14 @@ def held_out_contexts(
     silent = [d for d in docs if peak[d] <= 0]
     threshold, chunks, level = 0.0, [], np.zeros(0)
     if len(silent) < cfg.n_non_activating:
-        chunks = _chunks(docs, doc_rows, {}, cfg.window)
+        size = chunk_size(docs, doc_rows, cfg.window)
+        chunks = _chunks(docs, doc_rows, {}, size)
         level = np.array([float(acts[doc_rows[d][w]].max()) for d, w in chunks])
         if len(chunks) > cfg.n_non_activating and (level <= 0).sum() < cfg.n_non_activating:
-            threshold = float(np.sort(level)[cfg.n_non_activating - 1])
-    firing = sorted((d for d in docs if peak[d] > threshold), key=lambda d: (-peak[d], d))
+            # rounded as the contexts' activations are (rounding keeps the order)
+            threshold = round(float(np.sort(level)[cfg.n_non_activating - 1]), 6)
+            level = np.round(level, 6)
+    firing = sorted((d for d in docs if round(peak[d], 6) > threshold), key=lambda d: (-peak[d], d))
     if len(firing) > cfg.n_activating:
         at = np.linspace(0, len(firing) - 1, cfg.n_activating).round().astype(int)
         firing = [firing[i] for i in dict.fromkeys(at.tolist())]
@@ -162,7 +176,7 @@ def held_out_contexts(
         picked = sorted(rng.choice(silent, cfg.n_non_activating, replace=False).tolist())
         quiet = [(d, slice(0, cfg.window)) for d in picked]
     else:
-        kept = {(d, w.start) for d, w in _chunks(docs, doc_rows, windows, cfg.window)}
+        kept = {(d, w.start) for d, w in _chunks(docs, doc_rows, windows, size)}
         below = [
             i for i, (d, w) in enumerate(chunks) if level[i] <= threshold and (d, w.start) in kept
         ]  # chunks at or below the threshold that do not overlap an activating window

@@ -345,3 +345,26 @@ def test_a_dense_feature_gets_non_activating_chunks_within_its_documents():
     old = held_out_contexts(sparse, texts_a, doc_rows, set(), cfg, np.random.default_rng(0))
     assert all(c.threshold == 0.0 for c in old)
     assert all(doc_rows[c.document].size and c.document % 2 == 1 for c in old if not c.active)
+
+
+def test_short_documents_are_cut_in_half_for_the_chunks():
+    """Documents shorter than two windows give chunks of half a document (at least 4 tokens):
+    a feature that fires on one token of every 16-token document still has silent stretches."""
+    from rlsae.llm.scoring import OfflineScorer, chunk_size, held_out_contexts, score_feature
+
+    doc_rows = {d: np.arange(16 * d, 16 * d + 16) for d in range(30)}
+    assert chunk_size(list(doc_rows), doc_rows, 32) == 8
+    assert chunk_size(list(doc_rows), {d: np.arange(96) for d in doc_rows}, 32) == 32
+    assert chunk_size(list(doc_rows), {d: np.arange(6) for d in doc_rows}, 32) == 4
+    texts = np.array([" the", " plot", " was", " long"] * 120)
+    texts[np.arange(30) * 16 + 12] = " cat"  # one " cat" in the second half of every document
+    acts = (texts == " cat").astype(np.float32)
+    cfg = ExplanationScoreConfig(n_activating=10, n_non_activating=10, window=32)
+    ctxs = held_out_contexts(acts, texts, doc_rows, set(), cfg, np.random.default_rng(0))
+    quiet = [c for c in ctxs if not c.active]
+    assert len(quiet) == 10 and all(len(c.tokens) == 8 and " cat" not in c.tokens for c in quiet)
+    assert all(c.threshold == 0.0 for c in ctxs)
+    s = score_feature(
+        'tokens "cat"', ctxs, OfflineScorer(), ["detection"], np.random.default_rng(0)
+    )
+    assert s.detection == pytest.approx(1.0)
