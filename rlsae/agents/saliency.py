@@ -79,6 +79,13 @@ def gradient_x_input(fn: Activation, x: torch.Tensor) -> torch.Tensor:
     return (x * g[0]).detach()
 
 
+def batch_gradient_x_input(fn: Activation, xs: torch.Tensor) -> torch.Tensor:
+    """``x * da/dx`` for each input of a batch ``xs`` (n, C, H, W) in one backward pass (the
+    activations of different inputs do not depend on each other)."""
+    _, g = _grad(fn, xs.float())
+    return (xs.float() * g).detach()
+
+
 def integrated_gradients(
     fn: Activation, x: torch.Tensor, baseline: torch.Tensor, steps: int = 64, batch: int = 16
 ) -> tuple[torch.Tensor, float, float]:
@@ -138,6 +145,18 @@ def saliency_png(frame: np.ndarray, screen_map: np.ndarray, stack: np.ndarray | 
             panels.append(_colour(s[rows][:, cols]))
     buf = io.BytesIO()
     Image.fromarray(np.concatenate(panels, 1)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def overlay_png(screen_map: np.ndarray) -> bytes:
+    """PNG bytes of a transparent RGBA heat map over the screen (its colours as in
+    :func:`saliency_png`, opacity 0.8 x the scaled map), to lay over the frame in the viewer."""
+    from PIL import Image
+
+    alpha = (_scaled(screen_map) * 0.8 * 255).astype(np.uint8)
+    rgba = np.concatenate([_colour(screen_map), alpha[..., None]], -1)
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG", optimize=True)  # (H, W, 4) uint8: RGBA
     return buf.getvalue()
 
 

@@ -23,6 +23,13 @@ import numpy as np
 from rlsae.agents.concept_run import CONCEPTS_FILE
 from rlsae.agents.concepts import ConceptMatches
 from rlsae.agents.results import EpisodeLog
+from rlsae.agents.viewer_causal import (
+    attach_frames,
+    changed_requests,
+    sae_tag,
+    saliency_overlays,
+    sweep_interventions,
+)
 from rlsae.errors import RlsaeError
 from rlsae.viewer.source import (
     AgentState,
@@ -50,6 +57,7 @@ class AgentViewerSource:
     def pages(self, view: StoreView) -> StorePages:
         out = StorePages()
         add_concepts(view, out)
+        add_interventions(view, out)
         episodes, steps = view.column("episode"), view.column("step")
         if episodes is None or steps is None:
             out.notes.append("the store has no episode/step context; no frames")
@@ -62,6 +70,7 @@ class AgentViewerSource:
         if cfg.frames:
             urls, obs_at = _frames(view, eps, stp, out.notes)
         grids = _grids(view, eps, stp, obs_at, out.notes)
+        overlays = _saliency(view, eps, stp, obs_at, out.notes)
         if grids:
             out.effect = grid_effect(grids, view.scan.top_rows)
             out.effect_label = "mean max |Δ| of the action-effect grid over top states"
@@ -73,6 +82,7 @@ class AgentViewerSource:
                 if key in urls:
                     state.frame, state.clip = urls[key]
                 state.grid = grids.get((f, r))
+                state.saliency = overlays.get((f, r))
                 state.action = int(actions[r]) if actions is not None else None
                 out.rows[(f, r)] = state
         out.clip = (cfg.clip_before, cfg.clip_after)
@@ -105,6 +115,23 @@ def add_concepts(view: StoreView, out: StorePages) -> None:
             for m in fc.matches
         ]
         out.features[fc.feature] = FeatureExtras(label=fc.explanation, concepts=scores or None)
+
+
+def add_interventions(view: StoreView, out: StorePages) -> None:
+    """Each swept feature's ablation result from ``SAE_DIR/ablation_sweep.json``, with a frame
+    and a clip of the state where the greedy action changed most (replayed from the sweep's
+    spliced episodes when frames are on)."""
+    ivs, doc = sweep_interventions(view, out.notes)
+    if doc is not None and view.config.frames:
+        try:
+            urls, _ = write_frames(
+                view, changed_requests(ivs), out.notes, doc=doc, prefix=f"sweep-{sae_tag(view)}-"
+            )
+            attach_frames(ivs, urls)
+        except (ImportError, RlsaeError) as e:
+            out.notes.append(f"ablation sweep: no frames ({first_line(e)})")
+    for f, iv in ivs.items():
+        out.features.setdefault(f, FeatureExtras()).intervention = iv
 
 
 def viewer_source() -> AgentViewerSource:
@@ -163,17 +190,24 @@ def _frames(
 
 
 def write_frames(
-    view: StoreView, requests: dict[int, set[int]], notes: list[str], clip_ms: int = 120
+    view: StoreView,
+    requests: dict[int, set[int]],
+    notes: list[str],
+    clip_ms: int = 120,
+    *,
+    doc: EpisodeLog | None = None,
+    prefix: str = "",
 ) -> tuple[dict[StateKey, tuple[str, str]], dict[StateKey, np.ndarray]]:
-    """Replay each episode once and put ``e{E}_s{S}.png`` and ``clip_e{E}_s{S}.gif`` for every
-    requested (episode, step) into the view's assets. Returns ({(E, S): (png URL, gif URL)},
-    {(E, S): the agent's observation at that step}); episodes that cannot be replayed and steps
-    the recording lacks are added to ``notes``."""
+    """Replay each episode once and put ``{prefix}e{E}_s{S}.png`` and
+    ``{prefix}clip_e{E}_s{S}.gif`` for every requested (episode, step) into the view's assets.
+    Returns ({(E, S): (png URL, gif URL)}, {(E, S): the agent's observation at that step});
+    episodes that cannot be replayed and steps the recording lacks are added to ``notes``.
+    ``doc``: other episodes to replay than the store's ``episodes.json``."""
     from tqdm import tqdm
 
     from rlsae.agents.replay import read_episodes
 
-    doc = read_episodes(view.store.path)
+    doc = doc if doc is not None else read_episodes(view.store.path)
     lengths = {e.episode: len(e.actions) for e in doc.episodes}
     before, after = view.config.clip_before, view.config.clip_after
     urls: dict[StateKey, tuple[str, str]] = {}
@@ -200,8 +234,8 @@ def write_frames(
         for s in steps:
             seq = [frames[t] for t in range(s - before, s + after + 1) if t in frames]
             urls[(ep, s)] = (
-                view.assets.put(f"e{ep}_s{s}.png", png_bytes(frames[s])),
-                view.assets.put(f"clip_e{ep}_s{s}.gif", gif_bytes(seq, clip_ms)),
+                view.assets.put(f"{prefix}e{ep}_s{s}.png", png_bytes(frames[s])),
+                view.assets.put(f"{prefix}clip_e{ep}_s{s}.gif", gif_bytes(seq, clip_ms)),
             )
     return urls, obs_at
 
@@ -308,6 +342,37 @@ def _grids(
         return effect_grids(agent_dir, sae, layer, states, view.progress)
     except (ImportError, RlsaeError) as e:
         notes.append(f"action effects unavailable ({first_line(e)})")
+        return {}
+
+
+def _saliency(
+    view: StoreView,
+    eps: np.ndarray,
+    steps: np.ndarray,
+    obs_at: dict[StateKey, np.ndarray],
+    notes: list[str],
+) -> dict[tuple[int, int], str]:
+    """Saliency overlays of the first ``config.saliency`` top states of every feature whose
+    observation was replayed (a note instead when the agent is missing or fails)."""
+    n = view.config.saliency
+    if n == 0 or not obs_at:
+        return {}
+    store = view.store
+    agent_dir = find_agent_dir(view.run_dir, store.source, store.extra)
+    if agent_dir is None:
+        notes.append("agent not found; no saliency overlays")
+        return {}
+    states: dict[int, list[tuple[int, StateKey, np.ndarray]]] = {}
+    for f in range(view.d_sae):
+        for r in view.top_rows(f)[:n]:
+            key = (int(eps[r]), int(steps[r]))
+            if key in obs_at:
+                states.setdefault(f, []).append((r, key, obs_at[key]))
+    try:
+        layer = str(store.extra.get("layer") or view.sae.cfg.hook_name or store.hook)
+        return saliency_overlays(view, agent_dir, layer, states, view.progress)
+    except (ImportError, RlsaeError) as e:
+        notes.append(f"saliency unavailable ({first_line(e)})")
         return {}
 
 

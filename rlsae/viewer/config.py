@@ -46,6 +46,9 @@ class ExportConfig:
     """Replay episodes for colour frames and clips (agents)."""
     effects: bool = True
     """Compute the 3×3 action-effect grid of each top state (agents; needs the agent)."""
+    saliency: int = 5
+    """Top states per feature that get a saliency overlay (gradient × input of the feature's
+    activation with respect to the pixels; agents, needs the agent and frames); 0: none."""
     seed: int = 0
     """Seed of the interval sampling."""
 
@@ -57,7 +60,7 @@ class ExportConfig:
             check_range(where, name, getattr(self, name), 1)
         for name in (
             "neighbours", "context_before", "context_after", "samples_per_interval",
-            "logit_tokens", "clip_before", "clip_after", "seed",
+            "logit_tokens", "clip_before", "clip_after", "seed", "saliency",
         ):  # fmt: skip
             check_range(where, name, getattr(self, name), 0)
         for lo, hi in self.lm_intervals:

@@ -137,11 +137,14 @@ class AgentState:
     """The feature's 3×3 action-effect grid in this state (joystick layout)."""
     action: int | None = None
     """The action the agent took."""
+    saliency: str | None = None
+    """URL of a transparent PNG heat map of where in the frame the feature looks (an overlay
+    of ``frame``, same size)."""
 
     def to_page(self) -> dict[str, Any]:
         page: dict[str, Any] = {"episode": self.episode, "step": self.step}
         page["clip_acts"] = self.clip_acts
-        for key in ("frame", "clip", "grid", "action"):
+        for key in ("frame", "clip", "grid", "action", "saliency"):
             if getattr(self, key) is not None:
                 page[key] = getattr(self, key)
         return page
@@ -246,6 +249,78 @@ class ConceptScore:
 
 
 @dataclass
+class ChangedAction:
+    """The state where an intervention on a feature changed the greedy action most."""
+
+    episode: int
+    step: int
+    action_before: int
+    """Greedy action without the intervention."""
+    action_after: int
+    """Greedy action with it."""
+    shift: float
+    """How far the intervention moved the preference between the two actions (Q units)."""
+    frame: str | None = None
+    """URL of the state's frame (PNG)."""
+    clip: str | None = None
+    """URL of a clip around it (GIF)."""
+
+    def to_page(self) -> dict[str, Any]:
+        page: dict[str, Any] = {
+            "episode": self.episode, "step": self.step, "action_before": self.action_before,
+            "action_after": self.action_after, "shift": sig(self.shift),
+        }  # fmt: skip
+        for key in ("frame", "clip"):
+            if getattr(self, key) is not None:
+                page[key] = getattr(self, key)
+        return page
+
+
+@dataclass
+class Intervention:
+    """A feature's causal effect in play: the agent with the feature ablated (or steered)
+    against the spliced agent on the same seeded episodes."""
+
+    kind: str
+    """``ablation`` (the feature set to zero) or ``steering``."""
+    delta_return: float
+    """Mean return with the intervention minus without."""
+    delta_return_ci: list[float]
+    """95% bootstrap interval of ``delta_return``."""
+    return_base: float
+    """Mean return without the intervention (the spliced agent)."""
+    episodes: int
+    greedy_changed: float
+    """Fraction of states where the greedy action changed."""
+    greedy_changed_firing: float | None
+    """The same over the states where the feature fires."""
+    action_tv: float
+    """Total variation between the greedy-action histograms."""
+    states_firing: int
+    source: str
+    """The file it came from (shown on the page)."""
+    rank: int | None = None
+    """Rank by |delta_return| among the features swept (1: the largest)."""
+    swept: int | None = None
+    """Features swept."""
+    changed: ChangedAction | None = None
+
+    def to_page(self) -> dict[str, Any]:
+        page: dict[str, Any] = {
+            "kind": self.kind, "delta_return": sig(self.delta_return),
+            "ci": [sig(v) for v in self.delta_return_ci], "return_base": sig(self.return_base),
+            "episodes": self.episodes, "greedy_changed": sig(self.greedy_changed),
+            "greedy_changed_firing": None if self.greedy_changed_firing is None
+            else sig(self.greedy_changed_firing),
+            "action_tv": sig(self.action_tv), "states_firing": self.states_firing,
+            "source": self.source, "rank": self.rank, "swept": self.swept,
+        }  # fmt: skip
+        if self.changed is not None:
+            page["changed"] = self.changed.to_page()
+        return page
+
+
+@dataclass
 class FeatureExtras:
     """What a source adds to one feature's page."""
 
@@ -256,9 +331,13 @@ class FeatureExtras:
     concepts: list[ConceptScore] | None = None
     """The concepts that best explain the feature, strongest first (the first also goes into
     the feature table, for filtering and sorting by concept and match quality)."""
+    intervention: Intervention | None = None
+    """Its causal effect in play, when a sweep or the study measured one (agents)."""
 
     def to_page(self) -> dict[str, Any]:
         page: dict[str, Any] = {}
+        if self.intervention is not None:
+            page["intervention"] = self.intervention.to_page()
         if self.logits is not None:
             page["logits"] = self.logits.to_page()
         if self.explanation is not None:

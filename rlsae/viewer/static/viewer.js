@@ -406,6 +406,7 @@
     }
     if (ft.explanation) parts.push(explanationBox(ft.explanation));
     if (ft.concepts) parts.push(conceptsBox(ft.concepts));
+    if (ft.intervention) parts.push(interventionBox(entry, ft.intervention));
     if (ft.pairs) parts.push(pairBox(ft.pairs));
     parts.push(el("div", { class: "row" }, stats, ft.dead ? null : el("div", null, el("h3", { text: "Activation histogram (firing rows)" }),
       barChart(ft.hist, ft.hist.map(function (_, i) { return (i * ft.max) / ft.hist.length; }), ft.max / ft.hist.length,
@@ -508,7 +509,9 @@
       var act = entry.actions && s.action !== undefined ? entry.actions[s.action] || s.action : s.action;
       return el("figure", { class: "state" },
         el("div", { class: "frames" },
-          s.frame ? el("img", { src: s.frame, alt: "state", class: "frame", width: 160, height: 210 }) : el("div", { class: "noframe", text: "no frame" }),
+          s.frame ? el("span", { class: "frame-wrap" }, el("img", { src: s.frame, alt: "state", class: "frame", width: 160, height: 210 }),
+            s.saliency ? el("img", { src: s.saliency, alt: "saliency", class: "saliency", width: 160, height: 210, title: "saliency: gradient × input of the feature's activation" }) : null)
+            : el("div", { class: "noframe", text: "no frame" }),
           s.clip ? el("img", { src: s.clip, alt: "clip", class: "clip", width: 160, height: 210, title: "clip: " + entry.clip.before + " steps before to " + entry.clip.after + " after" }) : null),
         el("figcaption", null,
           el("strong", { text: "#" + (k + 1) + " act " + fmt(s.act) }),
@@ -516,9 +519,46 @@
           s.clip_acts ? el("div", { class: "muted small", text: "clip activations: " + s.clip_acts.map(function (v) { return v === null ? "–" : fmt(v, 2); }).join(" ") }) : null),
         s.grid ? effectGrid(s.grid, m, entry.actions) : null);
     });
-    return el("section", null, el("h2", { text: "Top " + ft.top.length + " states (distinct episodes)" }),
+    var salient = ft.top.filter(function (s) { return s.saliency; }).length;
+    var section = el("section", { id: "states-section" });
+    var toggle = salient ? el("label", { class: "saliency-toggle" }, el("input", { type: "checkbox", id: "saliency-toggle",
+      onchange: function (ev) { section.classList.toggle("show-saliency", ev.target.checked); } }),
+      " show where the feature looks (saliency overlay on " + salient + " of " + ft.top.length + " frames)") : null;
+    add(section, [el("h2", { text: "Top " + ft.top.length + " states (distinct episodes)" }), toggle,
       el("p", { class: "muted", text: "Replayed frame and a clip around it; the grid is the feature's effect on each action (joystick games: 3×3 with NOOP in the centre, the button's 3×3 beside it; other games: one bar per action): red raises, blue lowers, grey is zero; scale max |Δ| = " + fmt(m) + "." }),
-      el("div", { class: "states" }, cards));
+      el("div", { class: "states" }, cards)]);
+    return section;
+  }
+
+  function actionName(entry, a) {
+    return entry.actions && entry.actions[a] !== undefined ? entry.actions[a] : String(a);
+  }
+
+  function interventionBox(entry, iv) {
+    var what = iv.kind === "ablation" ? "set to zero" : "steered";
+    var stats = el("dl", { class: "stats" },
+      el("dt", { text: "Δ mean return" }), el("dd", { class: "delta-return", text: (iv.delta_return > 0 ? "+" : "") + fmt(iv.delta_return) }),
+      el("dt", { text: "95% interval" }), el("dd", { class: "delta-ci", text: "[" + fmt(iv.ci[0]) + ", " + fmt(iv.ci[1]) + "]" }),
+      el("dt", { text: "spliced return" }), el("dd", { text: fmt(iv.return_base) + " over " + iv.episodes + " episodes" }),
+      el("dt", { text: "greedy action changed" }), el("dd", { class: "greedy-changed", text: pct(iv.greedy_changed) + " of states" +
+        (iv.greedy_changed_firing !== null && iv.greedy_changed_firing !== undefined ? " (" + pct(iv.greedy_changed_firing) + " where it fires, " + iv.states_firing + " states)" : "") }),
+      el("dt", { text: "action shift (TV)" }), el("dd", { class: "action-tv", text: fmt(iv.action_tv) }),
+      iv.rank ? [el("dt", { text: "rank by |Δ return|" }), el("dd", { class: "rank", text: iv.rank + " of " + iv.swept + " features swept" })] : null);
+    var c = iv.changed, changed;
+    if (c) {
+      changed = el("figure", { class: "state changed-state" },
+        el("div", { class: "frames" },
+          c.frame ? el("img", { src: c.frame, alt: "state", class: "frame", width: 160, height: 210 }) : el("div", { class: "noframe", text: "no frame" }),
+          c.clip ? el("img", { src: c.clip, alt: "clip", class: "clip", width: 160, height: 210 }) : null),
+        el("figcaption", { class: "changed-caption", text: "Where the greedy action changed most: episode " + c.episode + " · step " + c.step +
+          " · " + actionName(entry, c.action_before) + " → " + actionName(entry, c.action_after) + " (preference shift " + fmt(c.shift) + ")" }));
+    } else {
+      changed = el("p", { class: "muted changed-state", text: "The greedy action never changed." });
+    }
+    return el("section", { id: "intervention" },
+      el("h2", { text: "In play: the agent with this feature " + what }),
+      el("p", { class: "muted", text: "Against the spliced agent on the same seeded episodes (" + iv.source + ")." }),
+      el("div", { class: "row" }, stats, changed));
   }
 
   function contextLine(c, max) {
