@@ -12,6 +12,10 @@ from rlsae.agents.config import EvalConfig
 from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.results import Evaluation
 from rlsae.agents.rollout import Policy, episode_returns, human_normalized, play
+from rlsae.agents.steer import bootstrap_ci
+
+BOOTSTRAP = 2000
+"""Resamples of the mean return's bootstrap interval (the episodes are resampled)."""
 
 
 def agent_policy(agent: Agent) -> Policy:
@@ -42,7 +46,9 @@ def evaluate_agent(
 
     The settings are those of :class:`~rlsae.agents.config.EvalConfig` (checked before the
     agent is loaded). Returns an :class:`~rlsae.agents.results.Evaluation` (mean, std, min, max
-    and median return, human-normalised mean, per-episode returns and lengths). Scores are raw
+    and median return, the mean's 95% percentile bootstrap interval over the episodes
+    (:data:`BOOTSTRAP` resamples, seeded by ``seed``), human-normalised mean, per-episode returns
+    and lengths). Scores are raw
     game points (no clipping or scaling). ``save`` writes it to ``eval.json`` in the agent
     directory. Inference runs on ``torch_threads`` threads (1: fastest for the tiny batches of
     play on small CPUs; ``None`` leaves torch's setting).
@@ -63,6 +69,7 @@ def evaluate_agent(
             )
         )
     returns = np.array([stats[i]["return"] for i in range(episodes)], dtype=np.float64)
+    ci = bootstrap_ci(returns, BOOTSTRAP, cfg.seed)
     lengths = [int(stats[i]["length"]) for i in range(episodes)]
     result = Evaluation(
         agent=str(agent.path),
@@ -80,6 +87,9 @@ def evaluate_agent(
         mean_length=float(np.mean(lengths)),
         returns=returns.tolist(),
         lengths=lengths,
+        return_ci_low=ci[0],
+        return_ci_high=ci[1],
+        bootstrap=BOOTSTRAP,
     )
     if save:
         result.write(Path(agent.path) / "eval.json")

@@ -127,6 +127,13 @@ class Evaluation(Artifact):
     """Each episode's return, in episode order."""
     lengths: list[int] = field(default_factory=list)
     """Each episode's length in agent steps."""
+    return_ci_low: float | None = None
+    """Lower end of the 95% percentile bootstrap interval of the mean return (episodes
+    resampled; None in files written before it was recorded)."""
+    return_ci_high: float | None = None
+    """Upper end of that interval."""
+    bootstrap: int | None = None
+    """Bootstrap resamples of the interval."""
 
 
 @dataclass

@@ -15,11 +15,9 @@ title, style, plotly.js) and :func:`write_page`.
 
 from __future__ import annotations
 
-import html
 import json
-import math
 import os
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,9 @@ from rlsae.analysis.figures import (
     prefix_figures,
 )
 from rlsae.analysis.fit import FitResult
+from rlsae.analysis.html import esc, html_table, num
 from rlsae.analysis.mmcs import SharedFeatures
+from rlsae.analysis.report_scores import score_section
 from rlsae.analysis.utility import UtilityTables
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, read_json
@@ -50,43 +50,6 @@ td.l,th.l{text-align:left}
 """
 
 # ----------------------------------------------------------------------------- shared helpers
-
-
-def esc(text: Any) -> str:
-    """``text`` as inert HTML (quotes too): ``<img onerror=...>`` stays literal text."""
-    return html.escape(str(text), quote=True)
-
-
-def num(v: Any, spec: str = ".4g", missing: str = "") -> str:
-    """A number for a report: ``missing`` for None or NaN, ``spec`` for floats, escaped text
-    for anything else (integers as they are)."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return missing
-    if isinstance(v, float):
-        return format(v, spec)
-    return esc(v)
-
-
-def html_table(
-    headers: Sequence[str],
-    rows: Iterable[Sequence[str]],
-    left: Collection[str] = (),
-    *,
-    scroll: bool = False,
-) -> str:
-    """A table; ``rows`` hold ready HTML cells (pass text through :func:`esc`/:func:`num`);
-    the columns named in ``left`` are left-aligned (``class='l'``)."""
-
-    def cls(h: str) -> str:
-        return " class='l'" if h in left else ""
-
-    head = "".join(f"<th{cls(h)}>{esc(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td{cls(h)}>{c}</td>" for h, c in zip(headers, r, strict=True)) + "</tr>"
-        for r in rows
-    )
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    return f"<div class='scroll'>{table}</div>" if scroll else table
 
 
 def page(title: str, body: str, *, plotly: bool = True, css: str = CSS) -> str:
@@ -389,6 +352,7 @@ def write_atari_report(run_dir: str | os.PathLike) -> Path:
     parts = [
         _links(run_dir),
         skill_statement(df),
+        score_section(df),
         _fit_section(fit, df),
         _coverage_section(analysis / "fit_coverage_vs_return.json", df),
         "<h2>Agents</h2>" + _df_table(df),

@@ -350,7 +350,8 @@ def concepts(ctx: Context[StudyConfig], spec: AgentSpec) -> AgentConcepts:
 
 
 _EVAL_COLUMNS = tuple(
-    "mean_return std_return min_return max_return episodes mean_length human_normalized".split()
+    "mean_return std_return min_return max_return episodes mean_length human_normalized "
+    "return_ci_low return_ci_high".split()
 )
 _LIVE_COLUMNS = (
     "live",

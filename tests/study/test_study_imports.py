@@ -110,5 +110,8 @@ def test_study_imports_files_and_counts_live_features_on_a_poster_survey(tmp_pat
         marker = Context(ATARI, cfg, run).result(LiveFeatures, "live", name)
         assert marker.source_of_counts.startswith("survey") and marker.rows == store.rows
         assert int(table.loc[table["agent"] == name, "live"].iloc[0]) == int(fires.sum())
+    for _, row in table.iterrows():  # the score's bootstrap interval, in the table and report
+        assert row["return_ci_low"] <= row["mean_return"] <= row["return_ci_high"]
+    assert "95% CI (bootstrap over episodes)" in (run / "analysis" / "report.html").read_text()
     again = run_study(cfg, run, engine="serial", resume=True)
     assert again["stages_run"] == 0
