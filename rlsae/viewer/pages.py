@@ -197,7 +197,7 @@ def table_pages(view: StoreView) -> StorePages:
 
 
 def _scalar(v: Any) -> bool:
-    return not isinstance(v, list | tuple | dict | np.ndarray)
+    return not isinstance(v, list | tuple | dict | np.ndarray | bytes)
 
 
 def _plain(v: Any) -> Any:
