@@ -111,16 +111,23 @@ def test_bad_input_is_refused_in_one_line_with_nothing_written(planted, tmp_path
     assert "'crosscoder' is not supported" in line
 
 
-def test_options_take_their_defaults_from_the_configs():
-    from rlsae.commands.diff import LATENT_OPTIONS, TRAIN_OPTIONS, diff_latents, diff_train
-    from rlsae.configs import field_default
+def test_options_take_their_defaults_and_help_from_the_configs():
+    """A default or help text in commands/diff.py that drifts from its config field fails."""
+    import typer
 
-    for fn, cls, flags in ((diff_train, CrosscoderConfig, TRAIN_OPTIONS),
-                           (diff_latents, LatentConfig, LATENT_OPTIONS)):  # fmt: skip
-        params = fn.__defaults__ or ()
-        names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
-        opts = dict(zip(names[-len(params) :], params, strict=True))
-        for name in flags:
-            default = opts[name].default
-            if name != "expansion":
-                assert default == field_default(cls, name), name
+    from rlsae.commands._apps import app, plain_help
+    from rlsae.commands.diff import LATENT_OPTIONS, TRAIN_OPTIONS
+    from rlsae.configs import field_default, field_docs
+
+    group = typer.main.get_command(app).commands["diff"]  # type: ignore[attr-defined]
+    for verb, cls, flags in (("train", CrosscoderConfig, TRAIN_OPTIONS),
+                             ("latents", LatentConfig, LATENT_OPTIONS)):  # fmt: skip
+        params = {p.name: p for p in group.commands[verb].params}
+        for name, flag in flags.items():
+            opt = params[name]
+            assert flag in opt.opts, (verb, name)
+            assert opt.help.startswith(plain_help(field_docs(cls)[name])), (verb, name)
+            if name == "expansion":  # None: it excludes --d-sae; the help names the default
+                assert opt.default is None and "(default 4)" in opt.help
+            else:
+                assert opt.default == field_default(cls, name), (verb, name)
