@@ -112,6 +112,7 @@ ALLOWED: dict[tuple[str, str], dict[str, str]] = {
         "1e308": "all the frequency on the first feature: a degenerate but valid store",
     },
     ("acts synth", "--parents"): {"0": "no feature hierarchy"},
+    ("acts synth", "--correlated-groups"): {"0": "no correlated features (the default)"},
     ("acts synth", "--child-prob"): {"0": "children never fire with their parent"},
 }
 

@@ -74,6 +74,9 @@ SYNTH_OPTIONS = {
     "parents": "--parents",
     "children": "--children",
     "child_prob": "--child-prob",
+    "correlated_groups": "--correlated-groups",
+    "group_size": "--group-size",
+    "correlation": "--correlation",
     "seed": "--seed",
 }
 """``acts synth`` option of each SynthConfig field."""
@@ -91,11 +94,14 @@ def acts_synth(
     parents: int = _synth_opt("parents", "--parents"),
     children: int = _synth_opt("children", "--children"),
     child_prob: float = _synth_opt("child_prob", "--child-prob"),
+    correlated_groups: int = _synth_opt("correlated_groups", "--correlated-groups"),
+    group_size: int = _synth_opt("group_size", "--group-size"),
+    correlation: float = _synth_opt("correlation", "--correlation"),
     seed: int = _synth_opt("seed", "--seed"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Toy activations with planted features (superposition, Zipf or Poisson firing, optional
-    parent/child hierarchy) and their ground truth (OUT/ground_truth.safetensors), for
+    parent/child hierarchy and correlated groups) and their ground truth (OUT/ground_truth.safetensors), for
     ``sae eval --ground-truth``."""
     cfg = SynthConfig(
         rows=rows,
@@ -107,6 +113,9 @@ def acts_synth(
         parents=parents,
         children=children,
         child_prob=child_prob,
+        correlated_groups=correlated_groups,
+        group_size=group_size,
+        correlation=correlation,
         seed=seed,
     )
     cfg.validate("acts synth")

@@ -13,6 +13,11 @@ features are parents, each with ``children`` child features after them that can 
 rows where their parent fires (each with probability ``child_prob`` there): the hierarchy that
 feature absorption and Matryoshka SAEs are about.
 
+With ``correlated_groups`` > 0, that many groups of ``group_size`` features (right after the
+hierarchy's) fire together more often than chance: a Gaussian copula, feature i of group j
+firing where sqrt(c) z_j + sqrt(1 - c) e_i is above the standard normal quantile 1 - p_i
+(``correlation`` c), so each feature keeps its probability p_i.
+
 The store is an ordinary activation store; the ground truth (``ground_truth.safetensors`` in the
 store directory, or ``truth_path``) holds ``directions`` (n_features, d_in), the true activations
 as coordinates ``act_rows``, ``act_features``, ``act_values`` and ``parent`` (n_features,) (-1
@@ -21,6 +26,7 @@ for none). ``rlsae sae eval --ground-truth`` reads it (``rlsae.sae.groundtruth``
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +60,15 @@ class SynthConfig:
     """Children per parent (with ``parents`` > 0)."""
     child_prob: float = 0.5
     """Probability that each child fires on a row where its parent fires."""
+    correlated_groups: int = 0
+    """Groups of ``group_size`` features (after the hierarchy's) whose firing is correlated
+    (0: every feature fires independently)."""
+    group_size: int = 2
+    """Features per correlated group."""
+    correlation: float = 0.5
+    """Correlation of the Gaussians behind the firing of two features of a group (a Gaussian
+    copula: feature i fires where sqrt(c) z_group + sqrt(1 - c) e_i is above the quantile that
+    keeps its firing probability); in [0, 1)."""
     seed: int = 0
     """Seeds directions, firing and magnitudes."""
 
@@ -73,6 +88,26 @@ class SynthConfig:
         check_range(where, "mean_active", self.mean_active, 0, self.n_features, lo_open=True)
         check_range(where, "zipf_exponent", self.zipf_exponent, 0)
         check_range(where, "child_prob", self.child_prob, 0, 1)
+        for name, lo in (("correlated_groups", 0), ("group_size", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RlsaeError(f"{where}: {name}: expected an integer, got {describe(value)}")
+            check_range(where, name, value, lo)
+        check_range(where, "correlation", self.correlation, 0, 1)
+        if self.correlation >= 1:
+            raise RlsaeError(f"{where}: correlation: must be below 1, got {self.correlation!r}")
+        if not self.correlated_groups and (self.correlation != 0.5 or self.group_size != 2):
+            name = "correlation" if self.correlation != 0.5 else "group_size"
+            raise RlsaeError(
+                f"{where}: {name}: a setting of correlated groups; give correlated_groups"
+            )
+        need = self.parents * (1 + self.children) + self.correlated_groups * self.group_size
+        if self.correlated_groups and need > self.n_features:
+            raise RlsaeError(
+                f"{where}: correlated_groups: {self.correlated_groups} groups of "
+                f"{self.group_size} after the hierarchy need {need} features, more than "
+                f"n_features={self.n_features}"
+            )
         if self.firing not in ("poisson", "zipf"):
             raise RlsaeError(
                 f"{where}: firing: expected poisson or zipf, got {describe(self.firing)}"
@@ -108,6 +143,7 @@ def synthesize(
     directions = torch.randn(n, d, generator=g)
     directions /= directions.norm(dim=1, keepdim=True)
     p, parent = firing_probabilities(cfg)
+    groups = correlated_features(cfg)
     rows: list[torch.Tensor] = []
     feats: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
@@ -123,6 +159,8 @@ def synthesize(
         for start in range(0, cfg.rows, 8192):
             b = min(8192, cfg.rows - start)
             fires = torch.rand(b, n, generator=g) < p
+            if groups is not None:  # correlated groups: a Gaussian copula per group
+                fires[:, groups] = _correlated_firing(b, groups, p, cfg.correlation, g)
             if cfg.parents:  # children only where their parent fires
                 has_parent = parent >= 0
                 fires[:, has_parent] &= fires[:, parent[has_parent]]
@@ -169,6 +207,30 @@ def firing_probabilities(cfg: SynthConfig) -> tuple[Any, Any]:
     if n_children:
         p[parent >= 0] = cfg.child_prob
     return p.float(), parent
+
+
+def correlated_features(cfg: SynthConfig) -> Any:
+    """The correlated groups' features as a (groups, group_size) torch index (None without
+    groups): the features right after the hierarchy's, group by group."""
+    import torch
+
+    if not cfg.correlated_groups:
+        return None
+    start = cfg.parents * (1 + cfg.children)
+    size = cfg.correlated_groups * cfg.group_size
+    return torch.arange(start, start + size).reshape(cfg.correlated_groups, cfg.group_size)
+
+
+def _correlated_firing(rows: int, groups: Any, p: Any, c: float, g: Any) -> Any:
+    """(rows, groups, group_size) firing of the grouped features: feature i of group j fires
+    where sqrt(c) z_j + sqrt(1 - c) e_i > Phi^-1(1 - p_i), z and e independent standard normals,
+    so each keeps its probability p_i and two of a group are correlated through c."""
+    import torch
+
+    z = torch.randn(rows, groups.shape[0], 1, generator=g, dtype=torch.float64)
+    e = torch.randn(rows, *groups.shape, generator=g, dtype=torch.float64)
+    u = math.sqrt(c) * z + math.sqrt(1.0 - c) * e
+    return u > torch.special.ndtri(1.0 - p[groups].double())
 
 
 def _jsonable(cfg: SynthConfig) -> dict[str, Any]:
