@@ -35,6 +35,7 @@ from rlsae.agents.layers import check_layer
 from rlsae.agents.networks import get_module
 from rlsae.agents.replay import replay_episode, replay_frames, replay_observations
 from rlsae.agents.results import SaliencyResult, read_episodes
+from rlsae.agents.steer import check_sae_origin
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes
 from rlsae.sae import load_sae
@@ -232,6 +233,7 @@ def state_saliency(
     if not layer:
         raise RlsaeError("the SAE names no layer (hook_name); pass --layer")
     check_sae(agent, sae, layer, feature)
+    check_sae_origin(agent, sae_dir, layer)
     log = read_episodes(acts)
     if log.env.mode != agent.arch:
         raise RlsaeError(

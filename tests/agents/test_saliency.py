@@ -126,3 +126,28 @@ def test_dqn_saliency_command_writes_an_overlay(
         "--feature", "0", "--step", "100000", "--out", bad,
     )  # fmt: skip
     assert code == 2 and not bad.exists() and len(err.strip().splitlines()) == 1
+
+
+def test_dqn_saliency_refuses_an_sae_of_another_agent_arch(
+    poster_agent: Path, poster_recording: Path, tmp_path: Path, run_cli
+):
+    """The SAE's training.json says which agent architecture its store came from: an SAE of a
+    nature agent is refused on a poster agent's state in one line, and no PNG is written."""
+    from rlsae.sae.config import TrainConfig
+    from rlsae.sae.train import TrainingRecord, train_sae
+
+    sdir = tmp_path / "sae"
+    train_sae(poster_recording, sdir, TrainConfig(d_sae=16, k=4, steps=2, batch_size=32),
+              progress=False)  # fmt: skip
+    rec = TrainingRecord.read(sdir / "training.json")
+    assert rec.origin["arch"] == "poster"
+    rec.origin["arch"] = "nature"
+    rec.write(sdir / "training.json")
+    out = tmp_path / "sal.png"
+    code, stdout, err = run_cli(
+        "dqn", "saliency", "--agent", poster_agent, "--sae", sdir, "--acts", poster_recording,
+        "--feature", "0", "--step", "3", "--out", out, "--method", "gxi",
+    )  # fmt: skip
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert "trained on activations of a nature agent; this agent is poster" in err
+    assert not out.exists()
