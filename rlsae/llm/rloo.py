@@ -11,6 +11,8 @@ TRL re-tokenizes prompt text, so the prefixes are passed as decoded text.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -133,21 +135,23 @@ def run_rloo(
     pool = prefix_pool(cfg, tokenizer, model)
     prompts = [tokenizer.decode(p, skip_special_tokens=True) for p in pool]
     log: list[dict[str, Any]] = []
-    log_path = out / "log.json"
-    if resume and log_path.is_file():
-        log = list(read_json(log_path).get("steps", []))
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, desc="rloo", disable=not progress, leave=False)
     logger = _log_callback(cfg, out, log, bar, callback)
+    checkpoint = _last_checkpoint(out / "trl") if resume else None
+    if checkpoint is not None:
+        # the log up to the checkpoint from the checkpoint itself (log.json is written after
+        # it, so a kill in between would lose its last step)
+        history = read_json(checkpoint / "trainer_state.json").get("log_history", [])
+        log[:] = [
+            log_entry(int(h["step"]), h, cfg.ppo.init_kl_coef) for h in history if "reward" in h
+        ]
+        _load_checkpoint_weights(model, checkpoint)
     trainer = build_trainer(
         cfg, out, model, tokenizer, prompts, callbacks=[logger], reward_fn=reward_fn
     )
-    checkpoint = _last_checkpoint(out / "trl") if resume else None
-    if checkpoint is not None:
-        done_steps = int(checkpoint.name.split("-")[-1])
-        del log[done_steps:]
     start_run(out, cfg)
     try:
         with quiet_loading():  # TRL's checkpoints save through transformers' progress bars
@@ -216,11 +220,48 @@ def _log_callback(
     return _Log()
 
 
+def _load_checkpoint_weights(model: Any, checkpoint: Path) -> None:
+    """Put a TRL checkpoint's weights into ``model`` through ``from_pretrained``.
+
+    transformers' own resume loads the checkpoint's state dict by its saved names, and for
+    GPT-NeoX it saves the output layer as ``embed_out`` but looks for ``lm_head``: the resumed
+    run kept the base model's output layer (a warning, not an error) and so was not the
+    uninterrupted run. ``from_pretrained`` maps the names; the trainer's later load then
+    changes nothing. The reference model is unaffected (TRL loads it from the base model).
+    """
+    from transformers import AutoModelForCausalLM
+
+    with quiet_loading():
+        trained = AutoModelForCausalLM.from_pretrained(str(checkpoint), local_files_only=True)
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RlsaeError(
+            f"{checkpoint}: the checkpoint does not fit the model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); start the run again without --resume"
+        )
+
+
 def _last_checkpoint(trl_dir: Path) -> Path | None:
+    """The newest complete TRL checkpoint; the ones a kill left half-written are deleted.
+
+    transformers writes a checkpoint in place, ``trainer_state.json`` last, so a checkpoint is
+    complete when that file parses (a kill can also stop the deletion of an older one part-way:
+    the newer complete one is taken and the rest goes)."""
     if not trl_dir.is_dir():
         return None
     ckpts = [p for p in trl_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    complete = [p for p in ckpts if (p / "trainer_state.json").is_file()]
-    if not complete:
-        return None
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]))
+    complete = [p for p in ckpts if _complete(p)]
+    best = max(complete, key=lambda p: int(p.name.split("-")[-1])) if complete else None
+    for p in ckpts:
+        if p != best:
+            shutil.rmtree(p, ignore_errors=True)
+    return best
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    weights = (checkpoint / "model.safetensors").is_file()
+    return isinstance(state, dict) and weights and (checkpoint / "optimizer.pt").is_file()
