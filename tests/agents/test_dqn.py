@@ -323,3 +323,35 @@ def test_a_resume_whose_replayed_emulators_differ_is_refused(tmp_path, monkeypat
     np.save(state / "actions.npy", (actions + 1) % 9)
     with pytest.raises(RlsaeError, match="did not reproduce the saved game state"):
         train_dqn("nature", 320, tmp_path / "r", resume=True, **kw)
+
+
+def test_replay_buffers_beyond_memory_and_batches_beyond_the_buffer_are_refused(
+    tmp_path, monkeypatch
+):
+    """Counts inside 64 bits that cannot work are refused in one line before anything is
+    written: a replay buffer larger than memory + swap (numpy's allocation failed with a
+    traceback after train.json was written) and a batch larger than the buffer."""
+    from gymnasium import spaces
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    import rlsae.agents.dqn as dqn_mod
+
+    # the size estimate is SB3's own allocation
+    for optimize, n_envs in ((False, 2), (True, 3)):
+        cfg = train_config(
+            "nature", 100, n_envs=n_envs, buffer_size=101, optimize_memory_usage=optimize
+        )
+        obs = spaces.Box(0, 255, cfg.env.obs_shape, np.uint8)
+        rb = ReplayBuffer(
+            101, obs, spaces.Discrete(9), n_envs=n_envs, optimize_memory_usage=optimize,
+            handle_timeout_termination=False,
+        )  # fmt: skip
+        frames = rb.observations.nbytes + (0 if optimize else rb.next_observations.nbytes)
+        assert dqn_mod.buffer_bytes(cfg) == frames
+    monkeypatch.setattr(dqn_mod, "_memory_and_swap", lambda: 10**9)
+    out = tmp_path / "big"
+    with pytest.raises(RlsaeError, match=r"buffer_size: a replay buffer of 20000 .* 1\.1 GiB"):
+        train_dqn("nature", 100, out, buffer_size=20_000, progress=False)
+    with pytest.raises(RlsaeError, match=r"batch_size: must be at most buffer_size \(100\)"):
+        train_dqn("nature", 100, out, buffer_size=100, batch_size=101, progress=False)
+    assert not out.exists()
