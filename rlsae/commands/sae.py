@@ -77,7 +77,7 @@ def sae_train(
     arch: str = _opt("arch"),
     d_sae: int | None = _opt("d_sae"),
     expansion: float | None = _opt("expansion", either=True),
-    k: int = _opt("k"),
+    k: float = _opt("k"),
     topk_threshold_lr: float = _opt("topk_threshold_lr"),
     matryoshka_groups: str | None = _opt("matryoshka_groups"),
     matryoshka_aux: bool = _opt("matryoshka_aux"),
@@ -117,7 +117,7 @@ def sae_train(
         arch=arch,  # type: ignore[arg-type]  # validate() refuses an unknown kind
         d_sae=d_sae,
         expansion=expansion if expansion is not None else field_default(TrainConfig, "expansion"),
-        k=k,
+        k=int(k) if float(k).is_integer() else k,  # fractional: BatchTopK's average
         topk_threshold_lr=topk_threshold_lr,
         matryoshka_groups=_int_list("--matryoshka-groups", matryoshka_groups),
         matryoshka_aux=matryoshka_aux,

@@ -35,9 +35,9 @@ class SAEConfig:
     trained keeping the k x rows largest over the batch; at inference a JumpReLU with the global
     threshold estimated during training (saved as SAELens saves it: ``jumprelu``).
     ``matryoshka``: a BatchTopK SAE trained with nested prefixes (``matryoshka_groups``)."""
-    k: int = 32
-    """Active latents per row for ``topk``, on average over a batch for ``batchtopk`` and
-    ``matryoshka``."""
+    k: int | float = 32
+    """Active latents per row for ``topk`` (an integer), on average over a batch for
+    ``batchtopk`` and ``matryoshka`` (may be fractional: int(k x rows) kept, as SAELens)."""
     matryoshka_groups: list[int] | None = None
     """``matryoshka``: sizes of the nested groups of latents, in order (they add up to d_sae);
     prefix i is the first i groups."""
@@ -64,10 +64,14 @@ class SAEConfig:
             raise RlsaeError(
                 f"{pre}d_in and d_sae must be positive (got {self.d_in}, {self.d_sae})"
             )
-        if self.arch in ("topk", "batchtopk", "matryoshka") and not (
-            _is_int(self.k) and 1 <= self.k <= self.d_sae
-        ):
+        if self.arch == "topk" and not (_is_int(self.k) and 1 <= self.k <= self.d_sae):
             raise RlsaeError(f"{pre}k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
+        if self.arch in ("batchtopk", "matryoshka") and not (
+            _is_number(self.k) and 0 < self.k <= self.d_sae
+        ):
+            raise RlsaeError(
+                f"{pre}k must be above 0 and at most d_sae={self.d_sae}, got k={self.k}"
+            )
         if self.arch == "matryoshka":
             check_groups(where or "SAEConfig", self.matryoshka_groups, self.d_sae)
         elif self.matryoshka_groups is not None:
@@ -97,8 +101,9 @@ class TrainConfig:
     """Number of latents; None means ``expansion * d_in``."""
     expansion: float = 4.0
     """Latents per input dimension when ``d_sae`` is not given."""
-    k: int = 32
-    """TopK: active latents per row; BatchTopK: per row on average (k x rows kept per batch)."""
+    k: int | float = 32
+    """TopK: active latents per row (an integer); BatchTopK and Matryoshka: per row on average,
+    fractional allowed (int(k x rows) kept per batch, as SAELens's float k)."""
     matryoshka_groups: list[int] | None = None
     """Matryoshka: sizes of the nested groups of latents, in order, adding up to d_sae (prefix
     i = the first i groups); None means d_sae/16, d_sae/16, d_sae/8, d_sae/4 and the rest."""
@@ -197,7 +202,10 @@ class TrainConfig:
             if value is not None and not isinstance(value, str):
                 raise RlsaeError(f"{where}: {name}: expected a string, got {describe(value)}")
         _int(where, "d_sae", self.d_sae, 1, optional=True)
-        _int(where, "k", self.k, 1)
+        if self.arch in ("batchtopk", "matryoshka"):
+            check_range(where, "k", self.k, 0, MAX_D_SAE, lo_open=True)
+        else:
+            _int(where, "k", self.k, 1)
         _int(where, "aux_k", self.aux_k, 0, optional=True)
         _int(where, "dead_rows", self.dead_rows, 1)
         _int(where, "steps", self.steps, 1, optional=True)
@@ -332,6 +340,10 @@ def check_eval_args(batch_size: Any, max_rows: Any = None, where: str = "") -> N
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 MAX_D_SAE = 2**26

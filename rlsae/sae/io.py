@@ -122,7 +122,7 @@ def _cfg_from_dict(d: dict[str, Any], path: Path) -> tuple[SAEConfig, bool]:
             d_in=int(d["d_in"]),
             d_sae=int(d["d_sae"]),
             arch=ours_arch,  # type: ignore[arg-type]  # one of SAE_ARCHS
-            k=int(d.get("k", 32)) if arch == "topk" else int(ours.get("k", 32)),
+            k=int(d.get("k", 32)) if arch == "topk" else _k(ours.get("k", 32)),
             tied=bool(ours.get("tied", False)),
             hook_name=str(meta.get("hook_name") or d.get("hook_name") or ""),
             source=str(ours.get("source") or meta.get("model_name") or d.get("model_name") or ""),
@@ -187,3 +187,9 @@ def read_sae_files(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, torch.
         sd["W_dec"] = sd["W_dec"] / n[:, None]
         cfg.tied = False
     return cfg, sd
+
+
+def _k(value: Any) -> int | float:
+    """rlsae's k from cfg.json's metadata: an integer, or BatchTopK's fractional average."""
+    k = float(value)
+    return int(k) if k.is_integer() else k

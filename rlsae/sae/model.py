@@ -106,14 +106,14 @@ class SAE(nn.Module):
             return torch.relu(pre)
         if self.threshold is not None:
             return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
-        vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        vals, idx = pre.topk(int(self.cfg.k), dim=-1, sorted=False)  # topk: an integer k
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
 
     def encode_topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """TopK SAEs: the k (values, indices) per row without the dense (..., d_sae) result."""
         if self.cfg.arch != "topk":
             raise RlsaeError("encode_topk needs a topk SAE")
-        vals, idx = topk_select(self.pre_acts(x), self.cfg.k)
+        vals, idx = topk_select(self.pre_acts(x), int(self.cfg.k))
         return vals.relu(), idx
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:

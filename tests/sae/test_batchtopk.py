@@ -268,3 +268,68 @@ def test_batchtopk_blockwise_equals_one_block(monkeypatch, chunk):
     _, f_r, _ = naive_batchtopk_forward(x, W_enc, b_enc, W_dec, b_dec, 6)
     torch.testing.assert_close(_dense(vals.detach(), idx, 512), f_r.detach())
     assert a_vals is not None and a_idx is not None and bool(torch.isin(a_idx, dead).all())
+
+
+@pytest.mark.parametrize("k", [2.5, 3.75, 0.5])
+def test_fractional_k_keeps_int_k_rows_as_saelens_batchtopk(k):
+    """A fractional k (SAELens's float k): int(k x rows) entries kept over the batch. Latents,
+    reconstruction and every gradient equal SAELens's own ``BatchTopK(k)`` activation applied
+    to the dense pre-activations, with plain autograd, in float64."""
+    from sae_lens.saes.batchtopk_sae import BatchTopK
+
+    g = torch.Generator().manual_seed(5)
+    B, d, n = 48, 12, 80
+    x, W_enc, b_enc, W_dec, b_dec = _params(g, B, d, n, tied=False)
+    params = [W_enc, b_enc, W_dec, b_dec]
+    recon, vals, idx, _ = topk_forward(x, W_enc, b_enc, W_dec, b_dec, k, None, 0, True, batch=True)
+    f = _dense(vals, idx, n)
+    f_r = BatchTopK(k)((x - b_dec) @ W_enc + b_enc)
+    recon_r = f_r @ W_dec + b_dec
+    assert int((f_r > 0).sum()) == int(k * B) == int((f > 0).sum())
+    torch.testing.assert_close(f, f_r)
+    torch.testing.assert_close(recon, recon_r)
+    grads = torch.autograd.grad((recon - x).pow(2).sum() + vals.pow(3).sum(), params)
+    grads_r = torch.autograd.grad((recon_r - x).pow(2).sum() + f_r.pow(3).sum(), params)
+    for ga, gb in zip(grads, grads_r, strict=True):
+        torch.testing.assert_close(ga, gb)
+
+
+def test_fractional_k_trains_resumes_and_round_trips(tmp_path):
+    x, _ = superposition(2000, d=16, n_true=32)
+    store = write_store(tmp_path / "acts", x, shard_rows=700, hook="h", source="toy")
+    cfg = dict(arch="batchtopk", d_sae=64, k=2.5, batch_size=128, steps=30, checkpoint_every=7)
+    whole = train_sae(store, tmp_path / "whole", TrainConfig(**cfg), progress=False)
+    assert load_sae(tmp_path / "whole").cfg.k == 2.5
+    rec = json.loads((tmp_path / "whole" / "training.json").read_text())
+    assert rec["config"]["k"] == 2.5 and rec["history"][-1]["l0"] == pytest.approx(2.5, abs=0.01)
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, _stats):
+        if step == 12:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_sae(store, tmp_path / "cut", TrainConfig(**cfg), progress=False, on_step=stop)
+    resumed = train_sae(store, tmp_path / "cut", TrainConfig(**cfg), resume=True, progress=False)
+    for (name, a), (_, b) in zip(
+        whole.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "whole"))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x[:200]), whole(x[:200]))
+    with pytest.raises(RlsaeError, match="k: expected an integer"):
+        TrainConfig(arch="topk", k=2.5).validate()
+
+
+def test_cli_fractional_k(tmp_path, run_cli):
+    x, _ = superposition(1000, d=16, n_true=32)
+    store = write_store(tmp_path / "acts", x, shard_rows=700, hook="h", source="toy")
+    args = ["sae", "train", "--acts", store, "--d-sae", 64, "--steps", 3, "--batch-size", 128]
+    code, _, err = run_cli(*args, "--out", tmp_path / "a", "--arch", "batchtopk", "--k", 1.5)
+    assert code == 0, err
+    assert load_sae(tmp_path / "a").cfg.k == 1.5
+    code, out, err = run_cli(*args, "--out", tmp_path / "b", "--k", 1.5)  # topk
+    assert code == 2 and "k: expected an integer" in err and not (tmp_path / "b").exists()

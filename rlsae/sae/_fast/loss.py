@@ -17,6 +17,7 @@ check every output and gradient against a dense float64 reference with plain aut
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -149,7 +150,7 @@ def _encode_batchtopk(
     b_enc: torch.Tensor,
     b_dec: torch.Tensor,
     apply_b_dec: bool,
-    k: int,
+    k: int | float,
     dead_idx: torch.Tensor | None,
     k_aux: int,
     workspace: Workspace | None = None,
@@ -167,8 +168,8 @@ def _encode_batchtopk(
     power of two). Batches above CHUNK rows, whose block is not kept whole, re-run the blockwise
     encoder with m doubled instead. Deterministic given the data (a resume repeats it)."""
     B, n = x.shape[0], W_enc.shape[1]
-    keep = k * B
-    m = min(n, 2 * k)
+    keep = max(1, int(k * B))  # a fractional k: int(k x rows), as SAELens
+    m = min(n, 2 * math.ceil(k))
     if B > CHUNK:
         while True:
             vals, idx, a_vals, a_idx = _encode_topk(
@@ -368,7 +369,7 @@ def _apply(
     b_enc: torch.Tensor,
     W_dec: torch.Tensor,
     b_dec: torch.Tensor,
-    k: int,
+    k: int | float,
     dead_idx: torch.Tensor | None,
     k_aux: int,
     apply_b_dec: bool,
@@ -378,7 +379,8 @@ def _apply(
     """Run a TopK autograd function (``x`` gets no gradient); the tests' reference uses it too.
     ``batch``: BatchTopK (``k * rows`` kept over the batch) instead of k per row."""
     x = x.detach().contiguous()
-    k, k_aux, apply_b_dec = int(k), int(k_aux), bool(apply_b_dec)
+    k = float(k) if batch else int(k)  # BatchTopK's k is an average: it may be fractional
+    k_aux, apply_b_dec = int(k_aux), bool(apply_b_dec)
     return function.apply(
         x, W_enc, b_enc, W_dec, b_dec, k, dead_idx, k_aux, apply_b_dec, workspace, bool(batch)
     )
@@ -390,7 +392,7 @@ def topk_loss(
     b_enc: torch.Tensor,
     W_dec: torch.Tensor,
     b_dec: torch.Tensor,
-    k: int,
+    k: int | float,
     dead_idx: torch.Tensor | None = None,
     k_aux: int = 0,
     apply_b_dec: bool = True,
