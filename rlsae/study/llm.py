@@ -69,6 +69,7 @@ from rlsae.study.llm_config import (
     dict_sizes,
     model_label,
 )
+from rlsae.study.llm_diff import DIFF_STAGE
 from rlsae.study.presets import LLM_PRESETS
 from rlsae.study.results import (
     BaseModel,
@@ -485,6 +486,7 @@ LLM = Study(
         Stage("score", score, FilesWritten, after=("pretrain", "rlhf"), per="model"),
         Stage("utility", utility, Tables, after=("explain", "score"), per="model"),
         Stage("report", report, FilesWritten, after=("utility",), per="model"),
+        DIFF_STAGE,
         Stage("tables", combine, Combined, after=("utility",)),
     ),
 )

@@ -15,6 +15,7 @@ from typing import Literal
 from rlsae.configs import check_range
 from rlsae.errors import RlsaeError
 from rlsae.llm.configs import RLHFConfig, TinyConfig
+from rlsae.sae.crosscoder_config import CrosscoderConfig
 
 TINY = "tiny"
 
@@ -131,6 +132,9 @@ class LLMStudyConfig:
     threads: int | None = None
     """torch CPU threads while the study runs (None: torch's default; restored afterwards).
     1 is much faster on a shared, busy machine."""
+    diff: CrosscoderConfig | None = None
+    """The ``diff`` stage (``rlsae.study.llm_diff``): a crosscoder between base and tuned per
+    chosen layer, trained with these settings; None turns the stage off."""
 
     def validate(self, where: str = "config") -> None:
         """Ranges and cross-field rules; the first problem is one line ``where: key: what``."""
@@ -165,3 +169,5 @@ class LLMStudyConfig:
             )
         if self.threads is not None:
             check_range(where, "threads", self.threads, 1)
+        if self.diff is not None:
+            self.diff.validate(f"{where}: diff")

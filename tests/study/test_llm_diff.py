@@ -1,0 +1,89 @@
+"""The LM study's ``diff`` stage (issue 14): off unless configured, validated with the study's
+config, and, on one layer's aligned base/tuned stores laid out as the ``record`` stage lays them
+out, a crosscoder trained, its latents classified, explained and scored for utility."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rlsae.configs import from_mapping
+from rlsae.errors import RlsaeError
+from rlsae.llm.rewards import UtilityTable
+from rlsae.sae.crosscoder_config import CrosscoderConfig
+from rlsae.sae.store import ActivationWriter
+from rlsae.study.llm import LLM
+from rlsae.study.llm_config import LLMStudyConfig
+from rlsae.study.llm_diff import CrosscoderExplanations, diff_layer
+
+HOOK = "blocks.1.hook_resid_post"
+WORDS = ["good", "great", "bad", "awful", "the", "a", "movie", "plot", "and", "it"]
+
+
+def test_the_stage_is_off_by_default_and_its_config_is_validated():
+    (stage,) = [s for s in LLM.stages if s.name == "diff"]
+    assert stage.after == ("record",) and stage.per == "model"
+    assert stage.off(LLMStudyConfig()) and not stage.off(LLMStudyConfig(diff=CrosscoderConfig()))
+    cfg = from_mapping(LLMStudyConfig, {"diff": {"arch": "l1", "l1": 0.5}}, "study.yaml")
+    assert cfg.diff == CrosscoderConfig(arch="l1", l1=0.5)
+    with pytest.raises(RlsaeError, match=r"^config: diff: k: must be .*, got 0$"):
+        LLMStudyConfig(diff=CrosscoderConfig(k=0)).validate()
+
+
+def _lm_stores(home, n_docs=150, tokens=20, d=16, seed=0):
+    """Base and tuned stores of one layer with token contexts: each token's embedding at a
+    random scale; tuned = base plus a direction, at a random scale, on half the occurrences
+    of "good" and "great" (what the tuning added)."""
+    g = torch.Generator().manual_seed(seed)
+    n = n_docs * tokens
+    ids = torch.randint(0, len(WORDS), (n,), generator=g)
+    emb = torch.randn(len(WORDS), d, generator=g)
+    xb = emb[ids] * (0.5 + torch.rand(n, 1, generator=g)) + 0.05 * torch.randn(n, d, generator=g)
+    added = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    positive = (torch.isin(ids, torch.tensor([0, 1])) & (torch.rand(n, generator=g) < 0.5)).float()
+    xt = xb + (1 + 2 * torch.rand(n, 1, generator=g)) * positive[:, None] * added
+    ctx = {
+        "document": np.repeat(np.arange(n_docs), tokens),
+        "position": np.tile(np.arange(tokens), n_docs),
+        "token_id": ids.numpy(),
+        "token": [f" {WORDS[i]}" for i in ids.tolist()],
+    }
+    for src, x in (("base", xb), ("tuned", xt)):
+        with ActivationWriter(home / "acts" / src / HOOK, d, hook=HOOK, source=src) as w:
+            w.append(x, ctx)
+
+
+def test_a_layer_is_trained_classified_explained_and_scored(tmp_path, one_thread):
+    _lm_stores(tmp_path)
+    cfg = CrosscoderConfig(d_sae=32, k=2, steps=300, batch_size=256)
+    table = tmp_path / "utility.tsv"
+    table.write_text("good\t2.0\ngreat\t3.0\nbad\t-2.0\nawful\t-3.0\n")
+    layer = diff_layer(tmp_path, 1, HOOK, cfg, table=str(table), utility_k=5)
+    out = tmp_path / "crosscoders" / HOOK
+    assert layer.path == f"crosscoders/{HOOK}" and (out / "cfg.json").is_file()
+    assert (out / "norm_ratios.html").is_file()
+    latents = json.loads((out / "latents.json").read_text())
+    assert latents["counts"] == layer.counts and sum(layer.counts.values()) == 32
+    assert layer.counts["tuned_only"] >= 1  # the added direction
+    expl = CrosscoderExplanations.read(out / "explanations.json")
+    tuned = [e for e in expl.latents if e.kind == "tuned_only"]
+    assert tuned and all(e.explanation.startswith("tokens") for e in tuned)
+    # the added direction fires on "good"/"great": its explanation carries their utility
+    assert max(e.utility for e in tuned) > 0
+    util = UtilityTable.from_tsv(table)
+    for e in expl.latents:
+        assert e.utility == util.abs_utility(e.explanation)
+    groups = {g.kind: g for g in layer.utility}
+    assert set(groups) == {"tuned_only", "base_only", "shared"}
+    assert groups["tuned_only"].n == len(tuned)
+    assert groups["tuned_only"].summed == pytest.approx(sum(e.utility for e in tuned))
+    assert groups["shared"].n <= 5
+    # resumed: the crosscoder is loaded, not retrained
+    before = (out / "crosscoder_weights.safetensors").stat().st_mtime_ns
+    again = diff_layer(tmp_path, 1, HOOK, cfg, table=str(table), utility_k=5)
+    assert (out / "crosscoder_weights.safetensors").stat().st_mtime_ns == before
+    assert dataclasses.asdict(again) == dataclasses.asdict(layer)
