@@ -117,7 +117,7 @@ def build_agent_run(root: Path) -> Path:
     run = root / "agentrun"
     agent = train_dqn(
         "poster", 10, run / "agents" / "a0", seed=0, progress=False, buffer_size=100,
-        learning_starts=1000,
+        learning_starts=1000, batch_size=32,
     )  # fmt: skip
     store = record_activations(
         agent, "fc1", 480, run / "acts" / "a0" / "fc1", epsilon=1.0, seed=0, n_envs=2,
