@@ -88,7 +88,7 @@ MAZE_WIDTH, MAZE_HEIGHT = 160.0, 172.0
 SIDE_EDGE_X: tuple[float, float] = (9.5, 149.5)
 """The leftmost and rightmost centre x Ms. Pac-Man reaches (RAM x 18 and 158)."""
 DOT_BINS: tuple[int, ...] = (0, 60, 120, 180, 1000)
-"""Edges of the ``dots_left`` bins (the first maze has 242 dots)."""
+"""Edges of the ``dots_left`` bins (the first maze has 150 dots)."""
 NO_GHOST_DISTANCE = 250.0
 """The distance given when no ghost of the kind is on the board (beyond the maze diagonal)."""
 ACTION_NAMES: tuple[str, ...] = (

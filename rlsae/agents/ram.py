@@ -85,6 +85,13 @@ outer wall opens on both sides: the tunnels' exits. Measured on the frames the g
 each maze (the side columns are background-coloured exactly on these rows; own frame check,
 ``tests/agents/test_ram.py``); in a real game Ms. Pac-Man wraps from the left edge to the right
 one through the maze-0 exit at rows 98-109."""
+MAZE_ITEMS: dict[int, int] = {0: 154, 1: 150, 2: 158, 3: 154}
+"""Per maze, the dots plus the 4 power pills it holds: the level ends when the eaten counter
+``ram[119]`` reaches this (own check: levels played through by the game itself, each finished
+by setting the counter one short and eating one dot; one short of one less does not finish it).
+Maze 0 draws 150 dots (8-pixel blobs on the frame) and 4 power pills. The dot bitmap
+``ram[59:101]`` holds 242 set bits in every maze, so its popcount is not the dots left (in maze 0
+it is 92 more, the bits of cells that hold no dot)."""
 TUNNEL_DEPTH = 12.0
 """How far in from either side of the screen a tunnel reaches (px): the outer wall's thickness
 beside the exits of the first maze."""
@@ -131,9 +138,11 @@ MSPACMAN_RAM: tuple[RamAddress, ...] = (
     RamAddress(17, "fruit y (0 when no fruit)", f"{_AA}; {_OC}"),
     RamAddress(19, "ghosts count (ghosts_count / enemy_amount)", f"{_AA}; {_OC}"),
     RamAddress(56, "player direction, & 3: 0 up, 1 right, 2 down, 3 left", f"{_AA}; {_OC}"),
-    RamAddress(59, "dot bitmap, 42 bytes ram[59:101]; a set bit is a dot left", _OC),
+    RamAddress(59, "dot bitmap ram[59:101]; an eaten dot clears its bit (not decoded: "
+               "cells without a dot have bits set too)", f"{_OC}; {_OWN}"),
     RamAddress(117, "power pills left, bits 2-5", _OC),
-    RamAddress(119, "dots eaten (dots_eaten_count / pac-dots_collected)", f"{_AA}; {_OC}"),
+    RamAddress(119, "dots and power pills eaten in this maze (the level ends at MAZE_ITEMS)",
+               f"{_AA} (dots_eaten_count); {_OC} (pac-dots_collected); total: {_OWN}"),
     RamAddress(120, "score, BCD, ram[120:123] low to high", f"{_AA} (player_score); {_ALE}; {_OC}"),
     RamAddress(123, "spare lives in bits 0-2 (lives = that + 1); fruit kind in bits 4-6",
                f"{_AA} (num_lives); {_ALE}; {_OC} (get_fruit_rgb); fruit: {_OWN}"),
@@ -150,7 +159,6 @@ _PLAYER_Y = 16  # AtariARI player_y=16; OCAtari ram[16]
 _FRUIT_Y = 17  # AtariARI fruit_y=17; OCAtari ram[17]
 _GHOST_COUNT = 19  # AtariARI ghosts_count=19; OCAtari enemy_amount ram[19]
 _DIRECTION = 56  # AtariARI player_direction=56; OCAtari orientation ram[56] & 3
-_DOTS = slice(59, 101)  # OCAtari: pill grid, 14 rows x 3 bytes from ram[59]
 _POWER_PILLS = 117  # OCAtari: ram[117] & 4, 8, 16, 32
 _DOTS_EATEN = 119  # AtariARI dots_eaten_count=119; OCAtari pac-dots_collected ram[119]
 _SCORE = 120  # AtariARI player_score=120; ALE getDecimalScore(0xF8, 0xF9, 0xFA); OCAtari
@@ -181,9 +189,10 @@ class MsPacmanState:
     power_pills: tuple[bool, bool, bool, bool]
     """Which power pills are left, in :data:`POWER_PILL_XY` order."""
     dots_left: int
-    """Dots still in the maze (set bits of the dot bitmap)."""
+    """Dots still in the maze: :data:`MAZE_ITEMS` minus the eaten counter and the power pills
+    left."""
     dots_eaten: int
-    """Dots eaten in this maze (the game's counter)."""
+    """Dots and power pills eaten in this maze (the game's counter)."""
     lives: int
     """Lives including the one being played (ALE's count)."""
     fruit_present: bool
@@ -310,6 +319,7 @@ def decode_ram_batch(ram: np.ndarray) -> MsPacmanStates:
     state = ri[:, _STATE : _STATE + 4]
     fruit_present = (ri[:, _FRUIT_X] > 0) & (ri[:, _FRUIT_Y] > 0)  # OCAtari's test
     pills = np.stack([(ri[:, _POWER_PILLS] >> b) & 1 for b in POWER_PILL_BITS], axis=1)
+    items = np.array([MAZE_ITEMS[k] for k in range(4)])[ri[:, _LEVEL] & 3]
     return MsPacmanStates(
         player_x=(ri[:, _PLAYER_X] + PIXEL_OFFSET_X).astype(np.float32),
         player_y=(ri[:, _PLAYER_Y] + PIXEL_OFFSET_Y).astype(np.float32),
@@ -320,7 +330,7 @@ def decode_ram_batch(ram: np.ndarray) -> MsPacmanStates:
         ghost_eyes=(state & 0xD0) == 0x40,
         ghosts_count=ri[:, _GHOST_COUNT].copy(),
         power_pills=pills.astype(bool),
-        dots_left=np.unpackbits(r[:, _DOTS], axis=1).sum(axis=1).astype(np.int16),
+        dots_left=np.clip(items - ri[:, _DOTS_EATEN] - pills.sum(axis=1), 0, None).astype(np.int16),
         dots_eaten=ri[:, _DOTS_EATEN].copy(),
         lives=((ri[:, _LIVES] & 7) + 1).astype(np.int8),
         fruit_present=fruit_present,
@@ -354,6 +364,7 @@ __all__ = [
     "FRUITS",
     "GAMES_WITH_RAM_TABLE",
     "GHOSTS",
+    "MAZE_ITEMS",
     "MAZE_TUNNELS",
     "MSPACMAN_RAM",
     "MsPacmanState",
