@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -215,3 +216,69 @@ def test_splice_of_a_breakout_agent_runs_on_its_four_actions(breakout_agent: Pat
     assert res.action_agreement == 1.0 == res.action_agreement_spliced
     assert res.q_fvu is not None and res.q_fvu < 1e-10
     assert res.returns_sae == res.returns_original
+
+
+def _viewer_helper(name: str) -> Any:
+    """A helper module of tests/viewer, loaded by path as its conftest does."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).parents[1] / "viewer" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"rlsae_games_tests_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_viewer_draws_breakouts_effects_as_labelled_bars(breakout_agent: Path, tmp_path: Path):
+    """A Breakout store in the viewer: each top state's effect is one row of 4 values (equal to
+    feature_effect on the replayed observation), the page names Breakout's actions, and the
+    browser draws one labelled bar chart per state (no 3x3 grid), without errors."""
+    from rlsae.agents.dqn import load_agent
+    from rlsae.agents.effects import feature_effect
+    from rlsae.agents.record import record_activations
+    from rlsae.agents.replay import replay_observations
+    from rlsae.commands.viewer import viewer_sources
+    from rlsae.sae import load_sae
+    from rlsae.sae.train import TrainConfig, train_sae
+    from rlsae.viewer.export import export_site
+
+    run = tmp_path / "run"
+    (run / "agents").mkdir(parents=True)
+    (run / "agents" / "a0").symlink_to(breakout_agent)
+    store = record_activations(
+        breakout_agent, "fc1", 240, run / "acts" / "a0" / "fc1", epsilon=1.0, seed=0, n_envs=2,
+        max_episode_steps=60, progress=False,
+    )  # fmt: skip
+    cfg = TrainConfig(arch="topk", d_sae=32, k=4, steps=20, batch_size=64, seed=0)
+    train_sae(store, run / "saes" / "a0" / "fc1" / "topk_32", cfg, progress=False)
+    site = export_site(run, tmp_path / "site" / "viewer", top=3, sources=viewer_sources())
+    browser = _viewer_helper("viewer_browser")
+
+    def data(path: Path) -> Any:  # RLSAE.put("key", {...});
+        text = path.read_text()
+        return json.loads(text[text.index(",") + 1 : text.rstrip().rindex(")")])
+
+    summary = data(site.parent / "data" / "saes" / "s0" / "summary.js")
+    f = next(i for i, d in enumerate(summary["density"]) if d > 0)
+    page = data(site.parent / "data" / "saes" / "s0" / "features" / f"{f}.js")
+    index = data(site.parent / "data" / "index.js")
+    entries = [e for e in index["saes"] if e["id"] == "s0"]
+    assert entries[0]["actions"] == ["NOOP", "FIRE", "RIGHT", "LEFT"]  # the store's game's
+    agent, sae = load_agent(breakout_agent), load_sae(run / "saes" / "a0" / "fc1" / "topk_32")
+    for t in page["top"]:
+        obs = replay_observations(store, t["episode"], [t["step"]])[0]
+        want = feature_effect(agent, sae, "fc1", f, obs)
+        assert np.array(t["grid"]).shape == (1, 4)
+        assert np.allclose(t["grid"][0], want, rtol=1e-3, atol=1e-6)
+    with browser.browser_page() as w:
+        w.page.goto(site.resolve().as_uri() + f"#sae=s0&f={f}")
+        w.page.wait_for_selector("figure.state")
+        n = w.page.locator("figure.state").count()
+        assert w.page.locator("table.effect-bars").count() == n >= 1
+        assert w.page.locator("table.effect-grid").count() == 0
+        labels = w.page.locator("table.effect-bars").first.locator("tr td:first-child")
+        assert labels.all_text_contents() == ["NOOP", "FIRE", "RIGHT", "LEFT"]
+        assert w.errors == []
