@@ -55,7 +55,7 @@ from rlsae.artifacts import Artifact
 from rlsae.configs import differing_keys, from_mapping, to_mapping
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, atomic_write_json, read_json
-from rlsae.sae._fast import Workspace, topk_loss
+from rlsae.sae._fast import Workspace, prefix_sse, topk_loss
 from rlsae.sae.config import SAEConfig, TrainConfig
 from rlsae.sae.io import CFG
 from rlsae.sae.jumprelu import jumprelu, step
@@ -541,14 +541,13 @@ def _prefix_losses(
     (the kept entries of latents below the prefix's width, decoded sparsely); each also goes
     into ``out`` as ``fvu_prefix_WIDTH``."""
     assert sae.cfg.matryoshka_groups is not None
-    total = x.new_zeros(())
-    for width in prefix_widths(sae.cfg.matryoshka_groups)[:-1]:
-        weights = vals * (idx < width)
-        recon = F.embedding_bag(idx, sae.W_dec, per_sample_weights=weights, mode="sum")
-        term = (recon + sae.b_dec - x).pow(2).sum() / total_var
-        out[f"fvu_prefix_{width}"] = float(term.detach())
-        total = total + term
-    return total
+    widths = prefix_widths(sae.cfg.matryoshka_groups)[:-1]
+    if not widths:
+        return x.new_zeros(())
+    terms = prefix_sse(vals, idx, sae.W_dec, sae.b_dec, x, widths) / total_var
+    for width, term in zip(widths, terms.detach().tolist(), strict=True):
+        out[f"fvu_prefix_{width}"] = term
+    return terms.sum()
 
 
 def matryoshka_aux_loss(

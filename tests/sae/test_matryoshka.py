@@ -329,3 +329,36 @@ def test_cli_matryoshka_aux(tmp_path, run_cli):
     code, _, err = run_cli(*args, "--out", tmp_path / "a", "--steps", 3, "--matryoshka-aux")
     assert code == 0, err
     assert json.loads((tmp_path / "a" / "training.json").read_text())["config"]["matryoshka_aux"]
+
+
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_matryoshka_prefix_terms_float32_match_reference(path, monkeypatch):
+    """The prefix terms' fused sparse path in float32 (C kernels or torch) against the dense
+    float64 reference: loss and every gradient."""
+    from .test_sparse import _force_path
+
+    _force_path(path, monkeypatch)
+    g = torch.Generator().manual_seed(7)
+    B, d, n, k, groups = 300, 24, 256, 6, [16, 16, 32, 64, 128]
+    sae = SAE(SAEConfig(d_in=d, d_sae=n, arch="matryoshka", k=k, matryoshka_groups=groups), seed=2)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3, generator=g)
+        sae.b_dec.normal_(generator=g)
+    x = torch.randn(B, d, generator=g)
+    var = (x - x.mean(0)).pow(2).sum()
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    sse, _, vals, idx = topk_loss(
+        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k, None, 0, True, Workspace(), batch=True
+    )
+    loss = sse / var + _prefix_losses(sae, x, vals, idx, var, {})
+    grads = torch.autograd.grad(loss, params)
+    p64 = [p.detach().double().requires_grad_() for p in params]
+    x64, var64 = x.double(), var.double()
+    recon, f, _ = naive_batchtopk_forward(x64, *p64, k)
+    ref = (recon - x64).pow(2).sum() / var64
+    for w in (16, 32, 64, 128):
+        ref = ref + (f[:, :w] @ p64[2][:w] + p64[3] - x64).pow(2).sum() / var64
+    grads_ref = torch.autograd.grad(ref, p64)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    for ga, gb in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(ga.double(), gb, rtol=1e-3, atol=1e-5 * float(gb.abs().max()))

@@ -4,7 +4,8 @@ The one entry used by the rest of ``rlsae.sae``:
 
 - ``topk_select(pre, k, bias=None)``: the k largest pre-activations per row (``topk.py``);
 - ``topk_loss(...)`` and ``Workspace``: the TopK training step's loss terms with a sparse
-  backward (``loss.py``);
+  backward (``loss.py``), and ``prefix_sse(...)``: Matryoshka's inner-prefix terms on the
+  same sparse path;
 - ``kernel_status()``: whether the native kernels were built and used, and why not.
 
 Behind it, three back-ends with the same results: native C kernels (``_kernels.c``, built on
@@ -14,10 +15,10 @@ first use by ``_native.py``), a numba kernel for the selection (``_numba.py``), 
 from __future__ import annotations
 
 from rlsae.sae._fast import _native
-from rlsae.sae._fast.loss import Workspace, topk_loss
+from rlsae.sae._fast.loss import Workspace, prefix_sse, topk_loss
 from rlsae.sae._fast.topk import topk_select
 
-__all__ = ["Workspace", "kernel_status", "topk_loss", "topk_select"]
+__all__ = ["Workspace", "kernel_status", "prefix_sse", "topk_loss", "topk_select"]
 
 
 def kernel_status() -> str:

@@ -362,6 +362,80 @@ class TopKLossFunction(torch.autograd.Function):
         return None, g_W_enc_t.t(), g_b_enc, g_W_dec, g_b_dec, None, None, None, None, None, None
 
 
+def _dec_grad(idx: torch.Tensor, vals: torch.Tensor, dense: torch.Tensor, n: int) -> torch.Tensor:
+    """S^T dense for the sparse (rows, n) matrix S of latents ``idx`` (rows, k) with values
+    ``vals``: one grouping by latent (the native counting sort where it runs), one
+    ``embedding_bag`` with a bag per latent."""
+    if _native.usable(vals, dense):
+        zeros = torch.zeros_like(vals)
+        offsets, _, rows, dec_sorted, _, _ = _native.group_by_latent(
+            idx.contiguous(), vals.contiguous(), zeros, n
+        )
+    else:
+        B, k = idx.shape
+        order, offsets = _csc_order(idx.reshape(-1), n)
+        rows = torch.arange(B, device=idx.device).repeat_interleave(k)[order]
+        dec_sorted = vals.reshape(-1)[order]
+    return _sparse_t_mm(rows, dec_sorted, offsets[:n], dense)
+
+
+class PrefixLossFunction(torch.autograd.Function):
+    """Matryoshka's inner-prefix terms sum_p |recon_p - x|^2 (recon_p: the kept entries of
+    latents below width p, plus b_dec) in one autograd function, on the sparse path: one fused
+    gather per prefix (the residual and the dots e_p . W_dec[idx] together, as the TopK loss),
+    and in the backward one grouping by latent for every prefix's decoder gradient. The kept
+    values' gradient goes on to ``TopKLossFunction``'s backward (its ``g_vals``)."""
+
+    @staticmethod
+    def forward(ctx, vals, idx, W_dec, b_dec, x, widths):
+        W, idx = W_dec.contiguous(), idx.contiguous()
+        masks, errs, dots, sses = [], [], [], []
+        for w in widths:
+            mask = idx < w
+            e, sse, gdot = _residual(x, W, b_dec.contiguous(), idx, vals * mask)
+            masks.append(mask)
+            errs.append(e)
+            dots.append(gdot)
+            sses.append(sse.sum())
+        ctx.save_for_backward(vals, idx, *masks, *errs, *dots)
+        ctx.n_prefixes = len(widths)
+        ctx.n_latents = W_dec.shape[0]
+        return torch.stack(sses)
+
+    @staticmethod
+    def backward(ctx, g_sses):
+        vals, idx, *rest = ctx.saved_tensors
+        P = ctx.n_prefixes
+        masks, errs, dots = rest[:P], rest[P : 2 * P], rest[2 * P :]
+        g_vals = torch.zeros_like(vals)
+        dec_vals, g_b_dec = [], torch.zeros_like(errs[0][0])
+        for p in range(P):
+            s = 2.0 * float(g_sses[p])
+            g_vals.add_(dots[p] * masks[p], alpha=s)
+            dec_vals.append(vals * masks[p] * s)
+            g_b_dec.add_(errs[p].sum(0), alpha=s)
+        # every prefix's entries at once, prefix p's decoding into rows p*B..(p+1)*B-1
+        g_W_dec = _dec_grad(idx.repeat(P, 1), torch.cat(dec_vals), torch.cat(errs), ctx.n_latents)
+        return g_vals, None, g_W_dec, g_b_dec, None, None
+
+
+def prefix_sse(
+    vals: torch.Tensor,
+    idx: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    x: torch.Tensor,
+    widths: list[int],
+) -> torch.Tensor:
+    """Matryoshka: (prefixes,) summed squared errors |recon_p - x|^2 of the reconstructions from
+    the kept entries ``vals``/``idx`` of latents below each width in ``widths`` (with b_dec),
+    differentiable in ``vals``, ``W_dec`` and ``b_dec`` (``PrefixLossFunction``)."""
+    out: torch.Tensor = PrefixLossFunction.apply(
+        vals, idx, W_dec, b_dec, x.detach().contiguous(), list(widths)
+    )
+    return out
+
+
 def _apply(
     function: Any,
     x: torch.Tensor,
