@@ -269,11 +269,6 @@ class DQNConfig:
         check_int(where, "buffer_size", self.buffer_size, 1)
         check_int(where, "learning_starts", self.learning_starts, 0)
         check_int(where, "batch_size", self.batch_size, 1)
-        if self.batch_size > self.buffer_size:  # also bounds a batch's memory by the buffer's
-            raise RlsaeError(
-                f"{where}: batch_size: must be at most buffer_size ({self.buffer_size}), "
-                f"got {self.batch_size}"
-            )
         check_range(where, "gamma", self.gamma, 0.0, 1.0)
         check_range(where, "tau", self.tau, 0.0, 1.0, lo_open=True)
         check_int(where, "train_freq", self.train_freq, 1)

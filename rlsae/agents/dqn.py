@@ -231,17 +231,23 @@ def buffer_bytes(cfg: DQNTrainConfig) -> int:
 
 
 def check_buffer_memory(cfg: DQNTrainConfig, where: str = "dqn train") -> None:
-    """Refuse, in one line and before anything is written, a replay buffer larger than the
-    machine's memory and swap: numpy cannot allocate it (a traceback after ``train.json`` was
-    written) or the run would be killed once it fills."""
-    need = buffer_bytes(cfg)
+    """Refuse, in one line and before anything is written, a replay buffer or a training batch
+    (its observations and next observations) larger than the machine's memory and swap: numpy
+    cannot allocate it (a traceback after ``train.json`` was written) or the run would be
+    killed once the buffer fills."""
     have = _memory_and_swap()
-    if need > have:
-        raise RlsaeError(
-            f"{where}: buffer_size: a replay buffer of {cfg.hyperparameters.buffer_size} "
-            f"transitions of {cfg.env.obs_shape} frames needs {need / 2**30:.1f} GiB, more than "
-            f"this machine's {have / 2**30:.1f} GiB of memory and swap; lower --buffer-size"
-        )
+    hp = cfg.hyperparameters
+    for name, count, need in (
+        ("buffer_size", hp.buffer_size, buffer_bytes(cfg)),
+        ("batch_size", hp.batch_size, hp.batch_size * 2 * int(np.prod(cfg.env.obs_shape))),
+    ):
+        if need > have:
+            what = "replay buffer" if name == "buffer_size" else "training batch"
+            raise RlsaeError(
+                f"{where}: {name}: a {what} of {count} transitions of {cfg.env.obs_shape} "
+                f"frames needs {need / 2**30:.1f} GiB, more than this machine's "
+                f"{have / 2**30:.1f} GiB of memory and swap; lower --{name.replace('_', '-')}"
+            )
 
 
 def _memory_and_swap() -> int:
