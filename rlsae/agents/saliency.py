@@ -149,15 +149,29 @@ def saliency_png(frame: np.ndarray, screen_map: np.ndarray, stack: np.ndarray | 
     return buf.getvalue()
 
 
+OVERLAY_LEVELS = 16
+"""Opacity levels of a viewer overlay (a 16-colour palette PNG: a few kB a state)."""
+
+
 def overlay_png(screen_map: np.ndarray) -> bytes:
-    """PNG bytes of a transparent RGBA heat map over the screen (its colours as in
-    :func:`saliency_png`, opacity 0.8 x the scaled map), to lay over the frame in the viewer."""
+    """PNG bytes of a transparent heat map over the (210, 160) screen, to lay over the frame in
+    the viewer: the map scaled as in :func:`saliency_png`, averaged over 2x2 pixel blocks and
+    rounded to :data:`OVERLAY_LEVELS` levels, each a colour of the same red-yellow scale with
+    opacity 0.8 x the level (a palette image: small enough for thousands of states)."""
     from PIL import Image
 
-    alpha = (_scaled(screen_map) * 0.8 * 255).astype(np.uint8)
-    rgba = np.concatenate([_colour(screen_map), alpha[..., None]], -1)
+    v = _scaled(np.asarray(screen_map, dtype=np.float64))
+    h, w = v.shape
+    v = v[: h - h % 2, : w - w % 2].reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+    n = OVERLAY_LEVELS - 1
+    idx = np.round(v * n).astype(np.uint8).repeat(2, 0).repeat(2, 1)
+    t = np.arange(OVERLAY_LEVELS) / n
+    rgb = np.stack([np.clip(2 * t, 0, 1), np.clip(2 * t - 1, 0, 1), np.zeros_like(t)], -1)
+    img = Image.frombytes("P", (idx.shape[1], idx.shape[0]), np.ascontiguousarray(idx).tobytes())
+    img.putpalette((rgb * 255).astype(np.uint8).ravel().tolist())
+    alpha = (0.8 * t * 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(rgba).save(buf, format="PNG", optimize=True)  # (H, W, 4) uint8: RGBA
+    img.save(buf, format="PNG", optimize=True, transparency=bytes(alpha.tolist()))
     return buf.getvalue()
 
 
