@@ -1,5 +1,5 @@
-"""``rlsae dqn``: Ms. Pac-Man DQN agents: train, eval, record, layers, splice, steer, saliency,
-effects, replay.
+"""``rlsae dqn``: DQN agents (Ms. Pac-Man unless ``--game`` names another ALE game): train,
+eval, record, layers, splice, steer, saliency, effects, replay.
 
 Options take their defaults and help texts from the config dataclasses of
 :mod:`rlsae.agents.config`, and every value is checked by the config's ``validate`` before torch
@@ -391,7 +391,9 @@ def dqn_effects(
     layer: str | None = typer.Option(None, "--layer", help="Layer (default: the SAE's hook)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """A feature's effect on the 9 action values (3x3 joystick grid, NOOP centre)."""
+    """A feature's effect on the agent's action values: Ms. Pac-Man's 9 on the 3x3 joystick grid
+    (NOOP centre), an 18-action joystick on 3x6 (with the button on the right), any other game's
+    actions as one row in action order."""
     check_int("dqn effects", "feature", feature, 0)
     check_agent_dir(agent)
     if acts is not None:
