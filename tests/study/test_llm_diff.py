@@ -87,3 +87,28 @@ def test_a_layer_is_trained_classified_explained_and_scored(tmp_path, one_thread
     again = diff_layer(tmp_path, 1, HOOK, cfg, table=str(table), utility_k=5)
     assert (out / "crosscoder_weights.safetensors").stat().st_mtime_ns == before
     assert dataclasses.asdict(again) == dataclasses.asdict(layer)
+
+
+@pytest.mark.slow
+def test_the_smoke_study_with_diff_runs_the_stage_and_resumes_without_it(tmp_path):
+    from rlsae.study.llm import resolve_config, run_llm_study
+    from rlsae.study.llm_diff import CrosscoderLayers
+
+    cfg, _ = resolve_config("smoke")
+    cfg = dataclasses.replace(
+        cfg, diff=CrosscoderConfig(expansion=4, k=8, epochs=3, batch_size=256)
+    )
+    run = tmp_path / "run"
+    res = run_llm_study(cfg, run, progress=False)
+    assert res["stages_run"] == 11
+    marker = json.loads((run / "analysis" / "stages" / "model" / "tiny" / "diff.json").read_text())
+    result = CrosscoderLayers.from_json(marker["result"])
+    (layer,) = result.layers
+    assert layer.layer == res["layers"][0] and sum(layer.counts.values()) == 4 * 32
+    cc = run / layer.path
+    assert {p.name for p in cc.iterdir()} >= {
+        "cfg.json", "crosscoder_weights.safetensors", "training.json", "latents.json",
+        "norm_ratios.html", "explanations.json",
+    }  # fmt: skip
+    again = run_llm_study(cfg, run, resume=True, progress=False)
+    assert again["stages_run"] == 0 and again["stages_skipped"] == 11
