@@ -253,7 +253,9 @@ def restore_state(model: Any, env: Any, src: Path) -> tuple[ActionLog, list[Trai
             f"{src}: replaying the {actions.n} saved actions did not reproduce the saved game "
             "state (another ale-py version?); cannot resume this run exactly"
         )
-    blob = torch.load(src / "torch.pt", map_location=model.device, weights_only=True)
+    # on the CPU: torch's RNG state must stay a CPU tensor; load_state_dict copies the
+    # weights (and Adam's state) onto the model's device
+    blob = torch.load(src / "torch.pt", map_location="cpu", weights_only=True)
     model.policy.load_state_dict(blob["policy"])
     model.policy.optimizer.load_state_dict(blob["optimizer"])
     if state.replay_buffer:
@@ -336,9 +338,11 @@ def load_finished_weights(model: Any, zip_path: Path) -> int:
     if not isinstance(steps, int) or steps < 0:
         raise RlsaeError(f"{zip_path}: its data has no valid num_timesteps")
     model.num_timesteps = steps
-    for attr, key in (("_n_updates", "_n_updates"), ("_episode_num", "_episode_num")):
+    for key in ("_n_calls", "_n_updates", "_episode_num"):
         if isinstance(data.get(key), int):
-            setattr(model, attr, data[key])
+            setattr(model, key, data[key])
+    if isinstance(data.get("exploration_rate"), float):
+        model.exploration_rate = data["exploration_rate"]
     return steps
 
 
