@@ -99,6 +99,11 @@ ALLOWED: dict[tuple[str, str], dict[str, str]] = {
         "-1": "a negative alpha pushes the feature the other way",
     },
     ("llm steer", "--show"): {"0": "print no completions (the --json result has them all)"},
+    ("llm amplify", "--alpha"): {
+        "0": "samples the tuned model itself",
+        "-1": "samples the base model (negative alphas move toward it)",
+    },
+    ("llm amplify", "--show"): {"0": "print no completions (the --json result has them all)"},
     ("llm explain", "--samples"): {HUGE: "capped by the store's contexts"},
     ("dqn concepts", "--show"): {"0": "print no features (the --json result is complete)"},
     ("dqn concepts", "--top-k"): {HUGE: "more than the concepts keeps them all"},

@@ -19,7 +19,7 @@ import typer
 from rlsae.commands._apps import JsonOpt, config_option, emit, llm_app
 from rlsae.configs import check_range, from_mapping, to_mapping
 from rlsae.errors import RlsaeError
-from rlsae.llm.causal_configs import MAX_ALPHA, LMSteerConfig
+from rlsae.llm.causal_configs import MAX_ALPHA, AmplifyConfig, KLConfig, LMSteerConfig
 from rlsae.llm.configs import (
     ExplainConfig,
     ExplanationScoreConfig,
@@ -109,6 +109,22 @@ STEER_OPTIONS: Spec = {
     "classifier": ("classifier", "--classifier"),
     "bootstrap": ("bootstrap", "--bootstrap"),
 }
+KL_OPTIONS: Spec = {
+    "prefixes": ("prefixes", "--prefixes"),
+    "prefix_tokens": ("prefix_tokens", "--prefix-tokens"),
+    "data": ("data", "--data"),
+    "top": ("top", "--top"),
+    "seed": ("seed", "--seed"),
+}
+AMPLIFY_OPTIONS: Spec = {
+    "alpha": ("alpha", "--alpha"),
+    "prefixes": ("prefixes", "--prefixes"),
+    "prefix_tokens": ("prefix_tokens", "--prefix-tokens"),
+    "max_new_tokens": ("max_new_tokens", "--max-new-tokens"),
+    "seed": ("seed", "--seed"),
+    "data": ("data", "--data"),
+    "table": ("table", "--table"),
+}
 CONFIG_OPTIONS: dict[str, tuple[type, Spec]] = {
     "pretrain-tiny": (TinyConfig, TINY_OPTIONS),
     "rlhf": (RLHFConfig, RLHF_OPTIONS),
@@ -117,8 +133,9 @@ CONFIG_OPTIONS: dict[str, tuple[type, Spec]] = {
     "explain": (ExplainConfig, EXPLAIN_OPTIONS),
     "score-explanations": (ExplanationScoreConfig, SCORE_EXPLANATIONS_OPTIONS),
 }
-"""Each config-backed verb: its config class and its options (checked by the tests; ``steer``'s
-:data:`STEER_OPTIONS` by tests/llm/test_causal_lm.py)."""
+"""Each config-backed verb: its config class and its options (checked by the tests;
+``steer``'s, ``kl``'s and ``amplify``'s tables by tests/llm/test_causal_lm.py and
+tests/llm/test_diffing.py)."""
 
 _STEER_ALPHA = (
     "Multiple of the feature's decoder row W_dec[F] added at the hook (0: no change; negative "
@@ -495,4 +512,64 @@ def steer_cmd(
 
     with torch_threads(threads):
         result = steer_model(model, sae, feature, cfg)
+    emit(result.to_json(), as_json, result.summary(show))
+
+
+@llm_app.command("kl")
+def kl_cmd(
+    base: str = typer.Option(..., "--base", help="Base model: hub name or model directory."),
+    tuned: str = typer.Option(..., "--tuned", help="Tuned model: hub name or model directory."),
+    prefixes: int = _opt(KLConfig, KL_OPTIONS, "prefixes"),
+    prefix_tokens: int = _opt(KLConfig, KL_OPTIONS, "prefix_tokens"),
+    data: str = _opt(KLConfig, KL_OPTIONS, "data"),
+    top: int = _opt(KLConfig, KL_OPTIONS, "top"),
+    seed: int = _opt(KLConfig, KL_OPTIONS, "seed"),
+    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Per-token KL(tuned || base) of the next-token distributions on test documents, and the
+    positions where they differ most."""
+    cfg = build_config(KLConfig, KL_OPTIONS, locals(), "llm kl")
+    _check_threads(threads)
+    resolve_model_ref(base)
+    resolve_model_ref(tuned)
+    if cfg.data is not None:
+        check_data_source(cfg.data)
+    from rlsae.llm.diffing import token_kl
+    from rlsae.threads import torch_threads
+
+    with torch_threads(threads):
+        result = token_kl(base, tuned, cfg)
+    emit(result.to_json(), as_json, result.summary())
+
+
+@llm_app.command("amplify")
+def amplify_cmd(
+    base: str = typer.Option(..., "--base", help="Base model: hub name or model directory."),
+    tuned: str = typer.Option(..., "--tuned", help="Tuned model: hub name or model directory."),
+    alpha: float = _opt(AmplifyConfig, AMPLIFY_OPTIONS, "alpha"),
+    prefixes: int = _opt(AmplifyConfig, AMPLIFY_OPTIONS, "prefixes"),
+    prefix_tokens: int = _opt(AmplifyConfig, AMPLIFY_OPTIONS, "prefix_tokens"),
+    max_new_tokens: int = _opt(AmplifyConfig, AMPLIFY_OPTIONS, "max_new_tokens"),
+    seed: int = _opt(AmplifyConfig, AMPLIFY_OPTIONS, "seed"),
+    data: str = _opt(AmplifyConfig, AMPLIFY_OPTIONS, "data"),
+    table: str = _opt(AmplifyConfig, AMPLIFY_OPTIONS, "table"),
+    show: int = typer.Option(3, "--show", help="Completions printed (--json has them all)."),
+    threads: int = typer.Option(None, "--threads", help=_THREADS_HELP),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Sample from logits_tuned + alpha (logits_tuned - logits_base) and score the completions
+    with the utility table, beside the tuned model's own (same prefixes and seed)."""
+    cfg = build_config(AmplifyConfig, AMPLIFY_OPTIONS, locals(), "llm amplify")
+    _check_threads(threads)
+    check_range("--show", "", show, 0, 100_000)
+    resolve_model_ref(base)
+    resolve_model_ref(tuned)
+    check_data_source(cfg.data)
+    UtilityTable.load(cfg.table)  # a bad table is refused before torch loads
+    from rlsae.llm.diffing import amplify
+    from rlsae.threads import torch_threads
+
+    with torch_threads(threads):
+        result = amplify(base, tuned, cfg)
     emit(result.to_json(), as_json, result.summary(show))
