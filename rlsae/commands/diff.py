@@ -230,3 +230,31 @@ def _summary(info: Any) -> str:
 
 def _g(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
+
+
+@diff_app.command("record")
+def diff_record(
+    on: Path = typer.Option(..., "--on", help="An agent's activation store (rlsae dqn record)."),
+    agent: Path = typer.Option(
+        ..., "--agent", help="Another agent, or a checkpoint directory of one run."
+    ),
+    out: Path = typer.Option(..., "--out", help="New activation-store directory."),
+    layer: str | None = typer.Option(None, "--layer", help="Layer (default: the recording's)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Record --agent's activations on the game states of the recording --on (replayed and
+    checked step by step): a store row-aligned with it, for a crosscoder between the two."""
+    if not (on / "meta.json").is_file():
+        raise RlsaeError(f"--on: activation store {on} not found")
+    if not agent.is_dir():
+        raise RlsaeError(f"--agent: agent directory {agent} not found")
+    if out.exists():
+        raise RlsaeError(f"{out} already exists; choose another --out or remove it")
+
+    from rlsae.agents.crossrecord import record_on_recording
+
+    path = record_on_recording(on, agent, out, layer=layer, progress=True)
+    from rlsae.sae.store import ActivationStore
+
+    store = ActivationStore(path)
+    emit({"out": str(path), "rows": store.rows, "d_in": store.d_in, "hook": store.hook}, as_json)
