@@ -71,7 +71,9 @@ def test_resume_continues_an_interrupted_run_from_its_last_checkpoint(tmp_path: 
     out = tmp_path / "run"
     kw = dict(seed=1, checkpoint_every=40, progress=False, **{**TINY, "learning_starts": 40})
     train_dqn("nature", 80, out, **kw)
-    # simulate an interruption after the step-40 checkpoint: drop the finished state
+    # simulate an interruption after the step-40 checkpoint: drop the finished state (there is
+    # no resume/ state left either, so the resume starts over and redoes the same checkpoints;
+    # the exact resume from a saved state is tested below and in test_dqn_kill.py)
     (out / "agent.json").unlink()
     (out / "model.zip").unlink()
     shutil.rmtree(out / "checkpoints" / "step_80")
