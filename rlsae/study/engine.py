@@ -239,6 +239,16 @@ def config_yaml(cfg: Any) -> str:
 # The run directory
 
 
+def _same_with_defaults(recorded: Any, cfg: Any, want: str) -> bool:
+    """True when ``recorded`` (an older ``run.json`` config) is ``cfg`` once the fields added
+    since take their defaults: a run made before a new (default-preserving) option keeps
+    resuming. A recorded config that no longer parses is simply different."""
+    try:
+        return config_hash(from_mapping(type(cfg), recorded, "run.json")) == want
+    except (RlsaeError, TypeError, ValueError):
+        return False
+
+
 def open_run(
     study: Study[C], cfg: C, run_dir: str | os.PathLike, source: str, resume: bool
 ) -> RunInfo:
@@ -258,7 +268,7 @@ def open_run(
                 "choose another --out"
             )
         info = RunInfo.from_json(raw, str(path))
-        if info.config_hash != want:
+        if info.config_hash != want and not _same_with_defaults(info.config, cfg, want):
             keys = differing_keys(info.config, to_mapping(cfg))
             shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
             raise RlsaeError(

@@ -13,6 +13,7 @@ import pytest
 from rlsae.agents.results import Evaluation
 from rlsae.artifacts import Artifact
 from rlsae.configs import differing_keys, from_mapping
+from rlsae.errors import RlsaeError
 from rlsae.study import atari, sweep
 from rlsae.study.atari import ATARI
 from rlsae.study.atari_config import ResourcesConfig, StudyConfig
@@ -214,6 +215,27 @@ def test_splice_switched_off_counts_as_off_in_the_study_result(
     assert counted["calls"]["splice"] == []
     again = atari.run_study(cfg, run, resume=True, engine="serial", study=counted["study"])
     assert (again["stages_run"], again["stages_skipped"], again["stages_off"]) == (0, 25, 10)
+
+
+def test_a_run_recorded_before_a_new_option_still_resumes(tmp_path) -> None:
+    """A run.json written before a field existed (so without it) is the same study when the
+    field takes its default; with the field at another value it is another study."""
+    import json
+
+    from rlsae.configs import config_hash
+
+    run = tmp_path / "run"
+    cfg = from_mapping(StudyConfig, atari.preset_dict("smoke"), "smoke")
+    open_run(ATARI, cfg, run, "preset:smoke", resume=False)
+    raw = json.loads((run / "run.json").read_text())
+    del raw["config"]["evaluation"]["sweep_episodes"]  # as a run from before the sweep stage
+    raw["config_hash"] = "0123456789ab"  # the hash of that older config
+    (run / "run.json").write_text(json.dumps(raw))
+    assert open_run(ATARI, cfg, run, "preset:smoke", resume=True).config_hash == "0123456789ab"
+    other = replace(cfg, evaluation=replace(cfg.evaluation, sweep_episodes=3))
+    assert config_hash(other) != config_hash(cfg)
+    with pytest.raises(RlsaeError, match=r"differs in evaluation\.sweep_episodes; choose"):
+        open_run(ATARI, other, run, "preset:smoke", resume=True)
 
 
 # --------------------------------------------------------------------------------------------
