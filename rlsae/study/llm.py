@@ -69,7 +69,8 @@ from rlsae.study.llm_config import (
     dict_sizes,
     model_label,
 )
-from rlsae.study.llm_diff import DIFF_STAGE
+from rlsae.study.llm_diff import DIFF_STAGE, diff_summary
+from rlsae.study.llm_steer import STEER_STAGE
 from rlsae.study.presets import LLM_PRESETS
 from rlsae.study.results import (
     BaseModel,
@@ -487,6 +488,7 @@ LLM = Study(
         Stage("utility", utility, Tables, after=("explain", "score"), per="model"),
         Stage("report", report, FilesWritten, after=("utility",), per="model"),
         DIFF_STAGE,
+        STEER_STAGE,
         Stage("tables", combine, Combined, after=("utility",)),
     ),
 )
@@ -551,7 +553,7 @@ def _threads(n: int | None) -> AbstractContextManager[None]:
 
 
 def _summaries(ctx: Context[LLMStudyConfig]) -> list[dict[str, Any]]:
-    return [_model_summary(ctx, u) for u in _units(ctx)]
+    return [{**_model_summary(ctx, u), **diff_summary(ctx, u)} for u in _units(ctx)]
 
 
 def run_llm_study(

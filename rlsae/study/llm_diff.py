@@ -14,6 +14,7 @@ layer, ``crosscoders/HOOK/`` (the crosscoder), ``crosscoders/HOOK/latents.json``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,15 @@ def explain_latents(
                 text = llm_explanation(rec, endpoint)
             out.latents.append(LatentExplanation(j, kind, text, table.abs_utility(text)))
     return out
+
+
+def diff_summary(ctx: Context[LLMStudyConfig], unit: Any) -> dict[str, Any]:
+    """``{"diff": [per layer: layer, counts, fvu, summed and mean |utility| per class]}`` for
+    the study's summary beside Tables 3 and 4; ``{}`` while the stage is off or not done."""
+    if ctx.config.diff is None or ctx.marker("diff", unit.name) is None:
+        return {}
+    layers = ctx.result(CrosscoderLayers, "diff", unit.name).layers
+    return {"diff": [dataclasses.asdict(layer) for layer in layers]}
 
 
 DIFF_STAGE = Stage(

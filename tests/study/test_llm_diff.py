@@ -101,6 +101,9 @@ def test_the_smoke_study_with_diff_runs_the_stage_and_resumes_without_it(tmp_pat
     run = tmp_path / "run"
     res = run_llm_study(cfg, run, progress=False)
     assert res["stages_run"] == 11
+    (summary,) = res["diff"]  # the study's summary, beside Tables 3 and 4
+    assert summary["layer"] == res["layers"][0] and "table3" in res
+    assert [g["kind"] for g in summary["utility"]] == ["tuned_only", "base_only", "shared"]
     marker = json.loads((run / "analysis" / "stages" / "model" / "tiny" / "diff.json").read_text())
     result = CrosscoderLayers.from_json(marker["result"])
     (layer,) = result.layers
@@ -112,3 +115,4 @@ def test_the_smoke_study_with_diff_runs_the_stage_and_resumes_without_it(tmp_pat
     }  # fmt: skip
     again = run_llm_study(cfg, run, resume=True, progress=False)
     assert again["stages_run"] == 0 and again["stages_skipped"] == 11
+    assert again["diff"] == res["diff"]
