@@ -150,3 +150,25 @@ class AmplifyConfig:
         for name in ("data", "table"):
             if not getattr(self, name):
                 raise RlsaeError(f"{where}: {name}: must not be empty")
+
+
+@dataclass
+class StudySteerConfig:
+    """The IRM study's ``steer`` stage (``rlsae.study.llm_steer``): each model's top shared
+    features pushed both ways in that model, scored with the study's reward."""
+
+    features: int = 3
+    """Top shared features steered per model and layer (the MMCS ranking of the small SAE)."""
+    scale: float = 1.0
+    """alpha = +/- scale x the mean norm of the hook's recorded activations."""
+    prefixes: int = 50
+    """Test prefixes completed per feature and sign (and unsteered)."""
+    max_new_tokens: int = 20
+    """Completion length in tokens."""
+
+    def validate(self, where: str = "steer") -> None:
+        """Ranges."""
+        check_range(where, "features", self.features, 1, 10_000)
+        check_range(where, "scale", self.scale, 0, 1_000, lo_open=True)
+        check_range(where, "prefixes", self.prefixes, 1)
+        check_range(where, "max_new_tokens", self.max_new_tokens, 1)

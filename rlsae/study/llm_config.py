@@ -14,6 +14,7 @@ from typing import Literal
 
 from rlsae.configs import check_range
 from rlsae.errors import RlsaeError
+from rlsae.llm.causal_configs import StudySteerConfig
 from rlsae.llm.configs import RLHFConfig, TinyConfig
 from rlsae.sae.crosscoder_config import CrosscoderConfig
 
@@ -135,6 +136,9 @@ class LLMStudyConfig:
     diff: CrosscoderConfig | None = None
     """The ``diff`` stage (``rlsae.study.llm_diff``): a crosscoder between base and tuned per
     chosen layer, trained with these settings; None turns the stage off."""
+    steer: StudySteerConfig | None = None
+    """The ``steer`` stage (``rlsae.study.llm_steer``): each model's top shared features pushed
+    both ways in that model and scored with the reward; None turns the stage off."""
 
     def validate(self, where: str = "config") -> None:
         """Ranges and cross-field rules; the first problem is one line ``where: key: what``."""
@@ -171,3 +175,5 @@ class LLMStudyConfig:
             check_range(where, "threads", self.threads, 1)
         if self.diff is not None:
             self.diff.validate(f"{where}: diff")
+        if self.steer is not None:
+            self.steer.validate(f"{where}: steer")

@@ -20,7 +20,7 @@ from rlsae.commands._apps import app
 from rlsae.commands.llm import STEER_OPTIONS, field_owner
 from rlsae.configs import field_default, field_docs
 from rlsae.errors import RlsaeError
-from rlsae.llm.causal_configs import LMSteerConfig, SpliceEvalConfig
+from rlsae.llm.causal_configs import LMSteerConfig, SpliceEvalConfig, StudySteerConfig
 from rlsae.llm.splice_eval import SpliceEval, hooked_model, splice_faithfulness
 from rlsae.llm.steer import LMSteerResult, steer_model, steering
 from rlsae.sae import SAE, SAEConfig
@@ -276,3 +276,67 @@ def test_steer_options_follow_the_config():
         assert flag in params[param].opts
         assert params[param].default == field_default(owner, name), param
         assert params[param].help == field_docs(owner)[name], param
+
+
+# ------------------------------------------------------------------ the IRM study's steer stage
+
+
+def test_the_study_steer_stage_is_off_by_default_and_validated():
+    from rlsae.configs import from_mapping
+    from rlsae.study.llm import LLM
+    from rlsae.study.llm_config import LLMStudyConfig
+
+    (stage,) = [s for s in LLM.stages if s.name == "steer"]
+    assert stage.per == "model" and "mmcs" in stage.after
+    assert stage.off(LLMStudyConfig()) and not stage.off(LLMStudyConfig(steer=StudySteerConfig()))
+    cfg = from_mapping(LLMStudyConfig, {"steer": {"features": 2, "scale": 0.5}}, "study.yaml")
+    assert cfg.steer == StudySteerConfig(features=2, scale=0.5)
+    with pytest.raises(RlsaeError, match=r"^config: steer: scale: must be above 0"):
+        LLMStudyConfig(steer=StudySteerConfig(scale=0)).validate()
+
+
+def test_study_steer_rows_push_the_reward_both_ways(tiny_model_dir, tiny_sae):
+    from rlsae.study.llm_steer import SteerTable, mean_norm, steer_rows
+
+    store = tiny_sae.parent / "acts" / f"blocks.{TINY_LAYER}.hook_resid_post"
+    alpha = mean_norm(store)
+    assert 15 < alpha < 30  # the scale of STEER_ALPHA
+    feature = positive_feature(tiny_model_dir, tiny_sae)
+    cfg = LMSteerConfig(prefixes=200, max_new_tokens=20)
+    up, down = steer_rows(str(tiny_model_dir), "base", TINY_LAYER, tiny_sae, [feature], alpha, cfg)
+    assert (up.alpha, down.alpha) == (alpha, -alpha) and up.feature == feature
+    assert up.delta > 0.1 and up.ci95[0] > 0 and down.delta < 0, (up, down)
+    direct = steer_model(
+        tiny_model_dir,
+        tiny_sae,
+        feature,
+        LMSteerConfig(alpha=-alpha, prefixes=200, max_new_tokens=20),
+    )
+    assert down.mean_unsteered == up.mean_unsteered == direct.mean_reward_unsteered
+    assert down.mean_steered == direct.mean_reward_steered
+    table = SteerTable(config=StudySteerConfig(), prefixes=200, rows=[up, down])
+    md = table.markdown("tiny")
+    assert md.count("\n| base | 3 |") == 2 and f"{up.delta:+.3f}" in md
+
+
+@pytest.mark.slow
+def test_the_smoke_study_with_steer_runs_the_stage_and_resumes(tmp_path):
+    import dataclasses
+
+    from rlsae.study.llm import resolve_config, run_llm_study
+    from rlsae.study.llm_steer import SteerTable
+
+    cfg, _ = resolve_config("smoke")
+    cfg = dataclasses.replace(cfg, steer=StudySteerConfig(features=2, prefixes=10))
+    run = tmp_path / "run"
+    res = run_llm_study(cfg, run, progress=False)
+    assert res["stages_run"] == 11
+    table = SteerTable.read(run / "analysis" / "llm_steer.json")
+    n_layers = len(res["layers"])
+    assert len(table.rows) == 2 * n_layers * 2 * 2  # models x layers x features x signs
+    assert {r.model for r in table.rows} == {"base", "tuned"}
+    assert all(r.alpha == -table.rows[i - 1].alpha for i, r in enumerate(table.rows) if i % 2)
+    md = (run / "analysis" / "llm_steer.md").read_text()
+    assert md.count("\n| base |") == md.count("\n| tuned |") == 2 * n_layers * 2
+    again = run_llm_study(cfg, run, resume=True, progress=False)
+    assert again["stages_run"] == 0 and again["stages_skipped"] == 11

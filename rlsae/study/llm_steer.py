@@ -1,0 +1,183 @@
+"""The IRM study's ``steer`` stage (issue 16): does pushing a shared feature move the reward?
+
+For each model (base and tuned), each chosen layer and each of the small SAE's ``features`` top
+shared features (the MMCS ranking of the ``mmcs`` stage), completions of test prefixes are
+sampled with ``+alpha`` and ``-alpha`` times the feature's decoder row added at the hook of that
+model (:func:`rlsae.llm.steer.steer_model`), ``alpha`` being ``scale`` times the mean norm of the
+hook's recorded activations, and scored with the study's reward against the unsteered
+completions of the same prefixes and seed. Off unless the study config has ``steer`` (a
+:class:`~rlsae.llm.causal_configs.StudySteerConfig`). Writes ``analysis/llm_steer.json`` (this
+stage's result) and the table ``analysis/llm_steer.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rlsae.analysis.mmcs import SharedFeatures
+from rlsae.artifacts import Artifact
+from rlsae.fsutil import atomic_write_bytes
+from rlsae.llm.causal_configs import LMSteerConfig, StudySteerConfig
+from rlsae.study.engine import Context, Stage
+from rlsae.study.llm_config import LLMStudyConfig
+from rlsae.study.results import BaseModel, SAEPairs, Stores, TunedModel
+
+SOURCES = ("base", "tuned")
+
+
+@dataclass
+class SteerRow:
+    """One feature of one model's SAE steered one way."""
+
+    model: str
+    """``base`` or ``tuned``: the model steered (its own SAE)."""
+    layer: int
+    """Block index."""
+    feature: int
+    """Feature of the small SAE."""
+    alpha: float
+    """Multiple of the decoder row added."""
+    mean_unsteered: float
+    """Mean reward of the unsteered completions."""
+    mean_steered: float
+    """Mean reward of the steered completions."""
+    delta: float
+    """mean_steered - mean_unsteered."""
+    ci95: list[float]
+    """95% paired bootstrap interval of delta."""
+    changed: int
+    """Completions that differ from the unsteered ones."""
+
+
+@dataclass
+class SteerTable(Artifact):
+    """The ``steer`` stage's result (``analysis/llm_steer.json``)."""
+
+    FORMAT: ClassVar[str] = "rlsae.llm_study_steer"
+    VERSION: ClassVar[int] = 1
+
+    config: StudySteerConfig
+    """The stage's settings."""
+    prefixes: int
+    """Prefixes per row."""
+    rows: list[SteerRow] = field(default_factory=list)
+    """Per model, layer, feature and sign of alpha."""
+
+    def markdown(self, label: str = "") -> str:
+        """The table of ``analysis/llm_steer.md``."""
+        lines = [
+            f"### Steering the top shared features{f' ({label})' if label else ''}",
+            "",
+            f"{self.prefixes} test prefixes per row; reward change steered - unsteered with its "
+            "95% paired bootstrap interval.",
+            "",
+            "| model | layer | feature | alpha | reward unsteered | steered | change [95% CI] |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"| {r.model} | {r.layer} | {r.feature} | {r.alpha:+.3g} | "
+                f"{r.mean_unsteered:.3f} | {r.mean_steered:.3f} | {r.delta:+.3f} "
+                f"[{r.ci95[0]:+.3f}, {r.ci95[1]:+.3f}] |"
+            )
+        return "\n".join(lines)
+
+
+def mean_norm(store_dir: str | Path, max_rows: int = 65536) -> float:
+    """Mean Euclidean norm of the first ``max_rows`` rows of an activation store."""
+    from rlsae.sae.store import ActivationStore
+
+    store = ActivationStore(store_dir)
+    x = store.read_rows(range(min(max_rows, store.rows)))
+    return float(x.float().norm(dim=1).mean())
+
+
+def steer_rows(
+    model: str,
+    src: str,
+    layer: int,
+    sae_dir: str | Path,
+    features: list[int],
+    alpha: float,
+    base_cfg: LMSteerConfig,
+) -> list[SteerRow]:
+    """Rows for ``features`` of one SAE steered with +alpha and -alpha in ``model``."""
+    from rlsae.llm.models import load_model
+    from rlsae.llm.steer import steer_model
+    from rlsae.sae.model import load_sae
+
+    hf_model, tokenizer = load_model(model)
+    sae = load_sae(sae_dir)
+    rows = []
+    for f in features:
+        for a in (alpha, -alpha):
+            cfg = dataclasses.replace(base_cfg, alpha=a)
+            res = steer_model(model, sae, f, cfg, hf_model=hf_model, tokenizer=tokenizer)
+            rows.append(
+                SteerRow(
+                    model=src,
+                    layer=layer,
+                    feature=f,
+                    alpha=a,
+                    mean_unsteered=res.mean_reward_unsteered,
+                    mean_steered=res.mean_reward_steered,
+                    delta=res.delta,
+                    ci95=res.ci95,
+                    changed=res.changed,
+                )
+            )
+    return rows
+
+
+def steer_stage(ctx: Context[LLMStudyConfig], unit: Any) -> SteerTable:
+    """Steer each model's top shared features both ways (see the module doc)."""
+    cfg = ctx.config
+    scfg = cfg.steer
+    assert scfg is not None  # the stage is off without it
+    home = ctx.run_dir / unit.dir if unit.dir else ctx.run_dir
+    base = ctx.result(BaseModel, "pretrain", unit.name)
+    refs = {"base": base.ref, "tuned": ctx.result(TunedModel, "rlhf", unit.name).ref}
+    hooks = ctx.result(Stores, "record", unit.name).hooks
+    pairs = ctx.result(SAEPairs, "saes", unit.name)
+    shared = SharedFeatures.read(home / "analysis" / "llm_shared_features.json")
+    steer_cfg = LMSteerConfig(
+        prefixes=scfg.prefixes,
+        prefix_tokens=cfg.score_prefix_tokens,
+        max_new_tokens=scfg.max_new_tokens,
+        seed=cfg.seed,
+        data=base.data,
+        reward=cfg.rlhf.reward,
+        table=cfg.rlhf.table,
+        classifier=cfg.rlhf.classifier,
+    )
+    table = SteerTable(config=scfg, prefixes=scfg.prefixes)
+    for src in SOURCES:
+        for key, hook in hooks.items():
+            layer = int(key)
+            feats = [m.feature for m in shared.layer(layer).models[src].top_k][: scfg.features]
+            alpha = scfg.scale * mean_norm(home / "acts" / src / hook)
+            sae_dir = home / pairs.path(src, layer, "small")
+            table.rows += steer_rows(refs[src], src, layer, sae_dir, feats, alpha, steer_cfg)
+    analysis = home / "analysis"
+    table.write(analysis / "llm_steer.json")
+    atomic_write_bytes(analysis / "llm_steer.md", (table.markdown(unit.name) + "\n").encode())
+    return table
+
+
+def no_steer(cfg: LLMStudyConfig) -> bool:
+    """The stage is off unless the config has ``steer``."""
+    return cfg.steer is None
+
+
+STEER_STAGE = Stage(
+    "steer",
+    steer_stage,
+    SteerTable,
+    after=("pretrain", "rlhf", "record", "saes", "mmcs"),
+    per="model",
+    skip_if=no_steer,
+)
+"""The stage as the study declares it."""
