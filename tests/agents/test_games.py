@@ -232,6 +232,7 @@ def _viewer_helper(name: str) -> Any:
     return module
 
 
+@pytest.mark.slow
 def test_viewer_draws_breakouts_effects_as_labelled_bars(breakout_agent: Path, tmp_path: Path):
     """A Breakout store in the viewer: each top state's effect is one row of 4 values (equal to
     feature_effect on the replayed observation), the page names Breakout's actions, and the

@@ -13,19 +13,23 @@ import torch
 
 @pytest.fixture(scope="module")
 def qrdqn_zip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, Path]:
-    """A NatureCNN QR-DQN (7 quantiles) trained by sb3-contrib for 120 steps on Ms. Pac-Man
-    frames, saved by sb3-contrib in its own folder; and 64 observations of play to compare on."""
+    """A NatureCNN QR-DQN (7 quantiles) trained by sb3-contrib for 60 steps (2 gradient updates)
+    on Ms. Pac-Man frames, saved by sb3-contrib in its own folder; and 64 observations of play
+    to compare on."""
     from sb3_contrib import QRDQN
 
     from rlsae.agents.config import EnvConfig
     from rlsae.agents.envs import make_vec_env
+    from rlsae.threads import torch_threads
 
     env = make_vec_env(EnvConfig(mode="nature"), 2, seed=0)
     model = QRDQN(
-        "CnnPolicy", env, policy_kwargs=dict(n_quantiles=7), buffer_size=300,
-        learning_starts=40, batch_size=8, train_freq=10, seed=0, device="cpu", verbose=0,
+        "CnnPolicy", env, policy_kwargs=dict(n_quantiles=7), buffer_size=100,
+        learning_starts=20, batch_size=8, train_freq=10, seed=0, device="cpu", verbose=0,
     )  # fmt: skip
-    model.learn(120)
+    with torch_threads(1):  # module fixtures run before the directory's one-thread fixture
+        model.learn(60)
+    assert model._n_updates == 2  # its weights moved from their initialisation
     folder = tmp_path_factory.mktemp("elsewhere")
     model.save(str(folder / "qrdqn_mspacman.zip"))
     obs = [env.reset()]
