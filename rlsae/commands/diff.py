@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from rlsae.commands._apps import JsonOpt, app, config_option, emit, plain_help
-from rlsae.configs import field_default, field_docs
+from rlsae.configs import check_range, field_default, field_docs
 from rlsae.errors import RlsaeError
 from rlsae.sae.crosscoder_config import CrosscoderConfig, LatentConfig
 
@@ -258,3 +258,36 @@ def diff_record(
 
     store = ActivationStore(path)
     emit({"out": str(path), "rows": store.rows, "d_in": store.d_in, "hook": store.hook}, as_json)
+
+
+@diff_app.command("pages")
+def diff_pages(
+    crosscoder: Path = typer.Option(..., "--crosscoder", help="Crosscoder directory."),
+    base: Path = typer.Option(..., "--base", help="Activation store of the base model."),
+    tuned: Path = typer.Option(..., "--tuned", help="Activation store of the tuned model."),
+    out: Path = typer.Option(..., "--out", help="New directory for the pages."),
+    top: int = typer.Option(8, "--top", help="Top rows shown per latent."),
+    shared: int = typer.Option(
+        10, "--shared", help="Most-firing shared latents that also get a page."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Static pages of a crosscoder's latents: the norm-ratio histogram with the classes
+    coloured, and per model-only, artefact and top shared latent its norms, cosine, betas, nu,
+    contribution histograms and top rows in both models side by side."""
+    check_range("diff pages", "top", top, 1)
+    check_range("diff pages", "shared", shared, 1, 2**26)  # at most the largest d_sae
+    if not crosscoder.is_dir():
+        raise RlsaeError(f"--crosscoder: {crosscoder} not found")
+    _store_dir(base, "base")
+    _store_dir(tuned, "tuned")
+    if out.exists():
+        raise RlsaeError(f"{out} already exists; choose another --out or remove it")
+
+    from rlsae.sae.crosscoder import read_spec
+    from rlsae.viewer.crosscoder import export_crosscoder_pages
+
+    read_spec(crosscoder)  # an SAE directory is refused here, before torch work
+    path = export_crosscoder_pages(crosscoder, base, tuned, out, top=top, shared=shared)
+    pages = sorted(p.name for p in (path / "latents").iterdir())
+    emit({"out": str(path), "index": str(path / "index.html"), "latent_pages": len(pages)}, as_json)

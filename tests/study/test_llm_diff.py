@@ -116,3 +116,28 @@ def test_the_smoke_study_with_diff_runs_the_stage_and_resumes_without_it(tmp_pat
     again = run_llm_study(cfg, run, resume=True, progress=False)
     assert again["stages_run"] == 0 and again["stages_skipped"] == 11
     assert again["diff"] == res["diff"]
+
+
+def test_crosscoder_pages_show_the_latents_side_by_side(tmp_path, run_cli, one_thread):
+    """``rlsae diff pages`` on the LM stores: an index with the histogram and a page per
+    tuned-only latent with its figures and shaded tokens in both models."""
+    _lm_stores(tmp_path)
+    cfg = CrosscoderConfig(d_sae=32, k=2, steps=300, batch_size=256)
+    diff_layer(tmp_path, 1, HOOK, cfg, utility_k=5)
+    cc = tmp_path / "crosscoders" / HOOK
+    base, tuned = tmp_path / "acts" / "base" / HOOK, tmp_path / "acts" / "tuned" / HOOK
+    out = tmp_path / "pages"
+    code, stdout, err = run_cli("diff", "pages", "--crosscoder", cc, "--base", base, "--tuned",
+                                tuned, "--out", out, "--shared", 3, "--json")  # fmt: skip
+    assert code == 0, err
+    info = json.loads((cc / "latents.json").read_text())
+    tuned_only = [r["latent"] for r in info["latents"] if r["kind"] == "tuned_only"]
+    assert json.loads(stdout)["latent_pages"] == len(tuned_only) + 3
+    index = (out / "index.html").read_text()
+    assert "Plotly.newPlot" in index and all(f"latents/{j}.html" in index for j in tuned_only)
+    page = (out / "latents" / f"{tuned_only[0]}.html").read_text()
+    assert "tuned_only" in page and "nu_error" in page and "<b>base</b>" in page
+    assert "good" in page or "great" in page  # its top rows are those tokens
+    code, _, err = run_cli("diff", "pages", "--crosscoder", cc, "--base", base, "--tuned", tuned,
+                           "--out", out)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "already exists" in err
