@@ -174,13 +174,15 @@ class _Tally:
         return cat(self.base, np.int64), cat(self.steered, np.int64), cat(self.firing, bool)
 
 
-def action_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(total variation, KL(P_a || P_b)) of two greedy-action samples' histograms over 9 actions;
-    half a count is added to each action for the KL (finite when an action is missing)."""
-    ca = np.bincount(a, minlength=9).astype(np.float64)
-    cb = np.bincount(b, minlength=9).astype(np.float64)
+def action_shift(a: np.ndarray, b: np.ndarray, n_actions: int) -> tuple[float, float]:
+    """(total variation, KL(P_a || P_b)) of two greedy-action samples' histograms over the game's
+    ``n_actions`` actions; half a count is added to each action for the KL (finite when an action
+    is missing)."""
+    ca = np.bincount(a, minlength=n_actions).astype(np.float64)
+    cb = np.bincount(b, minlength=n_actions).astype(np.float64)
     tv = 0.5 * float(np.abs(ca / ca.sum() - cb / cb.sum()).sum())
-    pa, pb = (ca + 0.5) / (ca.sum() + 4.5), (cb + 0.5) / (cb.sum() + 4.5)
+    half = 0.5 * n_actions
+    pa, pb = (ca + 0.5) / (ca.sum() + half), (cb + 0.5) / (cb.sum() + half)
     return tv, float((pa * np.log(pa / pb)).sum())
 
 
@@ -316,8 +318,9 @@ def _result(
     r_base = [e.score for e in base]
     r_st = [e.score for e in steered]
     diffs = np.asarray(r_st, dtype=np.float64) - np.asarray(r_base, dtype=np.float64)
-    tv, kl = action_shift(a, b)
-    tv_f, kl_f = action_shift(a[fire], b[fire]) if fire.any() else (None, None)
+    n_actions = agent.head.out_features
+    tv, kl = action_shift(a, b, n_actions)
+    tv_f, kl_f = action_shift(a[fire], b[fire], n_actions) if fire.any() else (None, None)
     return SteerResult(
         agent=str(agent.path),
         sae=sae_path,

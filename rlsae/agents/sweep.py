@@ -100,7 +100,7 @@ def ablation_sweep(
                     delta_return_ci=bootstrap_ci(r - r_base, bootstrap, cfg.seed),
                     greedy_changed=float(changed.mean()) if len(a) else 0.0,
                     greedy_changed_firing=float(changed[fire].mean()) if fire.any() else None,
-                    action_tv=action_shift(a, b)[0], states_firing=int(fire.sum()),
+                    action_tv=action_shift(a, b, agent.head.out_features)[0], states_firing=int(fire.sum()),
                     returns=r.tolist(), most_changed=_most_changed(a, b, gap[:, i], where),
                 )
             )  # fmt: skip

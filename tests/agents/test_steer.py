@@ -114,18 +114,22 @@ def test_ablating_the_deciding_feature_flips_the_action_exactly_where_it_fired(n
     assert res.greedy_changed_firing == 1.0
     # the steered agent only ever presses UP
     assert {a for e in res.episodes_steered for a in e.actions} == {1}
-    tv, _ = action_shift(np.array([1, 2]), np.array([1, 1]))
+    tv, _ = action_shift(np.array([1, 2]), np.array([1, 1]), 9)
     assert tv == 0.5 and res.action_tv_firing == 1.0
 
 
 def test_action_shift_and_bootstrap_by_hand():
     from rlsae.agents.steer import bootstrap_ci
 
-    tv, kl = action_shift(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0]))
+    tv, kl = action_shift(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0]), 9)
     assert tv == pytest.approx(0.5)
     pa = (np.array([2, 2, 0, 0, 0, 0, 0, 0, 0]) + 0.5) / 8.5
     pb = (np.array([4, 0, 0, 0, 0, 0, 0, 0, 0]) + 0.5) / 8.5
     assert kl == pytest.approx(float((pa * np.log(pa / pb)).sum()))
+    # Breakout's four actions: the half counts spread over four, not nine
+    tv4, kl4 = action_shift(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0]), 4)
+    qa, qb = (np.array([2, 2, 0, 0]) + 0.5) / 6.0, (np.array([4, 0, 0, 0]) + 0.5) / 6.0
+    assert tv4 == pytest.approx(0.5) and kl4 == pytest.approx(float((qa * np.log(qa / qb)).sum()))
     lo, hi = bootstrap_ci(np.array([1.0, 2.0, 3.0, 4.0]), 2000, 0)
     assert 1.0 <= lo < 2.5 < hi <= 4.0
 
