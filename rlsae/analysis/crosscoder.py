@@ -1,10 +1,13 @@
 """Figures of a crosscoder's latents (``rlsae.sae.latents``): the norm-ratio histogram with the
-classes coloured, as in Minder et al. 2025's figures."""
+classes coloured, as in Minder et al. 2025's figures; and the explained latents' record
+(``CrosscoderExplanations``, written by the LM study's ``diff`` stage, read by the pages)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from rlsae.artifacts import Artifact
 from rlsae.sae.latents import CLASSES, LatentAnalysis
 
 COLOURS = {
@@ -15,6 +18,29 @@ COLOURS = {
     "dead": "#c7c7c7",
 }
 """Colour of each class."""
+
+
+@dataclass
+class LatentExplanation:
+    """One explained crosscoder latent."""
+
+    latent: int
+    kind: str
+    """Its class (``rlsae.sae.latents.CLASSES``)."""
+    explanation: str
+    utility: float
+    """|utility| of the explanation under the study's utility table."""
+
+
+@dataclass
+class CrosscoderExplanations(Artifact):
+    """``crosscoders/HOOK/explanations.json``: explained latents of one layer's crosscoder."""
+
+    FORMAT: ClassVar[str] = "rlsae.crosscoder_explanations"
+    VERSION: ClassVar[int] = 1
+    method: str
+    """The explainer (``offline-lift`` or ``llm:MODEL``)."""
+    latents: list[LatentExplanation] = field(default_factory=list)
 
 
 def norm_ratio_figure(info: LatentAnalysis, *, bins: int = 50, title: str = "") -> Any:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rlsae.analysis.crosscoder import CrosscoderExplanations, LatentExplanation
 from rlsae.artifacts import Artifact
 from rlsae.sae.crosscoder_config import CrosscoderConfig
 from rlsae.study.engine import Context, Stage
@@ -28,29 +29,6 @@ from rlsae.study.results import Stores
 
 GROUPS = ("tuned_only", "base_only", "shared")
 """The latents explained, by class."""
-
-
-@dataclass
-class LatentExplanation:
-    """One explained crosscoder latent."""
-
-    latent: int
-    kind: str
-    """Its class (``rlsae.sae.latents.CLASSES``)."""
-    explanation: str
-    utility: float
-    """|utility| of the explanation under the study's utility table."""
-
-
-@dataclass
-class CrosscoderExplanations(Artifact):
-    """``crosscoders/HOOK/explanations.json``: explained latents of one layer's crosscoder."""
-
-    FORMAT: ClassVar[str] = "rlsae.crosscoder_explanations"
-    VERSION: ClassVar[int] = 1
-    method: str
-    """The explainer (``offline-lift`` or ``llm:MODEL``)."""
-    latents: list[LatentExplanation] = field(default_factory=list)
 
 
 @dataclass

@@ -10,7 +10,9 @@
                           (f_j |d_j base| and f_j |d_j tuned| over the rows it fires on); its
                           top rows side by side: for a language-model store the document's
                           tokens shaded by the latent's contribution to the base and to the
-                          tuned model, for any other store the rows' context columns
+                          tuned model, for any other store the rows' context columns; and its
+                          explanation and |utility| where the crosscoder directory has the LM
+                          study's ``explanations.json``
 
 plotly.js is embedded once in each page, so the site opens from disk. Provider-neutral: it
 reads only the stores' context tables.
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rlsae.analysis.crosscoder import COLOURS, norm_ratio_figure
+from rlsae.analysis.crosscoder import COLOURS, CrosscoderExplanations, norm_ratio_figure
 from rlsae.analysis.figures import figure_div, plotly_js_tag
 from rlsae.fsutil import atomic_dir
 from rlsae.sae.latents import LatentAnalysis, LatentRow
@@ -71,6 +73,9 @@ def export_crosscoder_pages(
     acts = np.concatenate(chunks) if chunks else np.zeros((0, len(ids)))
     norms = cc.decoder_norms().numpy()
     context = pair.context()
+    path = Path(crosscoder_dir) / "explanations.json"  # the LM study's diff stage writes it
+    expl = CrosscoderExplanations.read(path) if path.is_file() else None
+    said = {e.latent: e for e in expl.latents} if expl is not None else {}
     js = plotly_js_tag()
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         (tmp / "latents").mkdir()
@@ -78,6 +83,13 @@ def export_crosscoder_pages(
         for col, row in enumerate(rows):
             f = acts[:, col]
             page = _latent_page(row, f, norms[:, row.latent], context, top, js)
+            e = said.get(row.latent)
+            if e is not None:
+                note = (
+                    f"<p><b>Explanation</b> ({html.escape(expl.method if expl else '')}): "
+                    f"{html.escape(e.explanation)}; |utility| {e.utility:.3f}</p>"
+                )
+                page = page.replace("<h2>Top", note + "<h2>Top", 1)
             (tmp / "latents" / f"{row.latent}.html").write_text(page)
     return Path(out)
 

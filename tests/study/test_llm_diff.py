@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlsae.analysis.crosscoder import CrosscoderExplanations
 from rlsae.configs import from_mapping
 from rlsae.errors import RlsaeError
 from rlsae.llm.rewards import UtilityTable
@@ -18,7 +19,7 @@ from rlsae.sae.crosscoder_config import CrosscoderConfig
 from rlsae.sae.store import ActivationWriter
 from rlsae.study.llm import LLM
 from rlsae.study.llm_config import LLMStudyConfig
-from rlsae.study.llm_diff import CrosscoderExplanations, diff_layer
+from rlsae.study.llm_diff import diff_layer
 
 HOOK = "blocks.1.hook_resid_post"
 WORDS = ["good", "great", "bad", "awful", "the", "a", "movie", "plot", "and", "it"]
@@ -138,6 +139,7 @@ def test_crosscoder_pages_show_the_latents_side_by_side(tmp_path, run_cli, one_t
     page = (out / "latents" / f"{tuned_only[0]}.html").read_text()
     assert "tuned_only" in page and "nu_error" in page and "<b>base</b>" in page
     assert "good" in page or "great" in page  # its top rows are those tokens
+    assert "<b>Explanation</b> (offline-lift): tokens" in page  # the diff stage's explanation
     code, _, err = run_cli("diff", "pages", "--crosscoder", cc, "--base", base, "--tuned", tuned,
                            "--out", out)  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and "already exists" in err
