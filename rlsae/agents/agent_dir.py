@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
 import shutil
@@ -67,10 +69,49 @@ def check_agent_dir(agent_dir: str | os.PathLike) -> AgentInfo:
     return read_agent_info(path)
 
 
+def buffer_bytes(cfg: DQNTrainConfig) -> int:
+    """Bytes SB3's replay buffer allocates for ``cfg``: ``buffer_size`` transitions (split over
+    the envs), each observation stored once with ``optimize_memory_usage``, else twice."""
+    per_env = max(cfg.hyperparameters.buffer_size // cfg.n_envs, 1)
+    copies = 1 if cfg.hyperparameters.optimize_memory_usage else 2
+    return per_env * cfg.n_envs * int(math.prod(cfg.env.obs_shape)) * copies
+
+
+def check_buffer_memory(cfg: DQNTrainConfig, where: str = "dqn train") -> None:
+    """Refuse, in one line and before anything is written, a replay buffer or a training batch
+    (its observations and next observations) larger than the machine's memory and swap: numpy
+    cannot allocate it (a traceback after ``train.json`` was written) or the run would be
+    killed once the buffer fills."""
+    have = _memory_and_swap()
+    hp = cfg.hyperparameters
+    for name, count, need in (
+        ("buffer_size", hp.buffer_size, buffer_bytes(cfg)),
+        ("batch_size", hp.batch_size, hp.batch_size * 2 * int(math.prod(cfg.env.obs_shape))),
+    ):
+        if need > have:
+            what = "replay buffer" if name == "buffer_size" else "training batch"
+            raise RlsaeError(
+                f"{where}: {name}: a {what} of {count} transitions of {cfg.env.obs_shape} "
+                f"frames needs {need / 2**30:.1f} GiB, more than this machine's "
+                f"{have / 2**30:.1f} GiB of memory and swap; lower --{name.replace('_', '-')}"
+            )
+
+
+def _memory_and_swap() -> int:
+    """Physical memory plus swap, in bytes (swap from /proc/meminfo where there is one)."""
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("SwapTotal:"):
+                have += int(line.split()[1]) * 1024
+    return int(have)
+
+
 def check_train_dir(cfg: DQNTrainConfig, out: Path, resume: bool) -> DQNTrainConfig:
     """Refuse an occupied ``out`` without ``resume``, or a resume with other settings than the
     run's ``train.json`` (one line naming each difference); writes nothing. Returns the config
     to train with (a resume keeps the saved checkpoint interval unless a new one is given)."""
+    check_buffer_memory(cfg)
     out = Path(out)
     train_json = out / "train.json"
     if out.exists() and not out.is_dir():

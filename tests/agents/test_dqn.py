@@ -336,7 +336,7 @@ def test_replay_buffers_beyond_memory_and_batches_beyond_the_buffer_are_refused(
     from gymnasium import spaces
     from stable_baselines3.common.buffers import ReplayBuffer
 
-    import rlsae.agents.dqn as dqn_mod
+    import rlsae.agents.agent_dir as agent_dir_mod
 
     # the size estimate is SB3's own allocation
     for optimize, n_envs in ((False, 2), (True, 3)):
@@ -349,8 +349,8 @@ def test_replay_buffers_beyond_memory_and_batches_beyond_the_buffer_are_refused(
             handle_timeout_termination=False,
         )  # fmt: skip
         frames = rb.observations.nbytes + (0 if optimize else rb.next_observations.nbytes)
-        assert dqn_mod.buffer_bytes(cfg) == frames
-    monkeypatch.setattr(dqn_mod, "_memory_and_swap", lambda: 10**9)
+        assert agent_dir_mod.buffer_bytes(cfg) == frames
+    monkeypatch.setattr(agent_dir_mod, "_memory_and_swap", lambda: 10**9)
     out = tmp_path / "big"
     with pytest.raises(RlsaeError, match=r"buffer_size: a replay buffer of 20000 .* 1\.1 GiB"):
         train_dqn("nature", 100, out, buffer_size=20_000, progress=False)
