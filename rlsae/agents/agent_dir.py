@@ -7,7 +7,8 @@
       agent.json             AgentInfo; written last, so it marks a finished agent
       train.json             the run's DQNTrainConfig (a resume must match it)
       checkpoints/step_N/    each a loadable agent directory, published whole
-      resume/                the latest replay buffer, while training is resumable
+      resume/step_S/         the run's whole state at the latest checkpoint (train_state.py),
+                             while training is resumable
       tensorboard/
       eval.json              Evaluation, when ``dqn eval`` saved one
 """
@@ -154,7 +155,8 @@ _INTERRUPTED = (
     ".*.json.*",
     "checkpoints/.step_*.tmp-*",
     "checkpoints/.step_*.old-*",
-    "resume/.replay_buffer.tmp.pkl",
+    "resume/.step_*.tmp-*",
+    "resume/.replay_buffer.tmp.pkl",  # left by runs from before train_state.py
     "resume/.*.json.*",
 )
 
