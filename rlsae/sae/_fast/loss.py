@@ -381,41 +381,46 @@ def _dec_grad(idx: torch.Tensor, vals: torch.Tensor, dense: torch.Tensor, n: int
 
 class PrefixLossFunction(torch.autograd.Function):
     """Matryoshka's inner-prefix terms sum_p |recon_p - x|^2 (recon_p: the kept entries of
-    latents below width p, plus b_dec) in one autograd function, on the sparse path: one fused
-    gather per prefix (the residual and the dots e_p . W_dec[idx] together, as the TopK loss),
-    and in the backward one grouping by latent for every prefix's decoder gradient. The kept
-    values' gradient goes on to ``TopKLossFunction``'s backward (its ``g_vals``)."""
+    latents below width p, plus b_dec) in one autograd function, on the sparse path. Each row's
+    entries are sorted by latent once, so prefix p's entries are the first c_p of the row: its
+    fused gather (the residual and the dots e_p . W_dec[idx] together, as the TopK loss) and its
+    decoder gradient's grouping by latent run over the widest row's c_p columns only, not over
+    every kept entry. The kept values' gradient goes on to ``TopKLossFunction``'s backward (its
+    ``g_vals``)."""
 
     @staticmethod
     def forward(ctx, vals, idx, W_dec, b_dec, x, widths):
-        W, idx = W_dec.contiguous(), idx.contiguous()
-        masks, errs, dots, sses = [], [], [], []
+        W, b = W_dec.contiguous(), b_dec.contiguous()
+        idx_s, order = idx.sort(dim=1)
+        vals_s = vals.gather(1, order)
+        saved, sses = [], []
         for w in widths:
-            mask = idx < w
-            e, sse, gdot = _residual(x, W, b_dec.contiguous(), idx, vals * mask)
-            masks.append(mask)
-            errs.append(e)
-            dots.append(gdot)
+            width = max(1, int((idx_s < w).sum(1).max()))
+            i_p = idx_s[:, :width].contiguous()
+            mask = i_p < w
+            v_p = (vals_s[:, :width] * mask).contiguous()
+            e, sse, gdot = _residual(x, W, b, i_p, v_p)
+            saved += [i_p, v_p, mask, e, gdot]
             sses.append(sse.sum())
-        ctx.save_for_backward(vals, idx, *masks, *errs, *dots)
-        ctx.n_prefixes = len(widths)
+        ctx.save_for_backward(vals, order, *saved)
         ctx.n_latents = W_dec.shape[0]
         return torch.stack(sses)
 
     @staticmethod
     def backward(ctx, g_sses):
-        vals, idx, *rest = ctx.saved_tensors
-        P = ctx.n_prefixes
-        masks, errs, dots = rest[:P], rest[P : 2 * P], rest[2 * P :]
-        g_vals = torch.zeros_like(vals)
-        dec_vals, g_b_dec = [], torch.zeros_like(errs[0][0])
-        for p in range(P):
+        vals, order, *saved = ctx.saved_tensors
+        g_sorted = torch.zeros_like(vals)
+        g_W_dec: torch.Tensor | None = None
+        g_b_dec: torch.Tensor | None = None
+        for p in range(len(saved) // 5):
+            i_p, v_p, mask, e, gdot = saved[5 * p : 5 * p + 5]
             s = 2.0 * float(g_sses[p])
-            g_vals.add_(dots[p] * masks[p], alpha=s)
-            dec_vals.append(vals * masks[p] * s)
-            g_b_dec.add_(errs[p].sum(0), alpha=s)
-        # every prefix's entries at once, prefix p's decoding into rows p*B..(p+1)*B-1
-        g_W_dec = _dec_grad(idx.repeat(P, 1), torch.cat(dec_vals), torch.cat(errs), ctx.n_latents)
+            g_sorted[:, : i_p.shape[1]].add_(gdot * mask, alpha=s)
+            g_dec = _dec_grad(i_p, v_p * s, e, ctx.n_latents)
+            g_W_dec = g_dec if g_W_dec is None else g_W_dec.add_(g_dec)
+            g_b = e.sum(0).mul_(s)
+            g_b_dec = g_b if g_b_dec is None else g_b_dec.add_(g_b)
+        g_vals = torch.empty_like(vals).scatter_(1, order, g_sorted)
         return g_vals, None, g_W_dec, g_b_dec, None, None
 
 
