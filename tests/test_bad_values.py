@@ -180,7 +180,6 @@ BY_OPTION = {
     "--arch": "poster",
     "--steps": "10",
     "--feature": "0",
-    "--alpha": "1",
     "--features": "0",
     "--layer": "fc1",
     "--layers": "0",

@@ -99,6 +99,7 @@ SCORE_EXPLANATIONS_OPTIONS: Spec = {
     "timeout": ("timeout", "--timeout"),
 }
 STEER_OPTIONS: Spec = {
+    "ablate": ("ablate", "--ablate"),
     "prefixes": ("prefixes", "--prefixes"),
     "prefix_tokens": ("prefix_tokens", "--prefix-tokens"),
     "max_new_tokens": ("max_new_tokens", "--max-new-tokens"),
@@ -472,7 +473,8 @@ def steer_cmd(
     model: str = typer.Option(..., "--model", help="Hub name or model directory."),
     sae: Path = typer.Option(..., "--sae", help="SAE directory (trained on a hook of the model)."),
     feature: int = typer.Option(..., "--feature", help="The feature whose direction is added."),
-    alpha: float = typer.Option(..., "--alpha", help=_STEER_ALPHA),
+    alpha: float | None = typer.Option(None, "--alpha", help=_STEER_ALPHA),
+    ablate: bool = _opt(LMSteerConfig, STEER_OPTIONS, "ablate"),
     prefixes: int = _opt(LMSteerConfig, STEER_OPTIONS, "prefixes"),
     prefix_tokens: int = _opt(LMSteerConfig, STEER_OPTIONS, "prefix_tokens"),
     max_new_tokens: int = _opt(LMSteerConfig, STEER_OPTIONS, "max_new_tokens"),
@@ -486,14 +488,18 @@ def steer_cmd(
     threads: int = typer.Option(None, "--threads", help=_THREADS_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Add alpha x a feature's decoder direction at the SAE's hook while sampling completions;
-    the mean reward steered vs unsteered (same prefixes and seed) with a bootstrap CI."""
-    check_range("--alpha", "", alpha, -MAX_ALPHA, MAX_ALPHA)
+    """Add alpha x a feature's decoder direction at the SAE's hook (or --ablate: remove the
+    feature) while sampling completions; the mean reward steered vs unsteered (same prefixes
+    and seed) with a bootstrap CI."""
+    if alpha is not None:
+        check_range("--alpha", "", alpha, -MAX_ALPHA, MAX_ALPHA)
     cfg = build_config(LMSteerConfig, STEER_OPTIONS, locals(), "llm steer")
-    cfg.alpha = alpha
     _check_threads(threads)
     check_range("--show", "", show, 0, 100_000)
     check_range("--feature", "", feature, 0)
+    if (alpha is None) == (not ablate):
+        raise RlsaeError("give --alpha A (add alpha x the feature's direction) or --ablate, one")
+    cfg.alpha = alpha or 0.0
     if not sae.is_dir():
         raise RlsaeError(f"SAE directory {sae} not found")
     width = _sae_width(sae)

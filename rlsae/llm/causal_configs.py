@@ -53,8 +53,10 @@ class LMSteerConfig:
     """How completions are steered along a feature and scored (``llm steer``)."""
 
     alpha: float = 0.0
-    """Multiple of the feature's unit decoder direction added at the hook (0: no change;
+    """Multiple of the feature's decoder row W_dec[F] added at the hook (0: no change;
     negative pushes the other way)."""
+    ablate: bool = False
+    """Instead of adding: remove the feature (subtract its part of the SAE's reconstruction)."""
     prefixes: int = 50
     """Test prefixes, one completion each, steered and unsteered."""
     prefix_tokens: int = 30
@@ -79,6 +81,8 @@ class LMSteerConfig:
     def validate(self, where: str = "steer config") -> None:
         """Ranges and choices."""
         check_range(where, "alpha", self.alpha, -MAX_ALPHA, MAX_ALPHA)
+        if self.ablate and self.alpha != 0:
+            raise RlsaeError(f"{where}: alpha: not used with ablate (leave it 0)")
         check_range(where, "prefixes", self.prefixes, 1)
         check_range(where, "prefix_tokens", self.prefix_tokens, 1)
         check_range(where, "max_new_tokens", self.max_new_tokens, 1)

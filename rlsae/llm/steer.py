@@ -9,6 +9,11 @@ addition, both sets are scored with the study's reward (the utility table, the p
 3, or a sentiment classifier), and the result is the mean reward of each with a paired bootstrap
 interval of the change. ``α = 0`` adds an exact zero: every completion is the unsteered one.
 
+Ablation (``ablate``) asks the other question, what the model does without the feature: at the
+hook, ``encode(x)[F] · W_dec[F]`` (the feature's part of the SAE's reconstruction) is subtracted
+from the activation, and everything else, the SAE's error included, is kept; where the feature
+does not fire nothing changes.
+
 The addition is made on the Hugging Face model by a forward hook on the module behind the
 TransformerLens hook point (the SAE's ``hook_name``): ``hook_resid_post`` of block ``L`` is the
 output of layer ``L``, ``hook_resid_pre`` its input, ``hook_mlp_out`` the output of its MLP and
@@ -22,7 +27,8 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -89,6 +95,8 @@ class LMSteerResult(Artifact):
     """The steered feature."""
     alpha: float
     """Multiple of its decoder row added at the hook."""
+    ablate: bool
+    """The feature was removed (its part of the reconstruction subtracted) instead."""
     hook: str
     """The TransformerLens hook point steered."""
     n: int
@@ -125,7 +133,8 @@ class LMSteerResult(Artifact):
     def summary(self, show: int = 3) -> str:
         """The readable lines ``llm steer`` prints (the first ``show`` completions)."""
         lines = [
-            f"feature {self.feature} at {self.hook}, alpha {self.alpha:g}, {self.n} prefixes",
+            f"feature {self.feature} at {self.hook}, "
+            f"{'ablated' if self.ablate else f'alpha {self.alpha:g}'}, {self.n} prefixes",
             f"mean reward  unsteered {self.mean_reward_unsteered:.4f}  steered "
             f"{self.mean_reward_steered:.4f}  change {self.delta:+.4f} "
             f"[{self.ci95[0]:+.4f}, {self.ci95[1]:+.4f}]",
@@ -181,33 +190,53 @@ def _hook_module(model: Any, hook: str) -> tuple[Any, str]:
     raise RlsaeError(f"cannot find the {what[:-4]} module of block {layer} to steer {hook!r}")
 
 
-def _add(value: Any, vec: torch.Tensor) -> Any:
-    """``value + vec`` for a tensor, or for the first element of a tuple output."""
+def _apply(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn(value)`` for a tensor, or for the first element of a tuple output."""
     if isinstance(value, tuple):
-        return (value[0] + vec.to(value[0].dtype), *value[1:])
-    return value + vec.to(value.dtype)
+        return (fn(value[0]), *value[1:])
+    return fn(value)
 
 
 @contextlib.contextmanager
-def steering(model: Any, hook: str, vector: torch.Tensor) -> Iterator[None]:
-    """Within the block, ``vector`` (d,) is added at ``hook`` of the Hugging Face ``model`` at
-    every position of every forward pass (generation included)."""
+def intervening(
+    model: Any, hook: str, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Within the block, the activation ``x`` (..., d) at ``hook`` of the Hugging Face ``model``
+    is replaced by ``fn(x)`` at every position of every forward pass (generation included)."""
     module, kind = _hook_module(model, hook)
-    vec = vector.detach().to(next(model.parameters()).device)
     if kind == "output":
-        handle = module.register_forward_hook(lambda mod, args, out: _add(out, vec))
+        handle = module.register_forward_hook(lambda mod, args, out: _apply(out, fn))
     else:
 
         def pre(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if args:
-                return (_add(args[0], vec), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": _add(kwargs["hidden_states"], vec)}
+                return (_apply(args[0], fn), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": _apply(kwargs["hidden_states"], fn)}
 
         handle = module.register_forward_pre_hook(pre, with_kwargs=True)
     try:
         yield
     finally:
         handle.remove()
+
+
+def steering(model: Any, hook: str, vector: torch.Tensor) -> AbstractContextManager[None]:
+    """Within the block, ``vector`` (d,) is added at ``hook`` of the Hugging Face ``model``."""
+    vec = vector.detach().to(next(model.parameters()).device)
+    return intervening(model, hook, lambda x: x + vec.to(x.dtype))
+
+
+def ablating(model: Any, hook: str, sae: SAE, feature: int) -> AbstractContextManager[None]:
+    """Within the block, feature ``feature``'s part of the SAE's reconstruction,
+    ``encode(x)[F] * W_dec[F]``, is subtracted from the activation at ``hook`` (the rest of the
+    activation, the SAE's error included, is kept)."""
+    row = sae.W_dec[feature].detach()
+
+    def remove(x: torch.Tensor) -> torch.Tensor:
+        f = sae.encode(x)[..., feature : feature + 1].detach()
+        return x - (f * row).to(x.dtype)
+
+    return intervening(model, hook, remove)
 
 
 def check_feature(sae: SAE, feature: int, sae_dir: str | os.PathLike | None = None) -> None:
@@ -241,7 +270,8 @@ def steer_model(
     tokenizer: Any = None,
 ) -> LMSteerResult:
     """Complete ``cfg.prefixes`` test prefixes with and without ``cfg.alpha · W_dec[feature]``
-    added at the SAE's hook (same seed) and score both (see the module doc). A feature out of
+    added at the SAE's hook (with ``cfg.ablate``: the feature's part of the SAE's
+    reconstruction removed), same seed, and score both (see the module doc). A feature out of
     range or dead, or an SAE for another layer or width than the model, is refused in one line
     before any sampling. ``hf_model``/``tokenizer``: the model already loaded."""
     cfg = cfg or LMSteerConfig()
@@ -260,6 +290,11 @@ def steer_model(
     texts = load_texts(cfg.data, "test", model=model)
     prefix_ids = make_prefixes(texts, tokenizer, cfg.prefixes, cfg.prefix_tokens, seed=cfg.seed)
     vector = cfg.alpha * sae_obj.W_dec[feature].detach().float()
+    change = (
+        ablating(hf_model, hook, sae_obj, feature)
+        if cfg.ablate
+        else steering(hf_model, hook, vector)
+    )
 
     def sample() -> tuple[list[str], list[str]]:
         rollout = sample_completions(
@@ -273,13 +308,14 @@ def steer_model(
         return decode_rollout(tokenizer, rollout)
 
     prefixes, plain = sample()
-    with steering(hf_model, hook, vector):
+    with change:
         _, steered = sample()
     r_plain, r_steered = reward(prefixes, plain), reward(prefixes, steered)
     diffs = np.asarray(r_steered, dtype=np.float64) - np.asarray(r_plain, dtype=np.float64)
     return LMSteerResult(
         feature=feature,
         alpha=float(cfg.alpha),
+        ablate=cfg.ablate,
         hook=hook,
         n=len(prefixes),
         mean_reward_unsteered=float(np.mean(r_plain)),

@@ -182,6 +182,41 @@ def test_hf_steering_adds_what_transformer_lens_adds(random_lm_dir, point):
     torch.testing.assert_close(plain, ht(ids), atol=1e-4, rtol=1e-4)
 
 
+def test_hf_ablation_removes_what_transformer_lens_removes(random_lm_dir):
+    from rlsae.llm.models import load_model
+    from rlsae.llm.steer import ablating
+
+    model, tok = load_model(random_lm_dir)
+    ht, _, _ = hooked_model(random_lm_dir)
+    hook = "blocks.1.hook_resid_post"
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, arch="relu", hook_name=hook), seed=0)
+    ids = torch.tensor([tok(c, add_special_tokens=False)["input_ids"][:6] for c in CORPUS[:4]])
+    _, cache = ht.run_with_cache(ids, names_filter=hook)
+    feature = int((sae.encode(cache[hook]) > 0).sum((0, 1)).argmax())  # fires most often
+
+    def remove(a, hook):
+        return a - sae.encode(a)[..., feature : feature + 1] * sae.W_dec[feature]
+
+    with torch.no_grad(), ablating(model, hook, sae, feature):
+        ours = model(input_ids=ids).logits
+    with torch.no_grad():
+        theirs = ht.run_with_hooks(ids, fwd_hooks=[(hook, remove)])
+        plain = model(input_ids=ids).logits
+    assert (ours - plain).abs().max() > 1e-4
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_ablating_a_feature_that_never_fires_changes_nothing(tiny_model_dir, tmp_path):
+    sae = SAE(SAEConfig(d_in=128, d_sae=4, arch="relu", hook_name="blocks.2.hook_resid_post"))
+    with torch.no_grad():
+        sae.b_enc[1] = -1e6  # feature 1 never fires
+    cfg = LMSteerConfig(ablate=True, prefixes=20, max_new_tokens=12)
+    res = steer_model(tiny_model_dir, sae, 1, cfg)
+    assert res.ablate and res.changed == 0 and res.delta == 0.0
+    with pytest.raises(RlsaeError, match="alpha: not used with ablate"):
+        LMSteerConfig(ablate=True, alpha=1.0).validate()
+
+
 def test_alpha_zero_changes_no_completion(tiny_model_dir, tiny_sae):
     cfg = LMSteerConfig(alpha=0.0, prefixes=20, max_new_tokens=12)
     res = steer_model(tiny_model_dir, tiny_sae, 5, cfg)
@@ -249,7 +284,11 @@ def test_cli_steer(tiny_model_dir, tiny_sae, tmp_path, run_cli):
     assert (res.feature, res.alpha, res.n, res.hook) == (3, 2.0, 6, "blocks.3.hook_resid_post")
     code, out, _ = run_cli(*base, "--feature", "3", "--alpha", "0", *small, "--show", "1")
     assert code == 0 and "completions changed: 0 of 6" in out and out.count("  steered:") == 1
+    code, out, err = run_cli(*base, "--feature", "3", "--ablate", *small, "--show", "0")
+    assert code == 0 and "ablated" in out and "steered:" not in out, err
     for extra, message in [
+        (["--feature", "1"], "give --alpha A (add alpha x the feature's direction) or --ablate"),
+        (["--feature", "1", "--alpha", "1", "--ablate"], "give --alpha A"),
         (["--feature", "256", "--alpha", "1"], "--feature 256 is out of range"),
         (["--feature", "-1", "--alpha", "1"], "--feature"),
         (["--feature", "1", "--alpha", "nan"], "--alpha: expected a finite number"),
