@@ -33,6 +33,7 @@ from rlsae.analysis.fit import FitResult
 from rlsae.analysis.html import esc, html_table, num
 from rlsae.analysis.mmcs import SharedFeatures
 from rlsae.analysis.report_scores import score_section
+from rlsae.analysis.report_times import time_section
 from rlsae.analysis.utility import UtilityTables
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, read_json
@@ -359,6 +360,7 @@ def write_atari_report(run_dir: str | os.PathLike) -> Path:
         _training_curves(run_dir, df),
         _sae_section(run_dir, df),
         _prefix_section(analysis / "prefixes.csv"),
+        time_section(analysis / "stage_times.csv"),
         _study_section(info),
     ]
     name = str(info.get("study", run_dir.name))

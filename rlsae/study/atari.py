@@ -66,6 +66,7 @@ from rlsae.study.results import (
     TrainRun,
 )
 from rlsae.study.sweep import check_engine, make_engine
+from rlsae.study.times import write_stage_times
 
 STUDY_KIND = "atari-dead-features-study"
 STAGES = ("eval", "record", "sae", "live", "splice", "concepts")
@@ -459,8 +460,9 @@ def _coverage_fit(ctx: Context[StudyConfig], df: Any) -> tuple[FitResult | None,
 
 
 def report(ctx: Context[StudyConfig]) -> Report:
-    """``analysis/report.html``: the headline, the fit, the agents, the training curves."""
-
+    """``analysis/report.html``: the headline, the fit, the agents, the training curves, and
+    where the time went (``analysis/stage_times.csv``)."""
+    write_stage_times(ctx, ctx.run_dir / "analysis" / "stage_times.csv", skip=("report",))
     path = write_atari_report(ctx.run_dir)
     return Report(str(Path(path).relative_to(ctx.run_dir)))
 

@@ -181,6 +181,9 @@ class StageMarker(Artifact):
     finished: str
     result: dict[str, Any]
     """The stage's result artifact (its own ``format`` and ``version`` inside)."""
+    cpu_seconds: float | None = None
+    """CPU time of the process running the stage, all its threads (the emulators' and torch's)
+    together (``time.process_time``); ``None`` in markers written before it was kept."""
 
 
 @dataclass
@@ -374,7 +377,7 @@ class Context(Generic[C]):
         inputs = self.inputs(stage, name)
         if inputs is None:
             raise RlsaeError(f"stage {stage.name}: an earlier stage has not finished")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = stage.run(self) if unit is None else stage.run(self, unit)
         if not isinstance(result, stage.result):
             raise TypeError(f"stage {stage.name} returned {type(result).__name__}")
@@ -386,6 +389,7 @@ class Context(Generic[C]):
             seconds=time.perf_counter() - t0,
             finished=_now(),
             result=result.to_json(),
+            cpu_seconds=time.process_time() - c0,
         ).write(self.marker_path(stage.name, name))
 
 

@@ -334,3 +334,54 @@ def test_python_api_validates_like_the_files(tmp_path) -> None:
     with pytest.raises(Exception, match="may hold only"):
         atari.run_study(bad, tmp_path / "run", engine="serial")
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Where the time went
+
+
+def test_stage_times_are_the_markers_and_count_cpu_not_waiting(
+    tmp_path, external_agents, counted
+) -> None:
+    """Each stage's marker keeps its wall and CPU seconds: a stage that computes for 0.3 s of CPU
+    shows it, one that sleeps 0.3 s shows the wall time but almost no CPU; the study writes them
+    to analysis/stage_times.csv (one row per stage and unit, equal to the markers) and the
+    report's time table sums them per stage."""
+    import csv
+
+    study = counted["study"]
+    eval_stage = study.stage("eval")
+
+    def timed_eval(ctx: Context, spec):
+        if spec.name == "agent0":
+            t = time.process_time()
+            while time.process_time() - t < 0.3:
+                pass
+        elif spec.name == "agent1":
+            time.sleep(0.3)
+        return eval_stage.run(ctx, spec)
+
+    study = study.with_stage(replace(eval_stage, run=timed_eval))
+    cfg, run = _cfg(external_agents), tmp_path / "run"
+    atari.run_study(cfg, run, engine="serial", study=study)
+    rows = list(csv.DictReader((run / "analysis" / "stage_times.csv").open()))
+    by = {(r["stage"], r["unit"]): r for r in rows}
+    busy, idle = by[("eval", "agent0")], by[("eval", "agent1")]
+    assert float(busy["cpu_seconds"]) >= 0.29 and float(busy["seconds"]) >= 0.29
+    assert float(idle["seconds"]) >= 0.29 and float(idle["cpu_seconds"]) < 0.2
+    ctx = Context(study, cfg, run)
+    for r in rows:
+        m = ctx.marker(r["stage"], r["unit"] or None)
+        assert m is not None and r["kind"] == (study.stage(r["stage"]).per or "study")
+        assert float(r["seconds"]) == pytest.approx(m.seconds, abs=5e-4)
+        assert float(r["cpu_seconds"]) == pytest.approx(m.cpu_seconds, abs=5e-4)
+    # every finished stage but the report itself (no training runs here: train_steps 0), each
+    # agent once; no switched-off stage
+    done = {s.name for s in study.stages if not s.off(cfg) and (s.per is None or ctx.units(s.per))}
+    assert "train" not in done and len(done) > 5
+    done -= {"report"}
+    assert {r["stage"] for r in rows} == done
+    assert sum(r["stage"] == "eval" for r in rows) == len(external_agents)
+    html = (run / "analysis" / "report.html").read_text()
+    total = sum(float(r["cpu_seconds"]) for r in rows if r["stage"] == "eval")
+    assert "Where the time went" in html and f"<td>{total:.1f}</td>" in html
