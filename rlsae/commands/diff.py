@@ -291,3 +291,56 @@ def diff_pages(
     path = export_crosscoder_pages(crosscoder, base, tuned, out, top=top, shared=shared)
     pages = sorted(p.name for p in (path / "latents").iterdir())
     emit({"out": str(path), "index": str(path / "index.html"), "latent_pages": len(pages)}, as_json)
+
+
+@diff_app.command("checkpoints")
+def diff_checkpoints(
+    agent: Path = typer.Option(..., "--agent", help="Agent directory with checkpoints/step_N."),
+    acts: Path = typer.Option(
+        ..., "--acts", help="A recording (rlsae dqn record) whose states every checkpoint sees."
+    ),
+    out: Path = typer.Option(..., "--out", help="Directory for the stores and crosscoders."),
+    d_sae: int | None = _opt(CrosscoderConfig, TRAIN_OPTIONS, "d_sae"),
+    k: int = _opt(CrosscoderConfig, TRAIN_OPTIONS, "k"),
+    steps: int | None = _opt(CrosscoderConfig, TRAIN_OPTIONS, "steps"),
+    batch_size: int = _opt(CrosscoderConfig, TRAIN_OPTIONS, "batch_size"),
+    seed: int = _opt(CrosscoderConfig, TRAIN_OPTIONS, "seed"),
+    eval_episodes: int = typer.Option(
+        3, "--eval-episodes", help="Episodes per checkpoint's return."
+    ),
+    max_episode_steps: int | None = typer.Option(
+        None, "--max-episode-steps", help="Cut evaluation episodes at this many steps."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Crosscoders between consecutive checkpoints of one run on the same recorded states,
+    joined with each checkpoint's return: features that appear (tuned_only), vanish
+    (base_only) or persist (shared) over training."""
+    cfg = CrosscoderConfig(d_sae=d_sae, k=k, steps=steps, batch_size=batch_size, seed=seed)
+    cfg.validate("diff checkpoints")
+    check_range("diff checkpoints", "eval_episodes", eval_episodes, 1, 10_000)
+    if max_episode_steps is not None:
+        check_range("diff checkpoints", "max_episode_steps", max_episode_steps, 1, 10_000_000)
+    if not (acts / "meta.json").is_file():
+        raise RlsaeError(f"--acts: activation store {acts} not found")
+    if not agent.is_dir():
+        raise RlsaeError(f"--agent: agent directory {agent} not found")
+
+    from rlsae.agents.checkpoint_diff import checkpoint_crosscoders
+
+    res = checkpoint_crosscoders(
+        agent, acts, out, cfg, eval_episodes=eval_episodes,
+        max_episode_steps=max_episode_steps, progress=True,
+    )  # fmt: skip
+    if as_json:
+        emit(res.to_json(), True)
+        return
+    lines = [f"{len(res.checkpoints)} checkpoints of {res.agent} on {res.recording} ({res.layer})"]
+    lines.append("earlier  later  appeared  vanished  persisted  return change")
+    for p in res.pairs:
+        change = "-" if p.return_change is None else f"{p.return_change:+.1f}"
+        lines.append(
+            f"{p.earlier:7d}  {p.later:5d}  {p.counts['tuned_only']:8d}  "
+            f"{p.counts['base_only']:8d}  {p.counts['shared']:9d}  {change:>13}"
+        )
+    emit({}, False, "\n".join(lines))

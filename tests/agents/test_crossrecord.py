@@ -76,3 +76,33 @@ def test_cli_record_then_a_crosscoder_between_checkpoints(
     code, stdout, err = run_cli("diff", "record", "--on", tmp_path / "nope", "--agent", ckpt,
                                 "--out", tmp_path / "x")  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and "--on" in err and not (tmp_path / "x").exists()
+
+
+def test_consecutive_checkpoints_get_crosscoders_joined_with_their_returns(
+    poster_agent, poster_recording, tmp_path, run_cli
+):
+    import json
+
+    from rlsae.agents.checkpoint_diff import CheckpointCrosscoders
+
+    out = tmp_path / "ckpts"
+    code, stdout, err = run_cli(
+        "diff", "checkpoints", "--agent", poster_agent, "--acts", poster_recording, "--out", out,
+        "--d-sae", 64, "--k", 4, "--steps", 20, "--batch-size", 64, "--eval-episodes", 1,
+        "--max-episode-steps", 50, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    res = CheckpointCrosscoders.from_json(json.loads(stdout))
+    assert [c.step for c in res.checkpoints] == [100, 200] and res.layer == "fc1"
+    assert all(c.mean_return is not None for c in res.checkpoints)
+    (pair,) = res.pairs
+    assert (pair.earlier, pair.later) == (100, 200) and sum(pair.counts.values()) == 64
+    assert pair.return_change == res.checkpoints[1].mean_return - res.checkpoints[0].mean_return
+    assert CheckpointCrosscoders.read(out / "checkpoints.json") == res
+    # each checkpoint's store is row-aligned with the recording
+    assert PairedStore(out / "acts" / "step_100", poster_recording).rows == 240
+    code, stdout, err = run_cli(
+        "diff", "checkpoints", "--agent", poster_agent, "--acts", poster_recording, "--out", out,
+        "--eval-episodes", 0,
+    )  # fmt: skip
+    assert code == 2 and "eval_episodes" in err and err.count("\n") == 1
