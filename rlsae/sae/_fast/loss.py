@@ -410,8 +410,8 @@ class PrefixLossFunction(torch.autograd.Function):
     def backward(ctx, g_sses):
         vals, order, *saved = ctx.saved_tensors
         g_sorted = torch.zeros_like(vals)
-        g_W_dec: torch.Tensor | None = None
-        g_b_dec: torch.Tensor | None = None
+        g_W_dec = None
+        g_b_dec = None
         for p in range(len(saved) // 5):
             i_p, v_p, mask, e, gdot = saved[5 * p : 5 * p + 5]
             s = 2.0 * float(g_sses[p])
