@@ -35,6 +35,7 @@ from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.effects import check_sae
 from rlsae.agents.results import RecordedEpisode, SteerResult
 from rlsae.agents.rollout import StepBatch, play
+from rlsae.analysis.bootstrap import bootstrap_ci
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import read_json
 from rlsae.sae import load_sae
@@ -184,14 +185,6 @@ def action_shift(a: np.ndarray, b: np.ndarray, n_actions: int) -> tuple[float, f
     half = 0.5 * n_actions
     pa, pb = (ca + 0.5) / (ca.sum() + half), (cb + 0.5) / (cb.sum() + half)
     return tv, float((pa * np.log(pa / pb)).sum())
-
-
-def bootstrap_ci(diffs: np.ndarray, resamples: int, seed: int) -> list[float]:
-    """95% percentile interval of the mean of ``diffs`` over ``resamples`` resamples."""
-    rng = np.random.default_rng([int(seed), 4242])
-    idx = rng.integers(0, len(diffs), (resamples, len(diffs)))
-    means = diffs[idx].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def steer_features(

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from rlsae.analysis.bootstrap import bootstrap_ci
 from rlsae.artifacts import Artifact
 from rlsae.configs import from_mapping, to_mapping
 from rlsae.errors import RlsaeError
@@ -36,7 +37,6 @@ from rlsae.llm.generate import completion_mask, left_pad, position_ids
 from rlsae.llm.models import load_model
 from rlsae.llm.record import load_documents, tokenize_documents
 from rlsae.llm.rewards import UtilityReward, UtilityRewardConfig, UtilityTable
-from rlsae.llm.steer import bootstrap_mean_ci
 
 __all__ = [
     "AmplifyResult",
@@ -380,7 +380,7 @@ def amplify(
         mean_reward_amplified=float(np.mean(r_amp)),
         mean_reward_tuned=float(np.mean(r_tuned)),
         delta=float(diffs.mean()),
-        ci95=bootstrap_mean_ci(diffs, 1000, cfg.seed),
+        ci95=bootstrap_ci(diffs, 1000, cfg.seed),
         utility_amplified=float(sum(table.utility(c) for c in runs["amplified"])),
         utility_tuned=float(sum(table.utility(c) for c in runs["tuned"])),
         base=os.fspath(base),

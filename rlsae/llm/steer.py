@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from rlsae.analysis.bootstrap import bootstrap_ci
 from rlsae.artifacts import Artifact
 from rlsae.configs import from_mapping, to_mapping
 from rlsae.errors import RlsaeError
@@ -57,7 +58,6 @@ __all__ = [
     "LMSteerConfig",
     "LMSteerResult",
     "SteeredCompletion",
-    "bootstrap_mean_ci",
     "check_feature",
     "steer_model",
     "steering",
@@ -144,14 +144,6 @@ class LMSteerResult(Artifact):
             lines += [f"  prefix:    {c.prefix}", f"  unsteered: {c.unsteered}"]
             lines.append(f"  steered:   {c.steered}")
         return "\n".join(lines)
-
-
-def bootstrap_mean_ci(diffs: np.ndarray, resamples: int, seed: int) -> list[float]:
-    """95% percentile interval of the mean of ``diffs`` over ``resamples`` resamples."""
-    rng = np.random.default_rng([int(seed), 4242])
-    idx = rng.integers(0, len(diffs), (resamples, len(diffs)))
-    means = diffs[idx].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def _layers(model: Any) -> Any:
@@ -321,7 +313,7 @@ def steer_model(
         mean_reward_unsteered=float(np.mean(r_plain)),
         mean_reward_steered=float(np.mean(r_steered)),
         delta=float(diffs.mean()),
-        ci95=bootstrap_mean_ci(diffs, cfg.bootstrap, cfg.seed),
+        ci95=bootstrap_ci(diffs, cfg.bootstrap, cfg.seed),
         utility_unsteered=float(sum(table.utility(c) for c in plain)),
         utility_steered=float(sum(table.utility(c) for c in steered)),
         changed=sum(a != b for a, b in zip(plain, steered, strict=True)),
