@@ -362,3 +362,32 @@ def test_matryoshka_prefix_terms_float32_match_reference(path, monkeypatch):
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
     for ga, gb in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(ga.double(), gb, rtol=1e-3, atol=1e-5 * float(gb.abs().max()))
+
+
+def test_tied_matryoshka_loss_and_gradients_match_dense_reference():
+    """A tied Matryoshka SAE (encoder = decoder transpose): the prefix terms' decoder gradient
+    adds to the encoder's through the one weight matrix, as in the dense float64 reference."""
+    g = torch.Generator().manual_seed(2)
+    B, d, n, k, groups = 64, 12, 96, 5, [8, 24, 64]
+    cfg = SAEConfig(d_in=d, d_sae=n, arch="matryoshka", k=k, matryoshka_groups=groups, tied=True)
+    sae = SAE(cfg, seed=1).double()
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3, generator=g)
+        sae.b_dec.normal_(generator=g)
+    x = torch.randn(B, d, generator=g, dtype=torch.float64)
+    var = (x - x.mean(0)).pow(2).sum()
+    params = [sae.b_enc, sae.W_dec, sae.b_dec]
+    sse, _, vals, idx = topk_loss(
+        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k, None, 0, True, Workspace(), batch=True
+    )
+    loss = sse / var + _prefix_losses(sae, x, vals, idx, var, {})
+    grads = torch.autograd.grad(loss, params)
+    b_enc, W_dec, b_dec = [p.detach().clone().requires_grad_() for p in params]
+    recon, f, _ = naive_batchtopk_forward(x, W_dec.t(), b_enc, W_dec, b_dec, k)
+    ref = (recon - x).pow(2).sum() / var
+    for w in (8, 32):
+        ref = ref + (f[:, :w] @ W_dec[:w] + b_dec - x).pow(2).sum() / var
+    torch.testing.assert_close(loss, ref)
+    for ga, gb in zip(grads, torch.autograd.grad(ref, [b_enc, W_dec, b_dec]), strict=True):
+        assert gb.abs().sum() > 0
+        torch.testing.assert_close(ga, gb)
