@@ -34,6 +34,7 @@ from rlsae.analysis.html import esc, html_table, num
 from rlsae.analysis.mmcs import SharedFeatures
 from rlsae.analysis.report_scores import score_section
 from rlsae.analysis.report_times import time_section
+from rlsae.analysis.steer_table import STEER_FILE, SteerTable
 from rlsae.analysis.utility import UtilityTables
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes, read_json
@@ -498,6 +499,9 @@ def write_llm_report(
     if divergence_figure is not None:
         body.append("<h2>Layer divergence (Figure 3)</h2>" + figure_div(divergence_figure))
     body += [_mmcs_table(shared), _explanations(shared, utility)]
+    steer = Path(path).parent / STEER_FILE  # the study's steer stage, when on, runs before
+    if steer.is_file():
+        body.append(SteerTable.read(steer).html())
     return write_page(path, "rlsae: implicit reward model", "\n".join(body))
 
 

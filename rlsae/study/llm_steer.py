@@ -7,83 +7,25 @@ model (:func:`rlsae.llm.steer.steer_model`), ``alpha`` being ``scale`` times the
 hook's recorded activations, and scored with the study's reward against the unsteered
 completions of the same prefixes and seed. Off unless the study config has ``steer`` (a
 :class:`~rlsae.llm.causal_configs.StudySteerConfig`). Writes ``analysis/llm_steer.json`` (this
-stage's result) and the table ``analysis/llm_steer.md``.
+stage's result, :class:`~rlsae.analysis.steer_table.SteerTable`) and the table
+``analysis/llm_steer.md``; the model's ``report`` (after this stage) shows it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from rlsae.analysis.mmcs import SharedFeatures
-from rlsae.artifacts import Artifact
+from rlsae.analysis.steer_table import STEER_FILE, SteerRow, SteerTable
 from rlsae.fsutil import atomic_write_bytes
-from rlsae.llm.causal_configs import LMSteerConfig, StudySteerConfig
+from rlsae.llm.causal_configs import LMSteerConfig
 from rlsae.study.engine import Context, Stage
 from rlsae.study.llm_config import LLMStudyConfig
 from rlsae.study.results import BaseModel, SAEPairs, Stores, TunedModel
 
 SOURCES = ("base", "tuned")
-
-
-@dataclass
-class SteerRow:
-    """One feature of one model's SAE steered one way."""
-
-    model: str
-    """``base`` or ``tuned``: the model steered (its own SAE)."""
-    layer: int
-    """Block index."""
-    feature: int
-    """Feature of the small SAE."""
-    alpha: float
-    """Multiple of the decoder row added."""
-    mean_unsteered: float
-    """Mean reward of the unsteered completions."""
-    mean_steered: float
-    """Mean reward of the steered completions."""
-    delta: float
-    """mean_steered - mean_unsteered."""
-    ci95: list[float]
-    """95% paired bootstrap interval of delta."""
-    changed: int
-    """Completions that differ from the unsteered ones."""
-
-
-@dataclass
-class SteerTable(Artifact):
-    """The ``steer`` stage's result (``analysis/llm_steer.json``)."""
-
-    FORMAT: ClassVar[str] = "rlsae.llm_study_steer"
-    VERSION: ClassVar[int] = 1
-
-    config: StudySteerConfig
-    """The stage's settings."""
-    prefixes: int
-    """Prefixes per row."""
-    rows: list[SteerRow] = field(default_factory=list)
-    """Per model, layer, feature and sign of alpha."""
-
-    def markdown(self, label: str = "") -> str:
-        """The table of ``analysis/llm_steer.md``."""
-        lines = [
-            f"### Steering the top shared features{f' ({label})' if label else ''}",
-            "",
-            f"{self.prefixes} test prefixes per row; reward change steered - unsteered with its "
-            "95% paired bootstrap interval.",
-            "",
-            "| model | layer | feature | alpha | reward unsteered | steered | change [95% CI] |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in self.rows:
-            lines.append(
-                f"| {r.model} | {r.layer} | {r.feature} | {r.alpha:+.3g} | "
-                f"{r.mean_unsteered:.3f} | {r.mean_steered:.3f} | {r.delta:+.3f} "
-                f"[{r.ci95[0]:+.3f}, {r.ci95[1]:+.3f}] |"
-            )
-        return "\n".join(lines)
 
 
 def mean_norm(store_dir: str | Path, max_rows: int = 65536) -> float:
@@ -153,7 +95,7 @@ def steer_stage(ctx: Context[LLMStudyConfig], unit: Any) -> SteerTable:
         table=cfg.rlhf.table,
         classifier=cfg.rlhf.classifier,
     )
-    table = SteerTable(config=scfg, prefixes=scfg.prefixes)
+    table = SteerTable(features=scfg.features, scale=scfg.scale, prefixes=scfg.prefixes)
     for src in SOURCES:
         for key, hook in hooks.items():
             layer = int(key)
@@ -162,7 +104,7 @@ def steer_stage(ctx: Context[LLMStudyConfig], unit: Any) -> SteerTable:
             sae_dir = home / pairs.path(src, layer, "small")
             table.rows += steer_rows(refs[src], src, layer, sae_dir, feats, alpha, steer_cfg)
     analysis = home / "analysis"
-    table.write(analysis / "llm_steer.json")
+    table.write(analysis / STEER_FILE)
     atomic_write_bytes(analysis / "llm_steer.md", (table.markdown(unit.name) + "\n").encode())
     return table
 

@@ -327,6 +327,7 @@ def test_the_study_steer_stage_is_off_by_default_and_validated():
 
     (stage,) = [s for s in LLM.stages if s.name == "steer"]
     assert stage.per == "model" and "mmcs" in stage.after
+    assert "steer" in LLM.stage("report").after  # the report shows the table when it is on
     assert stage.off(LLMStudyConfig()) and not stage.off(LLMStudyConfig(steer=StudySteerConfig()))
     cfg = from_mapping(LLMStudyConfig, {"steer": {"features": 2, "scale": 0.5}}, "study.yaml")
     assert cfg.steer == StudySteerConfig(features=2, scale=0.5)
@@ -335,7 +336,8 @@ def test_the_study_steer_stage_is_off_by_default_and_validated():
 
 
 def test_study_steer_rows_push_the_reward_both_ways(tiny_model_dir, tiny_sae):
-    from rlsae.study.llm_steer import SteerTable, mean_norm, steer_rows
+    from rlsae.analysis.steer_table import SteerTable
+    from rlsae.study.llm_steer import mean_norm, steer_rows
 
     store = tiny_sae.parent / "acts" / f"blocks.{TINY_LAYER}.hook_resid_post"
     alpha = mean_norm(store)
@@ -353,17 +355,19 @@ def test_study_steer_rows_push_the_reward_both_ways(tiny_model_dir, tiny_sae):
     )
     assert down.mean_unsteered == up.mean_unsteered == direct.mean_reward_unsteered
     assert down.mean_steered == direct.mean_reward_steered
-    table = SteerTable(config=StudySteerConfig(), prefixes=200, rows=[up, down])
+    table = SteerTable(features=1, scale=1.0, prefixes=200, rows=[up, down])
     md = table.markdown("tiny")
     assert md.count("\n| base | 3 |") == 2 and f"{up.delta:+.3f}" in md
+    page = table.html()
+    assert page.count("<tr><td class='l'>base</td>") == 2 and f"{up.delta:+.3f}" in page
 
 
 @pytest.mark.slow
 def test_the_smoke_study_with_steer_runs_the_stage_and_resumes(tmp_path):
     import dataclasses
 
+    from rlsae.analysis.steer_table import SteerTable
     from rlsae.study.llm import resolve_config, run_llm_study
-    from rlsae.study.llm_steer import SteerTable
 
     cfg, _ = resolve_config("smoke")
     cfg = dataclasses.replace(cfg, steer=StudySteerConfig(features=2, prefixes=10))
@@ -376,6 +380,10 @@ def test_the_smoke_study_with_steer_runs_the_stage_and_resumes(tmp_path):
     assert {r.model for r in table.rows} == {"base", "tuned"}
     assert all(r.alpha == -table.rows[i - 1].alpha for i, r in enumerate(table.rows) if i % 2)
     md = (run / "analysis" / "llm_steer.md").read_text()
+    assert (
+        "<h2>Steering the top shared features</h2>"
+        in (run / "analysis" / "report.html").read_text()
+    )
     assert md.count("\n| base |") == md.count("\n| tuned |") == 2 * n_layers * 2
     again = run_llm_study(cfg, run, resume=True, progress=False)
     assert again["stages_run"] == 0 and again["stages_skipped"] == 11
