@@ -5,8 +5,12 @@ agents are ordinary agent directories), at 1, 4, 8 and 16 emulators: the steps/s
 ``evaluate_agent`` (greedy) and ``record_activations`` (fc1, epsilon 0.2), and the steps/s of the
 bare batched forward of the same network (``Agent.forward(obs, "fc1")``) at the same batch size
 and thread count, measured in the same run; ``eval_vs_floor`` and ``record_vs_floor`` are the
-ratios (issue 13's target: >= 0.7 at 8 envs). Prints one line per figure and, last, one JSON
-object. Never asserts on time.
+ratios (issue 13's target: >= 0.7 at 8 envs). Each row measures the plain play path
+(``plain_*``: a new vector env per call, lockstep RAM emulators stepped inline) and then the fast
+one (the default: the eval builds its emulators, the recording reuses them; the RAM emulators
+step in a worker thread during the forward pass) side by side, both after a warm-up that pays
+the one-time imports. Prints one line per figure and, last, one JSON object. Never asserts on
+time.
 
 Usage: ``python benchmarks/agent_play.py [--steps-per-env 150] [--envs 1 4 8 16]
 [--arch poster nature] [--threads 1]``.
@@ -53,22 +57,45 @@ def floor_rate(agent: Any, n: int, seconds: float) -> float:
     return rows / (time.perf_counter() - t0)
 
 
-def measure(arch: str, agent_dir: Path, n: int, steps_per_env: int, root: Path) -> dict:
-    from rlsae.agents.dqn import load_agent
+def set_path(fast: bool) -> None:
+    """The fast play path (``rollout.REUSE_EMULATORS``, ``rollout.OVERLAP_RAM``) or the plain
+    one; both play the same games (``tests/agents/test_play_speed.py``)."""
+    from rlsae.agents import rollout
+
+    if not fast:
+        rollout.close_idle_emulators()
+    rollout.REUSE_EMULATORS = rollout.OVERLAP_RAM = fast
+
+
+def play_rates(agent: Any, n: int, steps_per_env: int, root: Path, tag: str) -> tuple[float, float]:
+    """Steps/s of ``evaluate_agent`` then ``record_activations`` (fc1) on ``n`` envs."""
     from rlsae.agents.evaluate import evaluate_agent
     from rlsae.agents.record import record_activations
 
-    agent = load_agent(agent_dir)
     t0 = time.perf_counter()
     ev = evaluate_agent(agent, episodes=n, n_envs=n, max_episode_steps=steps_per_env)
     eval_rate = sum(ev.lengths) / (time.perf_counter() - t0)
-    out = root / f"rec-{arch}-{n}"
+    out = root / f"rec-{agent.arch}-{n}-{tag}"
     t0 = time.perf_counter()
     record_activations(
         agent, "fc1", n * steps_per_env, out, n_envs=n, max_episode_steps=steps_per_env,
         progress=False,
     )  # fmt: skip
     record_rate = n * steps_per_env / (time.perf_counter() - t0)
+    return eval_rate, record_rate
+
+
+def measure(arch: str, agent_dir: Path, n: int, steps_per_env: int, root: Path) -> dict:
+    """The plain path, then the fast path (its eval builds the emulators, its record reuses
+    them), then the floor: side by side in one run."""
+    from rlsae.agents.dqn import load_agent
+
+    agent = load_agent(agent_dir)
+    set_path(fast=False)
+    plain_eval, plain_record = play_rates(agent, n, steps_per_env, root, "plain")
+    set_path(fast=True)
+    eval_rate, record_rate = play_rates(agent, n, steps_per_env, root, "fast")
+    set_path(fast=False)  # the next row's fast eval builds its emulators again
     floor = floor_rate(agent, n, seconds=2.0)
     return {
         "arch": arch,
@@ -78,7 +105,18 @@ def measure(arch: str, agent_dir: Path, n: int, steps_per_env: int, root: Path) 
         "floor_steps_per_s": round(floor, 1),
         "eval_vs_floor": round(eval_rate / floor, 3),
         "record_vs_floor": round(record_rate / floor, 3),
+        "plain_eval_steps_per_s": round(plain_eval, 1),
+        "plain_record_steps_per_s": round(plain_record, 1),
+        "plain_eval_vs_floor": round(plain_eval / floor, 3),
+        "plain_record_vs_floor": round(plain_record / floor, 3),
     }
+
+
+def warm_up(agent_dir: Path, root: Path) -> None:
+    """One tiny eval and recording, so no row pays the one-time imports (pandas, pyarrow)."""
+    from rlsae.agents.dqn import load_agent
+
+    play_rates(load_agent(agent_dir), 1, 5, root, "warm-up")
 
 
 def main() -> None:
@@ -96,13 +134,17 @@ def main() -> None:
         root = Path(tmp)
         for arch in args.arch:
             agent_dir = make_agent(arch, root)
+            warm_up(agent_dir, root)
             for n in args.envs:
                 r = measure(arch, agent_dir, n, args.steps_per_env, root)
                 rows.append(r)
                 print(
                     f"{arch:6s} {n:3d} envs: eval {r['eval_steps_per_s']:8.1f}/s  record "
                     f"{r['record_steps_per_s']:8.1f}/s  floor {r['floor_steps_per_s']:8.1f}/s  "
-                    f"(eval {r['eval_vs_floor']:.2f}, record {r['record_vs_floor']:.2f} of it)",
+                    f"(eval {r['eval_vs_floor']:.2f}, record {r['record_vs_floor']:.2f} of it; "
+                    f"plain path: eval {r['plain_eval_steps_per_s']:.1f}/s "
+                    f"{r['plain_eval_vs_floor']:.2f}, record {r['plain_record_steps_per_s']:.1f}/s "
+                    f"{r['plain_record_vs_floor']:.2f})",
                     flush=True,
                 )
     print(

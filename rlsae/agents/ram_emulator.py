@@ -10,10 +10,12 @@ are not in ``episodes.json``). The decoding of the bytes is :mod:`rlsae.agents.r
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +44,18 @@ class RamRollout:
     """(n,) int the actions played (minimal-set indices); fewer than given at a game over."""
 
 
+@functools.lru_cache(maxsize=16)
+def _minimal_action_set(game: str) -> list[Any]:
+    """``game``'s minimal action set (ale-py ``Action`` values), from one ROM load."""
+    import ale_py
+    from ale_py import roms
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(str(roms.get_rom_path(game)))
+    return list(ale.getMinimalActionSet())
+
+
 class LockstepAle:
     """One ale-py ``ALEInterface`` that plays the game one sub-env of ``AtariVectorEnv`` plays,
     in lockstep, so its RAM is that sub-env's RAM (the vector env exposes none).
@@ -63,6 +77,7 @@ class LockstepAle:
         frameskip: int = 4,
         repeat_action_probability: float = 0.0,
         max_episode_frames: int = 108_000,
+        load: bool = True,
     ) -> None:
         import ale_py
         from ale_py import roms
@@ -74,8 +89,13 @@ class LockstepAle:
         self.frameskip = int(frameskip)
         self.ale.setFloat("repeat_action_probability", float(repeat_action_probability))
         self.ale.setInt("max_num_frames_per_episode", int(max_episode_frames))
-        self.ale.loadROM(self.rom)
-        self.actions = self.ale.getMinimalActionSet()
+        if load:
+            self.ale.loadROM(self.rom)
+            self.actions = self.ale.getMinimalActionSet()
+        else:
+            # a ROM load costs ~0.15 s (ale-py's PhosphorBlend palette), and every seeded
+            # :meth:`reset` loads it again anyway: with ``load=False`` the first reset does
+            self.actions = _minimal_action_set(game)
 
     def reset(self, seed: int, noops: int = 0) -> None:
         """A new game seeded ``seed``, then ``noops`` one-frame no-ops (as the vector env)."""
@@ -134,6 +154,7 @@ class LockstepRams:
                 frameskip=frameskip,
                 repeat_action_probability=repeat_action_probability,
                 max_episode_frames=max_episode_frames,
+                load=False,  # every env is reset (ROM loaded with its seed) before it plays
             )
             for _ in range(n_envs)
         ]

@@ -114,6 +114,8 @@ def _play_and_write(
         return q.numpy(), acts.reshape(acts.shape[0], -1).numpy()
 
     episodes: dict[int, RecordedEpisode] = {}
+    acts: list[np.ndarray] = []
+    ctx: list[dict[str, Any]] = []
     for b in play(
         agent.env_config,
         policy,
@@ -124,13 +126,17 @@ def _play_and_write(
         max_episode_steps=cfg.max_episode_steps,
         ram=True,
     ):
-        writer.append(b.extra, _context(b))
+        acts.append(b.extra)
+        ctx.append(_context(b))
+        if len(acts) >= APPEND_STEPS:
+            _append(writer, acts, ctx)
         for i, e in enumerate(b.episode.tolist()):
             ep = episodes.setdefault(e, RecordedEpisode(episode=e, seed=int(b.episode_seed[i])))
             ep.actions.append(int(b.action[i]))
             ep.score += float(b.reward[i])
             ep.complete = bool(b.episode_end[i])
         bar.update(len(b.episode))
+    _append(writer, acts, ctx)
     return EpisodeLog(
         env=agent.env_config,
         # the exact ale_py.vector_env.AtariVectorEnv(game, 1, **ale) settings
@@ -138,6 +144,25 @@ def _play_and_write(
         config=cfg,
         episodes=[episodes[e] for e in sorted(episodes)],
     )
+
+
+APPEND_STEPS = 64
+"""Steps gathered into one ``ActivationWriter.append`` (each append builds a DataFrame of the
+context, ~6 ms; the rows, shards and context table are the same whatever the grouping)."""
+
+
+def _append(writer: ActivationWriter, acts: list[np.ndarray], ctx: list[dict[str, Any]]) -> None:
+    """Append the gathered steps' rows in one block, then empty the lists."""
+    if not acts:
+        return
+    block = {
+        k: np.concatenate([c[k] for c in ctx]) if isinstance(ctx[0][k], np.ndarray)
+        else [v for c in ctx for v in c[k]]
+        for k in ctx[0]
+    }  # fmt: skip
+    writer.append(np.concatenate(acts), block)
+    acts.clear()
+    ctx.clear()
 
 
 def _context(b: StepBatch) -> dict[str, Any]:

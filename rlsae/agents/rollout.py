@@ -7,7 +7,11 @@ episode can be replayed from its seed and its action sequence (``rlsae.agents.re
 
 from __future__ import annotations
 
+import atexit
+import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,20 +101,24 @@ def play(
         raise ValueError("give episodes or max_total_steps")
     n_envs = max(1, min(n_envs, episodes or n_envs, max_total_steps or n_envs))
     rng = np.random.default_rng([int(seed), 7919])
-    env = AleVecEnv(cfg, n_envs, seed=None, autoreset=False)
+    env = _take_env(cfg, n_envs)
     slots = _Slots(n_envs, seed, episodes)
     rams = None
     if ram:
-        rams = LockstepRams(
-            n_envs, cfg.game, frameskip=cfg.frameskip,
-            repeat_action_probability=cfg.repeat_action_probability,
-            max_episode_frames=cfg.max_episode_frames,
+        rams = _Rams(
+            LockstepRams(
+                n_envs, cfg.game, frameskip=cfg.frameskip,
+                repeat_action_probability=cfg.repeat_action_probability,
+                max_episode_frames=cfg.max_episode_frames,
+            ),
+            OVERLAP_RAM,
         )  # fmt: skip
     try:
         obs = env.reset_with_seeds(slots.first_seeds())
         if rams is not None:
             on = np.flatnonzero(slots.active)
             rams.reset(on, slots.ep_seed[on], env.noops[on])
+            rams.read_ahead(on)
         total = 0
         while slots.active.any():
             idx = np.flatnonzero(slots.active)
@@ -130,8 +138,128 @@ def play(
             obs = next_obs
             if budget_left is not None and budget_left < slots.active.sum():
                 slots.keep_earliest(budget_left)
-    finally:
+            if rams is not None:
+                rams.read_ahead(np.flatnonzero(slots.active))
+        if rams is not None:
+            rams.finish()
+    except GeneratorExit:  # the consumer stopped between steps: the env is whole
+        _give_back_env(env)
+        raise
+    except BaseException:  # failed mid-step: do not reuse it
         env.close()
+        raise
+    else:
+        _give_back_env(env)
+    finally:
+        if rams is not None:
+            rams.close()
+
+
+OVERLAP_RAM = True
+"""Step the lockstep RAM emulators (``play(ram=True)``) in a worker thread, while the main
+thread runs the policy's forward pass (torch releases the GIL) and the consumer handles the
+step. The worker does, in order, exactly the calls the plain path makes (step with the actions
+taken, reset the restarted envs, read the RAM of the next step's active envs), so the RAM is the
+same; a reward mismatch is raised at the next step. False: in the main thread (the plain path).
+"""
+
+
+class _Rams:
+    """:class:`LockstepRams` driven in order, in a worker thread (``overlap``) or inline."""
+
+    def __init__(self, rams: LockstepRams, overlap: bool) -> None:
+        self.rams = rams
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="rlsae-ram") if overlap else None
+        self.pending: list[Future[Any]] = []
+        self.next_ram: Future[np.ndarray] | np.ndarray | None = None
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.pool is None:
+            return fn(*args)
+        fut = self.pool.submit(fn, *args)
+        self.pending.append(fut)
+        return fut
+
+    def reset(self, envs: Any, seeds: Any, noops: Any) -> None:
+        self._run(self.rams.reset, np.array(envs), np.array(seeds), np.array(noops))
+
+    def step(self, envs: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> None:
+        self._run(self.rams.step, envs.copy(), actions.copy(), rewards.copy())
+
+    def read_ahead(self, envs: np.ndarray) -> None:
+        """The RAM of ``envs`` once the calls before have run (taken by :meth:`ram`)."""
+        self.next_ram = self._run(self.rams.ram, envs.copy()) if len(envs) else None
+
+    def finish(self) -> None:
+        """Wait for every call so far; raises the first one's error."""
+        pending, self.pending = self.pending, []
+        for fut in pending:
+            fut.result()
+
+    def ram(self) -> np.ndarray:
+        """The RAM read by the last :meth:`read_ahead`."""
+        self.finish()
+        got = self.next_ram
+        assert got is not None
+        return got.result() if isinstance(got, Future) else got
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+REUSE_EMULATORS = True
+"""Keep a finished :func:`play`'s emulators for the next play with the same env settings and
+number of envs (in this process). Building ``AtariVectorEnv`` loads the ROM once per emulator
+(~0.15 s each, mostly ale-py's phosphor palette), and :func:`play` resets every emulator with
+its episode's seed before it plays (ale-py then reloads the ROM with that seed), so a reused
+emulator plays exactly the episodes a new one would (``tests/agents/test_play_speed.py``).
+False: a new vector env per play, closed at its end (the plain path)."""
+_IDLE: dict[str, AleVecEnv] = {}
+_IDLE_LOCK = threading.Lock()
+_MAX_IDLE = 4
+
+
+def _env_key(cfg: EnvConfig, n_envs: int) -> str:
+    return json.dumps([n_envs, cfg.to_dict()], sort_keys=True, default=str)
+
+
+def _take_env(cfg: EnvConfig, n_envs: int) -> AleVecEnv:
+    """An idle vector env of these settings, or a new one."""
+    if REUSE_EMULATORS:
+        with _IDLE_LOCK:
+            env = _IDLE.pop(_env_key(cfg, n_envs), None)
+        if env is not None:
+            env.cfg = cfg
+            return env
+    return AleVecEnv(cfg, n_envs, seed=None, autoreset=False)
+
+
+def _give_back_env(env: AleVecEnv) -> None:
+    """Keep ``env`` idle for the next :func:`play` (:data:`REUSE_EMULATORS`), or close it."""
+    if not REUSE_EMULATORS:
+        env.close()
+        return
+    key = _env_key(env.cfg, env.num_envs)
+    with _IDLE_LOCK:
+        old = _IDLE.pop(key, None)
+        _IDLE[key] = env
+        evicted = [_IDLE.pop(next(iter(_IDLE)))] if len(_IDLE) > _MAX_IDLE else []
+    for e in [old, *evicted]:
+        if e is not None:
+            e.close()
+
+
+def close_idle_emulators() -> None:
+    """Close the emulators :data:`REUSE_EMULATORS` keeps (also done at exit)."""
+    with _IDLE_LOCK:
+        envs = list(_IDLE.values())
+        _IDLE.clear()
+    for e in envs:
+        e.close()
+
+
+atexit.register(close_idle_emulators)
 
 
 class _Slots:
@@ -187,7 +315,7 @@ def _step(
     rng: np.random.Generator,
     epsilon: float,
     max_episode_steps: int | None,
-    rams: LockstepRams | None = None,
+    rams: _Rams | None = None,
 ) -> tuple[StepBatch, np.ndarray]:
     """One epsilon-greedy step of the active envs ``idx``: the batch and the next observations."""
     q, extra = policy(obs[idx])
@@ -198,7 +326,7 @@ def _step(
     action = np.where(explore, random_actions, greedy)
     full = np.zeros(env.num_envs, dtype=np.int64)
     full[idx] = action
-    ram = None if rams is None else rams.ram(idx)
+    ram = None if rams is None else rams.ram()
     next_obs, _, _, infos = env.step(full)
     raw = np.array([infos[i]["raw_reward"] for i in idx], dtype=np.float32)
     if rams is not None:
