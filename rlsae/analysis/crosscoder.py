@@ -4,7 +4,9 @@ classes coloured, as in Minder et al. 2025's figures; and the explained latents'
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rlsae.artifacts import Artifact
@@ -75,3 +77,51 @@ def norm_ratio_figure(info: LatentAnalysis, *, bins: int = 50, title: str = "") 
         margin={"l": 50, "r": 20, "t": 50, "b": 50},
     )
     return fig
+
+
+def crosscoder_section(home: str | os.PathLike, top: int = 5) -> str:
+    """The LM report's crosscoder section (nothing without ``home/crosscoders/*/latents.json``):
+    per layer, the latents per class; per explained class, how many were explained and their
+    mean |utility| (the paper's Table 3 question asked of the crosscoder: do the latents RLHF
+    added carry the reward's utility?); and the ``top`` tuned-only explanations."""
+    from rlsae.analysis.html import esc, html_table, num
+
+    home = Path(home)
+    rows, notes = [], []
+    for info_path in sorted(home.glob("crosscoders/*/latents.json")):
+        hook = info_path.parent.name
+        info = LatentAnalysis.read(info_path)
+        expl_path = info_path.parent / "explanations.json"
+        expl = CrosscoderExplanations.read(expl_path) if expl_path.is_file() else None
+        util: dict[str, list[float]] = {}
+        for e in expl.latents if expl else []:
+            util.setdefault(e.kind, []).append(e.utility)
+        cells = [esc(hook), *(esc(info.counts.get(c, 0)) for c in CLASSES)]
+        for kind in ("tuned_only", "base_only", "shared"):
+            vals = util.get(kind, [])
+            mean = sum(vals) / len(vals) if vals else None
+            cells.append(f"{len(vals)} / {num(mean, '.2f', '–')}")
+        rows.append(cells)
+        tuned = [e for e in (expl.latents if expl else []) if e.kind == "tuned_only"][:top]
+        if tuned:
+            items = "".join(
+                f"<li>latent {esc(e.latent)}: {esc(e.explanation)} (|utility| "
+                f"{num(e.utility, '.2f')})</li>"
+                for e in tuned
+            )
+            notes.append(f"<p>{esc(hook)}, tuned-only latents:</p><ul>{items}</ul>")
+    if not rows:
+        return ""
+    headers = [
+        "hook", *CLASSES,
+        "tuned-only explained / mean |utility|", "base-only …", "shared …",
+    ]  # fmt: skip
+    return (
+        "<h2>What RLHF added: the crosscoder</h2><p>One BatchTopK (or L1) crosscoder per chosen "
+        "layer on both models' activations at the same tokens; latents classed by decoder-norm "
+        "ratio and Latent Scaling (<code>rlsae diff latents</code>). The explained latents of "
+        "each class with the mean |utility| of their explanations under the study's utility "
+        "table, beside Tables 3 and 4 above. Files: <code>crosscoders/HOOK/</code>.</p>"
+        + html_table(headers, rows, left=("hook",))
+        + "".join(notes)
+    )

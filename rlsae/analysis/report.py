@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlsae.analysis.crosscoder import crosscoder_section
 from rlsae.analysis.figures import (
     curve_figure,
     figure_div,
@@ -502,6 +503,7 @@ def write_llm_report(
     steer = Path(path).parent / STEER_FILE  # the study's steer stage, when on, runs before
     if steer.is_file():
         body.append(SteerTable.read(steer).html())
+    body.append(crosscoder_section(Path(path).parent.parent))  # the diff stage, when on
     return write_page(path, "rlsae: implicit reward model", "\n".join(body))
 
 

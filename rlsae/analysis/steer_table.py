@@ -36,6 +36,13 @@ class SteerRow:
     """95% paired bootstrap interval of delta."""
     changed: int
     """Completions that differ from the unsteered ones."""
+    intervention: str = "add"
+    """``add``: alpha x the direction added at the hook; ``ablate``: the feature's part of the
+    SAE's reconstruction removed (alpha 0)."""
+    latents: str = "shared"
+    """Whose direction: ``shared`` (a top shared feature of the model's own small SAE) or
+    ``tuned_only`` / ``base_only`` (a crosscoder latent's unit decoder direction in that
+    model's side, the latent found by the study's ``diff`` stage)."""
 
 
 @dataclass
@@ -62,12 +69,13 @@ class SteerTable(Artifact):
             f"{self.prefixes} test prefixes per row; reward change steered - unsteered with its "
             "95% paired bootstrap interval.",
             "",
-            "| model | layer | feature | alpha | reward unsteered | steered | change [95% CI] |",
-            "|---|---|---|---|---|---|---|",
+            "| model | layer | latents | feature | change | reward unsteered | steered | "
+            "change [95% CI] |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
             lines.append(
-                f"| {r.model} | {r.layer} | {r.feature} | {r.alpha:+.3g} | "
+                f"| {r.model} | {r.layer} | {r.latents} | {r.feature} | {_what(r)} | "
                 f"{r.mean_unsteered:.3f} | {r.mean_steered:.3f} | {r.delta:+.3f} "
                 f"[{r.ci95[0]:+.3f}, {r.ci95[1]:+.3f}] |"
             )
@@ -75,13 +83,17 @@ class SteerTable(Artifact):
 
     def html(self) -> str:
         """The report's section."""
-        headers = ["model", "layer", "feature", "alpha", "unsteered", "steered", "change", "95% CI"]
+        headers = [
+            "model", "layer", "latents", "feature", "intervention", "unsteered", "steered",
+            "change", "95% CI",
+        ]  # fmt: skip
         rows = [
             [
                 esc(r.model),
                 esc(r.layer),
+                esc(r.latents),
                 esc(r.feature),
-                num(r.alpha, "+.3g"),
+                esc(_what(r)),
                 num(r.mean_unsteered, ".3f"),
                 num(r.mean_steered, ".3f"),
                 num(r.delta, "+.3f"),
@@ -92,8 +104,16 @@ class SteerTable(Artifact):
         return (
             "<h2>Steering the top shared features</h2>"
             f"<p>Each model's top {esc(self.features)} shared features per layer, pushed with "
-            f"±{num(self.scale, 'g')} × the hook's mean activation norm in that model; mean "
+            f"±{num(self.scale, 'g')} × the hook's mean activation norm in that model, and "
+            "ablated (its part of the SAE's reconstruction removed); with the study's crosscoder "
+            "(the diff stage), its top tuned-only and base-only latents' unit decoder directions "
+            "pushed the same way in each model. Mean "
             f"reward over {esc(self.prefixes)} test prefixes, steered against unsteered (same "
             "prefixes and seed), with the 95% paired bootstrap interval of the change.</p>"
             + html_table(headers, rows, left=("model",))
         )
+
+
+def _what(r: SteerRow) -> str:
+    """``ablate``, or the signed alpha added."""
+    return "ablate" if r.intervention == "ablate" else f"alpha {r.alpha:+.3g}"

@@ -24,6 +24,7 @@ the tests). Other hooks are refused in one line.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import time
@@ -269,7 +270,6 @@ def steer_model(
     cfg = cfg or LMSteerConfig()
     cfg.validate()
     t0 = time.time()
-    table = UtilityTable.load(cfg.table)
     sae_dir = None if isinstance(sae, SAE) else sae
     sae_obj = sae if isinstance(sae, SAE) else load_sae(sae)
     check_feature(sae_obj, feature, sae_dir)
@@ -277,16 +277,74 @@ def steer_model(
         hf_model, tokenizer = load_model(model)
     hook = sae_obj.cfg.hook_name
     _check_width(hf_model, sae_obj, hook)
+    row = sae_obj.W_dec[feature].detach().float()
+    change = (
+        ablating(hf_model, hook, sae_obj, feature)
+        if cfg.ablate
+        else steering(hf_model, hook, cfg.alpha * row)
+    )
+    res = _compare(model, hf_model, tokenizer, change, cfg)
+    return dataclasses.replace(
+        res,
+        feature=feature,
+        hook=hook,
+        decoder_norm=float(row.norm()),
+        sae=os.fspath(sae_dir) if sae_dir is not None else "",
+        seconds=time.time() - t0,
+    )
+
+
+def steer_direction(
+    model: str | os.PathLike,
+    hook: str,
+    direction: torch.Tensor,
+    cfg: LMSteerConfig,
+    *,
+    label: int = -1,
+    source: str = "",
+    hf_model: Any = None,
+    tokenizer: Any = None,
+) -> LMSteerResult:
+    """:func:`steer_model` for any direction (d,) — e.g. a crosscoder latent's decoder row in
+    one model: ``cfg.alpha · direction`` is added at ``hook``. ``label`` is recorded as the
+    result's ``feature`` and ``source`` as its ``sae``; ``cfg.ablate`` is refused (there is no
+    encoder to say how much of the direction is present)."""
+    cfg.validate()
+    if cfg.ablate:
+        raise RlsaeError("steering a bare direction cannot ablate it; give alpha instead")
+    t0 = time.time()
+    if hf_model is None or tokenizer is None:
+        hf_model, tokenizer = load_model(model)
+    _hook_module(hf_model, hook)  # a hook the model lacks or steering cannot reach: one line
+    d_model = int(getattr(hf_model.config, "hidden_size", 0) or 0)
+    vec = direction.detach().float().reshape(-1)
+    if d_model and vec.numel() != d_model:
+        raise RlsaeError(f"a direction of width {vec.numel()} for {hook} of width {d_model}")
+    res = _compare(model, hf_model, tokenizer, steering(hf_model, hook, cfg.alpha * vec), cfg)
+    return dataclasses.replace(
+        res,
+        feature=label,
+        hook=hook,
+        decoder_norm=float(vec.norm()),
+        sae=source,
+        seconds=time.time() - t0,
+    )
+
+
+def _compare(
+    model: str | os.PathLike,
+    hf_model: Any,
+    tokenizer: Any,
+    change: AbstractContextManager[None],
+    cfg: LMSteerConfig,
+) -> LMSteerResult:
+    """Complete the test prefixes without and then with ``change`` (same prefixes and seed) and
+    score both; the caller fills in what it steered (feature, hook, decoder norm, source)."""
+    table = UtilityTable.load(cfg.table)
     check_fits_context(hf_model, cfg.prefix_tokens, cfg.max_new_tokens)
     reward = _reward_fn(cfg)
     texts = load_texts(cfg.data, "test", model=model)
     prefix_ids = make_prefixes(texts, tokenizer, cfg.prefixes, cfg.prefix_tokens, seed=cfg.seed)
-    vector = cfg.alpha * sae_obj.W_dec[feature].detach().float()
-    change = (
-        ablating(hf_model, hook, sae_obj, feature)
-        if cfg.ablate
-        else steering(hf_model, hook, vector)
-    )
 
     def sample() -> tuple[list[str], list[str]]:
         rollout = sample_completions(
@@ -305,10 +363,10 @@ def steer_model(
     r_plain, r_steered = reward(prefixes, plain), reward(prefixes, steered)
     diffs = np.asarray(r_steered, dtype=np.float64) - np.asarray(r_plain, dtype=np.float64)
     return LMSteerResult(
-        feature=feature,
+        feature=-1,
         alpha=float(cfg.alpha),
         ablate=cfg.ablate,
-        hook=hook,
+        hook="",
         n=len(prefixes),
         mean_reward_unsteered=float(np.mean(r_plain)),
         mean_reward_steered=float(np.mean(r_steered)),
@@ -317,12 +375,10 @@ def steer_model(
         utility_unsteered=float(sum(table.utility(c) for c in plain)),
         utility_steered=float(sum(table.utility(c) for c in steered)),
         changed=sum(a != b for a, b in zip(plain, steered, strict=True)),
-        decoder_norm=float(sae_obj.W_dec[feature].detach().norm()),
+        decoder_norm=0.0,
         reward=cfg.reward,
         model=os.fspath(model),
-        sae=os.fspath(sae_dir) if sae_dir is not None else "",
         config=from_mapping(LMSteerConfig, to_mapping(cfg)),
-        seconds=time.time() - t0,
         completions=[
             SteeredCompletion(p, a, b, ra, rb)
             for p, a, b, ra, rb in zip(prefixes, plain, steered, r_plain, r_steered, strict=True)

@@ -486,9 +486,9 @@ LLM = Study(
         Stage("explain", explain, FilesWritten, after=("mmcs",), per="model"),
         Stage("score", score, FilesWritten, after=("pretrain", "rlhf"), per="model"),
         Stage("utility", utility, Tables, after=("explain", "score"), per="model"),
-        STEER_STAGE,
-        Stage("report", report, FilesWritten, after=("utility", "steer"), per="model"),
         DIFF_STAGE,
+        STEER_STAGE,
+        Stage("report", report, FilesWritten, after=("utility", "steer", "diff"), per="model"),
         Stage("tables", combine, Combined, after=("utility",)),
     ),
 )

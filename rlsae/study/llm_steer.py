@@ -4,8 +4,13 @@ For each model (base and tuned), each chosen layer and each of the small SAE's `
 shared features (the MMCS ranking of the ``mmcs`` stage), completions of test prefixes are
 sampled with ``+alpha`` and ``-alpha`` times the feature's decoder row added at the hook of that
 model (:func:`rlsae.llm.steer.steer_model`), ``alpha`` being ``scale`` times the mean norm of the
-hook's recorded activations, and scored with the study's reward against the unsteered
-completions of the same prefixes and seed. Off unless the study config has ``steer`` (a
+hook's recorded activations, and with the feature ablated (its part of the SAE's reconstruction
+removed), each scored with the study's reward against the unsteered completions of the same
+prefixes and seed. When the study's ``diff`` stage is on, the crosscoder's top ``features``
+tuned-only and base-only latents (by how often they fire) are pushed too: ``±alpha`` times the
+latent's unit decoder direction on the tuned (tuned-only) or base (base-only) side, in both
+models (:func:`rlsae.llm.steer.steer_direction`) — does a latent RLHF added raise the reward when
+pushed into the base model? Off unless the study config has ``steer`` (a
 :class:`~rlsae.llm.causal_configs.StudySteerConfig`). Writes ``analysis/llm_steer.json`` (this
 stage's result, :class:`~rlsae.analysis.steer_table.SteerTable`) and the table
 ``analysis/llm_steer.md``; the model's ``report`` (after this stage) shows it.
@@ -55,23 +60,66 @@ def steer_rows(
     sae = load_sae(sae_dir)
     rows = []
     for f in features:
+        for a, ablate in ((alpha, False), (-alpha, False), (0.0, True)):
+            cfg = dataclasses.replace(base_cfg, alpha=a, ablate=ablate)
+            res = steer_model(model, sae, f, cfg, hf_model=hf_model, tokenizer=tokenizer)
+            rows.append(_row(src, layer, f, res, "ablate" if ablate else "add", "shared"))
+    return rows
+
+
+def crosscoder_rows(
+    model: str,
+    src: str,
+    layer: int,
+    hook: str,
+    cc_dir: str | Path,
+    kind: str,
+    features: int,
+    alpha: float,
+    base_cfg: LMSteerConfig,
+) -> list[SteerRow]:
+    """Rows for the crosscoder's top ``features`` latents of ``kind`` (``tuned_only`` or
+    ``base_only``, by how often they fire), each latent's unit decoder direction on its own
+    side pushed with +alpha and -alpha at ``hook`` of ``model``."""
+    from rlsae.llm.models import load_model
+    from rlsae.llm.steer import steer_direction
+    from rlsae.sae.crosscoder import load_crosscoder
+    from rlsae.sae.latents import LatentAnalysis
+
+    info = LatentAnalysis.read(Path(cc_dir) / "latents.json")
+    chosen = sorted((r for r in info.latents if r.kind == kind), key=lambda r: -r.fires)
+    if not chosen[:features]:
+        return []
+    cc = load_crosscoder(cc_dir)
+    side = 1 if kind == "tuned_only" else 0
+    hf_model, tokenizer = load_model(model)
+    rows = []
+    for r in chosen[:features]:
+        d = cc.W_dec[side, r.latent].detach().float()
         for a in (alpha, -alpha):
             cfg = dataclasses.replace(base_cfg, alpha=a)
-            res = steer_model(model, sae, f, cfg, hf_model=hf_model, tokenizer=tokenizer)
-            rows.append(
-                SteerRow(
-                    model=src,
-                    layer=layer,
-                    feature=f,
-                    alpha=a,
-                    mean_unsteered=res.mean_reward_unsteered,
-                    mean_steered=res.mean_reward_steered,
-                    delta=res.delta,
-                    ci95=res.ci95,
-                    changed=res.changed,
-                )
-            )
+            res = steer_direction(
+                model, hook, d / d.norm(), cfg, label=r.latent, source=str(cc_dir),
+                hf_model=hf_model, tokenizer=tokenizer,
+            )  # fmt: skip
+            rows.append(_row(src, layer, r.latent, res, "add", kind))
     return rows
+
+
+def _row(src: str, layer: int, feature: int, res: Any, intervention: str, latents: str) -> SteerRow:
+    return SteerRow(
+        model=src,
+        layer=layer,
+        feature=feature,
+        alpha=res.alpha,
+        mean_unsteered=res.mean_reward_unsteered,
+        mean_steered=res.mean_reward_steered,
+        delta=res.delta,
+        ci95=res.ci95,
+        changed=res.changed,
+        intervention=intervention,
+        latents=latents,
+    )
 
 
 def steer_stage(ctx: Context[LLMStudyConfig], unit: Any) -> SteerTable:
@@ -103,6 +151,12 @@ def steer_stage(ctx: Context[LLMStudyConfig], unit: Any) -> SteerTable:
             alpha = scfg.scale * mean_norm(home / "acts" / src / hook)
             sae_dir = home / pairs.path(src, layer, "small")
             table.rows += steer_rows(refs[src], src, layer, sae_dir, feats, alpha, steer_cfg)
+            if cfg.diff is not None:
+                cc_dir = home / "crosscoders" / hook
+                for kind in ("tuned_only", "base_only"):
+                    table.rows += crosscoder_rows(
+                        refs[src], src, layer, hook, cc_dir, kind, scfg.features, alpha, steer_cfg
+                    )
     analysis = home / "analysis"
     table.write(analysis / STEER_FILE)
     atomic_write_bytes(analysis / "llm_steer.md", (table.markdown(unit.name) + "\n").encode())
@@ -118,7 +172,7 @@ STEER_STAGE = Stage(
     "steer",
     steer_stage,
     SteerTable,
-    after=("pretrain", "rlhf", "record", "saes", "mmcs"),
+    after=("pretrain", "rlhf", "record", "saes", "mmcs", "diff"),
     per="model",
     skip_if=no_steer,
 )

@@ -344,8 +344,20 @@ def test_study_steer_rows_push_the_reward_both_ways(tiny_model_dir, tiny_sae):
     assert 15 < alpha < 30  # the scale of STEER_ALPHA
     feature = positive_feature(tiny_model_dir, tiny_sae)
     cfg = LMSteerConfig(prefixes=200, max_new_tokens=20)
-    up, down = steer_rows(str(tiny_model_dir), "base", TINY_LAYER, tiny_sae, [feature], alpha, cfg)
+    rows = steer_rows(str(tiny_model_dir), "base", TINY_LAYER, tiny_sae, [feature], alpha, cfg)
+    up, down, ablated = rows
     assert (up.alpha, down.alpha) == (alpha, -alpha) and up.feature == feature
+    assert [r.intervention for r in rows] == ["add", "add", "ablate"]
+    assert {r.latents for r in rows} == {"shared"} and ablated.alpha == 0.0
+    removed = steer_model(
+        tiny_model_dir,
+        tiny_sae,
+        feature,
+        LMSteerConfig(ablate=True, prefixes=200, max_new_tokens=20),
+    )
+    assert (ablated.mean_steered, ablated.delta, ablated.changed) == (
+        removed.mean_reward_steered, removed.delta, removed.changed
+    )  # fmt: skip
     assert up.delta > 0.1 and up.ci95[0] > 0 and down.delta < 0, (up, down)
     direct = steer_model(
         tiny_model_dir,
@@ -355,11 +367,76 @@ def test_study_steer_rows_push_the_reward_both_ways(tiny_model_dir, tiny_sae):
     )
     assert down.mean_unsteered == up.mean_unsteered == direct.mean_reward_unsteered
     assert down.mean_steered == direct.mean_reward_steered
-    table = SteerTable(features=1, scale=1.0, prefixes=200, rows=[up, down])
+    table = SteerTable(features=1, scale=1.0, prefixes=200, rows=rows)
     md = table.markdown("tiny")
-    assert md.count("\n| base | 3 |") == 2 and f"{up.delta:+.3f}" in md
+    assert md.count("\n| base | 3 | shared |") == 3 and f"{up.delta:+.3f}" in md
+    assert md.count("| ablate |") == 1 and f"| alpha {-alpha:+.3g} |" in md
     page = table.html()
-    assert page.count("<tr><td class='l'>base</td>") == 2 and f"{up.delta:+.3f}" in page
+    assert page.count("<tr><td class='l'>base</td>") == 3 and f"{up.delta:+.3f}" in page
+
+
+def test_steering_a_direction_equals_steering_the_feature(tiny_model_dir, tiny_sae):
+    """steer_direction with a feature's decoder row is steer_model on that feature; a
+    crosscoder's tuned-only latent is steered along its unit tuned decoder direction, the
+    most-firing one of its class first, both ways."""
+    from rlsae.llm.steer import steer_direction
+    from rlsae.sae.crosscoder import Crosscoder, CrosscoderSpec
+    from rlsae.sae.crosscoder_config import LatentConfig
+    from rlsae.sae.latents import LatentAnalysis, LatentRow
+    from rlsae.sae.model import load_sae
+    from rlsae.study.llm_steer import crosscoder_rows
+
+    sae = load_sae(tiny_sae)
+    feature = positive_feature(tiny_model_dir, tiny_sae)
+    row, hook = sae.W_dec[feature].detach().float(), sae.cfg.hook_name
+    cfg = LMSteerConfig(alpha=STEER_ALPHA, prefixes=40, max_new_tokens=12)
+    by_feature = steer_model(tiny_model_dir, tiny_sae, feature, cfg)
+    by_direction = steer_direction(tiny_model_dir, hook, row, cfg, label=feature)
+    assert by_direction.completions == by_feature.completions
+    assert by_direction.delta == by_feature.delta and by_direction.feature == feature
+    with pytest.raises(RlsaeError, match="cannot ablate"):
+        steer_direction(tiny_model_dir, hook, row, LMSteerConfig(ablate=True))
+    with pytest.raises(RlsaeError, match="a direction of width 3"):
+        steer_direction(tiny_model_dir, hook, row[:3], cfg)
+
+    # a crosscoder whose tuned-only latents point along the feature (latent 2 fires most)
+    cc = Crosscoder(CrosscoderSpec(d_in=row.numel(), d_sae=3, hook_name=hook))
+    with torch.no_grad():
+        cc.W_dec[1, 1] = -row
+        cc.W_dec[1, 2] = 3.0 * row
+        cc.W_dec[0, 0] = cc.W_dec[1, 0] = row
+    out = cc.save(tiny_sae.parent / "cc")
+
+    def latent(j: int, kind: str, fires: int) -> LatentRow:
+        return LatentRow(j, kind, 1.0, 1.0, 0.5, 1.0, fires, *([None] * 6))
+
+    LatentAnalysis(
+        LatentConfig(), 3, 100, {"shared": 1, "tuned_only": 2},
+        [latent(0, "shared", 50), latent(1, "tuned_only", 3), latent(2, "tuned_only", 9)],
+    ).write(out / "latents.json")  # fmt: skip
+    base_cfg = LMSteerConfig(prefixes=40, max_new_tokens=12)
+    rows = crosscoder_rows(
+        str(tiny_model_dir), "base", TINY_LAYER, hook, out, "tuned_only", 1, STEER_ALPHA, base_cfg
+    )
+    unit = steer_direction(tiny_model_dir, hook, row / row.norm(), cfg, label=2)
+    assert [(r.feature, r.alpha, r.latents) for r in rows] == [
+        (2, STEER_ALPHA, "tuned_only"), (2, -STEER_ALPHA, "tuned_only")
+    ]  # fmt: skip
+    assert (rows[0].delta, rows[0].changed) == (unit.delta, unit.changed)
+    assert (
+        crosscoder_rows(
+            str(tiny_model_dir),
+            "base",
+            TINY_LAYER,
+            hook,
+            out,
+            "base_only",
+            1,
+            STEER_ALPHA,
+            base_cfg,
+        )
+        == []
+    )
 
 
 @pytest.mark.slow
@@ -376,14 +453,16 @@ def test_the_smoke_study_with_steer_runs_the_stage_and_resumes(tmp_path):
     assert res["stages_run"] == 11
     table = SteerTable.read(run / "analysis" / "llm_steer.json")
     n_layers = len(res["layers"])
-    assert len(table.rows) == 2 * n_layers * 2 * 2  # models x layers x features x signs
+    assert len(table.rows) == 2 * n_layers * 2 * 3  # models x layers x features x (+, -, ablate)
     assert {r.model for r in table.rows} == {"base", "tuned"}
-    assert all(r.alpha == -table.rows[i - 1].alpha for i, r in enumerate(table.rows) if i % 2)
+    for up, down, ablated in zip(*[iter(table.rows)] * 3, strict=True):  # per feature
+        assert up.feature == down.feature == ablated.feature and up.alpha == -down.alpha > 0
+        assert ablated.intervention == "ablate" and ablated.alpha == 0
     md = (run / "analysis" / "llm_steer.md").read_text()
     assert (
         "<h2>Steering the top shared features</h2>"
         in (run / "analysis" / "report.html").read_text()
     )
-    assert md.count("\n| base |") == md.count("\n| tuned |") == 2 * n_layers * 2
+    assert md.count("\n| base |") == md.count("\n| tuned |") == 3 * n_layers * 2
     again = run_llm_study(cfg, run, resume=True, progress=False)
     assert again["stages_run"] == 0 and again["stages_skipped"] == 11

@@ -83,6 +83,16 @@ def test_a_layer_is_trained_classified_explained_and_scored(tmp_path, one_thread
     assert groups["tuned_only"].n == len(tuned)
     assert groups["tuned_only"].summed == pytest.approx(sum(e.utility for e in tuned))
     assert groups["shared"].n <= 5
+    # the report's section: counts per class and the mean |utility| per explained class
+    from rlsae.analysis.crosscoder import crosscoder_section
+
+    html = crosscoder_section(tmp_path)
+    cells = f"<td>{HOOK}</td>" + "".join(
+        f"<td>{layer.counts[c]}</td>" for c in ("shared", "base_only", "tuned_only", "artefact")
+    )
+    mean = sum(e.utility for e in tuned) / len(tuned)
+    assert cells in html.replace("<td class='l'>", "<td>") and f"{len(tuned)} / {mean:.2f}" in html
+    assert html.count("<li>latent ") == min(5, len(tuned)) and crosscoder_section(out) == ""
     # resumed: the crosscoder is loaded, not retrained
     before = (out / "crosscoder_weights.safetensors").stat().st_mtime_ns
     again = diff_layer(tmp_path, 1, HOOK, cfg, table=str(table), utility_k=5)
@@ -114,6 +124,8 @@ def test_the_smoke_study_with_diff_runs_the_stage_and_resumes_without_it(tmp_pat
         "cfg.json", "crosscoder_weights.safetensors", "training.json", "latents.json",
         "norm_ratios.html", "explanations.json",
     }  # fmt: skip
+    report = (run / "analysis" / "report.html").read_text()
+    assert "What RLHF added: the crosscoder" in report  # beside Tables 3 and 4
     again = run_llm_study(cfg, run, resume=True, progress=False)
     assert again["stages_run"] == 0 and again["stages_skipped"] == 11
     assert again["diff"] == res["diff"]
