@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -259,7 +260,18 @@ def close_idle_emulators() -> None:
         e.close()
 
 
+def _forget_in_child() -> None:
+    """A forked child must not use (or close) the parent's emulators: their C++ threads stayed in
+    the parent. They are kept referenced, never destroyed, in the child."""
+    global _IDLE_LOCK
+    _IDLE_LOCK = threading.Lock()
+    _ORPHANS.extend(_IDLE.values())
+    _IDLE.clear()
+
+
+_ORPHANS: list[AleVecEnv] = []
 atexit.register(close_idle_emulators)
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class _Slots:
@@ -318,7 +330,9 @@ def _step(
     rams: _Rams | None = None,
 ) -> tuple[StepBatch, np.ndarray]:
     """One epsilon-greedy step of the active envs ``idx``: the batch and the next observations."""
-    q, extra = policy(obs[idx])
+    # every env step and reset returns new arrays, so all-active steps need no copy of the frames
+    sel = obs if len(idx) == len(obs) else obs[idx]
+    q, extra = policy(sel)
     q = np.asarray(q)
     greedy = q.argmax(axis=1)
     explore = rng.random(len(idx)) < epsilon
@@ -340,7 +354,7 @@ def _step(
         episode=slots.ep[idx].copy(),
         episode_seed=slots.ep_seed[idx].copy(),
         step=slots.ep_step[idx] - 1,
-        obs=obs[idx],
+        obs=sel,
         action=action,
         greedy_action=greedy,
         q=q,
