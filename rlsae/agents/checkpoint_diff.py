@@ -14,60 +14,25 @@ so an interrupted call continues where it stopped.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from rlsae.agents.agent_dir import list_checkpoints
 from rlsae.agents.crossrecord import record_on_recording
 from rlsae.agents.dqn import load_agent
 from rlsae.agents.evaluate import evaluate_agent
-from rlsae.artifacts import Artifact
+from rlsae.analysis.checkpoint_diffs import CheckpointCrosscoders, CheckpointEntry, CheckpointPair
 from rlsae.errors import RlsaeError
 from rlsae.sae.crosscoder_config import CrosscoderConfig
 from rlsae.sae.crosscoder_train import TRAINING, CrosscoderRecord, train_crosscoder
 from rlsae.sae.latents import analyse_latents
 from rlsae.sae.paired import PairedStore
 
-
-@dataclass
-class CheckpointEntry:
-    """One checkpoint: its training step, return and store of activations."""
-
-    step: int
-    mean_return: float | None
-    """Mean return over the evaluation episodes (None: not evaluated)."""
-    store: str
-    """Its activations on the recording's states, relative to ``out``."""
-
-
-@dataclass
-class CheckpointPair:
-    """The crosscoder between two consecutive checkpoints."""
-
-    earlier: int
-    later: int
-    crosscoder: str
-    """Relative to ``out``."""
-    counts: dict[str, int]
-    """Latents per class: tuned_only = appeared, base_only = vanished, shared = persisted."""
-    fvu_earlier: float
-    fvu_later: float
-    return_change: float | None
-    """Later mean return minus earlier (None: not evaluated)."""
-
-
-@dataclass
-class CheckpointCrosscoders(Artifact):
-    """``checkpoints.json``: consecutive checkpoints' crosscoders joined with their returns."""
-
-    FORMAT: ClassVar[str] = "rlsae.checkpoint_crosscoders"
-    VERSION: ClassVar[int] = 1
-    agent: str
-    recording: str
-    layer: str
-    checkpoints: list[CheckpointEntry] = field(default_factory=list)
-    pairs: list[CheckpointPair] = field(default_factory=list)
+__all__ = [
+    "CheckpointCrosscoders",
+    "CheckpointEntry",
+    "CheckpointPair",
+    "checkpoint_crosscoders",
+]
 
 
 def checkpoint_crosscoders(

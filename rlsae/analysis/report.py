@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlsae.analysis.checkpoint_diffs import checkpoint_diff_section
 from rlsae.analysis.crosscoder import crosscoder_section
 from rlsae.analysis.figures import (
     curve_figure,
@@ -362,6 +363,7 @@ def write_atari_report(run_dir: str | os.PathLike) -> Path:
         _training_curves(run_dir, df),
         _sae_section(run_dir, df),
         _prefix_section(analysis / "prefixes.csv"),
+        checkpoint_diff_section(run_dir),
         time_section(analysis / "stage_times.csv"),
         _study_section(info),
     ]

@@ -10,7 +10,8 @@ in :mod:`rlsae.study.presets`. The stages, in order:
   SAE on them), ``live`` (latents that fire at least ``live_threshold`` times over the recorded
   rows), ``splice`` (returns with the SAE's reconstruction in place of the layer) and
   ``concepts`` (which Ms. Pac-Man game-state concepts the SAE's features encode, from the RAM;
-  ``SAE_DIR/concepts.json`` and the SAE's coverage);
+  ``SAE_DIR/concepts.json`` and the SAE's coverage); ``sweep``, ``diff``, ``prefixes`` and
+  ``import`` are optional, in ``atari_*`` modules;
 - once per study: ``table`` (``analysis/agents.csv``), ``fit`` (live features vs mean return,
   ``analysis/fit_live_vs_return.{json,html}``, and concept coverage vs mean return,
   ``analysis/fit_coverage_vs_return.json``) and ``report`` (``analysis/report.html``).
@@ -18,11 +19,9 @@ in :mod:`rlsae.study.presets`. The stages, in order:
 Each finished stage leaves its marker (``analysis/runs/RUN/train.json``,
 ``analysis/agents/AGENT/STAGE.json``, ``analysis/stages/STAGE.json``) holding its typed result.
 
-Each stage imports the parts it drives inside its function: they load torch, SB3 or the
-emulator, which a finished study resumed (or a refused config) never needs.
-
-Entry points: :func:`run_atari_pipeline` (a preset or a config file) and :func:`run_study`
-(a :class:`StudyConfig`, with a choice of executor: serial, a local process pool, or Ray).
+Each stage imports torch, SB3 or the emulator inside its function (a resume or a refused config
+never loads them). Entry points: :func:`run_atari_pipeline` (a preset or a config file) and
+:func:`run_study` (a :class:`StudyConfig`; executor serial, a local process pool, or Ray).
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ from rlsae.fsutil import atomic_write_bytes, read_json
 from rlsae.sae.config import TrainConfig
 from rlsae.study import atari_imports as imports
 from rlsae.study.atari_config import StudyConfig, acts_dir, expand_agent_dirs, sae_dir
+from rlsae.study.atari_diff import DIFF
 from rlsae.study.atari_prefixes import PrefixCurves, no_prefixes, prefixes
 from rlsae.study.atari_sweep import SWEEP
 from rlsae.study.engine import Context, Stage, Study, Units, load_config
@@ -491,10 +491,11 @@ ATARI = Study(
         Stage("splice", splice, SpliceResult, after=("sae",), per="agent", skip_if=_no_splice),
         Stage("concepts", concepts, AgentConcepts, after=("sae",), per="agent"),
         SWEEP,
+        DIFF,
         Stage("table", agents_table, AgentsTable, after=("eval", "live", "splice", "concepts")),
         Stage("fit", fit, FitOutcome, after=("table",)),
         Stage("prefixes", prefixes, PrefixCurves, after=("sae", "splice"), skip_if=no_prefixes),
-        Stage("report", report, Report, after=("table", "fit", "prefixes")),
+        Stage("report", report, Report, after=("table", "fit", "prefixes", "diff")),
     ),
 )
 

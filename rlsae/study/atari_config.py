@@ -33,6 +33,7 @@ from rlsae.agents.survey_config import SurveyConfig
 from rlsae.configs import check_range, from_mapping
 from rlsae.errors import RlsaeError
 from rlsae.sae.config import TRAIN_ARCHS, TrainConfig
+from rlsae.sae.crosscoder_config import CrosscoderConfig
 
 
 @dataclass
@@ -172,6 +173,11 @@ class StudyConfig:
     """What one agent's task asks of the executor."""
     fit: FitConfig = field(default_factory=FitConfig)
     """The fit across agents."""
+    diff: CrosscoderConfig | None = None
+    """The ``diff`` stage (``rlsae.study.atari_diff``): per training run, a crosscoder between
+    each pair of consecutive checkpoints on the same recorded states (features that appear,
+    vanish or persist over training, joined with the returns); off when absent. Needs
+    ``population.checkpoint_every``."""
 
     def validate(self, where: str = "config") -> None:
         """Ranges and cross-field rules; the first problem is one line ``where: key: what``."""
@@ -205,6 +211,13 @@ class StudyConfig:
         check_range(where, "resources.cpus", res.cpus, 0)
         check_range(where, "resources.gpus", res.gpus, 0)
         check_range(where, "fit.bootstrap", self.fit.bootstrap, 0)
+        if self.diff is not None:
+            self.diff.validate(f"{where}: diff")
+            if not self.population.checkpoint_every or not self.population.train_steps:
+                raise RlsaeError(
+                    f"{where}: diff: compares consecutive checkpoints of the study's training "
+                    "runs; set population.train_steps and population.checkpoint_every"
+                )
 
 
 def _check_population(p: PopulationConfig, where: str) -> None:
