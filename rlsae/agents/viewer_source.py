@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,28 @@ def add_interventions(view: StoreView, out: StorePages) -> None:
             out.notes.append(f"ablation sweep: no frames ({first_line(e)})")
     for f, iv in ivs.items():
         out.features.setdefault(f, FeatureExtras()).intervention = iv
+
+
+def store_row_frames(store_dir: str | Path, rows: Sequence[int]) -> dict[int, bytes]:
+    """The PNG game frame of each store row, replayed from the store's ``episodes.json`` (each
+    episode once, :func:`rlsae.agents.replay.replay_frames`): the ``frames`` of
+    ``rlsae.viewer.crosscoder.export_crosscoder_pages`` for agent crosscoders (bind the store
+    with ``functools.partial``). Raises RlsaeError when the store has no episode/step context."""
+    from rlsae.agents.replay import replay_frames
+    from rlsae.sae.store import ActivationStore
+
+    context = ActivationStore(store_dir).context()
+    if context is None or not {"episode", "step"} <= set(context.columns):
+        raise RlsaeError(f"{store_dir}: the store has no episode/step context to replay")
+    eps, stp = context["episode"].to_numpy(), context["step"].to_numpy()
+    by_episode: dict[int, list[int]] = defaultdict(list)
+    for r in rows:
+        by_episode[int(eps[r])].append(int(r))
+    out: dict[int, bytes] = {}
+    for ep, rs in sorted(by_episode.items()):
+        shots = replay_frames(store_dir, ep, [int(stp[r]) for r in rs])
+        out.update((r, png_bytes(shot)) for r, shot in zip(rs, shots, strict=True))
+    return out
 
 
 def viewer_source() -> AgentViewerSource:

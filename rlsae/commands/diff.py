@@ -274,7 +274,8 @@ def diff_pages(
 ) -> None:
     """Static pages of a crosscoder's latents: the norm-ratio histogram with the classes
     coloured, and per model-only, artefact and top shared latent its norms, cosine, betas, nu,
-    contribution histograms and top rows in both models side by side."""
+    contribution histograms and top rows in both models side by side (for agent stores each
+    row's game frame, replayed from the recording)."""
     check_range("diff pages", "top", top, 1)
     check_range("diff pages", "shared", shared, 1, 2**26)  # at most the largest d_sae
     if not crosscoder.is_dir():
@@ -288,9 +289,25 @@ def diff_pages(
     from rlsae.viewer.crosscoder import export_crosscoder_pages
 
     read_spec(crosscoder)  # an SAE directory is refused here, before torch work
-    path = export_crosscoder_pages(crosscoder, base, tuned, out, top=top, shared=shared)
+    path = export_crosscoder_pages(
+        crosscoder, base, tuned, out, top=top, shared=shared, frames=_agent_frames(base)
+    )
     pages = sorted(p.name for p in (path / "latents").iterdir())
     emit({"out": str(path), "index": str(path / "index.html"), "latent_pages": len(pages)}, as_json)
+
+
+def _agent_frames(store: Path) -> Any:
+    """For an agent store (provider ``atari`` with its ``episodes.json``), the replayed frames
+    of its rows for the crosscoder pages; None for any other store."""
+    from rlsae.sae.store import ActivationStore
+
+    if ActivationStore(store).provider != "atari" or not (store / "episodes.json").is_file():
+        return None
+    from functools import partial
+
+    from rlsae.agents.viewer_source import store_row_frames
+
+    return partial(store_row_frames, store)
 
 
 @diff_app.command("checkpoints")

@@ -10,20 +10,25 @@
                           (f_j |d_j base| and f_j |d_j tuned| over the rows it fires on); its
                           top rows side by side: for a language-model store the document's
                           tokens shaded by the latent's contribution to the base and to the
-                          tuned model, for any other store the rows' context columns; and its
-                          explanation and |utility| where the crosscoder directory has the LM
-                          study's ``explanations.json``
+                          tuned model, for an agent store (given ``frames``) each row's game
+                          frame beside its contribution to each model, for any other store the
+                          rows' context columns; and its explanation and |utility| where the
+                          crosscoder directory has the LM study's ``explanations.json``
+    out/frames/rR.png     the frame of store row R (only with ``frames``), shared by every latent
 
 plotly.js is embedded once in each page, so the site opens from disk. Provider-neutral: it
-reads only the stores' context tables.
+reads only the stores' context tables; frames come from a :data:`RowFrames` callable the caller
+passes (the agents' ``store_row_frames``, which replays the recorded episodes), as the main
+viewer gets its pages from sources.
 """
 
 from __future__ import annotations
 
 import html
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -38,8 +43,11 @@ _STYLE = (
     "body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1100px}"
     "table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;"
     "text-align:left}.tok{padding:0 1px;border-radius:2px}.pair{display:flex;gap:2em}"
-    ".pair>div{flex:1}"
+    ".pair>div{flex:1}img.frame{image-rendering:pixelated;width:160px}"
 )
+RowFrames: TypeAlias = Callable[[Sequence[int]], Mapping[int, bytes]]
+"""Given store rows, the PNG frame of each (rows it cannot show are left out). Both stores of
+an agent crosscoder hold the same states row for row, so one frame serves both models."""
 
 
 def export_crosscoder_pages(
@@ -52,8 +60,10 @@ def export_crosscoder_pages(
     top: int = 8,
     shared: int = 10,
     overwrite: bool = False,
+    frames: RowFrames | None = None,
 ) -> Path:
-    """Write the pages (see the module docstring) into the new directory ``out``."""
+    """Write the pages (see the module docstring) into the new directory ``out``; ``frames``:
+    the PNG frames of store rows, shown beside each latent's top rows."""
     import torch
 
     from rlsae.sae.crosscoder import load_crosscoder
@@ -77,12 +87,20 @@ def export_crosscoder_pages(
     expl = CrosscoderExplanations.read(path) if path.is_file() else None
     said = {e.latent: e for e in expl.latents} if expl is not None else {}
     js = plotly_js_tag()
+    tops = [_top(acts[:, col], top) for col in range(len(rows))]
+    pngs = frames(sorted({i for t in tops for i in t})) if frames is not None else {}
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         (tmp / "latents").mkdir()
+        urls = {}
+        if pngs:
+            (tmp / "frames").mkdir()
+            for i, png in pngs.items():
+                (tmp / "frames" / f"r{int(i)}.png").write_bytes(png)
+                urls[int(i)] = f"../frames/r{int(i)}.png"
         (tmp / "index.html").write_text(_index(info, rows, js, str(crosscoder_dir)))
         for col, row in enumerate(rows):
             f = acts[:, col]
-            page = _latent_page(row, f, norms[:, row.latent], context, top, js)
+            page = _latent_page(row, f, norms[:, row.latent], context, tops[col], urls, js)
             e = said.get(row.latent)
             if e is not None:
                 note = (
@@ -126,8 +144,19 @@ def _index(info: LatentAnalysis, rows: list[LatentRow], js: str, name: str) -> s
     return _page(f"crosscoder {name}", "\n".join(lines), js)
 
 
+def _top(f: np.ndarray, top: int) -> list[int]:
+    """The ``top`` rows where the latent fires most, best first."""
+    return [int(i) for i in np.argsort(-f, kind="stable")[:top] if f[i] > 0]
+
+
 def _latent_page(
-    r: LatentRow, f: np.ndarray, norms: np.ndarray, context: Any, top: int, js: str
+    r: LatentRow,
+    f: np.ndarray,
+    norms: np.ndarray,
+    context: Any,
+    order: list[int],
+    frames: dict[int, str],
+    js: str,
 ) -> str:
     import plotly.graph_objects as go
 
@@ -155,9 +184,11 @@ def _latent_page(
         margin={"l": 50, "r": 20, "t": 30, "b": 40},
     )  # fmt: skip
     body.append(figure_div(fig, f"hist-{r.latent}"))
-    order = [int(i) for i in np.argsort(-f, kind="stable")[:top] if f[i] > 0]
     body.append(f"<h2>Top {len(order)} rows</h2>")
-    body.extend(_examples(order, f, norms, context))
+    if frames:
+        body.extend(_frames(order, f, norms, context, frames))
+    else:
+        body.extend(_examples(order, f, norms, context))
     return _page(f"latent {r.latent}", "\n".join(body), js)
 
 
@@ -184,6 +215,26 @@ def _examples(order: list[int], f: np.ndarray, norms: np.ndarray, context: Any) 
     for i in order:
         cells = "".join(f"<td>{html.escape(str(context[c].iloc[i]))}</td>" for c in cols)
         lines.append(f"<tr><td>{i}</td><td>{f[i]:.3f}</td>{cells}</tr>")
+    return lines + ["</table>"]
+
+
+def _frames(
+    order: list[int], f: np.ndarray, norms: np.ndarray, context: Any, urls: dict[int, str]
+) -> list[str]:
+    """Each top row's game frame beside the latent's contribution to each model."""
+    lines = [
+        "<table><tr><th>row</th><th>state</th><th>frame</th><th>activation</th>"
+        "<th>contribution base</th><th>contribution tuned</th></tr>"
+    ]
+    for i in order:
+        where = "-"
+        if context is not None and {"episode", "step"} <= set(context.columns):
+            where = f"episode {context['episode'].iloc[i]}, step {context['step'].iloc[i]}"
+        img = f"<img class='frame' src='{urls[i]}' alt='row {i}'>" if i in urls else "no frame"
+        lines.append(
+            f"<tr><td>{i}</td><td>{html.escape(where)}</td><td>{img}</td><td>{f[i]:.3f}</td>"
+            f"<td>{f[i] * norms[0]:.3f}</td><td>{f[i] * norms[1]:.3f}</td></tr>"
+        )
     return lines + ["</table>"]
 
 
