@@ -15,6 +15,8 @@
                           rows' context columns; and its explanation and |utility| where the
                           crosscoder directory has the LM study's ``explanations.json``
     out/frames/rR.png     the frame of store row R (only with ``frames``), shared by every latent
+    out/pages.json        :class:`CrosscoderPages`: what the site shows (the feature viewer's
+                          index links to such sites exported next to it)
 
 plotly.js is embedded once in each page, so the site opens from disk. Provider-neutral: it
 reads only the stores' context tables; frames come from a :data:`RowFrames` callable the caller
@@ -27,13 +29,15 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 
 from rlsae.analysis.crosscoder import COLOURS, CrosscoderExplanations, norm_ratio_figure
 from rlsae.analysis.figures import figure_div, plotly_js_tag
+from rlsae.artifacts import Artifact
 from rlsae.fsutil import atomic_dir
 from rlsae.sae.latents import LatentAnalysis, LatentRow
 
@@ -45,6 +49,25 @@ _STYLE = (
     "text-align:left}.tok{padding:0 1px;border-radius:2px}.pair{display:flex;gap:2em}"
     ".pair>div{flex:1}img.frame{image-rendering:pixelated;width:160px}"
 )
+PAGES_FILE = "pages.json"
+
+
+@dataclass
+class CrosscoderPages(Artifact):
+    """``OUT/pages.json``: what a crosscoder pages site shows."""
+
+    FORMAT: ClassVar[str] = "rlsae.crosscoder_pages"
+    VERSION: ClassVar[int] = 1
+    crosscoder: str
+    """The crosscoder directory the pages were made from."""
+    latents: list[int] = field(default_factory=list)
+    """The latents that have a page."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Latents per class."""
+    frames: int = 0
+    """Game frames written (0 for stores without frames)."""
+
+
 RowFrames: TypeAlias = Callable[[Sequence[int]], Mapping[int, bytes]]
 """Given store rows, the PNG frame of each (rows it cannot show are left out). Both stores of
 an agent crosscoder hold the same states row for row, so one frame serves both models."""
@@ -109,6 +132,9 @@ def export_crosscoder_pages(
                 )
                 page = page.replace("<h2>Top", note + "<h2>Top", 1)
             (tmp / "latents" / f"{row.latent}.html").write_text(page)
+        CrosscoderPages(str(crosscoder_dir), ids, dict(info.counts), len(urls)).write(
+            tmp / PAGES_FILE
+        )
     return Path(out)
 
 

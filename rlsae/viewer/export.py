@@ -32,6 +32,7 @@ from typing import Any
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_dir, read_json
 from rlsae.viewer.config import ExportConfig, check_export, site_folder
+from rlsae.viewer.crosscoder import PAGES_FILE, CrosscoderPages
 from rlsae.viewer.pages import SiteJob, export_sae, write_jsonp
 from rlsae.viewer.pairs import read_shared
 from rlsae.viewer.source import ViewerSource
@@ -60,6 +61,21 @@ def _reports(run_dir: Path, out: Path) -> list[list[str]]:
     found = []
     for p in sorted((run_dir / "analysis").glob("*.html")):
         found.append([p.stem.replace("_", " "), os.path.relpath(p, out).replace(os.sep, "/")])
+    return found
+
+
+def _crosscoder_sites(out: Path) -> list[list[str]]:
+    """[title, relative link] of the crosscoder pages sites (``rlsae diff pages``) exported
+    next to the site (sibling folders with a readable ``pages.json``)."""
+    found = []
+    for p in sorted(out.parent.glob(f"*/{PAGES_FILE}")):
+        if p.parent == out:
+            continue
+        try:
+            CrosscoderPages.read(p)
+        except (RlsaeError, OSError, ValueError):
+            continue
+        found.append([f"crosscoder {p.parent.name}", f"../{p.parent.name}/index.html"])
     return found
 
 
@@ -131,7 +147,7 @@ def export_site(
             "agents_table": table,
             "study": study,
             "notes": notes,
-            "reports": _reports(run_dir, out),
+            "reports": _reports(run_dir, out) + _crosscoder_sites(out),
             "config": asdict(cfg),
         }
         write_jsonp(site / "data" / "index.js", "index", index)

@@ -109,20 +109,50 @@ def test_agent_crosscoder_pages_show_each_top_row_as_its_replayed_frame(
         assert w.errors == [] and w.dialogs == []
 
 
-def test_pages_of_a_non_agent_pair_get_no_frames(tmp_path, run_cli):
-    """Stores of another provider keep the context-column table (no frames folder)."""
+def test_pages_of_a_non_agent_pair_get_no_frames_and_the_viewer_next_to_them_links_them(
+    tmp_path, run_cli
+):
+    """Stores of another provider keep the context-column table (no frames folder); a feature
+    viewer exported next to the pages links to them from its index, and the link opens."""
     from rlsae.sae.store import ActivationWriter
+    from rlsae.sae.train import TrainConfig, train_sae
+    from rlsae.viewer.crosscoder import CrosscoderPages
+    from rlsae.viewer.export import export_site
 
     rng = np.random.default_rng(0)
+    run = tmp_path / "run"
     for side in ("base", "tuned"):
-        with ActivationWriter(tmp_path / side, 8, hook="h", source=side) as w:
+        with ActivationWriter(run / "acts" / side / "h", 8, hook="h", source=side) as w:
             w.append(rng.standard_normal((128, 8)).astype(np.float32))
+    base, tuned = run / "acts" / "base" / "h", run / "acts" / "tuned" / "h"
     cfg = CrosscoderConfig(d_sae=16, k=2, steps=5, batch_size=32)
-    train_crosscoder(tmp_path / "base", tmp_path / "tuned", tmp_path / "cc", cfg, progress=False)
+    train_crosscoder(base, tuned, tmp_path / "cc", cfg, progress=False)
+    pages = tmp_path / "site" / "cc-pages"
     code, _, err = run_cli(
-        "diff", "pages", "--crosscoder", tmp_path / "cc", "--base", tmp_path / "base",
-        "--tuned", tmp_path / "tuned", "--out", tmp_path / "pages",
+        "diff", "pages", "--crosscoder", tmp_path / "cc", "--base", base, "--tuned", tuned,
+        "--out", pages,
     )  # fmt: skip
     assert code == 0, err
-    assert not (tmp_path / "pages" / "frames").exists()
-    assert all("<img" not in p.read_text() for p in (tmp_path / "pages" / "latents").iterdir())
+    assert not (pages / "frames").exists()
+    assert all("<img" not in p.read_text() for p in (pages / "latents").iterdir())
+    info = CrosscoderPages.read(pages / "pages.json")
+    assert sorted(f"{j}.html" for j in info.latents) == sorted(
+        p.name for p in (pages / "latents").iterdir()
+    )
+    assert sum(info.counts.values()) == 16 and info.frames == 0
+
+    tcfg = TrainConfig(arch="topk", d_sae=16, k=2, steps=5, batch_size=32, seed=0)
+    train_sae(tuned, run / "saes" / "tuned" / "h" / "topk_16", tcfg, progress=False)
+    site = export_site(run, tmp_path / "site" / "viewer", top=3)
+    text = (site.parent / "data" / "index.js").read_text()
+    index = json.loads(text[text.index(",") + 1 : text.rstrip().rindex(")")])
+    assert ["crosscoder cc-pages", "../cc-pages/index.html"] in index["reports"]
+    browser = _viewer_helper("viewer_browser")
+    with browser.browser_page() as w:
+        w.page.goto(site.as_uri())
+        w.poll("document.querySelector('#reports a') !== null")
+        href = w.page.evaluate("document.querySelector('#reports a').href")
+        assert href == (pages / "index.html").as_uri()
+        w.page.goto(href)
+        w.poll("document.querySelector('.plotly-graph-div .main-svg') !== null")
+        assert w.errors == [] and w.dialogs == []
