@@ -8,7 +8,7 @@ source of truth); the whole config is validated before any store is opened or fi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -16,6 +16,9 @@ from rlsae.commands._apps import JsonOpt, app, config_option, emit, plain_help
 from rlsae.configs import check_range, field_default, field_docs
 from rlsae.errors import RlsaeError
 from rlsae.sae.crosscoder_config import CrosscoderConfig, LatentConfig
+
+if TYPE_CHECKING:
+    from rlsae.viewer.crosscoder import RowFrames
 
 diff_app = typer.Typer(
     help="Model diffing: crosscoders with Latent Scaling, and the diff-SAE.",
@@ -296,7 +299,7 @@ def diff_pages(
     emit({"out": str(path), "index": str(path / "index.html"), "latent_pages": len(pages)}, as_json)
 
 
-def _agent_frames(store: Path) -> Any:
+def _agent_frames(store: Path) -> RowFrames | None:
     """For an agent store (provider ``atari`` with its ``episodes.json``), the replayed frames
     of its rows for the crosscoder pages; None for any other store."""
     from rlsae.sae.store import ActivationStore
