@@ -228,7 +228,7 @@ def test_pre_activation_loss_and_its_gradients_equal_a_dense_float64_reference()
     own ``calculate_pre_act_loss``), and so do the gradients of every parameter."""
     from sae_lens.saes.jumprelu_sae import calculate_pre_act_loss
 
-    from rlsae.sae.train import _jumprelu_terms
+    from rlsae.sae.step import _jumprelu_terms
 
     x, _ = superposition(300, d=16, n_true=32)
     x = x.double()

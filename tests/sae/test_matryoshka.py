@@ -13,7 +13,7 @@ from rlsae.errors import RlsaeError
 from rlsae.sae import SAE, SAEConfig, TrainConfig, load_sae, train_sae
 from rlsae.sae._fast import Workspace, topk_loss
 from rlsae.sae.config import default_groups
-from rlsae.sae.train import TrainState, _prefix_losses
+from rlsae.sae.step import TrainState, _prefix_losses
 
 from .conftest import superposition, write_store
 from .reference import naive_batchtopk_forward
@@ -240,7 +240,7 @@ def test_per_level_auxk_equals_saelens_matryoshka_aux_loss_and_its_gradients():
         MatryoshkaBatchTopKTrainingSAEConfig,
     )
 
-    from rlsae.sae.train import matryoshka_aux_loss
+    from rlsae.sae.step import matryoshka_aux_loss
 
     g = torch.Generator().manual_seed(4)
     B, d, n, k, groups = 48, 12, 64, 4, [8, 24, 32]
