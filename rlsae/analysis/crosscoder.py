@@ -100,7 +100,7 @@ def crosscoder_section(home: str | os.PathLike, top: int = 5) -> str:
         for kind in ("tuned_only", "base_only", "shared"):
             vals = util.get(kind, [])
             mean = sum(vals) / len(vals) if vals else None
-            cells.append(f"{len(vals)} / {num(mean, '.2f', '–')}")
+            cells.append(f"{len(vals)} / {num(sum(vals), '.2f')} / {num(mean, '.2f', '–')}")
         rows.append(cells)
         tuned = [e for e in (expl.latents if expl else []) if e.kind == "tuned_only"][:top]
         if tuned:
@@ -114,13 +114,14 @@ def crosscoder_section(home: str | os.PathLike, top: int = 5) -> str:
         return ""
     headers = [
         "hook", *CLASSES,
-        "tuned-only explained / mean |utility|", "base-only …", "shared …",
+        "tuned-only: explained / summed / mean |utility|", "base-only …", "shared …",
     ]  # fmt: skip
     return (
         "<h2>What RLHF added: the crosscoder</h2><p>One BatchTopK (or L1) crosscoder per chosen "
         "layer on both models' activations at the same tokens; latents classed by decoder-norm "
         "ratio and Latent Scaling (<code>rlsae diff latents</code>). The explained latents of "
-        "each class with the mean |utility| of their explanations under the study's utility "
+        "each class with the summed and mean |utility| of their explanations under the study's "
+        "utility "
         "table, beside Tables 3 and 4 above. Files: <code>crosscoders/HOOK/</code>.</p>"
         + html_table(headers, rows, left=("hook",))
         + "".join(notes)

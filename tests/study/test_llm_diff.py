@@ -91,7 +91,9 @@ def test_a_layer_is_trained_classified_explained_and_scored(tmp_path, one_thread
         f"<td>{layer.counts[c]}</td>" for c in ("shared", "base_only", "tuned_only", "artefact")
     )
     mean = sum(e.utility for e in tuned) / len(tuned)
-    assert cells in html.replace("<td class='l'>", "<td>") and f"{len(tuned)} / {mean:.2f}" in html
+    summed = sum(e.utility for e in tuned)
+    assert cells in html.replace("<td class='l'>", "<td>")
+    assert f"{len(tuned)} / {summed:.2f} / {mean:.2f}" in html
     assert html.count("<li>latent ") == min(5, len(tuned)) and crosscoder_section(out) == ""
     # resumed: the crosscoder is loaded, not retrained
     before = (out / "crosscoder_weights.safetensors").stat().st_mtime_ns
