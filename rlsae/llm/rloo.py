@@ -141,26 +141,36 @@ def run_rloo(
     bar = tqdm(total=cfg.steps, desc="rloo", disable=not progress, leave=False)
     logger = _log_callback(cfg, out, log, bar, callback)
     checkpoint = _last_checkpoint(out / "trl") if resume else None
+    done_steps = 0
     if checkpoint is not None:
         # the log up to the checkpoint from the checkpoint itself (log.json is written after
         # it, so a kill in between would lose its last step)
-        history = read_json(checkpoint / "trainer_state.json").get("log_history", [])
+        state = read_json(checkpoint / "trainer_state.json")
+        done_steps = int(state.get("global_step", 0))
         log[:] = [
-            log_entry(int(h["step"]), h, cfg.ppo.init_kl_coef) for h in history if "reward" in h
+            log_entry(int(h["step"]), h, cfg.ppo.init_kl_coef)
+            for h in state.get("log_history", [])
+            if "reward" in h
         ]
         _load_checkpoint_weights(model, checkpoint)
-    trainer = build_trainer(
-        cfg, out, model, tokenizer, prompts, callbacks=[logger], reward_fn=reward_fn
-    )
     start_run(out, cfg)
-    try:
-        with quiet_loading():  # TRL's checkpoints save through transformers' progress bars
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except ValueError as e:
-        raise RlsaeError(f"RLOO training failed: {str(e).splitlines()[0]}") from None
+    if done_steps >= cfg.steps:
+        # killed after the last checkpoint, before the tuned model was saved: the checkpoint
+        # holds the finished weights (transformers, resumed there, would train one more step)
+        tuned = model
+    else:
+        trainer = build_trainer(
+            cfg, out, model, tokenizer, prompts, callbacks=[logger], reward_fn=reward_fn
+        )
+        try:
+            with quiet_loading():  # TRL's checkpoints save through transformers' progress bars
+                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except ValueError as e:
+            raise RlsaeError(f"RLOO training failed: {str(e).splitlines()[0]}") from None
+        tuned = trainer.model
     bar.close()
     write_log(out, log, cfg)
-    save_tuned_model(out, trainer.model, tokenizer, cfg)
+    save_tuned_model(out, tuned, tokenizer, cfg)
     return finish(out, cfg, log, time.time() - t0)
 
 

@@ -107,6 +107,38 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(tiny_model_dir, tmp_path
     assert hidden == [], hidden
 
 
+@pytest.mark.slow
+def test_rloo_killed_after_its_last_checkpoint_resumes_without_another_step(
+    tiny_model_dir, tmp_path, run_cli
+):
+    """Killed after TRL wrote the last checkpoint but before the tuned model and result.json:
+    --resume finishes from that checkpoint (transformers, resumed at the last step, trained one
+    step more: 5 of 4, found by the kill test above) with the uninterrupted run's model."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    args = ["--model", str(tiny_model_dir), "--steps", "4", "--checkpoint-every", "1"]
+    args += ["--batch-size", "8", "--mini-batch-size", "4", "--max-new-tokens", "8"]
+    args += ["--lr", "3e-4", "--threads", "1", "--json", "--algo", "rloo"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    code, out, err = run_cli("llm", "rlhf", "--out", full, *args)
+    assert code == 0, err
+    shutil.copytree(full, cut)
+    (cut / "result.json").unlink()
+    shutil.rmtree(cut / "model")
+    assert sorted(p.name for p in (cut / "trl").glob("checkpoint-*")) == ["checkpoint-4"]
+    code, out, err = run_cli("llm", "rlhf", "--out", cut, *args, "--resume")
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 4 and not (cut / "trl" / "checkpoint-5").exists()
+    assert json.loads((cut / "log.json").read_text()) == json.loads((full / "log.json").read_text())
+    a = load_file(full / "model" / "model.safetensors")
+    b = load_file(cut / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _checkpointed_step(run, algo: str) -> int:
     """The step of a run's latest complete checkpoint (0: none yet)."""
     import json
