@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from rlsae.analysis.checkpoint_diffs import checkpoint_diff_section
-from rlsae.analysis.crosscoder import crosscoder_section
 from rlsae.analysis.figures import (
     curve_figure,
     figure_div,
@@ -505,7 +504,10 @@ def write_llm_report(
     steer = Path(path).parent / STEER_FILE  # the study's steer stage, when on, runs before
     if steer.is_file():
         body.append(SteerTable.read(steer).html())
-    body.append(crosscoder_section(Path(path).parent.parent))  # the diff stage, when on
+    # the diff stage's section, when on (imported here: it reads crosscoders, which load torch)
+    from rlsae.analysis.crosscoder import crosscoder_section
+
+    body.append(crosscoder_section(Path(path).parent.parent))
     return write_page(path, "rlsae: implicit reward model", "\n".join(body))
 
 
