@@ -285,7 +285,8 @@ def compare_kind(kind, data, held_out, n, warm, lr, floor_s, args) -> None:
 
     from rlsae.sae import SAE
     from rlsae.sae.config import default_groups
-    from rlsae.sae.train import TrainConfig, TrainState, init_jumprelu, prefix_widths, train_step
+    from rlsae.sae.step import prefix_widths
+    from rlsae.sae.train import TrainConfig, TrainState, init_jumprelu, train_step
 
     d_in, d_sae, k, B = args.d_in, args.d_sae, args.k, args.batch
     extra = {"l0": 1e-3} if kind == "jumprelu" else {}
