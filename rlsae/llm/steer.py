@@ -315,8 +315,7 @@ def steer_direction(
     t0 = time.time()
     if hf_model is None or tokenizer is None:
         hf_model, tokenizer = load_model(model)
-    _hook_module(hf_model, hook)  # a hook the model lacks or steering cannot reach: one line
-    d_model = int(getattr(hf_model.config, "hidden_size", 0) or 0)
+    d_model = _hook_width(hf_model, hook)
     vec = direction.detach().float().reshape(-1)
     if d_model and vec.numel() != d_model:
         raise RlsaeError(f"a direction of width {vec.numel()} for {hook} of width {d_model}")
@@ -390,10 +389,16 @@ def _check_width(hf_model: Any, sae: SAE, hook: str) -> None:
     """An SAE without a hook, for a block the model lacks, or of another width: one line."""
     if not hook:
         raise RlsaeError("the SAE records no hook_name; it was not trained on a model hook")
-    _hook_module(hf_model, hook)  # a hook the model lacks or steering cannot reach: one line
-    d_model = int(getattr(hf_model.config, "hidden_size", 0) or 0)
+    d_model = _hook_width(hf_model, hook)
     if d_model and sae.cfg.d_in != d_model:
         raise RlsaeError(
             f"the SAE reads d_in={sae.cfg.d_in} but {hook} of this model is {d_model} wide; "
             "an SAE for another model"
         )
+
+
+def _hook_width(hf_model: Any, hook: str) -> int:
+    """The width of ``hook`` in ``hf_model`` (its hidden size; 0 when the config does not say),
+    after refusing in one line a hook the model lacks or steering cannot reach."""
+    _hook_module(hf_model, hook)
+    return int(getattr(hf_model.config, "hidden_size", 0) or 0)
