@@ -50,13 +50,15 @@ def steer_rows(
     features: list[int],
     alpha: float,
     base_cfg: LMSteerConfig,
+    loaded: tuple[Any, Any] | None = None,
 ) -> list[SteerRow]:
-    """Rows for ``features`` of one SAE steered with +alpha and -alpha in ``model``."""
+    """Rows for ``features`` of one SAE steered with +alpha and -alpha in ``model``, and
+    ablated (``loaded``: the model and tokenizer, already loaded)."""
     from rlsae.llm.models import load_model
     from rlsae.llm.steer import steer_model
     from rlsae.sae.model import load_sae
 
-    hf_model, tokenizer = load_model(model)
+    hf_model, tokenizer = loaded or load_model(model)
     sae = load_sae(sae_dir)
     rows = []
     for f in features:
@@ -77,10 +79,12 @@ def crosscoder_rows(
     features: int,
     alpha: float,
     base_cfg: LMSteerConfig,
+    loaded: tuple[Any, Any] | None = None,
 ) -> list[SteerRow]:
     """Rows for the crosscoder's top ``features`` latents of ``kind`` (``tuned_only`` or
     ``base_only``, by how often they fire), each latent's unit decoder direction on its own
-    side pushed with +alpha and -alpha at ``hook`` of ``model``."""
+    side pushed with +alpha and -alpha at ``hook`` of ``model`` (``loaded``: the model and
+    tokenizer, already loaded)."""
     from rlsae.llm.models import load_model
     from rlsae.llm.steer import steer_direction
     from rlsae.sae.crosscoder import load_crosscoder
@@ -92,7 +96,7 @@ def crosscoder_rows(
         return []
     cc = load_crosscoder(cc_dir)
     side = 1 if kind == "tuned_only" else 0
-    hf_model, tokenizer = load_model(model)
+    hf_model, tokenizer = loaded or load_model(model)
     rows = []
     for r in chosen[:features]:
         d = cc.W_dec[side, r.latent].detach().float()
@@ -124,6 +128,8 @@ def _row(src: str, layer: int, feature: int, res: Any, intervention: str, latent
 
 def steer_stage(ctx: Context[LLMStudyConfig], unit: Any) -> SteerTable:
     """Steer each model's top shared features both ways (see the module doc)."""
+    from rlsae.llm.models import load_model
+
     cfg = ctx.config
     scfg = cfg.steer
     assert scfg is not None  # the stage is off without it
@@ -145,18 +151,22 @@ def steer_stage(ctx: Context[LLMStudyConfig], unit: Any) -> SteerTable:
     )
     table = SteerTable(features=scfg.features, scale=scfg.scale, prefixes=scfg.prefixes)
     for src in SOURCES:
+        loaded = load_model(refs[src])  # once per model, for every layer and kind of row
         for key, hook in hooks.items():
             layer = int(key)
             feats = [m.feature for m in shared.layer(layer).models[src].top_k][: scfg.features]
             alpha = scfg.scale * mean_norm(home / "acts" / src / hook)
             sae_dir = home / pairs.path(src, layer, "small")
-            table.rows += steer_rows(refs[src], src, layer, sae_dir, feats, alpha, steer_cfg)
+            table.rows += steer_rows(
+                refs[src], src, layer, sae_dir, feats, alpha, steer_cfg, loaded
+            )
             if cfg.diff is not None:
                 cc_dir = home / "crosscoders" / hook
                 for kind in ("tuned_only", "base_only"):
                     table.rows += crosscoder_rows(
-                        refs[src], src, layer, hook, cc_dir, kind, scfg.features, alpha, steer_cfg
-                    )
+                        refs[src], src, layer, hook, cc_dir, kind, scfg.features, alpha,
+                        steer_cfg, loaded,
+                    )  # fmt: skip
     analysis = home / "analysis"
     table.write(analysis / STEER_FILE)
     atomic_write_bytes(analysis / "llm_steer.md", (table.markdown(unit.name) + "\n").encode())
