@@ -261,16 +261,7 @@ def count_live(ctx: Context[StudyConfig], spec: AgentSpec) -> LiveFeatures:
     ``training.json``'s final evaluation over the whole store) when they cover every row of the
     store; otherwise evaluates the SAE over the store again.
     """
-    import torch
-
-    from rlsae.sae import (
-        ActivationStore,
-        FeatureStats,
-        TrainingRecord,
-        evaluate_sae,
-        live_feature_count,
-        load_sae,
-    )
+    from rlsae.sae import ActivationStore, FeatureStats, TrainingRecord, evaluate_sae, load_sae
 
     cfg = ctx.config
     store = ActivationStore(acts_dir(ctx.run_dir, cfg, spec.name))
@@ -284,24 +275,7 @@ def count_live(ctx: Context[StudyConfig], spec: AgentSpec) -> LiveFeatures:
     if counts is None or final is None:
         result = evaluate_sae(load_sae(sdir), store)
         source, final, counts = "evaluate_sae", result.metrics, result.stats.firing_counts
-    thr = cfg.evaluation.live_threshold
-    counts = torch.as_tensor(counts)
-    live = live_feature_count(counts, thr)
-    q = torch.quantile(counts.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
-    return LiveFeatures(
-        live=live,
-        dead=int(counts.numel() - live),
-        d_sae=int(counts.numel()),
-        live_threshold=thr,
-        rows=final.rows,
-        firing_counts_q10_q50_q90=[float(v) for v in q],
-        source_of_counts=source,
-        fvu=final.fvu,
-        explained_variance=final.explained_variance,
-        mse=final.mse,
-        l0=final.l0,
-        dense=final.dense,
-    )
+    return LiveFeatures.count(counts, cfg.evaluation.live_threshold, final, source)
 
 
 def splice(ctx: Context[StudyConfig], spec: AgentSpec) -> SpliceResult:

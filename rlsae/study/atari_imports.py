@@ -93,11 +93,9 @@ def survey_dir(run_dir: Path, cfg: StudyConfig, agent: str) -> Path:
 
 def survey_live(ctx: Context[StudyConfig], spec: _Agent) -> LiveFeatures:
     """Survey the agent with the poster's protocol and count its SAE's live features there."""
-    import torch
-
     from rlsae.agents.survey import survey_activations
     from rlsae.agents.survey_config import SurveyConfig
-    from rlsae.sae import ActivationStore, evaluate_sae, live_feature_count, load_sae
+    from rlsae.sae import ActivationStore, evaluate_sae, load_sae
 
     cfg, run_dir = ctx.config, ctx.run_dir
     ev = cfg.evaluation
@@ -112,17 +110,8 @@ def survey_live(ctx: Context[StudyConfig], spec: _Agent) -> LiveFeatures:
         )  # fmt: skip
         survey_activations(spec.path(run_dir), out, scfg, torch_threads=None)
     result = evaluate_sae(load_sae(sae_dir(run_dir, cfg, spec.name)), ActivationStore(out))
-    counts = torch.as_tensor(result.stats.firing_counts)
-    live = live_feature_count(counts, ev.live_threshold)
-    q = torch.quantile(counts.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
-    m = result.metrics
-    return LiveFeatures(
-        live=live, dead=int(counts.numel() - live), d_sae=int(counts.numel()),
-        live_threshold=ev.live_threshold, rows=m.rows,
-        firing_counts_q10_q50_q90=[float(v) for v in q],
-        source_of_counts=f"survey ({out.relative_to(run_dir)}, {ev.survey_episodes} episodes)",
-        fvu=m.fvu, explained_variance=m.explained_variance, mse=m.mse, l0=m.l0, dense=m.dense,
-    )  # fmt: skip
+    source = f"survey ({out.relative_to(run_dir)}, {ev.survey_episodes} episodes)"
+    return LiveFeatures.count(result.stats.firing_counts, ev.live_threshold, result.metrics, source)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,26 @@ class LiveFeatures(Artifact):
     l0: float | None = None
     dense: int | None = None
 
+    @classmethod
+    def count(cls, counts: Any, threshold: int, metrics: Any, source: str) -> LiveFeatures:
+        """From per-latent firing counts over ``metrics.rows`` rows (an ``SAEMetrics``): the
+        latents firing at least ``threshold`` times are live; the counts' 10/50/90% quantiles
+        and the reconstruction metrics are kept beside them."""
+        import torch
+
+        from rlsae.sae.metrics import live_feature_count
+
+        c = torch.as_tensor(counts)
+        live = live_feature_count(c, threshold)
+        q = torch.quantile(c.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+        return cls(
+            live=live, dead=int(c.numel() - live), d_sae=int(c.numel()),
+            live_threshold=threshold, rows=metrics.rows,
+            firing_counts_q10_q50_q90=[float(v) for v in q], source_of_counts=source,
+            fvu=metrics.fvu, explained_variance=metrics.explained_variance, mse=metrics.mse,
+            l0=metrics.l0, dense=metrics.dense,
+        )  # fmt: skip
+
 
 @dataclass
 class AgentConcepts(Artifact):
