@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 import torch
 
 from rlsae.artifacts import Artifact
-from rlsae.configs import differing_keys, from_mapping, to_mapping
+from rlsae.configs import to_mapping
 from rlsae.errors import RlsaeError
-from rlsae.fsutil import atomic_write_json, read_json
+from rlsae.fsutil import atomic_write_json
 from rlsae.sae.config import TrainConfig
 from rlsae.sae.crosscoder import CFG, WEIGHTS, Crosscoder, CrosscoderSpec, load_crosscoder
 from rlsae.sae.crosscoder_config import CrosscoderConfig
@@ -44,10 +44,11 @@ from rlsae.sae.train import (
     CHECKPOINT,
     RESUME,
     TrainState,
-    _open_partial,
     _partial_dir,
     _restore,
     _save_checkpoint,
+    check_same_run,
+    open_interrupted,
     train_sae,
     train_step,
 )
@@ -148,14 +149,10 @@ def train_crosscoder(
             return load_crosscoder(out)
         if not overwrite:
             raise RlsaeError(f"{out} already exists; choose another --out or remove it")
-    ckpt = _open_partial(work, resume)
-    if ckpt is not None:
-        saved = read_json(work / RESUME)
-        saved_cfg = from_mapping(CrosscoderConfig, saved["config"], str(work / RESUME))
-        saved_store = from_mapping(StoreIdentity, saved["store"], str(work / RESUME))
-        _check_same_run(work, saved_cfg, cfg, saved_store, pair)
-        cfg = cfg or saved_cfg
-    cfg = cfg or CrosscoderConfig()
+    saved_cfg, ckpt = open_interrupted(
+        work, resume, CrosscoderConfig, lambda w, c, s: _check_same_run(w, c, cfg, s, pair)
+    )
+    cfg = cfg or saved_cfg or CrosscoderConfig()
     d_sae = cfg.resolve_d_sae(pair.d_model)
     tcfg = replace(cfg.train_config(), d_sae=d_sae)
     sae_cfg, base_lr = tcfg.resolve(pair.d_in)
@@ -193,23 +190,15 @@ def _check_same_run(
     saved_store: StoreIdentity,
     pair: PairedStore,
 ) -> None:
-    """Refuse, in one line naming the difference, to continue ``where`` with other settings
-    (``FREE_ON_RESUME`` aside) or other stores."""
-    if cfg is not None:
-        a, b = to_mapping(saved_cfg), to_mapping(cfg)
-        diff = [k for k in differing_keys(a, b) if k not in FREE_ON_RESUME]
-        if diff:
-            changes = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
-            raise RlsaeError(
-                f"cannot resume {where}: it was trained with other settings ({changes}); "
-                "use the same settings, or another --out"
-            )
-    diff = saved_store.differences(pair.identity())
-    if diff:
-        raise RlsaeError(
-            f"cannot resume {where}: it was trained on other stores than {pair.path} "
-            f"({'; '.join(diff)}); use those stores, or another --out"
-        )
+    """``check_same_run`` for a crosscoder on its stores (``FREE_ON_RESUME`` aside)."""
+    check_same_run(
+        where,
+        (saved_cfg, saved_store),
+        cfg,
+        (pair.identity(), str(pair.path)),
+        FREE_ON_RESUME,
+        other="other stores than {path}; use those stores",
+    )
 
 
 def _start(work: Path, state: TrainState, cfg: CrosscoderConfig, pair: PairedStore) -> None:

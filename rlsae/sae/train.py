@@ -46,7 +46,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -172,14 +172,10 @@ def train_sae(
             return load_sae(out)
         if not overwrite:
             raise RlsaeError(f"{out} already exists; choose another --out or remove it")
-    ckpt = _open_partial(work, resume)
-    if ckpt is not None:
-        saved = read_json(work / RESUME)
-        saved_cfg = from_mapping(TrainConfig, saved["config"], str(work / RESUME))
-        saved_store = from_mapping(StoreIdentity, saved["store"], str(work / RESUME))
-        _check_same_run(work, saved_cfg, cfg, saved_store, st)
-        cfg = cfg or saved_cfg
-    cfg = cfg or TrainConfig()
+    saved_cfg, ckpt = open_interrupted(
+        work, resume, TrainConfig, lambda w, c, s: _check_same_run(w, c, cfg, s, st)
+    )
+    cfg = cfg or saved_cfg or TrainConfig()
     cfg.validate()
     sae_cfg, base_lr = cfg.resolve(st.d_in)
     sae_cfg.hook_name = cfg.hook_name if cfg.hook_name is not None else st.hook
@@ -247,6 +243,59 @@ def _open_partial(work: Path, resume: bool) -> dict[str, Any] | None:
     return ckpt
 
 
+C = TypeVar("C")
+
+
+def open_interrupted(
+    work: Path,
+    resume: bool,
+    cfg_type: type[C],
+    check: Callable[[Path, Any, StoreIdentity], None],
+) -> tuple[C | None, dict[str, Any] | None]:
+    """(saved settings, checkpoint) of an interrupted run at ``work`` (``_open_partial``), its
+    saved settings and store passed through ``check(work, saved_cfg, saved_store)`` (which
+    refuses another run in one line); (None, None) where there is nothing to resume. The SAE and
+    crosscoder trainers share it."""
+    ckpt = _open_partial(work, resume)
+    if ckpt is None:
+        return None, None
+    saved = read_json(work / RESUME)
+    saved_cfg = from_mapping(cfg_type, saved["config"], str(work / RESUME))
+    saved_store = from_mapping(StoreIdentity, saved["store"], str(work / RESUME))
+    check(work, saved_cfg, saved_store)
+    return saved_cfg, ckpt
+
+
+def check_same_run(
+    where: Path,
+    saved: tuple[Any, StoreIdentity],
+    cfg: Any | None,
+    store: tuple[StoreIdentity, str],
+    free: frozenset[str],
+    other: str = "another activation store than {path}; use that store",
+) -> None:
+    """Refuse, in one line naming the difference, to continue ``where`` (trained with settings
+    and store ``saved``) with settings ``cfg`` (``free`` aside; None: the run's own) or on a store
+    ``store = (identity, path)`` other than its own (``other`` words it)."""
+    saved_cfg, saved_store = saved
+    if cfg is not None:
+        a, b = to_mapping(saved_cfg), to_mapping(cfg)
+        diff = [k for k in differing_keys(a, b) if k not in free]
+        if diff:
+            changes = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
+            raise RlsaeError(
+                f"cannot resume {where}: it was trained with other settings ({changes}); "
+                "use the same settings, or another --out"
+            )
+    diff = saved_store.differences(store[0])
+    if diff:
+        what, use = other.format(path=store[1]).split("; ")
+        raise RlsaeError(
+            f"cannot resume {where}: it was trained on {what} ({'; '.join(diff)}); "
+            f"{use}, or another --out"
+        )
+
+
 def _check_same_run(
     where: Path,
     saved_cfg: TrainConfig,
@@ -254,23 +303,10 @@ def _check_same_run(
     saved_store: StoreIdentity,
     store: ActivationStore,
 ) -> None:
-    """Refuse, in one line naming the difference, to continue ``where`` with other settings
-    (``FREE_ON_RESUME`` aside) or on a store other than the one it started on."""
-    if cfg is not None:
-        a, b = to_mapping(saved_cfg), to_mapping(cfg)
-        diff = [k for k in differing_keys(a, b) if k not in FREE_ON_RESUME]
-        if diff:
-            changes = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in diff)
-            raise RlsaeError(
-                f"cannot resume {where}: it was trained with other settings ({changes}); "
-                "use the same settings, or another --out"
-            )
-    diff = saved_store.differences(store.identity())
-    if diff:
-        raise RlsaeError(
-            f"cannot resume {where}: it was trained on another activation store than {store.path} "
-            f"({'; '.join(diff)}); use that store, or another --out"
-        )
+    """``check_same_run`` for an SAE on an activation store (``FREE_ON_RESUME`` aside)."""
+    check_same_run(
+        where, (saved_cfg, saved_store), cfg, (store.identity(), str(store.path)), FREE_ON_RESUME
+    )
 
 
 def _restore(state: TrainState, ckpt: dict[str, Any], work: Path) -> None:

@@ -192,6 +192,14 @@ def test_resume_is_bit_identical(pair, tmp_path, arch):
     other = CrosscoderConfig(arch=arch, d_sae=24, k=4, steps=30, batch_size=128)
     with pytest.raises(RlsaeError, match=r"other settings \(k 3 -> 4\)"):
         train_crosscoder(*pair, tmp_path / "cut", other, resume=True, progress=False)
+    # and so is one on other stores (here the pair swapped), interrupted or finished
+    with pytest.raises(RlsaeError, match=r"trained on other stores than .*; use those stores"):
+        train_crosscoder(*pair[::-1], tmp_path / "cut", cfg, resume=True, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_crosscoder(*pair, tmp_path / "cut2", cfg, progress=False, on_step=stop)
+    with pytest.raises(RlsaeError, match=r"trained on other stores than .*; use those stores"):
+        train_crosscoder(*pair[::-1], tmp_path / "cut2", cfg, resume=True, progress=False)
+    assert (tmp_path / ".cut2.partial").is_dir()  # the refused resume left the run as it was
 
 
 def test_files_load_back_and_are_refused_by_the_sae_loader(pair, tmp_path):
