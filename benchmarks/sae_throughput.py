@@ -15,6 +15,12 @@ MatryoshkaBatchTopKTrainingSAE with the same prefixes, JumpReLUTrainingSAE), sam
 learning rate, interleaved the same way, with the FVU of both on the held-out batch and our step
 against the encoder-matmul floor; one more JSON line per kind.
 
+jumprelu gets a second row pair (``jumprelu_settled``): both trainers from the same settled state
+(our SAE trained ``--settle-steps`` steps first, copied into SAELens's), where a run spends its
+steps, with the L0, the fraction of entries within bandwidth/2 of their threshold and of the
+sparse path's candidates printed; the first pair is JumpReLU's start, where nearly every entry
+lies in the band and our step runs dense (see ``jumprelu_settled``).
+
 Prints a table, then one JSON line: ours_rows_per_s, saelens_rows_per_s, ratio_vs_saelens,
 floor_ratio (our step time / encoder matmul time), warm_floor_ratio (the same against the matmul
 written into a buffer kept between calls), fvu_ours, fvu_saelens, the step's time by part
@@ -110,6 +116,21 @@ def main() -> None:
         "--kinds",
         default="topk",
         help="comma-separated: topk and any of batchtopk, matryoshka, jumprelu",
+    )
+    ap.add_argument(
+        "--jumprelu-l0",
+        type=float,
+        default=0.01,
+        help="jumprelu's settled row: the L0 coefficient of both trainers",
+    )
+    ap.add_argument(
+        "--settle-steps", type=int, default=300, help="jumprelu's settled row: steps to settle"
+    )
+    ap.add_argument(
+        "--settle-lr-mult",
+        type=float,
+        default=10.0,
+        help="jumprelu's settled row: learning rate of the settling steps / the benchmark's",
     )
     args = ap.parse_args()
     if args.threads:
@@ -345,6 +366,133 @@ def compare_kind(kind, data, held_out, n, warm, lr, floor_s, args) -> None:
     )
     print(
         f"{kind}: ratio vs SAELens {res['ratio_vs_saelens']:.2f}x (target >= 3), floor ratio {res['floor_ratio']:.2f}"
+    )
+    print(json.dumps(res))
+    if kind == "jumprelu":
+        jumprelu_settled(data, held_out, n, warm, lr, floor_s, args)
+
+
+def _jumprelu_regime(sae, x: torch.Tensor, bandwidth: float) -> dict[str, float]:
+    """L0 (latents above threshold per row), the fraction of all (row, latent) entries within
+    bandwidth/2 of their threshold, and of those above threshold - bandwidth/2 (the sparse
+    path's candidates)."""
+    with torch.no_grad():
+        pre = sae.pre_acts(x)
+        t = sae.threshold
+        return {
+            "l0": float((pre > t).sum(1).double().mean()),
+            "band_fraction": float(((pre - t).abs() < bandwidth / 2).double().mean()),
+            "candidate_fraction": float((pre > t - bandwidth / 2).double().mean()),
+        }
+
+
+def jumprelu_settled(data, held_out, n, warm, lr, floor_s, args) -> None:
+    """JumpReLU in the regime a run spends its steps in, not at its start: our SAE is first
+    trained ``--settle-steps`` steps (SAELens's start, the same batches in turn, ``--jumprelu-l0``,
+    the learning rate x ``--settle-lr-mult`` so the thresholds climb to the pre-activations'
+    scale within the benchmark's time) until its L0 has settled; that state (weights, biases,
+    thresholds) is copied into SAELens's JumpReLUTrainingSAE (which keeps the threshold itself,
+    not its log), and both trainers then take the usual interleaved timed steps from it with
+    fresh Adam states, the benchmark's learning rate, constant on both sides, and the same L0
+    coefficient without warm-up. FVU of both on the held-out batch after those steps."""
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from rlsae.sae import SAE
+    from rlsae.sae.train import TrainConfig, TrainState, init_jumprelu, train_step
+
+    d_in, d_sae, B = args.d_in, args.d_sae, args.batch
+    l0, steps = args.jumprelu_l0, args.settle_steps
+    settle_lr = lr * args.settle_lr_mult
+    flat = dict(arch="jumprelu", d_sae=d_sae, batch_size=B, l0=l0, warmup_frac=0.0, decay_frac=0.0)
+    settle_cfg = TrainConfig(lr=settle_lr, steps=steps, **flat)
+    ours = SAE(settle_cfg.resolve(d_in)[0], seed=0)
+    with torch.no_grad():
+        ours.b_dec.copy_(data[0].mean(0))
+    init_jumprelu(ours, settle_cfg)
+    state = TrainState.new(ours, settle_cfg, total=steps, base_lr=settle_lr, aux_k=0)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        train_step(state, data[i % n])
+    settle_s = time.perf_counter() - t0
+    bw = settle_cfg.bandwidth
+    before = _jumprelu_regime(ours, held_out, bw)
+    with torch.no_grad():
+        fvu_start = fvu(ours(held_out), held_out)
+
+    cfg = TrainConfig(lr=lr, steps=n, **flat)
+    state = TrainState.new(ours, cfg, total=n, base_lr=lr, aux_k=0)
+    theirs = JumpReLUTrainingSAE(
+        JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l0_coefficient=l0)
+    )
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            getattr(theirs, name).copy_(getattr(ours, name))
+        torch.testing.assert_close(theirs(held_out), ours(held_out), rtol=1e-4, atol=1e-5)
+    trainer = SAETrainer(
+        SAETrainerConfig(
+            total_training_samples=n * B, train_batch_size_samples=B, lr=lr, lr_end=lr
+        ),
+        theirs,
+        iter(data),
+    )
+    times: dict[str, list[float]] = {"ours": [], "saelens": []}
+    sparse_steps, densities = 0, []
+    for i in range(n):
+        for name in ("ours", "saelens"):
+            t0 = time.perf_counter()
+            if name == "ours":
+                state.step = i
+                out = train_step(state, data[i])
+            else:
+                trainer.step(data[i])
+                trainer.n_training_steps += 1
+            if i >= warm:
+                times[name].append(time.perf_counter() - t0)
+        if "candidates" in out:  # our step ran on the sparse path
+            sparse_steps += 1
+            densities.append(out["candidates"])
+    med = {k_: statistics.median(v) for k_, v in times.items()}
+    with torch.no_grad():
+        fvu_ours, fvu_theirs = fvu(ours(held_out), held_out), fvu(theirs(held_out), held_out)
+        l0_theirs = float((theirs.encode(held_out) > 0).sum(1).double().mean())
+    after = _jumprelu_regime(ours, held_out, bw)
+    res = {
+        "kind": "jumprelu_settled",
+        "ms_ours": 1e3 * med["ours"],
+        "ms_saelens": 1e3 * med["saelens"],
+        "ratio_vs_saelens": med["saelens"] / med["ours"],
+        "floor_ratio": med["ours"] / floor_s,
+        "fvu_start": fvu_start,
+        "fvu_ours": fvu_ours,
+        "fvu_saelens": fvu_theirs,
+        "l0_coefficient": l0,
+        "settle_steps": steps,
+        "settle_lr": settle_lr,
+        "settle_s": settle_s,
+        "regime_start": before,
+        "regime_end": after,
+        "l0_saelens_end": l0_theirs,
+        "sparse_steps": f"{sparse_steps}/{n}",
+        "candidate_fraction_steps": [min(densities), max(densities)] if densities else None,
+    }
+    print(
+        f"JumpReLU from a settled state ({steps} steps at lr {settle_lr:.2g}, l0 {l0}; "
+        f"{settle_s:.0f} s): L0 {before['l0']:.1f} of {d_sae}, "
+        f"{100 * before['band_fraction']:.2f} % of entries within bandwidth/2 of their "
+        f"threshold, {100 * before['candidate_fraction']:.2f} % candidates; FVU {fvu_start:.4f}"
+    )
+    print(
+        f"{'rlsae jumprelu (settled)':28}{res['ms_ours']:>10.1f}{B / med['ours']:>12.0f}{fvu_ours:>24.4f}"
+    )
+    print(
+        f"{'SAELens jumprelu (settled)':28}{res['ms_saelens']:>10.1f}{B / med['saelens']:>12.0f}{fvu_theirs:>24.4f}"
+    )
+    print(
+        f"jumprelu settled: ratio vs SAELens {res['ratio_vs_saelens']:.2f}x (target >= 3), "
+        f"floor ratio {res['floor_ratio']:.2f}; our step sparse in {sparse_steps} of {n} steps; "
+        f"after: L0 ours {after['l0']:.1f}, SAELens {l0_theirs:.1f}"
     )
     print(json.dumps(res))
 

@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from rlsae.errors import RlsaeError
-from rlsae.sae._fast import Workspace, prefix_sse, topk_loss
+from rlsae.sae._fast import Workspace, jumprelu_loss, prefix_sse, topk_loss
 from rlsae.sae.config import TrainConfig
-from rlsae.sae.jumprelu import jumprelu, step
 from rlsae.sae.model import SAE
 from rlsae.sae.optim import lr_factor, make_optimizer
 
@@ -232,33 +231,62 @@ def _update_threshold(state: TrainState, vals: torch.Tensor) -> None:
 def _jumprelu_terms(
     state: TrainState, x: torch.Tensor, total_var: torch.Tensor, out: dict[str, float]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """JumpReLU: (loss, fvu, fired latents, l0); MSE plus the warmed-up L0 term (into ``out``)."""
+    """JumpReLU: (loss, fvu, fired latents, l0); MSE plus the warmed-up L0 term (into ``out``).
+    On the sparse path (``rlsae.sae._fast.jumprelu_loss``) where few entries lie above their
+    threshold's band, else on the dense block: the same terms either way (the straight-through
+    estimators of ``rlsae.sae.jumprelu``)."""
     sae, cfg = state.sae, state.cfg
     t = sae.threshold
     assert t is not None  # a jumprelu SAE has one
     with torch.no_grad():
         t.clamp_(min=0.0)  # below 0 the gate would pass negative pre-activations
-    pre = sae.pre_acts(x)
-    f = jumprelu(pre, t, cfg.bandwidth)
-    recon = f @ sae.W_dec + sae.b_dec
-    mse = (recon - x).pow(2).sum(-1).mean()
-    if cfg.sparsity_loss == "step":
-        sparsity = step(pre, t, cfg.bandwidth).sum(-1).mean()
+    dead = state.since_fired >= cfg.dead_rows
+    dead_cols = dead.nonzero().reshape(-1) if cfg.pre_act_loss is not None else None
+    terms = jumprelu_loss(
+        x,
+        sae.W_enc,
+        sae.b_enc,
+        sae.W_dec,
+        sae.b_dec,
+        t,
+        cfg.bandwidth,
+        sae.cfg.apply_b_dec_to_input,
+        dead_cols,
+        state.workspace,
+    )
+    rows = x.shape[0]
+    mse = terms.sse / rows
+    fvu = terms.sse / total_var
+    norms = sae.W_dec.norm(dim=1) if cfg.sparsity_loss == "tanh" else None
+    if terms.idx is not None:  # the sparse path: the candidates' entries
+        active = terms.active.reshape(-1)
+        hits = torch.bincount(  # active entries per latent
+            terms.idx.reshape(-1), weights=active.to(x.dtype), minlength=sae.d_sae
+        )
+        fired, n_active = hits > 0, int(active.sum())
+        norms = norms[terms.idx] if norms is not None else None
+        out["candidates"] = terms.density
+    else:  # the dense path: every entry
+        fired, n_active = terms.active.any(0), int(terms.active.sum())
+    if norms is None:
+        sparsity = terms.count / rows
     else:
-        sparsity = torch.tanh(cfg.tanh_scale * f * sae.W_dec.norm(dim=1)).sum(-1).mean()
+        sparsity = torch.tanh(cfg.tanh_scale * terms.f * norms).sum() / rows
     warm = int(cfg.l0_warmup_frac * state.total)
     l0c = cfg.l0 * min(1.0, (state.step + 1) / warm) if warm else cfg.l0
     out["l0_loss"] = float(sparsity.detach())
     out["l0_coeff"] = l0c
     loss = mse + l0c * sparsity
     if cfg.pre_act_loss is not None:
-        dead = state.since_fired >= cfg.dead_rows
-        pre_act = pre_act_loss(pre, t, sae.W_dec, dead)
+        if terms.pre_dead is not None:  # the dead columns' block, as pre_act_loss takes it
+            assert dead_cols is not None
+            gap = (t[dead_cols] - terms.pre_dead).relu()
+            pre_act = (gap * sae.W_dec[dead_cols].norm(dim=1)).sum(-1).mean()
+        else:
+            pre_act = x.new_zeros(())
         out["pre_act_loss"] = float(pre_act.detach())
         loss = loss + cfg.pre_act_loss * pre_act
-    fvu = (recon - x).pow(2).sum() / total_var
-    active = f.detach() != 0
-    return loss, fvu, active.any(0), float(active.sum()) / x.shape[0]
+    return loss, fvu, fired, n_active / rows
 
 
 def pre_act_loss(

@@ -37,6 +37,14 @@ _SIGNATURES = {
         [_P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P],
         ctypes.c_int,
     ),
+    "gather_ge_rows": ([_P, _P, _I, _P, _I, _I, ctypes.c_float, _P, _P, _P], None),
+    "kth_largest": ([_P, _I, _P, _P, _I, _I, _I, _P], ctypes.c_int),
+    "batchtopk_assemble": (
+        [_P, _P, _I, _P, _P, _P, _P, _I, ctypes.c_float, _I, _I, _I, _P, _P, _P],
+        ctypes.c_int,
+    ),
+    "jumprelu_candidates": ([_P, _P, _I, _P, _I, _I, _I, _P, _P, _P, _P], ctypes.c_int),
+    "jumprelu_residual_rows": ([_P, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P], None),
 }
 # tried in order; the first that compiles is used. The vector-width hint is x86-only (GCC's
 # default for AMD Zen is 128-bit vectors; see docs/benchmarks.md). Without -fopenmp the kernels run
@@ -180,6 +188,33 @@ def _self_test(lib: ctypes.CDLL) -> None:
     assert rc == 0 and not failed.any(), "select_rows self-test failed"
     ref = pre.topk(6, dim=-1).indices.sort(-1).values
     assert torch.equal(si.sort(-1).values, ref), "select_rows self-test failed"
+    # BatchTopK: the short rows' entries >= t0, the k-th largest, the compacted kept entries
+    rows, bias = torch.tensor([2, 0]), torch.zeros(512)
+    gv, gi, gc = (
+        torch.empty(2, 512),
+        torch.empty(2, 512, dtype=torch.long),
+        torch.empty(2, dtype=torch.long),
+    )
+    lib.gather_ge_rows(_ptr(pre), _ptr(bias), 1, _ptr(rows), 2, 512, 1.0, *map(_ptr, (gv, gi, gc)))
+    for s, r in enumerate(rows.tolist()):
+        want = (pre[r] >= 1.0).nonzero().reshape(-1)
+        assert torch.equal(gi[s, : gc[s]], want), "gather_ge_rows self-test failed"
+    t = torch.empty(1)
+    assert lib.kth_largest(_ptr(sv), 24, _ptr(gv), _ptr(gc), 2, 512, 30, _ptr(t)) == 0
+    every = torch.cat([sv.reshape(-1), gv[0, : gc[0]], gv[1, : gc[1]]])
+    assert float(t) == float(every.sort(descending=True).values[29]), "kth_largest self-test failed"
+    src, cnt = torch.tensor([1, -1, 0, -1]), torch.empty(4, dtype=torch.long)
+    ov, oi = torch.empty(4, 40), torch.empty(4, 40, dtype=torch.long)
+    args = (_ptr(sv), _ptr(si), 6, _ptr(src), _ptr(gv), _ptr(gi), _ptr(gc), 512, 2.0, 4, 512)
+    assert lib.batchtopk_assemble(*args, 40, _ptr(ov), _ptr(oi), _ptr(cnt)) == 0
+    for r in range(4):
+        v, i = (
+            (sv[r], si[r]) if src[r] < 0 else (gv[src[r], : gc[src[r]]], gi[src[r], : gc[src[r]]])
+        )
+        want = i[v >= 2.0]
+        ok = torch.equal(oi[r, : cnt[r]], want) and not ov[r, cnt[r] :].any()
+        ok = ok and len(set(oi[r].tolist())) == 40
+        assert ok, "batchtopk_assemble self-test failed"
 
 
 def lib() -> ctypes.CDLL | None:
@@ -248,7 +283,9 @@ def residual(
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(e, sse, gdot): e = b_dec + sum_j vals W_dec[idx] - x (rows, d), sse = |e|^2 per row,
-    gdot[r, j] = e[r] . W_dec[idx[r, j]]. All inputs contiguous; e goes into ``out`` if given."""
+    gdot[r, j] = e[r] . W_dec[idx[r, j]] where vals[r, j] != 0 and 0 where it is 0 (entries of
+    value 0 are skipped: every consumer masks gdot by vals > 0). All inputs contiguous; e goes
+    into ``out`` if given."""
     B, k = idx.shape
     d = x.shape[1]
     e = torch.empty_like(x) if out is None else out
@@ -272,7 +309,8 @@ def group_by_latent(
     ``aux = (a_idx, a_dec, a_enc)`` (B, ka), grouped by latent (one counting sort): (offsets,
     enc_rows, dec_rows, dec_vals, enc_vals, enc_sums), latent j's entries at
     offsets[j]:offsets[j+1] in entry order (AuxK entries' dec_rows are B + row), enc_sums[j] the
-    sum of latent j's enc values. All inputs contiguous."""
+    sum of latent j's enc values. Entries whose dec and enc values are both 0 contribute nothing
+    and are left out: the four entry arrays hold offsets[n] entries. All inputs contiguous."""
     B, k = idx.shape
     if aux is not None:
         a_idx, a_dec, a_enc = aux
@@ -295,4 +333,135 @@ def group_by_latent(
         raise ValueError("a latent index is out of range")
     if rc != 0:
         raise MemoryError("rlsae's latent grouping could not allocate memory")
-    return offsets, enc_rows, dec_rows, dec_vals, enc_vals, enc_sums
+    nnz = int(offsets[n])
+    return offsets, enc_rows[:nnz], dec_rows[:nnz], dec_vals[:nnz], enc_vals[:nnz], enc_sums
+
+
+def gather_ge(
+    pre: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor, t0: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BatchTopK's short rows: (vals, idx, counts) with row s of vals/idx (len(rows), n) holding,
+    in its first counts[s] columns, the entries v >= t0 and v > 0 of row rows[s] of the
+    contiguous float32 block ``pre`` (+ ``bias`` when given; ``pre`` is only read), in column
+    order."""
+    B, n = pre.shape
+    S = rows.shape[0]
+    vals = torch.empty(S, n, dtype=pre.dtype)
+    idx = torch.empty(S, n, dtype=torch.long)
+    counts = torch.empty(S, dtype=torch.long)
+    b = bias.detach().contiguous() if bias is not None else pre
+    rows = rows.contiguous()
+    if S:
+        _loaded().gather_ge_rows(
+            _ptr(pre), _ptr(b), int(bias is not None), _ptr(rows), S, n, float(t0),
+            _ptr(vals), _ptr(idx), _ptr(counts),
+        )  # fmt: skip
+    return vals, idx, counts
+
+
+def kth_largest(
+    a: torch.Tensor,
+    k: int,
+    g: torch.Tensor | None = None,
+    g_counts: torch.Tensor | None = None,
+) -> float:
+    """The k-th largest of the values of the contiguous float32 ``a`` (no NaN) and, where given,
+    of the first g_counts[s] of each row s of the contiguous ``g`` (S, stride) (an exact radix
+    select; 1 <= k <= their number)."""
+    S, gn, gp, cp = 0, 0, None, None
+    if g is not None and g_counts is not None and g.shape[0]:
+        S, gn, gp, cp = g.shape[0], g.shape[1], _ptr(g), _ptr(g_counts)
+    out = torch.empty(1, dtype=torch.float32)
+    rc = _loaded().kth_largest(_ptr(a), a.numel(), gp, cp, S, gn, int(k), _ptr(out))
+    if rc != 0:
+        raise MemoryError("rlsae's BatchTopK threshold search could not allocate memory")
+    return float(out)
+
+
+def batchtopk_assemble(
+    cand_vals: torch.Tensor,
+    cand_idx: torch.Tensor,
+    src: torch.Tensor,
+    g_vals: torch.Tensor,
+    g_idx: torch.Tensor,
+    g_counts: torch.Tensor,
+    t: float,
+    n: int,
+    w: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BatchTopK's kept entries v >= t, v > 0 of every row: row r's entries are its candidates
+    ``cand_vals``/``cand_idx`` (B, m), or where src[r] >= 0 the first g_counts[src[r]] of row
+    src[r] of ``g_vals``/``g_idx`` (S, stride). (vals, idx, counts): counts (B,) how many each
+    row keeps; with ``w`` (>= every count), vals/idx (B, w) hold each row's kept entries in
+    source order, then value-0 entries at distinct latents the row does not keep (n - 1 down);
+    without, vals/idx are empty. All inputs contiguous."""
+    B, m = cand_vals.shape
+    counts = torch.empty(B, dtype=torch.long)
+    out_v = torch.empty(B, w or 0, dtype=cand_vals.dtype)
+    out_i = torch.empty(B, w or 0, dtype=torch.long)
+    gn = g_vals.shape[1] if g_vals.ndim == 2 else 0
+    rc = _loaded().batchtopk_assemble(
+        _ptr(cand_vals), _ptr(cand_idx), m, _ptr(src), _ptr(g_vals), _ptr(g_idx),
+        _ptr(g_counts), gn, float(t), B, int(n), int(w or 0),
+        _ptr(out_v) if w else None, _ptr(out_i) if w else None, _ptr(counts),
+    )  # fmt: skip
+    if rc == -2:
+        raise ValueError("a row keeps more entries than the output width")
+    if rc != 0:
+        raise MemoryError("rlsae's BatchTopK assembly could not allocate memory")
+    return out_v, out_i, counts
+
+
+def jumprelu_candidates(
+    pre: torch.Tensor,
+    bias: torch.Tensor | None,
+    lo: torch.Tensor,
+    cap: int,
+    z: torch.Tensor | None = None,
+    idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, idx, counts, bad) for the contiguous float32 block ``pre`` (B, n), ``pre += bias``
+    in place first when given: each row's entries above ``lo`` (n,), in column order, the first
+    ``cap`` of them as values ``z`` (B, cap) and columns ``idx`` (B, cap) (entries past a row's
+    count are left as they were), ``counts`` (B,) how many each row has in all (may exceed
+    ``cap``), ``bad`` (B,) set where the row holds NaN or inf. ``z`` and ``idx`` are written
+    into when given."""
+    B, n = pre.shape
+    z = torch.empty(B, cap, dtype=pre.dtype) if z is None else z
+    idx = torch.empty(B, cap, dtype=torch.long) if idx is None else idx
+    counts = torch.empty(B, dtype=torch.long)
+    bad = torch.zeros(B, dtype=torch.uint8)
+    b = bias.detach().contiguous() if bias is not None else pre
+    lo = lo.detach().contiguous()
+    rc = _loaded().jumprelu_candidates(
+        _ptr(pre), _ptr(b), int(bias is not None), _ptr(lo), B, n, int(cap),
+        _ptr(z), _ptr(idx), _ptr(counts), _ptr(bad),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("rlsae's JumpReLU candidate selection could not allocate memory")
+    return z, idx, counts, bad
+
+
+def jumprelu_residual(
+    x: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    idx: torch.Tensor,
+    vals: torch.Tensor,
+    counts: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(e, sse, gdot) over the first ``counts[r]`` entries of each row of ``idx``/``vals``
+    (B, w): e = b_dec + sum vals W_dec[idx] - x, sse = |e|^2 per row, gdot[r, j] =
+    e[r] . W_dec[idx[r, j]] at every one of them, value 0 or not (0 past the count). All inputs
+    contiguous; e goes into ``out`` if given."""
+    B, k = idx.shape
+    d = x.shape[1]
+    e = torch.empty_like(x) if out is None else out
+    sse = torch.empty(B, dtype=x.dtype)
+    gdot = torch.empty(B, k, dtype=x.dtype)
+    _loaded().jumprelu_residual_rows(
+        _ptr(x), _ptr(W_dec), _ptr(b_dec), _ptr(idx), _ptr(vals), _ptr(counts), B, d, k,
+        _ptr(e), _ptr(sse), _ptr(gdot),
+    )  # fmt: skip
+    return e, sse, gdot

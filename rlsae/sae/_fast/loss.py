@@ -156,17 +156,20 @@ def _encode_batchtopk(
     workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """BatchTopK: the ``k * rows`` largest ReLU'd pre-activations over the whole batch, as (rows,
-    m) values and indices whose entries outside the kept set have value 0 (they decode to nothing
+    w) values and indices whose entries outside the kept set have value 0 (they decode to nothing
     and get no gradient, exactly as the dense ``relu(pre) * kept``), plus AuxK as ``_encode_topk``.
+    An entry is kept where it is >= t, the (k * rows)-th largest over the batch (ties at t all
+    kept), and above 0.
 
-    A threshold search over the block: each row's top m = 2k (the grouped selection), then t =
-    the (k * rows)-th largest of those candidates, a lower bound of the batch's true threshold;
-    an entry is kept where it is >= t and above 0. This is exact unless some row's smallest
-    candidate is positive and >= t (that row may hold more entries above t than it offered).
-    Then one counting pass over the block gives the most entries >= t in any row, which bounds
-    every row's kept count, and the selection runs once more at that width (rounded up to a
-    power of two). Batches above CHUNK rows, whose block is not kept whole, re-run the blockwise
-    encoder with m doubled instead. Deterministic given the data (a resume repeats it)."""
+    A threshold search over the block: each row's top m = 2k (the grouped selection), then t0 =
+    the (k * rows)-th largest of those candidates, a lower bound of t. Every entry >= t0 is
+    among its row's candidates unless the row is short (its smallest candidate is positive and
+    >= t0); only the short rows are read again, for all their entries >= t0. t is then the
+    (k * rows)-th largest of the entries >= t0, and each row's kept entries are moved into the
+    first w columns, w = the most any row keeps, rounded up to a multiple of 8 (``_assemble``,
+    or ``_assemble_native`` with the C kernels: the same entries kept). Batches above CHUNK
+    rows, whose block is not kept whole, re-run the blockwise encoder with m doubled instead.
+    Deterministic given the data (a resume repeats it)."""
     B, n = x.shape[0], W_enc.shape[1]
     keep = max(1, int(k * B))  # a fractional k: int(k x rows), as SAELens
     m = min(n, 2 * math.ceil(k))
@@ -176,7 +179,7 @@ def _encode_batchtopk(
                 x, W_enc, b_enc, b_dec, apply_b_dec, m, dead_idx, k_aux, workspace
             )
             t = _kth_largest(vals, keep)
-            if m == n or not _short(vals, t):
+            if m == n or not bool(_short(vals, t).any()):
                 break
             m = min(n, 2 * m)
         vals.mul_(vals >= t)
@@ -186,26 +189,64 @@ def _encode_batchtopk(
     torch.mm(x, W_enc, out=pre)
     vals, idx = topk_select(pre, m, bias=c)
     vals.relu_()
-    t = _kth_largest(vals, keep)
-    if m < n and _short(vals, t):
-        above = pre >= (t - c) if float(t) > 0 else pre > -c
-        need = int(torch.count_nonzero(above, dim=1).max())
-        m = min(n, max(2 * m, 1 << max(0, need - 1).bit_length()))
-        vals, idx = topk_select(pre, m, bias=c)
-        vals.relu_()
-        t = _kth_largest(vals, keep)
-        if m < n and _short(vals, t):  # rounding at the boundary: the plain dense answer
-            vals, idx = topk_select(pre, n, bias=c)
-            vals.relu_()
-            t = _kth_largest(vals, keep)
-    vals.mul_(vals >= t)
-    vals, idx = _compact(vals, idx)
+    native = _native.usable(pre, c, vals) and not bool(vals.isnan().any())
+    if native:  # the native kernels, from the same candidates to the same kept entries
+        with torch.profiler.record_function("rlsae::batchtopk_threshold"):
+            vals, idx = _assemble_native(pre, c, vals.contiguous(), idx.contiguous(), keep)
+    else:
+        vals, idx = _assemble(pre, c, vals, idx, keep)
     dead = dead_idx if dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0 else None
     if dead is None:
         return vals, idx, None, None
     ka = min(int(k_aux), int(dead.numel()))
     a_vals, a_pos = (pre.index_select(1, dead) + c[dead]).topk(ka, dim=-1, sorted=False)
     return vals, idx, a_vals.relu_(), dead[a_pos]
+
+
+def _assemble(
+    pre: torch.Tensor, c: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchTopK's kept entries (``_encode_batchtopk``) from the block ``pre`` (+ ``c``) and each
+    row's ReLU'd candidates ``vals``/``idx`` (B, m): (rows, w) values and indices. A short
+    row's entries >= t0 all lie within its top ``need``: the selection runs once more at the
+    widest such width."""
+    n, m = pre.shape[1], vals.shape[1]
+    t = t0 = _kth_largest(vals, keep)
+    rows = _short(vals, t0).nonzero().reshape(-1) if m < n else idx.new_empty(0)
+    if rows.numel():
+        full = (pre[rows] + c).relu_()
+        need = int(((full >= t0) & (full > 0)).sum(1).max())
+        vals, idx = topk_select(pre, min(n, max(m, need)), bias=c)
+        vals.relu_()
+        t = _kth_largest(vals, keep)  # every entry >= t0 is among the candidates now
+    vals.mul_(vals >= t)
+    return _compact(vals, idx)
+
+
+def _assemble_native(
+    pre: torch.Tensor, c: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_assemble`` with the native kernels (float32, no NaN among the candidates): the short
+    rows' entries >= t0 gathered from the block (``gather_ge``) instead of a second selection,
+    t by a radix select over the entries >= t0, the kept entries compacted in C
+    (``batchtopk_assemble``: each row's kept entries first, then value 0 at latents the row does
+    not keep). ``vals`` is overwritten."""
+    B, n = pre.shape
+    m = vals.shape[1]
+    t = t0 = _native.kth_largest(vals, keep)
+    rows = _short(vals, t0).nonzero().reshape(-1) if m < n else idx.new_empty(0)
+    g_vals, g_idx, g_counts = _native.gather_ge(pre, c, rows, t0)
+    src = torch.full((B,), -1, dtype=torch.long)
+    if rows.numel():
+        src[rows] = torch.arange(rows.numel())
+        # the short rows' candidates are among their gathered entries: counted there only
+        vals[rows] = 0.0
+        t = _native.kth_largest(vals, keep, g_vals, g_counts)
+    args = (vals, idx, src, g_vals, g_idx, g_counts, t, n)
+    counts = _native.batchtopk_assemble(*args, None)[2]
+    w = min(n, max(8, -(-int(counts.max()) // 8) * 8))
+    out_v, out_i, _ = _native.batchtopk_assemble(*args, w)
+    return out_v, out_i
 
 
 def _compact(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,11 +267,11 @@ def _kth_largest(vals: torch.Tensor, keep: int) -> torch.Tensor:
     return flat.kthvalue(flat.numel() - keep + 1).values
 
 
-def _short(vals: torch.Tensor, t: torch.Tensor) -> bool:
-    """Whether some row's candidates may have left out an entry >= t: its smallest candidate is
-    positive and >= t."""
+def _short(vals: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """(rows,) bool: the rows whose candidates may have left out an entry >= t (and > 0): their
+    smallest candidate is positive and >= t."""
     low = vals.amin(dim=1)
-    return bool(((low > 0) & (low >= t)).any())
+    return (low > 0) & (low >= t)
 
 
 def _sparse_grads(
