@@ -5,12 +5,17 @@ agents are ordinary agent directories), at 1, 4, 8 and 16 emulators: the steps/s
 ``evaluate_agent`` (greedy) and ``record_activations`` (fc1, epsilon 0.2), and the steps/s of the
 bare batched forward of the same network (``Agent.forward(obs, "fc1")``) at the same batch size
 and thread count, measured in the same run; ``eval_vs_floor`` and ``record_vs_floor`` are the
-ratios (issue 13's target: >= 0.7 at 8 envs). Each row measures the plain play path
-(``plain_*``: a new vector env per call, lockstep RAM emulators stepped inline) and then the fast
-one (the default: the eval builds its emulators, the recording reuses them; the RAM emulators
-step in a worker thread during the forward pass) side by side, both after a warm-up that pays
-the one-time imports. Prints one line per figure and, last, one JSON object. Never asserts on
-time.
+ratios (issue 13's target: >= 0.7 at 8 envs). Beside them the emulator ceiling: steps/s of the
+same ``AtariVectorEnv`` of ``n`` envs alone (random actions, no network), counted as the eval
+pays it (``emulator_steps_per_s``: build, seeded reset, steps) and as a recording on kept
+emulators pays it (``emulator_reused_steps_per_s``: seeded reset, steps); ``eval_vs_bound`` and
+``record_vs_bound`` divide by the smaller of floor and ceiling, so a row bound by the emulators,
+not the network (NatureCNN), shows it. Each row measures the plain play path (``plain_*``: a new
+vector env per call, all envs stepped together, lockstep RAM emulators stepped inline) and then
+the fast one (the default: the eval builds its emulators, the recording reuses them; two env
+groups double-buffered, the lockstep RAM emulators in a helper process) side by side, both after
+a warm-up that pays the one-time imports. Prints one line per figure and, last, one JSON
+object. Never asserts on time.
 
 Usage: ``python benchmarks/agent_play.py [--steps-per-env 150] [--envs 1 4 8 16]
 [--arch poster nature] [--threads 1] [--repeat 1]``.
@@ -57,14 +62,35 @@ def floor_rate(agent: Any, n: int, seconds: float) -> float:
     return rows / (time.perf_counter() - t0)
 
 
+def emulator_rates(agent: Any, n: int, steps_per_env: int) -> tuple[float, float]:
+    """Steps/s of ``n`` emulators alone (one ``AtariVectorEnv``, random actions, no network):
+    counting build, seeded reset and steps (as a first eval pays them), and reset and steps
+    (as a play on kept emulators)."""
+    import numpy as np
+
+    from rlsae.agents.envs import AleVecEnv
+    from rlsae.agents.rollout import episode_seed
+
+    t0 = time.perf_counter()
+    env = AleVecEnv(agent.env_config, n, seed=None, autoreset=False)
+    t1 = time.perf_counter()
+    actions = np.random.default_rng(0).integers(0, int(env.action_space.n), (steps_per_env, n))
+    env.reset_with_seeds([episode_seed(1, i) for i in range(n)])
+    for a in actions:
+        env.step(a)
+    t2 = time.perf_counter()
+    env.close()
+    return n * steps_per_env / (t2 - t0), n * steps_per_env / (t2 - t1)
+
+
 def set_path(fast: bool) -> None:
-    """The fast play path (``rollout.REUSE_EMULATORS``, ``rollout.OVERLAP_RAM``) or the plain
-    one; both play the same games (``tests/agents/test_play_speed.py``)."""
+    """The fast play path (``rollout.REUSE_EMULATORS``, ``OVERLAP_RAM``, ``OVERLAP_ENVS``) or
+    the plain one; both play the same games (``tests/agents/test_play_speed.py``)."""
     from rlsae.agents import rollout
 
     if not fast:
         rollout.close_idle_emulators()
-    rollout.REUSE_EMULATORS = rollout.OVERLAP_RAM = fast
+    rollout.REUSE_EMULATORS = rollout.OVERLAP_RAM = rollout.OVERLAP_ENVS = fast
 
 
 def play_rates(agent: Any, n: int, steps_per_env: int, root: Path, tag: str) -> tuple[float, float]:
@@ -94,15 +120,17 @@ def measure(
 
     agent = load_agent(agent_dir)
     floor_rate(agent, n, seconds=0.3)  # warm-up: torch's first forward at batch n is slow
-    plain_eval = plain_record = eval_rate = record_rate = 0.0
+    plain_eval = plain_record = eval_rate = record_rate = emu = emu_reused = 0.0
     for r in range(repeat):
         set_path(fast=False)
         pe, pr = play_rates(agent, n, steps_per_env, root, f"plain{r}")
         set_path(fast=True)
         fe, fr = play_rates(agent, n, steps_per_env, root, f"fast{r}")
         set_path(fast=False)  # the next fast eval builds its emulators again
+        ef, er = emulator_rates(agent, n, steps_per_env)
         plain_eval, plain_record = max(plain_eval, pe), max(plain_record, pr)
         eval_rate, record_rate = max(eval_rate, fe), max(record_rate, fr)
+        emu, emu_reused = max(emu, ef), max(emu_reused, er)
     floor = floor_rate(agent, n, seconds=2.0)
     return {
         "arch": arch,
@@ -116,6 +144,10 @@ def measure(
         "plain_record_steps_per_s": round(plain_record, 1),
         "plain_eval_vs_floor": round(plain_eval / floor, 3),
         "plain_record_vs_floor": round(plain_record / floor, 3),
+        "emulator_steps_per_s": round(emu, 1),
+        "emulator_reused_steps_per_s": round(emu_reused, 1),
+        "eval_vs_bound": round(eval_rate / min(floor, emu), 3),
+        "record_vs_bound": round(record_rate / min(floor, emu_reused), 3),
     }
 
 
@@ -152,7 +184,10 @@ def main() -> None:
                     f"(eval {r['eval_vs_floor']:.2f}, record {r['record_vs_floor']:.2f} of it; "
                     f"plain path: eval {r['plain_eval_steps_per_s']:.1f}/s "
                     f"{r['plain_eval_vs_floor']:.2f}, record {r['plain_record_steps_per_s']:.1f}/s "
-                    f"{r['plain_record_vs_floor']:.2f})",
+                    f"{r['plain_record_vs_floor']:.2f}); emulators alone "
+                    f"{r['emulator_steps_per_s']:.1f}/s, reused {r['emulator_reused_steps_per_s']:.1f}/s"
+                    f" (eval {r['eval_vs_bound']:.2f}, record {r['record_vs_bound']:.2f} of "
+                    "min(floor, emulators))",
                     flush=True,
                 )
     print(

@@ -166,7 +166,12 @@ class AleVecEnv(VecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         assert self._actions is not None, "step_async must be called first"
-        obs, raw, terminated, truncated, info = self.ale_env.step(self._actions)
+        return self.finish_step(self.ale_env.step(self._actions))
+
+    def finish_step(self, result: tuple) -> VecEnvStepReturn:
+        """:meth:`step_wait`'s return from what ``ale_env.step`` (or ``ale_env.send`` then
+        ``ale_env.recv``, to step in ale-py's threads meanwhile) returned."""
+        obs, raw, terminated, truncated, info = result
         obs = _to_channel_first(obs, self._mode)
         raw = np.asarray(raw)
         self._ep_return += raw

@@ -10,8 +10,10 @@ are not in ``episodes.json``). The decoding of the bytes is :mod:`rlsae.agents.r
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +101,17 @@ class LockstepAle:
 
     def reset(self, seed: int, noops: int = 0) -> None:
         """A new game seeded ``seed``, then ``noops`` one-frame no-ops (as the vector env)."""
+        self.load(seed)
+        self.play_noops(noops)
+
+    def load(self, seed: int) -> None:
+        """The first half of :meth:`reset`: load the ROM seeded ``seed`` (the costly part, which
+        needs no no-op count: a player can start it before the vector env's reset reports it)."""
         self.ale.setInt("random_seed", int(seed))
         self.ale.loadROM(self.rom)
+
+    def play_noops(self, noops: int) -> None:
+        """The second half of :meth:`reset`: ``noops`` one-frame no-ops after :meth:`load`."""
         for _ in range(int(noops)):
             self.ale.act(self._ale_py.Action.NOOP)
             if self.ale.game_over():
@@ -169,6 +180,18 @@ class LockstepRams:
         for i, s, n in zip(envs, seeds, noops, strict=True):
             self.emus[int(i)].reset(int(s), int(n))
 
+    def load(self, envs: Sequence[int] | np.ndarray, seeds: Sequence[int] | np.ndarray) -> None:
+        """:meth:`reset`'s ROM loads alone (then :meth:`play_noops` with the same envs)."""
+        for i, s in zip(envs, seeds, strict=True):
+            self.emus[int(i)].load(int(s))
+
+    def play_noops(
+        self, envs: Sequence[int] | np.ndarray, noops: Sequence[int] | np.ndarray
+    ) -> None:
+        """:meth:`reset`'s no-ops, after :meth:`load`."""
+        for i, n in zip(envs, noops, strict=True):
+            self.emus[int(i)].play_noops(int(n))
+
     def ram(self, envs: Sequence[int] | np.ndarray) -> np.ndarray:
         """(len(envs), 128) uint8: the RAM of those envs now."""
         return np.stack([self.emus[int(i)].ram() for i in envs]).astype(np.uint8)
@@ -185,6 +208,164 @@ class LockstepRams:
                     f"env {int(i)}: the lockstep emulator scored {got} where the vector env "
                     f"scored {r:g}; its RAM would not be the game's (another ale-py build?)"
                 )
+
+
+class RamProcess:
+    """:class:`LockstepRams` in a child process, driven through a pipe: ale-py's ``loadROM``
+    (~0.1 s) and ``act`` hold the GIL for the whole call, so lockstep emulators in a thread of
+    the playing process stall its forward pass (in a thread the forward ran at 1/15 of its
+    speed while they stepped); in a process they run beside it, on the other core.
+
+    Commands run in the order sent; :meth:`ask` returns a ticket for its reply (:meth:`get`,
+    :meth:`ready`). After a failed command (a reward mismatch) the child skips the commands up
+    to the next ``new`` and answers every question with the error, raised here in one line.
+    """
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+        from multiprocessing import Pipe
+
+        here, there = Pipe()
+        path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        code = f"from rlsae.agents.ram_emulator import _serve; _serve({there.fileno()})"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], pass_fds=(there.fileno(),),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path},
+        )  # fmt: skip
+        there.close()
+        self.conn = here
+        self.asked = self.answered = 0
+        self.replies: dict[int, tuple[str, Any]] = {}
+
+    def tell(self, *msg: Any) -> None:
+        """Send a command without a reply."""
+        try:
+            self.conn.send(msg)
+        except OSError:
+            raise RlsaeError("the lockstep RAM emulator process ended unexpectedly") from None
+
+    def ask(self, *msg: Any) -> int:
+        """Send a command with a reply; its ticket."""
+        self.tell(*msg)
+        self.asked += 1
+        return self.asked
+
+    def _receive(self) -> None:
+        try:
+            reply = self.conn.recv()
+        except (EOFError, OSError):
+            raise RlsaeError("the lockstep RAM emulator process ended unexpectedly") from None
+        self.answered += 1
+        self.replies[self.answered] = reply
+
+    def ready(self, ticket: int) -> bool:
+        """Whether :meth:`get` would not wait (reads the replies that have come)."""
+        while self.answered < ticket and self.conn.poll():
+            self._receive()
+        return self.answered >= ticket
+
+    def get(self, ticket: int) -> Any:
+        """The reply to ``ticket`` (waits for it); the child's error raised in one line."""
+        while self.answered < ticket:
+            self._receive()
+        status, value = self.replies.pop(ticket)
+        if status != "ok":
+            raise RlsaeError(value)
+        return value
+
+    def idle(self) -> bool:
+        """Whether every reply has been read and the child is alive (it can serve again)."""
+        return self.answered == self.asked and self.proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("close",))
+            self.proc.wait(timeout=5)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+        self.conn.close()
+
+
+def _serve(fd: int) -> None:
+    """The child of :class:`RamProcess`: run the commands read from pipe ``fd``."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    rams: LockstepRams | None = None
+    error: str | None = None
+    while True:
+        try:
+            cmd, *args = conn.recv()
+        except EOFError:
+            return
+        if cmd == "close":
+            return
+        try:
+            if cmd == "new":
+                rams, error = LockstepRams(**args[0]), None
+            elif cmd in ("ram", "sync"):
+                if error is not None:
+                    conn.send(("error", error))
+                else:
+                    assert rams is not None
+                    conn.send(("ok", rams.ram(args[0]) if cmd == "ram" else None))
+            elif error is None:
+                assert rams is not None
+                run: Any = {"load": rams.load, "noops": rams.play_noops, "step": rams.step}[cmd]
+                run(*args)
+        except RlsaeError as e:
+            error = str(e)
+        except Exception as e:  # noqa: BLE001 - reported to the parent in one line
+            error = f"the lockstep RAM emulator failed: {type(e).__name__}: {e}"
+
+
+_IDLE_PROCESS: list[RamProcess] = []
+_PROCESS_LOCK = threading.Lock()
+
+
+def take_ram_process() -> RamProcess:
+    """The idle :class:`RamProcess` of an earlier play, or a new one (~0.35 s to start, beside
+    the caller's own work)."""
+    while True:
+        with _PROCESS_LOCK:
+            proc = _IDLE_PROCESS.pop() if _IDLE_PROCESS else None
+        if proc is None:
+            return RamProcess()
+        if proc.idle():
+            return proc
+        proc.close()
+
+
+def give_back_ram_process(proc: RamProcess) -> None:
+    """Keep ``proc`` for the next play if it is idle and healthy (one at most), else end it."""
+    with _PROCESS_LOCK:
+        keep = proc.idle() and not _IDLE_PROCESS
+        if keep:
+            _IDLE_PROCESS.append(proc)
+    if not keep:
+        proc.close()
+
+
+def close_ram_processes() -> None:
+    """End the kept :class:`RamProcess` (also done at exit)."""
+    with _PROCESS_LOCK:
+        procs = list(_IDLE_PROCESS)
+        _IDLE_PROCESS.clear()
+    for proc in procs:
+        proc.close()
+
+
+def _forget_in_child() -> None:
+    global _PROCESS_LOCK
+    _PROCESS_LOCK = threading.Lock()
+    _IDLE_PROCESS.clear()  # a forked child must not talk to its parent's helper
+
+
+atexit.register(close_ram_processes)
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def rollout_ram(

@@ -14,6 +14,7 @@ emulator (``rlsae.agents.replay``).
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -116,27 +117,29 @@ def _play_and_write(
     episodes: dict[int, RecordedEpisode] = {}
     acts: list[np.ndarray] = []
     ctx: list[dict[str, Any]] = []
-    for b in play(
-        agent.env_config,
-        policy,
-        seed=cfg.seed,
-        epsilon=cfg.epsilon,
-        n_envs=cfg.n_envs,
-        max_total_steps=cfg.steps,
-        max_episode_steps=cfg.max_episode_steps,
-        ram=True,
-    ):
-        acts.append(b.extra)
-        ctx.append(_context(b))
-        if len(acts) >= APPEND_STEPS:
-            _append(writer, acts, ctx)
-        for i, e in enumerate(b.episode.tolist()):
-            ep = episodes.setdefault(e, RecordedEpisode(episode=e, seed=int(b.episode_seed[i])))
-            ep.actions.append(int(b.action[i]))
-            ep.score += float(b.reward[i])
-            ep.complete = bool(b.episode_end[i])
-        bar.update(len(b.episode))
-    _append(writer, acts, ctx)
+    # the observations' hashes in a thread (blake2b releases the GIL) beside the play
+    with ThreadPoolExecutor(1, thread_name_prefix="rlsae-hash") as hasher:
+        for b in play(
+            agent.env_config,
+            policy,
+            seed=cfg.seed,
+            epsilon=cfg.epsilon,
+            n_envs=cfg.n_envs,
+            max_total_steps=cfg.steps,
+            max_episode_steps=cfg.max_episode_steps,
+            ram=True,
+        ):
+            acts.append(b.extra)
+            ctx.append(_context(b, hasher))
+            if len(acts) >= APPEND_STEPS:
+                _append(writer, acts, ctx)
+            for i, e in enumerate(b.episode.tolist()):
+                ep = episodes.setdefault(e, RecordedEpisode(episode=e, seed=int(b.episode_seed[i])))
+                ep.actions.append(int(b.action[i]))
+                ep.score += float(b.reward[i])
+                ep.complete = bool(b.episode_end[i])
+            bar.update(len(b.episode))
+        _append(writer, acts, ctx)
     return EpisodeLog(
         env=agent.env_config,
         # the exact ale_py.vector_env.AtariVectorEnv(game, 1, **ale) settings
@@ -155,6 +158,9 @@ def _append(writer: ActivationWriter, acts: list[np.ndarray], ctx: list[dict[str
     """Append the gathered steps' rows in one block, then empty the lists."""
     if not acts:
         return
+    for c in ctx:
+        if isinstance(c.get("obs_hash"), Future):
+            c["obs_hash"] = c["obs_hash"].result()
     block = {
         k: np.concatenate([c[k] for c in ctx]) if isinstance(ctx[0][k], np.ndarray)
         else [v for c in ctx for v in c[k]]
@@ -165,8 +171,13 @@ def _append(writer: ActivationWriter, acts: list[np.ndarray], ctx: list[dict[str
     ctx.clear()
 
 
-def _context(b: StepBatch) -> dict[str, Any]:
-    """The context rows of one step batch."""
+def _hashes(obs: np.ndarray) -> list[str]:
+    return [obs_hash(o) for o in obs]
+
+
+def _context(b: StepBatch, hasher: ThreadPoolExecutor | None = None) -> dict[str, Any]:
+    """The context rows of one step batch (with ``hasher``, ``obs_hash`` is a future of them,
+    resolved by :func:`_append`)."""
     ctx: dict[str, Any] = {
         "episode": b.episode.astype(np.int64),
         "episode_seed": b.episode_seed.astype(np.int64),
@@ -177,7 +188,7 @@ def _context(b: StepBatch) -> dict[str, Any]:
     }
     for a in range(b.q.shape[1]):
         ctx[f"q_{a}"] = b.q[:, a].astype(np.float32)
-    ctx["obs_hash"] = [obs_hash(o) for o in b.obs]
+    ctx["obs_hash"] = _hashes(b.obs) if hasher is None else hasher.submit(_hashes, b.obs)
     if b.ram is not None:
         ctx["ram"] = [r.tobytes() for r in b.ram]
     return ctx

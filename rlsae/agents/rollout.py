@@ -11,15 +11,19 @@ import atexit
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from rlsae.agents.envs import AleVecEnv, EnvConfig
-from rlsae.agents.ram_emulator import LockstepRams
+from rlsae.agents.rollout_overlap import (
+    GroupPlay,
+    Policy,
+    RamDriver,
+    StepBatch,
+    concat_extra,
+    group_sizes,
+)
 
 RANDOM_SCORE = 307.3
 """Ms. Pac-Man random-agent score (DQN-Zoo constants)."""
@@ -52,32 +56,6 @@ def episode_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-@dataclass
-class StepBatch:
-    """One env step of the active envs (arrays are aligned, length = number of active envs)."""
-
-    env_index: np.ndarray
-    episode: np.ndarray
-    episode_seed: np.ndarray
-    step: np.ndarray
-    obs: np.ndarray
-    """The observations the actions were chosen on."""
-    action: np.ndarray
-    greedy_action: np.ndarray
-    q: np.ndarray
-    extra: Any
-    reward: np.ndarray
-    """Raw game score received for the action."""
-    episode_end: np.ndarray
-    """True where this step ended the episode (game over, truncation or the step cap)."""
-    ram: np.ndarray | None = None
-    """(n, 128) uint8 ALE RAM of the states the actions were chosen on (``play(ram=True)``)."""
-
-
-Policy = Callable[[np.ndarray], tuple[np.ndarray, Any]]
-"""obs (n, C, H, W) uint8 -> (Q-values (n, actions), anything to pass along, e.g. activations)."""
-
-
 def play(
     cfg: EnvConfig,
     policy: Policy,
@@ -102,18 +80,41 @@ def play(
         raise ValueError("give episodes or max_total_steps")
     n_envs = max(1, min(n_envs, episodes or n_envs, max_total_steps or n_envs))
     rng = np.random.default_rng([int(seed), 7919])
-    env = _take_env(cfg, n_envs)
     slots = _Slots(n_envs, seed, episodes)
     rams = None
     if ram:
-        rams = _Rams(
-            LockstepRams(
-                n_envs, cfg.game, frameskip=cfg.frameskip,
-                repeat_action_probability=cfg.repeat_action_probability,
-                max_episode_frames=cfg.max_episode_frames,
-            ),
-            OVERLAP_RAM,
+        rams = RamDriver(
+            n_envs, OVERLAP_RAM, game=cfg.game, frameskip=cfg.frameskip,
+            repeat_action_probability=cfg.repeat_action_probability,
+            max_episode_frames=cfg.max_episode_frames,
         )  # fmt: skip
+    try:
+        if OVERLAP_ENVS and n_envs >= 2:
+            yield from _play_groups(
+                cfg, policy, n_envs, slots, rng, epsilon, max_total_steps, max_episode_steps, rams
+            )
+        else:
+            yield from _play_plain(
+                cfg, policy, n_envs, slots, rng, epsilon, max_total_steps, max_episode_steps, rams
+            )
+    finally:
+        if rams is not None:
+            rams.close()
+
+
+def _play_plain(
+    cfg: EnvConfig,
+    policy: Policy,
+    n_envs: int,
+    slots: _Slots,
+    rng: np.random.Generator,
+    epsilon: float,
+    max_total_steps: int | None,
+    max_episode_steps: int | None,
+    rams: RamDriver | None,
+) -> Iterator[StepBatch]:
+    """All active envs step together: the forward pass, then the emulators, then the next."""
+    env = _take_env(cfg, n_envs)
     try:
         obs = env.reset_with_seeds(slots.first_seeds())
         if rams is not None:
@@ -151,62 +152,65 @@ def play(
         raise
     else:
         _give_back_env(env)
-    finally:
+
+
+def _play_groups(
+    cfg: EnvConfig,
+    policy: Policy,
+    n_envs: int,
+    slots: _Slots,
+    rng: np.random.Generator,
+    epsilon: float,
+    max_total_steps: int | None,
+    max_episode_steps: int | None,
+    rams: RamDriver | None,
+) -> Iterator[StepBatch]:
+    """:data:`OVERLAP_ENVS`: two groups of envs, double-buffered
+    (:class:`rlsae.agents.rollout_overlap.GroupPlay`)."""
+    gp = GroupPlay(
+        lambda n: _take_env(cfg, n), n_envs, policy, slots, rng, epsilon, max_total_steps,
+        max_episode_steps, rams,
+    )  # fmt: skip
+    try:
+        gp.start()
+        yield from gp.run()
         if rams is not None:
-            rams.close()
+            rams.finish()
+    except GeneratorExit:  # the consumer stopped between steps: receive the steps in flight
+        gp.drain()
+        for g in gp.groups:
+            _give_back_env(g.env)
+        raise
+    except BaseException:  # failed mid-step: do not reuse them
+        for g in gp.groups:
+            g.env.close()
+        raise
+    else:
+        for g in gp.groups:
+            _give_back_env(g.env)
 
 
 OVERLAP_RAM = True
-"""Step the lockstep RAM emulators (``play(ram=True)``) in a worker thread, while the main
-thread runs the policy's forward pass (torch releases the GIL) and the consumer handles the
-step. The worker does, in order, exactly the calls the plain path makes (step with the actions
-taken, reset the restarted envs, read the RAM of the next step's active envs), so the RAM is the
-same; a reward mismatch is raised at the next step. False: in the main thread (the plain path).
+"""Run the lockstep RAM emulators (``play(ram=True)``) in a helper process
+(:class:`rlsae.agents.ram_emulator.RamProcess`, kept for the process's later plays) beside the
+policy's forward pass and the consumer. It makes, in order, exactly the calls the plain path
+makes (load the ROM with the episode's seed, play its no-ops, step with the actions taken, read
+the RAM of the next step's active envs), so the RAM is the same; a reward mismatch is raised
+at a later step. False: in the main thread (the plain path). (A thread does not overlap:
+ale-py's ``loadROM`` and ``act`` hold the GIL, and the forward pass stalled behind them.)
 """
 
+OVERLAP_ENVS = True
+"""Play 2 or more envs as two groups, each with its own vector env, double-buffered: one
+group's emulators step (in ale-py's threads) while the policy runs on the other group's
+observations (:mod:`rlsae.agents.rollout_overlap`). The same episodes, actions and rows as the
+plain path; the policy sees each group's rows in its own call (the plain path with
+:data:`SPLIT_FORWARD` makes the same calls). False: one vector env, all envs stepped together
+(the plain path)."""
 
-class _Rams:
-    """:class:`LockstepRams` driven in order, in a worker thread (``overlap``) or inline."""
-
-    def __init__(self, rams: LockstepRams, overlap: bool) -> None:
-        self.rams = rams
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="rlsae-ram") if overlap else None
-        self.pending: list[Future[Any]] = []
-        self.next_ram: Future[np.ndarray] | np.ndarray | None = None
-
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self.pool is None:
-            return fn(*args)
-        fut = self.pool.submit(fn, *args)
-        self.pending.append(fut)
-        return fut
-
-    def reset(self, envs: Any, seeds: Any, noops: Any) -> None:
-        self._run(self.rams.reset, np.array(envs), np.array(seeds), np.array(noops))
-
-    def step(self, envs: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> None:
-        self._run(self.rams.step, envs.copy(), actions.copy(), rewards.copy())
-
-    def read_ahead(self, envs: np.ndarray) -> None:
-        """The RAM of ``envs`` once the calls before have run (taken by :meth:`ram`)."""
-        self.next_ram = self._run(self.rams.ram, envs.copy()) if len(envs) else None
-
-    def finish(self) -> None:
-        """Wait for every call so far; raises the first one's error."""
-        pending, self.pending = self.pending, []
-        for fut in pending:
-            fut.result()
-
-    def ram(self) -> np.ndarray:
-        """The RAM read by the last :meth:`read_ahead`."""
-        self.finish()
-        got = self.next_ram
-        assert got is not None
-        return got.result() if isinstance(got, Future) else got
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+SPLIT_FORWARD = False
+"""The plain path calls the policy once per group of :data:`OVERLAP_ENVS` (the same forward
+batches; a reference for the tests), not once on all active envs."""
 
 
 REUSE_EMULATORS = True
@@ -216,9 +220,10 @@ number of envs (in this process). Building ``AtariVectorEnv`` loads the ROM once
 its episode's seed before it plays (ale-py then reloads the ROM with that seed), so a reused
 emulator plays exactly the episodes a new one would (``tests/agents/test_play_speed.py``).
 False: a new vector env per play, closed at its end (the plain path)."""
-_IDLE: dict[str, AleVecEnv] = {}
+_IDLE: dict[str, list[AleVecEnv]] = {}
+"""Idle vector envs by settings (a grouped play keeps two of the same size), oldest first."""
 _IDLE_LOCK = threading.Lock()
-_MAX_IDLE = 4
+_MAX_IDLE = 8
 
 
 def _env_key(cfg: EnvConfig, n_envs: int) -> str:
@@ -229,7 +234,8 @@ def _take_env(cfg: EnvConfig, n_envs: int) -> AleVecEnv:
     """An idle vector env of these settings, or a new one."""
     if REUSE_EMULATORS:
         with _IDLE_LOCK:
-            env = _IDLE.pop(_env_key(cfg, n_envs), None)
+            kept = _IDLE.get(_env_key(cfg, n_envs))
+            env = kept.pop() if kept else None
         if env is not None:
             env.cfg = cfg
             return env
@@ -242,19 +248,22 @@ def _give_back_env(env: AleVecEnv) -> None:
         env.close()
         return
     key = _env_key(env.cfg, env.num_envs)
+    evicted: list[AleVecEnv] = []
     with _IDLE_LOCK:
-        old = _IDLE.pop(key, None)
-        _IDLE[key] = env
-        evicted = [_IDLE.pop(next(iter(_IDLE)))] if len(_IDLE) > _MAX_IDLE else []
-    for e in [old, *evicted]:
-        if e is not None:
-            e.close()
+        _IDLE.setdefault(key, []).append(env)
+        _IDLE[key] = kept = _IDLE.pop(key)  # the newest settings last
+        evicted += kept[:-2]  # two of each settings at most (the two groups of a play)
+        del kept[:-2]
+        while sum(len(v) for v in _IDLE.values()) > _MAX_IDLE:
+            evicted += _IDLE.pop(next(iter(_IDLE)))
+    for e in evicted:
+        e.close()
 
 
 def close_idle_emulators() -> None:
     """Close the emulators :data:`REUSE_EMULATORS` keeps (also done at exit)."""
     with _IDLE_LOCK:
-        envs = list(_IDLE.values())
+        envs = [e for kept in _IDLE.values() for e in kept]
         _IDLE.clear()
     for e in envs:
         e.close()
@@ -265,7 +274,7 @@ def _forget_in_child() -> None:
     the parent. They are kept referenced, never destroyed, in the child."""
     global _IDLE_LOCK
     _IDLE_LOCK = threading.Lock()
-    _ORPHANS.extend(_IDLE.values())
+    _ORPHANS.extend(e for kept in _IDLE.values() for e in kept)
     _IDLE.clear()
 
 
@@ -327,12 +336,18 @@ def _step(
     rng: np.random.Generator,
     epsilon: float,
     max_episode_steps: int | None,
-    rams: _Rams | None = None,
+    rams: RamDriver | None = None,
 ) -> tuple[StepBatch, np.ndarray]:
     """One epsilon-greedy step of the active envs ``idx``: the batch and the next observations."""
     # every env step and reset returns new arrays, so all-active steps need no copy of the frames
     sel = obs if len(idx) == len(obs) else obs[idx]
-    q, extra = policy(sel)
+    if SPLIT_FORWARD and env.num_envs >= 2:  # the forward batches of OVERLAP_ENVS' groups
+        parts = np.split(np.arange(len(idx)), [int(np.sum(idx < group_sizes(env.num_envs)[0]))])
+        calls = [policy(sel[p]) for p in parts if len(p)]
+        q = np.concatenate([np.asarray(c[0]) for c in calls])
+        extra = concat_extra([c[1] for c in calls])
+    else:
+        q, extra = policy(sel)
     q = np.asarray(q)
     greedy = q.argmax(axis=1)
     explore = rng.random(len(idx)) < epsilon

@@ -1,6 +1,8 @@
-"""The fast play path (reused emulators, lockstep RAM emulators stepped in a worker thread, ROM
-loaded once per reset) plays exactly the games of the plain path: bit-identical recordings
-(activations, context table with RAM and observation hashes, episode log) and evaluations."""
+"""The fast play path (reused emulators, the two env groups double-buffered, the lockstep RAM
+emulators in their own process) plays exactly the games of the plain path: bit-identical
+recordings (activations, context table with RAM and observation hashes, episode log) and
+evaluations, against the plain path making the same forward calls (``rollout.SPLIT_FORWARD``:
+the policy on each group's rows, as the fast path calls it)."""
 
 from __future__ import annotations
 
@@ -9,32 +11,37 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlsae.agents import ram_emulator, rollout
+from rlsae.agents import rollout
 from rlsae.agents.evaluate import evaluate_agent
 from rlsae.agents.record import record_activations
 from rlsae.agents.results import Evaluation, read_episodes
+from rlsae.agents.rollout_overlap import RamDriver
 from rlsae.errors import RlsaeError
 from rlsae.sae.store import ActivationStore
 
 
-def _plain(monkeypatch: pytest.MonkeyPatch) -> None:
+def _plain(monkeypatch: pytest.MonkeyPatch, split: bool = True) -> None:
+    """The plain path: new emulators per play, one vector env, lockstep emulators inline; with
+    ``split`` the policy is called on each group's rows (the fast path's forward batches)."""
     rollout.close_idle_emulators()
     monkeypatch.setattr(rollout, "REUSE_EMULATORS", False)
     monkeypatch.setattr(rollout, "OVERLAP_RAM", False)
+    monkeypatch.setattr(rollout, "OVERLAP_ENVS", False)
+    monkeypatch.setattr(rollout, "SPLIT_FORWARD", split)
 
 
-def _record(agent: Path, out: Path, seed: int) -> Path:
+def _record(agent: Path, out: Path, seed: int, steps: int = 130, n_envs: int = 3) -> Path:
     return record_activations(
-        agent, "fc1", 130, out, epsilon=0.3, seed=seed, n_envs=3, max_episode_steps=25,
+        agent, "fc1", steps, out, epsilon=0.3, seed=seed, n_envs=n_envs, max_episode_steps=25,
         progress=False,
     )  # fmt: skip
 
 
-def _same_store(a: Path, b: Path) -> None:
+def _same_store(a: Path, b: Path, rows: int = 130) -> None:
     sa, sb = ActivationStore(a), ActivationStore(b)
-    assert sa.rows == sb.rows == 130
+    assert sa.rows == sb.rows == rows
     assert np.array_equal(
-        sa.read_rows(np.arange(130)).numpy(), sb.read_rows(np.arange(130)).numpy()
+        sa.read_rows(np.arange(rows)).numpy(), sb.read_rows(np.arange(rows)).numpy()
     )
     ca, cb = sa.context(), sb.context()
     assert ca is not None and cb is not None and ca.equals(cb)
@@ -48,7 +55,8 @@ def test_fast_recording_is_bit_identical_to_the_plain_path(
     monkeypatch: pytest.MonkeyPatch,
 ):  # fmt: skip
     agent = poster_agent if arch == "poster" else nature_agent
-    assert rollout.REUSE_EMULATORS and rollout.OVERLAP_RAM  # the default is the fast path
+    assert rollout.REUSE_EMULATORS and rollout.OVERLAP_RAM and rollout.OVERLAP_ENVS  # default
+    assert not rollout.SPLIT_FORWARD
     # another recording first leaves its emulators idle mid-episode; the next one reuses them
     _record(agent, tmp_path / "other", seed=9)
     assert rollout._IDLE  # kept for reuse
@@ -78,11 +86,13 @@ def test_fast_evaluation_is_identical_to_the_plain_path(
     assert fast == plain
 
 
-def test_lockstep_drift_is_still_refused_from_the_worker_thread(
+def test_lockstep_drift_is_still_refused_from_the_ram_process(
     poster_agent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    real = ram_emulator.LockstepAle.step
-    monkeypatch.setattr(ram_emulator.LockstepAle, "step", lambda self, a: real(self, a) + 10)
+    real = RamDriver.step
+    monkeypatch.setattr(
+        RamDriver, "step", lambda self, e, a, r: real(self, e, a, np.asarray(r) + 10)
+    )
     with pytest.raises(RlsaeError, match="the lockstep emulator scored"):
         _record(poster_agent, tmp_path / "drift", seed=1)
     assert not (tmp_path / "drift").exists()
