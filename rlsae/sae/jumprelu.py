@@ -11,6 +11,10 @@ kernel K(u) = 1 if |u| < 1/2 and bandwidth eps:
 summed over the rows (``t`` is per latent). The pre-activations get no gradient from ``step``
 (DeepMind's estimator; SAELens's ``jumprelu_ste_to_input=False``). Dense (rows, d_sae) tensors:
 the set of latents above threshold is the data's, not a fixed k per row.
+
+Training does not use these autograd functions: ``rlsae.sae._fast.jumprelu_loss`` computes the
+same estimators by hand (sparse over each row's candidates, or dense), and the tests check it
+against them; they stay as the estimators' readable definition and for losses of your own.
 """
 
 from __future__ import annotations

@@ -278,7 +278,10 @@ def _jumprelu_terms(
     out["l0_coeff"] = l0c
     loss = mse + l0c * sparsity
     if cfg.pre_act_loss is not None:
-        if terms.pre_dead is not None:  # the dead columns' block, as pre_act_loss takes it
+        # Anthropic's pre-activation loss as SAELens computes it (before its coefficient): the
+        # mean over rows of sum_i relu(threshold_i - pre_i) ||W_dec[i]|| over the dead latents
+        # (0 when none is dead); it pulls their pre-activations up towards their thresholds
+        if terms.pre_dead is not None:  # the dead columns' block
             assert dead_cols is not None
             gap = (t[dead_cols] - terms.pre_dead).relu()
             pre_act = (gap * sae.W_dec[dead_cols].norm(dim=1)).sum(-1).mean()
@@ -287,19 +290,6 @@ def _jumprelu_terms(
         out["pre_act_loss"] = float(pre_act.detach())
         loss = loss + cfg.pre_act_loss * pre_act
     return loss, fvu, fired, n_active / rows
-
-
-def pre_act_loss(
-    pre: torch.Tensor, threshold: torch.Tensor, W_dec: torch.Tensor, dead: torch.Tensor
-) -> torch.Tensor:
-    """Anthropic's pre-activation loss as SAELens computes it (before its coefficient): the mean
-    over rows of sum_i relu(threshold_i - pre_i) * ||W_dec[i]|| over the ``dead`` latents (0
-    when none is dead). It pulls dead latents' pre-activations up towards their thresholds."""
-    if not bool(dead.any()):
-        return pre.new_zeros(())
-    cols = dead.nonzero().reshape(-1)
-    gap = (threshold[cols] - pre[:, cols]).relu()
-    return (gap * W_dec[cols].norm(dim=1)).sum(-1).mean()
 
 
 def _relu_terms(

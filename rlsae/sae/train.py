@@ -20,7 +20,8 @@ of width ``bandwidth``; or the tanh surrogate), the L0 coefficient warmed up lin
 every step, as SAELens does); decoder rows start at norm ``decoder_init_norm`` (0.1, the encoder
 at their transpose) and are left free, as SAELens trains JumpReLU (``decoder_init_norm=None``:
 unit-norm rows as TopK); with ``pre_act_loss``, Anthropic's pre-activation loss on the dead
-latents (``rlsae.sae.step.pre_act_loss``). Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK whose loss adds, for each inner prefix
+latents (in ``rlsae.sae.step._jumprelu_terms``). Matryoshka BatchTopK (Bussmann et al. 2025):
+BatchTopK whose loss adds, for each inner prefix
 of ``matryoshka_groups`` (the first 1, 2, ... groups of latents), the FVU of the reconstruction
 from that prefix's latents alone; the prefix decodes weigh the kept entries by their group, so
 the whole step stays on the sparse path (the extra terms reach the encoder through the kept
