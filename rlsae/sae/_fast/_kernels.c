@@ -195,28 +195,33 @@ done:
  * every consumer of gdot multiplies it by a mask of vals > 0. The k decoder rows are gathered
  * once per row: the dots find them in cache. Four entries at a time, so four independent
  * multiply-add chains hide the gathers' latency (without zeros, entries 4i..4i+3 together). */
-static inline int next_nonzero4(const float *vr, int64_t k, int64_t *j, int64_t p[4]) {
+static inline int next4(const float *vr, int64_t m, int64_t *j, int64_t p[4], int skip_zero) {
     int c = 0;
-    while (c < 4 && *j < k) {
+    while (c < 4 && *j < m) {
         const int64_t q = (*j)++;
-        if (vr[q] != 0.0f) p[c++] = q;
+        if (!skip_zero || vr[q] != 0.0f) p[c++] = q;
     }
     return c;
 }
 
+/* counts == NULL: every row's k entries; else row r's first min(counts[r], k) (the rest is
+ * padding, gdot 0). all_dots: gdot at every one of those entries, value 0 or not (JumpReLU's
+ * threshold gradient needs it at inactive entries inside the band); else at non-zero ones. */
 static void residual_range(const float *x, const float *W, const float *b_dec,
-                           const int64_t *idx, const float *vals, int64_t d, int64_t k,
-                           int64_t r0, int64_t r1, float *e, float *sse, float *gdot) {
+                           const int64_t *idx, const float *vals, const int64_t *counts,
+                           int all_dots, int64_t d, int64_t k, int64_t r0, int64_t r1, float *e,
+                           float *sse, float *gdot) {
     for (int64_t r = r0; r < r1; r++) {
         const float *xr = x + r * d;
         float *restrict er = e + r * d;
         const int64_t *ir = idx + r * k;
         const float *vr = vals + r * k;
         float *go = gdot + r * k;
+        const int64_t m = counts == NULL ? k : (counts[r] < k ? counts[r] : k);
         for (int64_t t = 0; t < d; t++) er[t] = b_dec[t] - xr[t];
         int64_t j = 0, p[4];
         int c;
-        while ((c = next_nonzero4(vr, k, &j, p)) == 4) {
+        while ((c = next4(vr, m, &j, p, 1)) == 4) {
             const float v0 = vr[p[0]], v1 = vr[p[1]], v2 = vr[p[2]], v3 = vr[p[3]];
             const float *restrict w0 = W + ir[p[0]] * d, *restrict w1 = W + ir[p[1]] * d;
             const float *restrict w2 = W + ir[p[2]] * d, *restrict w3 = W + ir[p[3]] * d;
@@ -233,7 +238,7 @@ static void residual_range(const float *x, const float *W, const float *b_dec,
         sse[r] = s;
         for (int64_t q = 0; q < k; q++) go[q] = 0.0f;
         j = 0;
-        while ((c = next_nonzero4(vr, k, &j, p)) == 4) {
+        while ((c = next4(vr, m, &j, p, !all_dots)) == 4) {
             const float *restrict w0 = W + ir[p[0]] * d, *restrict w1 = W + ir[p[1]] * d;
             const float *restrict w2 = W + ir[p[2]] * d, *restrict w3 = W + ir[p[3]] * d;
             float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
@@ -452,7 +457,8 @@ int select_rows(const float *pre, const float *bias, int64_t add_bias, int64_t B
 void residual_rows(const float *x, const float *W, const float *b_dec, const int64_t *idx,
                    const float *vals, int64_t B, int64_t d, int64_t k, float *e, float *sse,
                    float *gdot) {
-#define RESIDUAL_BODY(a, b) residual_range(x, W, b_dec, idx, vals, d, k, a, b, e, sse, gdot);
+#define RESIDUAL_BODY(a, b)                                                                  \
+    residual_range(x, W, b_dec, idx, vals, NULL, 0, d, k, a, b, e, sse, gdot);
     FOR_ROW_RANGES(B, 64, RESIDUAL_BODY)
 }
 
@@ -536,76 +542,12 @@ int jumprelu_candidates(float *pre, const float *bias, int64_t add_bias, const f
 }
 
 /* ---- JumpReLU: residual and the candidates' gradient dots, row by row ------------------------
- * Over the first counts[r] entries of row r (the candidates; the rest is padding):
- * e[r] = b_dec + sum_j vals[r,j] W[idx[r,j]] - x[r] (entries of value 0 skipped), sse[r] =
- * |e[r]|^2, and gdot[r,j] = e[r] . W[idx[r,j]] at every candidate, value 0 or not (the
- * threshold's straight-through gradient needs it at the inactive ones inside the band); 0 in
- * the padding. Four entries at a time, as residual_range. */
-static void jr_residual_range(const float *x, const float *W, const float *b_dec,
-                              const int64_t *idx, const float *vals, const int64_t *counts,
-                              int64_t d, int64_t k, int64_t r0, int64_t r1, float *e, float *sse,
-                              float *gdot) {
-    for (int64_t r = r0; r < r1; r++) {
-        const float *xr = x + r * d;
-        float *restrict er = e + r * d;
-        const int64_t *ir = idx + r * k;
-        const float *vr = vals + r * k;
-        float *go = gdot + r * k;
-        const int64_t m = counts[r] < k ? counts[r] : k;
-        for (int64_t t = 0; t < d; t++) er[t] = b_dec[t] - xr[t];
-        int64_t p[4];
-        int c = 0;
-        for (int64_t j = 0; j < m; j++) {
-            if (vr[j] == 0.0f) continue;
-            p[c++] = j;
-            if (c == 4) {
-                const float v0 = vr[p[0]], v1 = vr[p[1]], v2 = vr[p[2]], v3 = vr[p[3]];
-                const float *restrict w0 = W + ir[p[0]] * d, *restrict w1 = W + ir[p[1]] * d;
-                const float *restrict w2 = W + ir[p[2]] * d, *restrict w3 = W + ir[p[3]] * d;
-                for (int64_t t = 0; t < d; t++)
-                    er[t] += (v0 * w0[t] + v1 * w1[t]) + (v2 * w2[t] + v3 * w3[t]);
-                c = 0;
-            }
-        }
-        for (int q = 0; q < c; q++) {
-            const float v = vr[p[q]];
-            const float *restrict w = W + ir[p[q]] * d;
-            for (int64_t t = 0; t < d; t++) er[t] += v * w[t];
-        }
-        float s = 0.0f;
-        for (int64_t t = 0; t < d; t++) s += er[t] * er[t];
-        sse[r] = s;
-        int64_t j = 0;
-        for (; j + 4 <= m; j += 4) {
-            const float *restrict w0 = W + ir[j] * d, *restrict w1 = W + ir[j + 1] * d;
-            const float *restrict w2 = W + ir[j + 2] * d, *restrict w3 = W + ir[j + 3] * d;
-            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-            for (int64_t t = 0; t < d; t++) {
-                const float q = er[t];
-                a0 += q * w0[t];
-                a1 += q * w1[t];
-                a2 += q * w2[t];
-                a3 += q * w3[t];
-            }
-            go[j] = a0;
-            go[j + 1] = a1;
-            go[j + 2] = a2;
-            go[j + 3] = a3;
-        }
-        for (; j < m; j++) {
-            const float *restrict w = W + ir[j] * d;
-            float a = 0.0f;
-            for (int64_t t = 0; t < d; t++) a += er[t] * w[t];
-            go[j] = a;
-        }
-        for (; j < k; j++) go[j] = 0.0f;
-    }
-}
-
+ * residual_range over the first counts[r] entries of row r (the candidates; the rest is padding,
+ * gdot 0), with gdot at every candidate, value 0 or not. */
 void jumprelu_residual_rows(const float *x, const float *W, const float *b_dec,
                             const int64_t *idx, const float *vals, const int64_t *counts,
                             int64_t B, int64_t d, int64_t k, float *e, float *sse, float *gdot) {
 #define JR_RESIDUAL_BODY(a, b)                                                               \
-    jr_residual_range(x, W, b_dec, idx, vals, counts, d, k, a, b, e, sse, gdot);
+    residual_range(x, W, b_dec, idx, vals, counts, 1, d, k, a, b, e, sse, gdot);
     FOR_ROW_RANGES(B, 64, JR_RESIDUAL_BODY)
 }
