@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from rlsae.sae._fast import _native
-from rlsae.sae._fast.loss import Workspace, _sampled_dot, _sparse_grads
+from rlsae.sae._fast.loss import Workspace, _sampled_dot, _sparse_grads, pack_rows, round8
 
 MAX_DENSITY = 0.5
 """The sparse path runs where at most this fraction of the (rows, d_sae) entries are
@@ -53,10 +53,6 @@ def _lower_bounds(t: torch.Tensor, bandwidth: float) -> torch.Tensor:
     eps = torch.finfo(t.dtype).eps
     lo = td - 0.5 * bandwidth * (1.0 + _SLACK) - 16 * eps * (td.abs() + bandwidth)
     return lo.to(t.dtype)
-
-
-def _round8(w: int, n: int) -> int:
-    return min(n, max(8, -(-w // 8) * 8))
 
 
 Candidates = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -84,7 +80,7 @@ def candidates(
     or inf. The native kernel where it runs, else torch, with the same results."""
     B, n = block.shape
     if _native.usable(block, bias, lo) and block.is_contiguous():
-        cap = _round8(n // 4, n)
+        cap = round8(n // 4, n)
         zb = workspace.get("jr_z", (B, cap), block) if workspace is not None else None
         ib = (
             workspace.get("jr_idx", (B, cap), torch.empty(0, dtype=torch.long))
@@ -95,7 +91,7 @@ def candidates(
             zb, ib, counts, bad = _native.jumprelu_candidates(block, bias, lo, cap, zb, ib)
         if bool(bad.any()) or int(counts.sum()) > max_density * B * n:
             return None
-        w = _round8(int(counts.max()), n)
+        w = round8(int(counts.max()), n)
         if w > cap:  # some row has more: gather again at its width (the bias is in already)
             with torch.profiler.record_function("rlsae::jumprelu_candidates"):
                 zb, ib, counts, _ = _native.jumprelu_candidates(block, None, lo, w)
@@ -105,14 +101,9 @@ def candidates(
     counts = mask.sum(1)
     if not bool(torch.isfinite(block).all()) or int(counts.sum()) > max_density * B * n:
         return None
-    w = _round8(int(counts.max()), n)
-    rows, cols = mask.nonzero(as_tuple=True)  # row-major: each row's columns in order
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(rows.numel(), device=block.device) - starts[rows]
-    z = block.new_zeros(B, w)
-    idx = torch.zeros(B, w, dtype=torch.long, device=block.device)
-    z[rows, pos] = block[rows, cols]
-    idx[rows, pos] = cols
+    w = round8(int(counts.max()), n)
+    columns = torch.arange(n, device=block.device).expand(B, n)
+    z, idx = pack_rows(mask, w, block, columns)
     return _pad(z, idx, counts)
 
 
@@ -169,23 +160,15 @@ def _active_only(
     in order, at width the most any row has (a multiple of 8), padded with value 0 at column 0."""
     B, w = idx.shape
     per_row = active.sum(1)
-    wa = _round8(int(per_row.max()) if B else 0, w)
+    wa = round8(int(per_row.max()) if B else 0, w)
     if wa >= w:
         return (idx, *(v * active for v in vals))
-    rows, cols = active.nonzero(as_tuple=True)
-    pos = torch.arange(rows.numel(), device=idx.device) - (torch.cumsum(per_row, 0) - per_row)[rows]
-    out = [idx.new_zeros(B, wa)]
-    out[0][rows, pos] = idx[rows, cols]
-    for v in vals:
-        o = v.new_zeros(B, wa)
-        o[rows, pos] = v[rows, cols]
-        out.append(o)
-    return tuple(out)
+    return tuple(pack_rows(active, wa, idx, *vals))
 
 
 def _rect_band(z: torch.Tensor, t: torch.Tensor, bandwidth: float) -> torch.Tensor:
     """rectangle((z - t) / bw) as a mask: the same expression as the dense estimator's."""
-    u = (z - t) / bandwidth
+    u = (z - t).div_(bandwidth)
     return (u > -0.5) & (u < 0.5)
 
 
@@ -272,9 +255,7 @@ class DenseJumpReLUFunction(torch.autograd.Function):
         gv = torch.mm(e, W_dec.t()).mul_(s)  # d loss / d f
         if g_f is not None:
             gv += g_f
-        u = (pre - t).div_(bw)
-        band = (u > -0.5) & (u < 0.5)
-        del u
+        band = _rect_band(pre, t, bw)
         # threshold: -(t / bw) * sum_rows rect * gv - (1 / bw) * sum_rows rect * g_count
         g_t = torch.where(band, gv, 0.0).sum(0).mul_(t / bw)
         if g_count is not None:

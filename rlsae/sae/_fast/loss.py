@@ -244,17 +244,39 @@ def _assemble_native(
         t = _native.kth_largest(vals, keep, g_vals, g_counts)
     args = (vals, idx, src, g_vals, g_idx, g_counts, t, n)
     counts = _native.batchtopk_assemble(*args, None)[2]
-    w = min(n, max(8, -(-int(counts.max()) // 8) * 8))
+    w = round8(int(counts.max()), n)
     out_v, out_i, _ = _native.batchtopk_assemble(*args, w)
     return out_v, out_i
+
+
+def round8(w: int, n: int) -> int:
+    """A padded row width: ``w`` entries rounded up to a multiple of 8 (at least 8, at most
+    ``n``), so that the widths, and with them the kernels' shapes, change rarely."""
+    return min(n, max(8, -(-w // 8) * 8))
+
+
+def pack_rows(mask: torch.Tensor, w: int, *sources: torch.Tensor) -> list[torch.Tensor]:
+    """Each row's ``mask``ed entries of every (rows, cols) ``source``, in column order, moved
+    into the first columns of a (rows, w) tensor padded with 0 (``w`` >= the most any row
+    holds)."""
+    per_row = mask.sum(1)
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major: each row's columns in order
+    pos = (
+        torch.arange(rows.numel(), device=mask.device) - (torch.cumsum(per_row, 0) - per_row)[rows]
+    )
+    out = []
+    for s in sources:
+        o = s.new_zeros(mask.shape[0], w)
+        o[rows, pos] = s[rows, cols]
+        out.append(o)
+    return out
 
 
 def _compact(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop the columns no row needs: each row's kept (non-zero) entries moved into the first
     w columns, w = the most any row keeps, rounded up to a multiple of 8; the sparse decode and
     backward then work on w entries a row instead of the selection's width."""
-    w = int(torch.count_nonzero(vals, dim=1).max())
-    w = min(vals.shape[1], max(8, -(-w // 8) * 8))
+    w = round8(int(torch.count_nonzero(vals, dim=1).max()), vals.shape[1])
     if w >= vals.shape[1]:
         return vals, idx
     top, pos = vals.topk(w, dim=1, sorted=False)
