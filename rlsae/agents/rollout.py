@@ -22,7 +22,9 @@ from rlsae.agents.rollout_overlap import (
     RamDriver,
     StepBatch,
     concat_extra,
+    epsilon_draws,
     group_sizes,
+    step_outcome,
 )
 
 RANDOM_SCORE = 307.3
@@ -350,20 +352,15 @@ def _step(
         q, extra = policy(sel)
     q = np.asarray(q)
     greedy = q.argmax(axis=1)
-    explore = rng.random(len(idx)) < epsilon
-    random_actions = rng.integers(0, q.shape[1], len(idx))  # the game's actions (Ms. Pac-Man: 9)
+    explore, random_actions = epsilon_draws(rng, len(idx), epsilon, q.shape[1])
     action = np.where(explore, random_actions, greedy)
     full = np.zeros(env.num_envs, dtype=np.int64)
     full[idx] = action
     ram = None if rams is None else rams.ram()
     next_obs, _, _, infos = env.step(full)
-    raw = np.array([infos[i]["raw_reward"] for i in idx], dtype=np.float32)
+    raw, end = step_outcome(infos, idx, idx, slots, max_episode_steps)
     if rams is not None:
         rams.step(idx, action, raw)
-    end = np.array([infos[i]["game_over"] for i in idx], dtype=bool)
-    slots.ep_step[idx] += 1
-    if max_episode_steps is not None:
-        end |= slots.ep_step[idx] >= max_episode_steps
     batch = StepBatch(
         env_index=idx,
         episode=slots.ep[idx].copy(),

@@ -95,6 +95,28 @@ def concat_extra(parts: list[Any]) -> Any:
     )
 
 
+def epsilon_draws(
+    rng: np.random.Generator, n: int, epsilon: float, n_actions: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step's epsilon-greedy draws for ``n`` envs, in the one order both play paths use:
+    (explore, random actions); an env plays its random action where ``explore``."""
+    explore = rng.random(n) < epsilon
+    return explore, rng.integers(0, n_actions, n)  # the game's actions (Ms. Pac-Man: 9)
+
+
+def step_outcome(
+    infos: Any, local: np.ndarray, idx: np.ndarray, slots: Slots, max_episode_steps: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(raw rewards, episode ends) of envs ``idx`` (``local``: their places in ``infos``) after
+    a step, whose episodes' step counts it advances (``max_episode_steps`` ends them too)."""
+    reward = np.array([infos[i]["raw_reward"] for i in local], dtype=np.float32)
+    end = np.array([infos[i]["game_over"] for i in local], dtype=bool)
+    slots.ep_step[idx] += 1
+    if max_episode_steps is not None:
+        end |= slots.ep_step[idx] >= max_episode_steps
+    return reward, end
+
+
 def group_sizes(n_envs: int) -> list[int]:
     """The two groups' sizes (``n_envs`` >= 2; group 0 takes the odd env)."""
     if n_envs < 2:
@@ -334,14 +356,11 @@ class GroupPlay:
         assert half is not None
         obs, _, _, infos = g.env.finish_step(g.env.ale_env.recv())
         g.sent = None
-        local = half.idx - g.lo
-        half.reward = np.array([infos[i]["raw_reward"] for i in local], dtype=np.float32)
-        end = np.array([infos[i]["game_over"] for i in local], dtype=bool)
+        half.reward, end = step_outcome(
+            infos, half.idx - g.lo, half.idx, slots, self.max_episode_steps
+        )
         if self.rams is not None:
             self.rams.step(half.idx, half.action, half.reward)
-        slots.ep_step[half.idx] += 1
-        if self.max_episode_steps is not None:
-            end |= slots.ep_step[half.idx] >= self.max_episode_steps
         half.end = end
         g.obs = np.asarray(obs)
         if last:
@@ -443,9 +462,8 @@ class GroupPlay:
             self.slots.keep_earliest(left)
 
     def _draw(self, n: int, n_actions: int) -> tuple[np.ndarray, np.ndarray]:
-        """The plain path's epsilon-greedy draws for a step of ``n`` envs, in its order."""
-        explore = self.rng.random(n) < self.epsilon
-        return explore, self.rng.integers(0, n_actions, n)
+        """The plain path's epsilon-greedy draws for a step of ``n`` envs (``epsilon_draws``)."""
+        return epsilon_draws(self.rng, n, self.epsilon, n_actions)
 
     def _half(
         self, idx: np.ndarray, dec: tuple[np.ndarray, np.ndarray, Any],
