@@ -299,6 +299,28 @@ def _batch_fvu(sae, x: torch.Tensor) -> float:
     return float(sse / ((x - x.mean(0)) ** 2).sum())
 
 
+def interleave(state, trainer, data, n, warm) -> tuple[dict[str, float], list[dict]]:
+    """``n`` steps of rlsae's trainer (``state``) and SAELens's (``trainer``) on the same
+    batches, interleaved step by step: the median seconds of each after ``warm`` steps, and our
+    steps' figures (``train_step``'s returns)."""
+    from rlsae.sae.train import train_step
+
+    times: dict[str, list[float]] = {"ours": [], "saelens": []}
+    outs = []
+    for i in range(n):
+        for name in ("ours", "saelens"):
+            t0 = time.perf_counter()
+            if name == "ours":
+                state.step = i
+                outs.append(train_step(state, data[i]))
+            else:
+                trainer.step(data[i])
+                trainer.n_training_steps += 1
+            if i >= warm:
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}, outs
+
+
 def compare_kind(kind, data, held_out, n, warm, lr, floor_s, args) -> None:
     """One kind: rlsae's train_step against SAELens's trainer of the same kind."""
     from sae_lens.config import SAETrainerConfig
@@ -307,7 +329,7 @@ def compare_kind(kind, data, held_out, n, warm, lr, floor_s, args) -> None:
     from rlsae.sae import SAE
     from rlsae.sae.config import default_groups
     from rlsae.sae.step import prefix_widths
-    from rlsae.sae.train import TrainConfig, TrainState, init_jumprelu, train_step
+    from rlsae.sae.train import TrainConfig, TrainState, init_jumprelu
 
     d_in, d_sae, k, B = args.d_in, args.d_sae, args.k, args.batch
     extra = {"l0": 1e-3} if kind == "jumprelu" else {}
@@ -329,19 +351,7 @@ def compare_kind(kind, data, held_out, n, warm, lr, floor_s, args) -> None:
         theirs,
         iter(data),
     )
-    times: dict[str, list[float]] = {"ours": [], "saelens": []}
-    for i in range(n):
-        for name in ("ours", "saelens"):
-            t0 = time.perf_counter()
-            if name == "ours":
-                state.step = i
-                train_step(state, data[i])
-            else:
-                trainer.step(data[i])
-                trainer.n_training_steps += 1
-            if i >= warm:
-                times[name].append(time.perf_counter() - t0)
-    med = {k_: statistics.median(v) for k_, v in times.items()}
+    med, _ = interleave(state, trainer, data, n, warm)
     with torch.no_grad():
         # BatchTopK kinds in their training mode (the batch's TopK) on both sides: after a few
         # steps the inference threshold's moving average has not converged yet
@@ -437,23 +447,10 @@ def jumprelu_settled(data, held_out, n, warm, lr, floor_s, args) -> None:
         theirs,
         iter(data),
     )
-    times: dict[str, list[float]] = {"ours": [], "saelens": []}
-    sparse_steps, densities = 0, []
-    for i in range(n):
-        for name in ("ours", "saelens"):
-            t0 = time.perf_counter()
-            if name == "ours":
-                state.step = i
-                out = train_step(state, data[i])
-            else:
-                trainer.step(data[i])
-                trainer.n_training_steps += 1
-            if i >= warm:
-                times[name].append(time.perf_counter() - t0)
-        if "candidates" in out:  # our step ran on the sparse path
-            sparse_steps += 1
-            densities.append(out["candidates"])
-    med = {k_: statistics.median(v) for k_, v in times.items()}
+    med, outs = interleave(state, trainer, data, n, warm)
+    # the steps our trainer ran on the sparse path, and their candidates per entry
+    densities = [o["candidates"] for o in outs if "candidates" in o]
+    sparse_steps = len(densities)
     with torch.no_grad():
         fvu_ours, fvu_theirs = fvu(ours(held_out), held_out), fvu(theirs(held_out), held_out)
         l0_theirs = float((theirs.encode(held_out) > 0).sum(1).double().mean())
