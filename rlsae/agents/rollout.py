@@ -170,8 +170,8 @@ def _play_groups(
     """:data:`OVERLAP_ENVS`: two groups of envs, double-buffered
     (:class:`rlsae.agents.rollout_overlap.GroupPlay`)."""
     gp = GroupPlay(
-        lambda n: _take_env(cfg, n), n_envs, policy, slots, rng, epsilon, max_total_steps,
-        max_episode_steps, rams,
+        lambda: _take_env(cfg, 1), n_envs, policy, slots, rng, epsilon, max_total_steps,
+        max_episode_steps, rams, SPARE_ENVS,
     )  # fmt: skip
     try:
         gp.start()
@@ -180,16 +180,13 @@ def _play_groups(
             rams.finish()
     except GeneratorExit:  # the consumer stopped between steps: receive the steps in flight
         gp.drain()
-        for g in gp.groups:
-            _give_back_env(g.env)
+        gp.release(_give_back_env)
         raise
     except BaseException:  # failed mid-step: do not reuse them
-        for g in gp.groups:
-            g.env.close()
+        gp.release(AleVecEnv.close)
         raise
     else:
-        for g in gp.groups:
-            _give_back_env(g.env)
+        gp.release(_give_back_env)
 
 
 OVERLAP_RAM = True
@@ -203,12 +200,18 @@ ale-py's ``loadROM`` and ``act`` hold the GIL, and the forward pass stalled behi
 """
 
 OVERLAP_ENVS = True
-"""Play 2 or more envs as two groups, each with its own vector env, double-buffered: one
+"""Play 2 or more envs as two groups, each env its own one-env vector env, double-buffered: one
 group's emulators step (in ale-py's threads) while the policy runs on the other group's
-observations (:mod:`rlsae.agents.rollout_overlap`). The same episodes, actions and rows as the
+observations (:mod:`rlsae.agents.rollout_overlap`, :mod:`rlsae.agents.env_row`). The same episodes, actions and rows as the
 plain path; the policy sees each group's rows in its own call (the plain path with
 :data:`SPLIT_FORWARD` makes the same calls). False: one vector env, all envs stepped together
 (the plain path)."""
+
+SPARE_ENVS = 2
+"""With :data:`OVERLAP_ENVS`, emulators reset ahead of time with the seeds of the next episodes
+(:class:`rlsae.agents.env_row.SparePool`, built at the first restart): a finished episode's env
+continues on one at once, instead of the whole play waiting ~75 ms for its reset (ale-py
+reloads the ROM at every seeded reset). 0: reset the finished emulator in place."""
 
 SPLIT_FORWARD = False
 """The plain path calls the policy once per group of :data:`OVERLAP_ENVS` (the same forward
@@ -223,9 +226,10 @@ its episode's seed before it plays (ale-py then reloads the ROM with that seed),
 emulator plays exactly the episodes a new one would (``tests/agents/test_play_speed.py``).
 False: a new vector env per play, closed at its end (the plain path)."""
 _IDLE: dict[str, list[AleVecEnv]] = {}
-"""Idle vector envs by settings (a grouped play keeps two of the same size), oldest first."""
+"""Idle vector envs by settings (a grouped play's are one-env vector envs), oldest first."""
 _IDLE_LOCK = threading.Lock()
-_MAX_IDLE = 8
+_MAX_IDLE = 40
+"""Idle emulators kept in all (a grouped play of 16 envs holds 18 one-env vector envs)."""
 
 
 def _env_key(cfg: EnvConfig, n_envs: int) -> str:
@@ -253,11 +257,12 @@ def _give_back_env(env: AleVecEnv) -> None:
     evicted: list[AleVecEnv] = []
     with _IDLE_LOCK:
         _IDLE.setdefault(key, []).append(env)
-        _IDLE[key] = kept = _IDLE.pop(key)  # the newest settings last
-        evicted += kept[:-2]  # two of each settings at most (the two groups of a play)
-        del kept[:-2]
+        _IDLE[key] = _IDLE.pop(key)  # the newest settings last
         while sum(len(v) for v in _IDLE.values()) > _MAX_IDLE:
-            evicted += _IDLE.pop(next(iter(_IDLE)))
+            oldest = _IDLE[next(iter(_IDLE))]
+            evicted.append(oldest.pop(0))
+            if not oldest:
+                del _IDLE[next(iter(_IDLE))]
     for e in evicted:
         e.close()
 
@@ -297,6 +302,12 @@ class _Slots:
 
     def _more(self) -> bool:
         return self.episodes is None or self.next_episode < self.episodes
+
+    def seed_of(self, episode: int) -> int | None:
+        """The seed of episode ``episode`` (None past the episode limit)."""
+        if self.episodes is not None and episode >= self.episodes:
+            return None
+        return episode_seed(self.seed, episode)
 
     def _start(self, i: int) -> None:
         self.ep[i], self.ep_seed[i] = self.next_episode, episode_seed(self.seed, self.next_episode)

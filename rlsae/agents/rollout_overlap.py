@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rlsae.agents.env_row import EnvRow, SparePool, reset_one
 from rlsae.agents.envs import AleVecEnv
 from rlsae.agents.ram_emulator import (
     LockstepRams,
@@ -77,7 +78,9 @@ class Slots(Protocol):
     ep_seed: np.ndarray
     ep_step: np.ndarray
     active: np.ndarray
+    next_episode: int
 
+    def seed_of(self, episode: int) -> int | None: ...
     def first_seeds(self) -> list[int]: ...
     def next_episodes(self, finished: np.ndarray) -> tuple[list[int], list[int]]: ...
     def keep_earliest(self, n: int) -> None: ...
@@ -230,12 +233,12 @@ class _Half:
 
 
 class _Group:
-    """One group's vector env, its envs' global indices ``lo .. lo + n - 1``, the observations
-    its next step acts on, and the step in flight."""
+    """One group's emulators (:class:`~rlsae.agents.env_row.EnvRow`), its envs' global indices
+    ``lo .. lo + n - 1``, the observations its next step acts on, and the step in flight."""
 
-    def __init__(self, env: AleVecEnv, lo: int) -> None:
-        self.env, self.lo, self.n = env, lo, env.num_envs
-        self.obs: np.ndarray = np.empty(0)
+    def __init__(self, row: EnvRow, lo: int) -> None:
+        self.row, self.lo, self.n = row, lo, row.num_envs
+        self.obs: np.ndarray = row.obs()
         self.sent: _Half | None = None
 
     def active(self, slots: Slots) -> np.ndarray:
@@ -276,11 +279,13 @@ MAX_LAG_STEPS = 64
 
 class GroupPlay:
     """The double-buffered loop over two groups (see the module docstring); :meth:`run`
-    yields the step batches. ``take_env(n)`` gives an idle or new vector env of ``n`` envs."""
+    yields the step batches. ``take_env()`` gives an idle or new one-env vector env; ``spares``
+    emulators are reset ahead for the next episodes (:class:`~rlsae.agents.env_row.SparePool`;
+    0: a finished env is reset in place, and the play waits for it)."""
 
     def __init__(
         self,
-        take_env: Callable[[int], AleVecEnv],
+        take_env: Callable[[], AleVecEnv],
         n_envs: int,
         policy: Policy,
         slots: Slots,
@@ -289,6 +294,7 @@ class GroupPlay:
         max_total_steps: int | None,
         max_episode_steps: int | None,
         rams: RamDriver | None,
+        spares: int = 0,
     ) -> None:
         self.take_env, self.n_envs, self.policy = take_env, n_envs, policy
         self.slots, self.rng, self.epsilon = slots, rng, epsilon
@@ -296,43 +302,59 @@ class GroupPlay:
             max_total_steps, max_episode_steps, rams,
         )  # fmt: skip
         self.groups: list[_Group] = []
+        self.loose: list[AleVecEnv] = []
+        """Emulators taken and not (yet) in a group (while :meth:`start` builds them)."""
+        self.threads = ThreadPoolExecutor(2, thread_name_prefix="rlsae-reset")
+        self.spares = None if spares <= 0 else SparePool(
+            take_env, slots.seed_of, lambda: slots.next_episode, spares, self.threads
+        )  # fmt: skip
         self.total = 0
         self.done: deque[_Step] = deque()
         """Played steps not yet yielded (waiting for their RAM)."""
 
     # -- the emulators ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Take the groups' vector envs and reset every env with its episode's seed: the lockstep
-        emulators load their ROMs in their process meanwhile, and group 0 resets (in ale-py's
-        threads) while group 1's vector env is built."""
+        """Take the emulators and reset every env with its episode's seed: each reset runs in a
+        thread (ale-py releases the GIL) while the next emulator is built, and the lockstep
+        emulators load their ROMs in their process meanwhile."""
         slots = self.slots
         seeds = slots.first_seeds()
         on = np.flatnonzero(slots.active)
         if self.rams is not None:
             self.rams.load(on, slots.ep_seed[on])
-        with ThreadPoolExecutor(2, thread_name_prefix="rlsae-reset") as pool:
-            resets = []
-            lo = 0
-            for size in group_sizes(self.n_envs):
-                g = _Group(self.take_env(size), lo)
-                self.groups.append(g)
-                resets.append(pool.submit(g.env.reset_with_seeds, seeds[lo : lo + size]))
-                lo += size
-            for g, fut in zip(self.groups, resets, strict=True):
-                g.obs = np.asarray(fut.result())
+        resets = []
+        for s in seeds:
+            self.loose.append(self.take_env())
+            resets.append(self.threads.submit(reset_one, self.loose[-1], s))
+        obs = [f.result()[1] for f in resets]
+        lo = 0
+        for size in group_sizes(self.n_envs):
+            self.groups.append(_Group(EnvRow(self.loose[lo : lo + size], obs[lo : lo + size]), lo))
+            lo += size
+        self.loose = []
         if self.rams is not None:
             self.rams.play_noops(on, self._noops(on))
 
     def _noops(self, envs: np.ndarray) -> np.ndarray:
-        noops = np.concatenate([g.env.noops for g in self.groups])
+        noops = np.concatenate([g.row.noops for g in self.groups])
         return noops[envs]
 
     def drain(self) -> None:
         """Receive every step in flight (the envs are then whole, to keep or close)."""
         for g in self.groups:
-            if g.sent is not None:
-                g.env.ale_env.recv()
-                g.sent = None
+            g.row.drain()
+            g.sent = None
+
+    def release(self, give: Callable[[AleVecEnv], None]) -> None:
+        """Hand every emulator of the play to ``give`` (to keep or close; a spare whose reset
+        failed is closed), once the resets in flight have ended."""
+        whole, broken = self.spares.envs() if self.spares is not None else ([], [])
+        self.threads.shutdown(wait=True)
+        for env in [e for g in self.groups for e in g.row.envs] + self.loose + whole:
+            give(env)
+        for env in broken:
+            env.close()
+        self.groups, self.loose = [], []
 
     # -- one group ---------------------------------------------------------------------------
     def _decide(self, g: _Group, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -346,7 +368,7 @@ class GroupPlay:
     def _send(self, g: _Group, half: _Half) -> None:
         full = np.zeros(g.n, dtype=np.int64)
         full[half.idx - g.lo] = half.action
-        g.env.ale_env.send(full)
+        g.row.send(full, half.idx - g.lo)
         g.sent = half
 
     def _complete(self, g: _Group, last: bool) -> None:
@@ -354,7 +376,7 @@ class GroupPlay:
         emulators' step, and (unless it was the last step) its finished envs' next episodes."""
         half, slots = g.sent, self.slots
         assert half is not None
-        obs, _, _, infos = g.env.finish_step(g.env.ale_env.recv())
+        infos = g.row.recv()
         g.sent = None
         half.reward, end = step_outcome(
             infos, half.idx - g.lo, half.idx, slots, self.max_episode_steps
@@ -362,17 +384,35 @@ class GroupPlay:
         if self.rams is not None:
             self.rams.step(half.idx, half.action, half.reward)
         half.end = end
-        g.obs = np.asarray(obs)
-        if last:
-            return
-        restart, seeds = slots.next_episodes(half.idx[end])
-        if restart:
-            if self.rams is not None:
-                self.rams.load(restart, seeds)
-            g.obs = g.env.reset_envs(np.array(restart) - g.lo, seeds)
-            if self.rams is not None:
-                r = np.array(restart)
-                self.rams.play_noops(r, g.env.noops[r - g.lo])
+        if not last:
+            restart, seeds = slots.next_episodes(half.idx[end])
+            if restart:
+                if self.rams is not None:
+                    self.rams.load(restart, seeds)
+                self._restart(g, restart, seeds)
+                if self.rams is not None:
+                    r = np.array(restart)
+                    self.rams.play_noops(r, g.row.noops[r - g.lo])
+        g.obs = g.row.obs()
+
+    def _restart(self, g: _Group, restart: list[int], seeds: list[int]) -> None:
+        """Start the episodes handed to envs ``restart`` of group ``g``: on the spares reset for
+        them (the finished emulators become spares), or by resetting the finished emulators
+        themselves (in parallel) where no spare holds the episode."""
+        in_place = []
+        for i, seed in zip(restart, seeds, strict=True):
+            got = None if self.spares is None else self.spares.take(int(self.slots.ep[i]))
+            if got is None:
+                in_place.append(
+                    (i - g.lo, self.threads.submit(reset_one, g.row.envs[i - g.lo], seed))
+                )
+            else:
+                assert self.spares is not None
+                self.spares.give(g.row.swap(i - g.lo, *got))
+        for j, fut in in_place:
+            g.row.latest[j] = fut.result()[1]
+        if self.spares is not None:
+            self.spares.fill()
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> Iterator[StepBatch]:

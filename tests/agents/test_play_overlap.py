@@ -6,6 +6,7 @@ within rounding of the plain path's single forward call."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 from rlsae.agents import rollout
 from rlsae.agents.dqn import load_agent
+from rlsae.agents.env_row import SparePool
 from rlsae.agents.envs import obs_hash
 from rlsae.agents.evaluate import evaluate_agent
 from rlsae.agents.ram_emulator import take_ram_process
@@ -192,3 +194,87 @@ def test_grouped_play_is_the_split_plain_play_batch_for_batch(
         assert rows <= budget
     if episodes is not None:
         assert len({e for b in fast for e in b[1]}) <= episodes
+
+
+def test_spare_emulators_start_the_episodes_a_reset_in_place_would(
+    nature_agent: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # 4 envs ending together every 8 steps: 8 rounds of restarts; after the first (in place,
+    # the pool then builds its spares) most episodes start on a spare reset ahead of time
+    agent = load_agent(nature_agent)
+    served: list[bool] = []
+    take = SparePool.take
+
+    def counting_take(self: SparePool, episode: int) -> object:
+        got = take(self, episode)
+        served.append(got is not None)
+        return got
+
+    monkeypatch.setattr(SparePool, "take", counting_take)
+
+    def policy(obs: np.ndarray) -> tuple[np.ndarray, None]:
+        return agent.q_values(obs).numpy(), None
+
+    def run() -> list[tuple]:
+        batches = rollout.play(
+            agent.env_config, policy, seed=2, epsilon=0.3, n_envs=4, episodes=36,
+            max_episode_steps=8, ram=True,
+        )  # fmt: skip
+        return [
+            (b.env_index.tolist(), b.episode.tolist(), b.action.tolist(), b.reward.tolist(),
+             b.ram.tobytes(), [obs_hash(o) for o in b.obs])  # type: ignore[union-attr]
+            for b in batches
+        ]  # fmt: skip
+
+    rollout.close_idle_emulators()
+    with_spares = run()
+    assert len(served) == 32 and sum(served) >= 16, served
+    # every emulator is kept for the next play: the 4 playing and the 2 spares
+    assert len(rollout._IDLE[rollout._env_key(agent.env_config, 1)]) == 4 + rollout.SPARE_ENVS
+    served.clear()
+    monkeypatch.setattr(rollout, "SPARE_ENVS", 0)
+    in_place = run()
+    assert not served and in_place == with_spares
+    with monkeypatch.context() as m:
+        _plain(m, split=True)
+        assert run() == with_spares
+
+
+def test_the_spare_pool_prepares_the_next_episodes_in_order_and_stops_at_the_limit():
+    made: list[str] = []
+
+    class Env:  # stands in for a one-env vector env: what reset_one calls
+        noops = np.zeros(1, dtype=np.int64)
+
+        def __init__(self) -> None:
+            self.name = f"env{len(made)}"
+            made.append(self.name)
+            self.seeds: list[list[int]] = []
+
+        def reset_with_seeds(self, seeds: list[int]) -> np.ndarray:
+            self.seeds.append(seeds)
+            return np.full((1, 1), seeds[0])
+
+    nxt = [5]
+    with ThreadPoolExecutor(2) as threads:
+        pool = SparePool(
+            Env,
+            lambda e: None if e >= 8 else 100 + e,
+            lambda: nxt[0],
+            2,
+            threads,  # type: ignore[arg-type]
+        )
+        pool.fill()  # builds its 2 emulators, resets them for episodes 5 and 6
+        assert made == ["env0", "env1"] and sorted(pool.ready) == [5, 6]
+        assert pool.take(4) is None
+        env, obs = pool.take(5)  # type: ignore[misc]
+        assert obs.tolist() == [[105]] and env.seeds == [[105]]  # type: ignore[attr-defined]
+        nxt[0] = 6
+        pool.give(Env())  # the finished emulator: reset for episode 7, the last one
+        pool.fill()
+        assert sorted(pool.ready) == [6, 7] and len(made) == 3
+        nxt[0] = 8  # (6 and 7 handed out elsewhere) no episode left: nothing is prepared or
+        pool.fill()  # built, and the spares passed over are kept as free emulators
+        assert len(made) == 3 and not pool.ready and len(pool.free) == 2
+        whole, broken = pool.envs()
+        assert len(whole) == 2 and not broken and not pool.ready and pool.served == 1
