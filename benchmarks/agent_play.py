@@ -13,12 +13,22 @@ emulators pays it (``emulator_reused_steps_per_s``: seeded reset, steps); ``eval
 not the network (NatureCNN), shows it. Each row measures the plain play path (``plain_*``: a new
 vector env per call, all envs stepped together, lockstep RAM emulators stepped inline) and then
 the fast one (the default: the eval builds its emulators, the recording reuses them; two env
-groups double-buffered, the lockstep RAM emulators in a helper process) side by side, both after
-a warm-up that pays the one-time imports. Prints one line per figure and, last, one JSON
-object. Never asserts on time.
+groups double-buffered, spare emulators reset ahead for restarted episodes, the lockstep RAM
+emulators in a helper process) side by side, both after a warm-up that pays the one-time
+imports.
 
-Usage: ``python benchmarks/agent_play.py [--steps-per-env 150] [--envs 1 4 8 16]
-[--arch poster nature] [--threads 1] [--repeat 1]``.
+Two rates per fast play: over the whole call (``eval_steps_per_s``: building the emulators and
+the first seeded resets included, ~75 ms of ale-py ROM loading per emulator) and in the steady
+state (``eval_steady_steps_per_s``: from the first policy call to the end of the call, restarted
+episodes and the recording's writes included), the regime a long eval, recording or survey
+spends its time in, and the one the floor (a warmed-up forward) measures. The machine is noisy,
+so each repeat times the floor right before and after its plays and divides by their mean; the
+ratios are the medians over repeats (``*_vs_floor_runs`` lists each). Each env plays
+``--episodes-per-env`` episodes of at most ``--steps-per-env`` steps (the recording: that many
+steps in all). Prints one line per figure and, last, one JSON object. Never asserts on time.
+
+Usage: ``python benchmarks/agent_play.py [--steps-per-env 150] [--episodes-per-env 1]
+[--envs 1 4 8 16] [--arch poster nature] [--threads 1] [--repeat 1]``.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 import warnings
@@ -93,61 +104,133 @@ def set_path(fast: bool) -> None:
     rollout.REUSE_EMULATORS = rollout.OVERLAP_RAM = rollout.OVERLAP_ENVS = fast
 
 
-def play_rates(agent: Any, n: int, steps_per_env: int, root: Path, tag: str) -> tuple[float, float]:
-    """Steps/s of ``evaluate_agent`` then ``record_activations`` (fc1) on ``n`` envs."""
+class FirstStep:
+    """Times the first policy call of every ``play`` the eval and the recording make (a wrapper
+    around ``rollout.play`` in their modules): the emulators are built and reset, and the steady
+    state starts there (not at the first batch yielded: a recording yields its steps once their
+    RAM has come, up to 64 steps later)."""
+
+    def __init__(self) -> None:
+        from rlsae.agents import evaluate, record
+
+        self.modules = (evaluate, record)
+        self.play = evaluate.play
+        self.at = 0.0
+
+    def __enter__(self) -> FirstStep:
+        def timed(cfg: Any, policy: Any, **kw: Any) -> Any:
+            self.at = 0.0
+
+            def first_timed(obs: Any) -> Any:
+                self.at = self.at or time.perf_counter()
+                return policy(obs)
+
+            return self.play(cfg, first_timed, **kw)
+
+        for m in self.modules:
+            m.play = timed  # type: ignore[attr-defined]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for m in self.modules:
+            m.play = self.play  # type: ignore[attr-defined]
+
+
+def play_rates(
+    agent: Any, n: int, steps_per_env: int, episodes_per_env: int, root: Path, tag: str
+) -> dict[str, float]:
+    """Steps/s of ``evaluate_agent`` then ``record_activations`` (fc1) on ``n`` envs: over the
+    whole call (``eval``, ``record``) and from its first policy call on (``*_steady``), and the
+    seconds to that call (``*_start_s``)."""
     from rlsae.agents.evaluate import evaluate_agent
     from rlsae.agents.record import record_activations
 
-    t0 = time.perf_counter()
-    ev = evaluate_agent(agent, episodes=n, n_envs=n, max_episode_steps=steps_per_env)
-    eval_rate = sum(ev.lengths) / (time.perf_counter() - t0)
-    out = root / f"rec-{agent.arch}-{n}-{tag}"
-    t0 = time.perf_counter()
-    record_activations(
-        agent, "fc1", n * steps_per_env, out, n_envs=n, max_episode_steps=steps_per_env,
-        progress=False,
-    )  # fmt: skip
-    record_rate = n * steps_per_env / (time.perf_counter() - t0)
-    return eval_rate, record_rate
+    out: dict[str, float] = {}
+    with FirstStep() as first:
+        t0 = time.perf_counter()
+        ev = evaluate_agent(
+            agent, episodes=episodes_per_env * n, n_envs=n, max_episode_steps=steps_per_env
+        )
+        t1 = time.perf_counter()
+        steps = sum(ev.lengths)
+        out["eval"], out["eval_start_s"] = steps / (t1 - t0), first.at - t0
+        out["eval_steady"] = steps / (t1 - first.at)
+        steps = episodes_per_env * n * steps_per_env
+        t0 = time.perf_counter()
+        record_activations(
+            agent, "fc1", steps, root / f"rec-{agent.arch}-{n}-{tag}", n_envs=n,
+            max_episode_steps=steps_per_env, progress=False,
+        )  # fmt: skip
+        t1 = time.perf_counter()
+        out["record"], out["record_start_s"] = steps / (t1 - t0), first.at - t0
+        out["record_steady"] = steps / (t1 - first.at)
+    return out
 
 
 def measure(
-    arch: str, agent_dir: Path, n: int, steps_per_env: int, root: Path, repeat: int = 1
-) -> dict:
-    """The plain path, then the fast path (its eval builds the emulators, its record reuses
-    them), ``repeat`` times in turn (the best rate of each), then the floor: side by side."""
+    arch: str, agent_dir: Path, n: int, steps_per_env: int, episodes_per_env: int, root: Path,
+    repeat: int = 1,
+) -> dict:  # fmt: skip
+    """Per repeat: the floor, the plain path, the fast path (its eval builds the emulators, its
+    record reuses them), the emulators alone, the floor again; the best rate of each over the
+    repeats, and the median of each repeat's ratio to the mean of its two floors."""
     from rlsae.agents.dqn import load_agent
 
     agent = load_agent(agent_dir)
     floor_rate(agent, n, seconds=0.3)  # warm-up: torch's first forward at batch n is slow
-    plain_eval = plain_record = eval_rate = record_rate = emu = emu_reused = 0.0
+    best: dict[str, float] = {}
+    ratios: dict[str, list[float]] = {}
     for r in range(repeat):
+        before = floor_rate(agent, n, seconds=1.0)
         set_path(fast=False)
-        pe, pr = play_rates(agent, n, steps_per_env, root, f"plain{r}")
+        plain = play_rates(agent, n, steps_per_env, episodes_per_env, root, f"plain{r}")
         set_path(fast=True)
-        fe, fr = play_rates(agent, n, steps_per_env, root, f"fast{r}")
+        fast = play_rates(agent, n, steps_per_env, episodes_per_env, root, f"fast{r}")
         set_path(fast=False)  # the next fast eval builds its emulators again
-        ef, er = emulator_rates(agent, n, steps_per_env)
-        plain_eval, plain_record = max(plain_eval, pe), max(plain_record, pr)
-        eval_rate, record_rate = max(eval_rate, fe), max(record_rate, fr)
-        emu, emu_reused = max(emu, ef), max(emu_reused, er)
-    floor = floor_rate(agent, n, seconds=2.0)
+        emu, emu_reused = emulator_rates(agent, n, steps_per_env)
+        floor = (before + floor_rate(agent, n, seconds=1.0)) / 2
+        rates = {
+            **fast, **{f"plain_{k}": v for k, v in plain.items()}, "floor": floor,
+            "emulator": emu, "emulator_reused": emu_reused,
+        }  # fmt: skip
+        for k, v in rates.items():
+            best[k] = max(best.get(k, 0.0), v) if not k.endswith("_start_s") else min(
+                best.get(k, float("inf")), v
+            )  # fmt: skip
+        for k in ("eval", "record", "eval_steady", "record_steady", "plain_eval", "plain_record"):
+            ratios.setdefault(k, []).append(rates[k] / floor)
+        ratios.setdefault("eval_bound", []).append(fast["eval"] / min(floor, emu))
+        ratios.setdefault("record_bound", []).append(fast["record"] / min(floor, emu_reused))
+
+    def med(k: str) -> float:
+        return round(statistics.median(ratios[k]), 3)
+
     return {
         "arch": arch,
         "n_envs": n,
-        "eval_steps_per_s": round(eval_rate, 1),
-        "record_steps_per_s": round(record_rate, 1),
-        "floor_steps_per_s": round(floor, 1),
-        "eval_vs_floor": round(eval_rate / floor, 3),
-        "record_vs_floor": round(record_rate / floor, 3),
-        "plain_eval_steps_per_s": round(plain_eval, 1),
-        "plain_record_steps_per_s": round(plain_record, 1),
-        "plain_eval_vs_floor": round(plain_eval / floor, 3),
-        "plain_record_vs_floor": round(plain_record / floor, 3),
-        "emulator_steps_per_s": round(emu, 1),
-        "emulator_reused_steps_per_s": round(emu_reused, 1),
-        "eval_vs_bound": round(eval_rate / min(floor, emu), 3),
-        "record_vs_bound": round(record_rate / min(floor, emu_reused), 3),
+        "eval_steps_per_s": round(best["eval"], 1),
+        "record_steps_per_s": round(best["record"], 1),
+        "eval_steady_steps_per_s": round(best["eval_steady"], 1),
+        "record_steady_steps_per_s": round(best["record_steady"], 1),
+        "eval_start_s": round(best["eval_start_s"], 3),
+        "record_start_s": round(best["record_start_s"], 3),
+        "floor_steps_per_s": round(best["floor"], 1),
+        "eval_vs_floor": med("eval"),
+        "record_vs_floor": med("record"),
+        "eval_steady_vs_floor": med("eval_steady"),
+        "record_steady_vs_floor": med("record_steady"),
+        "eval_vs_floor_runs": [round(x, 3) for x in ratios["eval"]],
+        "record_vs_floor_runs": [round(x, 3) for x in ratios["record"]],
+        "eval_steady_vs_floor_runs": [round(x, 3) for x in ratios["eval_steady"]],
+        "record_steady_vs_floor_runs": [round(x, 3) for x in ratios["record_steady"]],
+        "plain_eval_steps_per_s": round(best["plain_eval"], 1),
+        "plain_record_steps_per_s": round(best["plain_record"], 1),
+        "plain_eval_vs_floor": med("plain_eval"),
+        "plain_record_vs_floor": med("plain_record"),
+        "emulator_steps_per_s": round(best["emulator"], 1),
+        "emulator_reused_steps_per_s": round(best["emulator_reused"], 1),
+        "eval_vs_bound": med("eval_bound"),
+        "record_vs_bound": med("record_bound"),
     }
 
 
@@ -155,12 +238,13 @@ def warm_up(agent_dir: Path, root: Path) -> None:
     """One tiny eval and recording, so no row pays the one-time imports (pandas, pyarrow)."""
     from rlsae.agents.dqn import load_agent
 
-    play_rates(load_agent(agent_dir), 1, 5, root, "warm-up")
+    play_rates(load_agent(agent_dir), 1, 5, 1, root, "warm-up")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps-per-env", type=int, default=150)
+    ap.add_argument("--episodes-per-env", type=int, default=1)
     ap.add_argument("--envs", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--arch", nargs="+", default=["poster", "nature"])
     ap.add_argument("--threads", type=int, default=1)
@@ -176,12 +260,19 @@ def main() -> None:
             agent_dir = make_agent(arch, root)
             warm_up(agent_dir, root)
             for n in args.envs:
-                r = measure(arch, agent_dir, n, args.steps_per_env, root, args.repeat)
+                r = measure(
+                    arch, agent_dir, n, args.steps_per_env, args.episodes_per_env, root,
+                    args.repeat,
+                )  # fmt: skip
                 rows.append(r)
                 print(
                     f"{arch:6s} {n:3d} envs: eval {r['eval_steps_per_s']:8.1f}/s  record "
                     f"{r['record_steps_per_s']:8.1f}/s  floor {r['floor_steps_per_s']:8.1f}/s  "
                     f"(eval {r['eval_vs_floor']:.2f}, record {r['record_vs_floor']:.2f} of it; "
+                    f"steady state: eval {r['eval_steady_steps_per_s']:.1f}/s "
+                    f"{r['eval_steady_vs_floor']:.2f}, record {r['record_steady_steps_per_s']:.1f}/s "
+                    f"{r['record_steady_vs_floor']:.2f}, after {r['eval_start_s']:.2f} s / "
+                    f"{r['record_start_s']:.2f} s to the first forward; "
                     f"plain path: eval {r['plain_eval_steps_per_s']:.1f}/s "
                     f"{r['plain_eval_vs_floor']:.2f}, record {r['plain_record_steps_per_s']:.1f}/s "
                     f"{r['plain_record_vs_floor']:.2f}); emulators alone "
@@ -198,6 +289,7 @@ def main() -> None:
                 "cpus": os.cpu_count(),
                 "threads": args.threads,
                 "steps_per_env": args.steps_per_env,
+                "episodes_per_env": args.episodes_per_env,
                 "repeat": args.repeat,
                 "load_average": os.getloadavg(),
                 "rows": rows,

@@ -44,15 +44,21 @@ def test_sae_throughput_prints_a_row_per_kind() -> None:
 def test_agent_play_ends_with_one_json_object_per_arch_and_envs() -> None:
     proc = subprocess.run(
         [sys.executable, "benchmarks/agent_play.py", "--steps-per-env", "10", "--envs", "2",
-         "--arch", "poster", "nature"],
+         "--arch", "poster", "nature", "--episodes-per-env", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["episodes_per_env"] == 2 and res["repeat"] == 1
     assert [(r["arch"], r["n_envs"]) for r in res["rows"]] == [("poster", 2), ("nature", 2)]
     for r in res["rows"]:
-        for key in ("eval_steps_per_s", "record_steps_per_s", "floor_steps_per_s"):
-            assert r[key] > 0, key
+        for key in ("eval", "record", "eval_steady", "record_steady", "floor"):
+            assert r[f"{key}_steps_per_s"] > 0, key
         assert r["eval_vs_floor"] == pytest.approx(
             r["eval_steps_per_s"] / r["floor_steps_per_s"], rel=0.01, abs=0.002
         )
+        # the steady state leaves out the build and first resets: it is never the slower one
+        assert r["eval_steady_steps_per_s"] >= r["eval_steps_per_s"]
+        assert r["record_steady_steps_per_s"] >= r["record_steps_per_s"]
+        assert 0 < r["eval_start_s"] and 0 < r["record_start_s"]
+        assert len(r["record_steady_vs_floor_runs"]) == 1

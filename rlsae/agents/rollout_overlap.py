@@ -3,9 +3,11 @@ network runs on the other half's observations.
 
 The next observation of an env needs this step's action, so on the plain path the emulators
 wait for the forward pass and the forward pass for the emulators. Here the envs are split into
-two groups, each with its own ``AtariVectorEnv`` (ale-py steps it in its C++ threads, without
-the GIL, between ``send`` and ``recv``), and the main thread alternates: the forward pass of group
-0 while group 1's emulators step, then the forward pass of group 1 while group 0's step.
+two groups, each env its own one-env ``AtariVectorEnv`` (:mod:`rlsae.agents.env_row`; ale-py
+steps it in its C++ thread, without the GIL, between ``send`` and ``recv``), and the main thread
+alternates: the forward pass of group 0 while group 1's emulators step, then the forward pass of
+group 1 while group 0's step. A restarted episode starts on a spare emulator reset ahead of time
+with its seed (``rollout.SPARE_ENVS``), so the play does not wait for the ROM reload.
 
 The play is the plain path's, step for step: every global step ``k`` still plays all active envs
 once, in env order (group 0 holds the lower env indices, so its rows come first); the
