@@ -202,10 +202,10 @@ ale-py's ``loadROM`` and ``act`` hold the GIL, and the forward pass stalled behi
 OVERLAP_ENVS = True
 """Play 2 or more envs as two groups, each env its own one-env vector env, double-buffered: one
 group's emulators step (in ale-py's threads) while the policy runs on the other group's
-observations (:mod:`rlsae.agents.rollout_overlap`, :mod:`rlsae.agents.env_row`). The same episodes, actions and rows as the
-plain path; the policy sees each group's rows in its own call (the plain path with
-:data:`SPLIT_FORWARD` makes the same calls). False: one vector env, all envs stepped together
-(the plain path)."""
+observations (:mod:`rlsae.agents.rollout_overlap`, :mod:`rlsae.agents.env_row`). The same
+episodes, actions and rows as the plain path; the policy sees each group's rows in its own call
+(the plain path with :data:`SPLIT_FORWARD` makes the same calls). False: one vector env, all
+envs stepped together (the plain path)."""
 
 SPARE_ENVS = 2
 """With :data:`OVERLAP_ENVS`, emulators reset ahead of time with the seeds of the next episodes
