@@ -24,9 +24,9 @@ import numpy as np
 from rlsae.agents.envs import AleVecEnv
 
 
-def reset_one(env: AleVecEnv, seed: int) -> tuple[AleVecEnv, np.ndarray]:
-    """Reset a one-env vector env with ``seed``; (the env, its observation, shape (1, C, H, W))."""
-    return env, np.asarray(env.reset_with_seeds([int(seed)]))
+def reset_one(env: AleVecEnv, seed: int) -> np.ndarray:
+    """Reset a one-env vector env with ``seed``; its observation, shape (1, C, H, W)."""
+    return np.asarray(env.reset_with_seeds([int(seed)]))
 
 
 class EnvRow:
@@ -52,11 +52,11 @@ class EnvRow:
         """All envs' observations, a new array (a batch handed on keeps its own)."""
         return np.concatenate(self.latest)
 
-    def send(self, actions: np.ndarray, local: np.ndarray) -> None:
-        """Start stepping envs ``local`` (in ale-py's threads), env ``i`` with ``actions[i]``."""
+    def send(self, local: np.ndarray, actions: np.ndarray) -> None:
+        """Start stepping envs ``local`` (in ale-py's threads), ``local[j]`` with ``actions[j]``."""
         self.sent = [int(i) for i in local]
-        for i in self.sent:
-            self.envs[i].ale_env.send(actions[i : i + 1])
+        for i, a in zip(self.sent, np.asarray(actions, dtype=np.int64).reshape(-1, 1), strict=True):
+            self.envs[i].ale_env.send(a)
 
     def recv(self) -> list[dict[str, Any]]:
         """Finish the step sent: each env's info (``raw_reward``, ``game_over``...; ``{}`` for
@@ -102,7 +102,7 @@ class SparePool:
         self.take_env, self.seed_of, self.next_episode = take_env, seed_of, next_episode
         self.size, self.threads = size, threads
         self.free: list[AleVecEnv] = []
-        self.ready: dict[int, tuple[AleVecEnv, Future[tuple[AleVecEnv, np.ndarray]]]] = {}
+        self.ready: dict[int, tuple[AleVecEnv, Future[np.ndarray]]] = {}
         self.built = 0
         self.served = 0
         """Episodes started on a spare (for the tests and the benchmark)."""
@@ -113,7 +113,7 @@ class SparePool:
         if got is None:
             return None
         self.served += 1
-        return got[1].result()
+        return got[0], got[1].result()
 
     def give(self, env: AleVecEnv) -> None:
         """A finished emulator, to be reset for a later episode."""

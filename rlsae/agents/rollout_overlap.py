@@ -328,7 +328,7 @@ class GroupPlay:
         for s in seeds:
             self.loose.append(self.take_env())
             resets.append(self.threads.submit(reset_one, self.loose[-1], s))
-        obs = [f.result()[1] for f in resets]
+        obs = [f.result() for f in resets]
         lo = 0
         for size in group_sizes(self.n_envs):
             self.groups.append(_Group(EnvRow(self.loose[lo : lo + size], obs[lo : lo + size]), lo))
@@ -368,9 +368,7 @@ class GroupPlay:
         return sel, np.asarray(q), extra
 
     def _send(self, g: _Group, half: _Half) -> None:
-        full = np.zeros(g.n, dtype=np.int64)
-        full[half.idx - g.lo] = half.action
-        g.row.send(full, half.idx - g.lo)
+        g.row.send(half.idx - g.lo, half.action)
         g.sent = half
 
     def _complete(self, g: _Group, last: bool) -> None:
@@ -412,7 +410,7 @@ class GroupPlay:
                 assert self.spares is not None
                 self.spares.give(g.row.swap(i - g.lo, *got))
         for j, fut in in_place:
-            g.row.latest[j] = fut.result()[1]
+            g.row.latest[j] = fut.result()
         if self.spares is not None:
             self.spares.fill()
 
