@@ -1,21 +1,22 @@
 """Steps/s of ``dqn eval`` and ``dqn record`` beside the floor (the bare batched forward).
 
-For the poster network and NatureCNN (random weights, imported through ``dqn import`` so the
-agents are ordinary agent directories), at 1, 4, 8 and 16 emulators: the steps/s of
-``evaluate_agent`` (greedy) and ``record_activations`` (fc1, epsilon 0.2), and the steps/s of the
-bare batched forward of the same network (``Agent.forward(obs, "fc1")``) at the same batch size
-and thread count, measured in the same run; ``eval_vs_floor`` and ``record_vs_floor`` are the
-ratios (issue 13's target: >= 0.7 at 8 envs). Beside them the emulator ceiling: steps/s of the
-same ``AtariVectorEnv`` of ``n`` envs alone (random actions, no network), counted as the eval
-pays it (``emulator_steps_per_s``: build, seeded reset, steps) and as a recording on kept
-emulators pays it (``emulator_reused_steps_per_s``: seeded reset, steps); ``eval_vs_bound`` and
-``record_vs_bound`` divide by the smaller of floor and ceiling, so a row bound by the emulators,
-not the network (NatureCNN), shows it. Each row measures the plain play path (``plain_*``: a new
-vector env per call, all envs stepped together, lockstep RAM emulators stepped inline) and then
-the fast one (the default: the eval builds its emulators, the recording reuses them; two env
-groups double-buffered, spare emulators reset ahead for restarted episodes, the lockstep RAM
-emulators in a helper process) side by side, both after a warm-up that pays the one-time
-imports.
+For the poster network and NatureCNN (random weights, imported through ``dqn import`` so the agents
+are ordinary agent directories), at 1, 4, 8 and 16 emulators: the steps/s of ``evaluate_agent``
+(greedy) and ``record_activations`` (fc1, epsilon 0.2; the default records no RAM, ``record_ram*``
+is ``dqn record --ram``, whose lockstep emulators play every game a second time, and
+``ram_replay_rows_per_s`` the rows/s of regenerating a recording's RAM by replay afterwards), and
+the steps/s of the bare batched forward of the same network (``Agent.forward(obs, "fc1")``) at the
+same batch size and thread count, measured in the same run; ``eval_vs_floor`` and
+``record_vs_floor`` are the ratios (issue 13's target: >= 0.7 at 8 envs). Beside them the emulator
+ceiling: steps/s of the same ``AtariVectorEnv`` of ``n`` envs alone (random actions, no network),
+counted as the eval pays it (``emulator_steps_per_s``: build, seeded reset, steps) and as a
+recording on kept emulators pays it (``emulator_reused_steps_per_s``: seeded reset, steps);
+``eval_vs_bound`` and ``record_vs_bound`` divide by the smaller of floor and ceiling, so a row
+bound by the emulators, not the network (NatureCNN), shows it. Each row measures the plain play
+path (``plain_*``: a new vector env per call, all envs stepped together) and then the fast one (the
+default: the eval builds its emulators, the recording reuses them; two env groups double-buffered,
+spare emulators reset ahead for restarted episodes; with ``--ram`` the lockstep RAM emulators in a
+helper process) side by side, both after a warm-up that pays the one-time imports.
 
 Two rates per fast play: over the whole call (``eval_steps_per_s``: building the emulators and
 the first seeded resets included, ~75 ms of ale-py ROM loading per emulator) and in the steady
@@ -137,12 +138,16 @@ class FirstStep:
 
 
 def play_rates(
-    agent: Any, n: int, steps_per_env: int, episodes_per_env: int, root: Path, tag: str
-) -> dict[str, float]:
+    agent: Any, n: int, steps_per_env: int, episodes_per_env: int, root: Path, tag: str,
+    with_ram: bool = False,
+) -> dict[str, float]:  # fmt: skip
     """Steps/s of ``evaluate_agent`` then ``record_activations`` (fc1) on ``n`` envs: over the
     whole call (``eval``, ``record``) and from its first policy call on (``*_steady``), and the
-    seconds to that call (``*_start_s``)."""
+    seconds to that call (``*_start_s``). With ``with_ram`` also the recording with the RAM read
+    in lockstep (``record_ram*``, ``dqn record --ram``) and the rows/s of regenerating the first
+    recording's RAM by replay (``ram_replay``, what ``dqn concepts`` pays once per store)."""
     from rlsae.agents.evaluate import evaluate_agent
+    from rlsae.agents.ram import recording_ram
     from rlsae.agents.record import record_activations
 
     out: dict[str, float] = {}
@@ -157,13 +162,25 @@ def play_rates(
         out["eval_steady"] = steps / (t1 - first.at)
         steps = episodes_per_env * n * steps_per_env
         t0 = time.perf_counter()
-        record_activations(
+        store = record_activations(
             agent, "fc1", steps, root / f"rec-{agent.arch}-{n}-{tag}", n_envs=n,
             max_episode_steps=steps_per_env, progress=False,
         )  # fmt: skip
         t1 = time.perf_counter()
         out["record"], out["record_start_s"] = steps / (t1 - t0), first.at - t0
         out["record_steady"] = steps / (t1 - first.at)
+        if not with_ram:
+            return out
+        t0 = time.perf_counter()
+        record_activations(
+            agent, "fc1", steps, root / f"rec-{agent.arch}-{n}-{tag}-ram", n_envs=n,
+            max_episode_steps=steps_per_env, progress=False, ram=True,
+        )  # fmt: skip
+        t1 = time.perf_counter()
+        out["record_ram"], out["record_ram_steady"] = steps / (t1 - t0), steps / (t1 - first.at)
+    t0 = time.perf_counter()
+    recording_ram(store)
+    out["ram_replay"] = steps / (time.perf_counter() - t0)
     return out
 
 
@@ -185,7 +202,7 @@ def measure(
         set_path(fast=False)
         plain = play_rates(agent, n, steps_per_env, episodes_per_env, root, f"plain{r}")
         set_path(fast=True)
-        fast = play_rates(agent, n, steps_per_env, episodes_per_env, root, f"fast{r}")
+        fast = play_rates(agent, n, steps_per_env, episodes_per_env, root, f"fast{r}", True)
         set_path(fast=False)  # the next fast eval builds its emulators again
         emu, emu_reused = emulator_rates(agent, n, steps_per_env)
         floor = (before + floor_rate(agent, n, seconds=1.0)) / 2
@@ -197,7 +214,8 @@ def measure(
             best[k] = max(best.get(k, 0.0), v) if not k.endswith("_start_s") else min(
                 best.get(k, float("inf")), v
             )  # fmt: skip
-        for k in ("eval", "record", "eval_steady", "record_steady", "plain_eval", "plain_record"):
+        for k in ("eval", "record", "eval_steady", "record_steady", "plain_eval", "plain_record",
+                  "record_ram", "record_ram_steady"):  # fmt: skip
             ratios.setdefault(k, []).append(rates[k] / floor)
         ratios.setdefault("eval_bound", []).append(fast["eval"] / min(floor, emu))
         ratios.setdefault("record_bound", []).append(fast["record"] / min(floor, emu_reused))
@@ -223,6 +241,10 @@ def measure(
         "record_vs_floor_runs": [round(x, 3) for x in ratios["record"]],
         "eval_steady_vs_floor_runs": [round(x, 3) for x in ratios["eval_steady"]],
         "record_steady_vs_floor_runs": [round(x, 3) for x in ratios["record_steady"]],
+        "record_ram_steps_per_s": round(best["record_ram"], 1),
+        "record_ram_vs_floor": med("record_ram"),
+        "record_ram_steady_vs_floor": med("record_ram_steady"),
+        "ram_replay_rows_per_s": round(best["ram_replay"], 1),
         "plain_eval_steps_per_s": round(best["plain_eval"], 1),
         "plain_record_steps_per_s": round(best["plain_record"], 1),
         "plain_eval_vs_floor": med("plain_eval"),
@@ -272,7 +294,10 @@ def main() -> None:
                     f"steady state: eval {r['eval_steady_steps_per_s']:.1f}/s "
                     f"{r['eval_steady_vs_floor']:.2f}, record {r['record_steady_steps_per_s']:.1f}/s "
                     f"{r['record_steady_vs_floor']:.2f}, after {r['eval_start_s']:.2f} s / "
-                    f"{r['record_start_s']:.2f} s to the first forward; "
+                    f"{r['record_start_s']:.2f} s to the first forward; record --ram "
+                    f"{r['record_ram_steps_per_s']:.1f}/s {r['record_ram_vs_floor']:.2f}, steady "
+                    f"{r['record_ram_steady_vs_floor']:.2f}; RAM replayed at "
+                    f"{r['ram_replay_rows_per_s']:.1f} rows/s; "
                     f"plain path: eval {r['plain_eval_steps_per_s']:.1f}/s "
                     f"{r['plain_eval_vs_floor']:.2f}, record {r['plain_record_steps_per_s']:.1f}/s "
                     f"{r['plain_record_vs_floor']:.2f}); emulators alone "

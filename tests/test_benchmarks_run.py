@@ -52,8 +52,9 @@ def test_agent_play_ends_with_one_json_object_per_arch_and_envs() -> None:
     assert res["episodes_per_env"] == 2 and res["repeat"] == 1
     assert [(r["arch"], r["n_envs"]) for r in res["rows"]] == [("poster", 2), ("nature", 2)]
     for r in res["rows"]:
-        for key in ("eval", "record", "eval_steady", "record_steady", "floor"):
+        for key in ("eval", "record", "eval_steady", "record_steady", "floor", "record_ram"):
             assert r[f"{key}_steps_per_s"] > 0, key
+        assert r["ram_replay_rows_per_s"] > 0 and r["record_ram_steady_vs_floor"] > 0
         assert r["eval_vs_floor"] == pytest.approx(
             r["eval_steps_per_s"] / r["floor_steps_per_s"], rel=0.01, abs=0.002
         )

@@ -195,6 +195,10 @@ class RecordedEpisode:
     """True when the recording saw the episode end (game over, truncation or the step cap)."""
     score: float = 0.0
     """Raw game score over the recorded steps (the episode's return so far)."""
+    noops: int | None = None
+    """The one-frame no-ops its reset played (the vector env draws them in nature mode; 0 in
+    poster mode). None in logs written before it was kept: :func:`rlsae.agents.ram.drawn_noops`
+    draws them again from the seed."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from rlsae.agents.envs import AleVecEnv, EnvConfig
+from rlsae.agents.results import RecordedEpisode
 from rlsae.agents.rollout_overlap import (
     GroupPlay,
     Policy,
@@ -368,6 +369,7 @@ def _step(
     full = np.zeros(env.num_envs, dtype=np.int64)
     full[idx] = action
     ram = None if rams is None else rams.ram()
+    noops = env.noops[idx]  # the episodes' resets', read before the step (a new array)
     next_obs, _, _, infos = env.step(full)
     raw, end = step_outcome(infos, idx, idx, slots, max_episode_steps)
     if rams is not None:
@@ -384,9 +386,24 @@ def _step(
         extra=extra,
         reward=raw,
         episode_end=end,
+        noops=noops,
         ram=ram,
     )
     return batch, np.asarray(next_obs)
+
+
+def log_steps(episodes: dict[int, RecordedEpisode], b: StepBatch) -> None:
+    """Add a step batch to the replayable episode log ``episodes`` (episode index -> its seed,
+    no-ops, actions, score so far and whether it ended)."""
+    for i, e in enumerate(b.episode.tolist()):
+        ep = episodes.get(e)
+        if ep is None:
+            ep = episodes[e] = RecordedEpisode(
+                episode=e, seed=int(b.episode_seed[i]), noops=int(b.noops[i])
+            )
+        ep.actions.append(int(b.action[i]))
+        ep.score += float(b.reward[i])
+        ep.complete = ep.complete or bool(b.episode_end[i])
 
 
 def episode_returns(batches: Sequence[StepBatch] | Iterator[StepBatch]) -> dict[int, dict]:

@@ -65,6 +65,9 @@ class StepBatch:
     """Raw game score received for the action."""
     episode_end: np.ndarray
     """True where this step ended the episode (game over, truncation or the step cap)."""
+    noops: np.ndarray
+    """The one-frame no-ops the episode's reset played (``AleVecEnv.noops``; 0 unless the env
+    draws them): with its seed and actions, what replays the episode in the emulator."""
     ram: np.ndarray | None = None
     """(n, 128) uint8 ALE RAM of the states the actions were chosen on (``play(ram=True)``)."""
 
@@ -230,6 +233,7 @@ class _Half:
     greedy: np.ndarray
     q: np.ndarray
     extra: Any
+    noops: np.ndarray
     reward: np.ndarray | None = None
     end: np.ndarray | None = None
 
@@ -271,6 +275,7 @@ class _Step:
             extra=concat_extra([x.extra for x in h]),
             reward=cat("reward"),
             episode_end=cat("end"),
+            noops=cat("noops"),
             ram=None if rams is None or self.ram is None else rams.get(self.ram),
         )
 
@@ -446,7 +451,7 @@ class GroupPlay:
             n0 = len(idx0)
             if dec0 is not None:
                 draws = self._draw(len(idx), dec0[1].shape[1])
-                h0 = self._half(idx0, dec0, draws, 0)
+                h0 = self._half(g0, idx0, dec0, draws, 0)
                 self._send(g0, h0)
                 halves.append(h0)
             if prev is not None:  # handed over while group 0's emulators step
@@ -458,7 +463,7 @@ class GroupPlay:
                 dec1 = self._decide(g1, idx1)
                 if draws is None:
                     draws = self._draw(len(idx), dec1[1].shape[1])
-                h1 = self._half(idx1, dec1, draws, n0)
+                h1 = self._half(g1, idx1, dec1, draws, n0)
                 self._send(g1, h1)
                 halves.append(h1)
             if g0.sent is not None:
@@ -506,7 +511,7 @@ class GroupPlay:
         return epsilon_draws(self.rng, n, self.epsilon, n_actions)
 
     def _half(
-        self, idx: np.ndarray, dec: tuple[np.ndarray, np.ndarray, Any],
+        self, g: _Group, idx: np.ndarray, dec: tuple[np.ndarray, np.ndarray, Any],
         draws: tuple[np.ndarray, np.ndarray], at: int,
     ) -> _Half:  # fmt: skip
         sel, q, extra = dec
@@ -523,4 +528,5 @@ class GroupPlay:
             greedy=greedy,
             q=q,
             extra=extra,
+            noops=g.row.noops[idx - g.lo],
         )

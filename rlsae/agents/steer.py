@@ -34,7 +34,7 @@ from rlsae.agents.config import EvalConfig, SteerConfig
 from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.effects import check_sae
 from rlsae.agents.results import RecordedEpisode, SteerResult
-from rlsae.agents.rollout import StepBatch, play
+from rlsae.agents.rollout import StepBatch, log_steps, play
 from rlsae.analysis.bootstrap import bootstrap_ci
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import read_json
@@ -287,11 +287,7 @@ def play_episodes(
     for b in batches:
         if on_batch is not None:
             on_batch(b)
-        for i, e in enumerate(b.episode.tolist()):
-            ep = eps.setdefault(e, RecordedEpisode(episode=e, seed=int(b.episode_seed[i])))
-            ep.actions.append(int(b.action[i]))
-            ep.score += float(b.reward[i])
-            ep.complete = ep.complete or bool(b.episode_end[i])
+        log_steps(eps, b)
     return [eps[i] for i in range(cfg.episodes)]
 
 

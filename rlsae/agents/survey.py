@@ -28,7 +28,7 @@ from rlsae.agents.dqn import Agent, load_agent
 from rlsae.agents.layers import check_layer
 from rlsae.agents.record import _context
 from rlsae.agents.results import EpisodeLog, RecordedEpisode
-from rlsae.agents.rollout import play
+from rlsae.agents.rollout import log_steps, play
 from rlsae.agents.survey_config import POSTER_SKIP_STEPS, SurveyConfig
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import dumps_json
@@ -85,11 +85,7 @@ def _survey(agent: Agent, env: Any, cfg: SurveyConfig, writer: ActivationWriter)
         if keep.any():
             rows = np.flatnonzero(keep)
             writer.append(b.extra[rows], _context(_select(b, rows)))
-        for i, e in enumerate(b.episode.tolist()):
-            ep = episodes.setdefault(e, RecordedEpisode(episode=e, seed=int(b.episode_seed[i])))
-            ep.actions.append(int(b.action[i]))
-            ep.score += float(b.reward[i])
-            ep.complete = bool(b.episode_end[i])
+        log_steps(episodes, b)
         played += len(b.episode)
     record = RecordConfig(
         layer=cfg.layer, steps=max(played, 1), epsilon=cfg.epsilon, seed=cfg.seed,

@@ -305,8 +305,7 @@ CONCEPT_ROWS = 100_000
 
 def concepts(ctx: Context[StudyConfig], spec: AgentSpec) -> AgentConcepts:
     """The game-state concepts of the SAE's features (``SAE_DIR/concepts.json``); an agent
-    whose recording cannot be matched (another game, an older nature store without RAM) gets a
-    note instead."""
+    whose recording cannot be matched (a game without a RAM table) gets a note instead."""
     cfg, run_dir = ctx.config, ctx.run_dir
     acts, sdir = acts_dir(run_dir, cfg, spec.name), sae_dir(run_dir, cfg, spec.name)
     try:

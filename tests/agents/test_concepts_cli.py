@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rlsae.agents.concepts import ConceptMatches
+from rlsae.agents.ram import RAM_CACHE
 
 PLANTED = "action_LEFT"  # no other concept equals it or its negation on the recording
 
@@ -90,8 +91,8 @@ def test_concepts_human_output_and_a_concept_filter(poster_agent, planted, run_c
 
 
 def _edited_copy(src: Path, dst: Path, edit, *, drop_ram: bool = False) -> Path:
-    """A copy of the store with ``episodes.json`` edited; ``drop_ram``: without the recorded
-    RAM column, as a store written before `dqn record` recorded it."""
+    """A copy of the store with ``episodes.json`` edited; ``drop_ram``: without the RAM an
+    earlier replay kept in it (``ram.npy``) or a recording stored (the ``ram`` column)."""
     import pandas as pd
 
     shutil.copytree(src, dst)
@@ -99,32 +100,28 @@ def _edited_copy(src: Path, dst: Path, edit, *, drop_ram: bool = False) -> Path:
     edit(doc)
     (dst / "episodes.json").write_text(json.dumps(doc))
     if drop_ram:
+        (dst / RAM_CACHE).unlink(missing_ok=True)
         ctx = pd.read_parquet(dst / "context.parquet")
-        ctx.drop(columns=["ram"]).to_parquet(dst / "context.parquet", index=False)
+        ctx.drop(columns=["ram"], errors="ignore").to_parquet(dst / "context.parquet", index=False)
     return dst
 
 
 def test_concepts_refuses_bad_input_in_one_line_before_torch(poster_agent, planted, tmp_path):
-    """Another game, an older nature-mode recording (no RAM column), an SAE of another width, an unknown concept,
-    bad numbers: exit 2, one line each, torch never imported, nothing written."""
+    """Another game, an SAE of another width, an unknown concept, bad numbers: exit 2, one line
+    each, torch never imported, nothing written."""
     import subprocess
     import sys
 
     def game(d: dict) -> None:
         d["ale"]["game"] = "breakout"
 
-    def nature(d: dict) -> None:
-        d["env"]["noop_max"] = 30
-
     other_game = _edited_copy(planted["acts"], tmp_path / "breakout", game)
-    noops = _edited_copy(planted["acts"], tmp_path / "nature", nature, drop_ram=True)
     wide = _sae(tmp_path / "wide", np.eye(3))
     base = ["dqn", "concepts", "--agent", str(poster_agent)]
     sae, acts = ["--sae", str(planted["sae"])], ["--acts", str(planted["acts"])]
     cases = [
         (base + sae + ["--acts", str(other_game)],
          "no RAM table for game 'breakout'; games with one: ms_pacman"),
-        (base + sae + ["--acts", str(noops)], "noop_max=30 (nature mode"),
         (base + ["--sae", str(wide)] + acts, "encodes width 3 but the store"),
         (base + sae + acts + ["--concepts", "ghost_sideways_7"],
          "no concept named 'ghost_sideways_7'"),
@@ -152,10 +149,11 @@ def test_concepts_refuses_bad_input_in_one_line_before_torch(poster_agent, plant
     assert not (wide / "concepts.json").exists()
 
 
-def test_study_stage_matches_a_poster_store_and_notes_a_nature_one(poster_agent, planted, tmp_path):
+def test_study_stage_matches_a_store_and_notes_another_game(poster_agent, planted, tmp_path):
     """The study's ``concepts`` stage on the planted store (in the study's layout) writes
-    SAE_DIR/concepts.json and returns its coverage; on a nature-mode copy without the recorded
-    RAM (an older store) it returns a note."""
+    SAE_DIR/concepts.json and returns its coverage; a copy whose env says ``noop_max=30`` is
+    replayed with the no-ops its log kept (0) and matches alike; a store of a game without a
+    RAM table gets a note."""
     from rlsae.study import atari
     from rlsae.study.engine import Context
     from rlsae.study.results import AgentConcepts
@@ -176,15 +174,22 @@ def test_study_stage_matches_a_poster_store_and_notes_a_nature_one(poster_agent,
 
     def nature(d: dict) -> None:
         d["env"]["noop_max"] = 30
+        assert all(e["noops"] == 0 for e in d["episodes"])
+
+    def game(d: dict) -> None:
+        d["ale"]["game"] = "breakout"
 
     res = atari.concepts(ctx, place("poster"))
     assert isinstance(res, AgentConcepts) and res.note is None and res.rows == 240
     written = ConceptMatches.read(tmp_path / str(res.path))
     assert written.coverage == res.coverage and res.live_features == 2
     assert written.feature(0).matches[0].concept == PLANTED
-    noted = atari.concepts(ctx, place("nature", nature))
-    assert noted.path is None and noted.coverage is None and "noop_max=30" in str(noted.note)
-    assert not (atari.sae_dir(tmp_path, cfg, "nature") / "concepts.json").exists()
+    same = atari.concepts(ctx, place("nature", nature))
+    assert same.note is None and same.coverage == res.coverage and same.rows == 240
+    assert (atari.acts_dir(tmp_path, cfg, "nature") / RAM_CACHE).is_file()  # kept for next time
+    noted = atari.concepts(ctx, place("breakout", game))
+    assert noted.path is None and noted.coverage is None and "breakout" in str(noted.note)
+    assert not (atari.sae_dir(tmp_path, cfg, "breakout") / "concepts.json").exists()
 
 
 def test_concepts_the_layer_encodes_but_no_feature_carries() -> None:

@@ -1,8 +1,9 @@
-"""Nature-mode recordings carry their RAM: `dqn record` reads it from lockstep emulators.
+"""Nature-mode recordings' RAM: `dqn record --ram` reads it from lockstep emulators.
 
-A nature recording's episodes start with up to 30 no-ops that the vector env draws itself, so
-its RAM cannot be regenerated from ``episodes.json``; `dqn record` now stores each row's RAM
-(``rlsae.agents.ram.LockstepRams``). Checked here against things measured another way: the
+A nature recording's episodes start with up to 30 no-ops that the vector env draws itself;
+the lockstep emulators (``rlsae.agents.ram.LockstepRams``) play them too (the replay of a
+recording without the column, the default, is checked against this RAM in
+``test_ram_replay.py``). Checked here against things measured another way: the
 score the RAM holds against the rewards the vector env paid, Ms. Pac-Man's position against
 her sprite on the screens the vector env itself draws when the episode is replayed, and a
 lockstep game without the no-ops, which must differ. Then `dqn concepts` on a nature store.
@@ -36,7 +37,7 @@ def nature_recording(nature_agent: Path, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("nature-acts") / "fc1"
     return record_activations(
         nature_agent, "fc1", 240, out, epsilon=0.5, seed=3, n_envs=2, max_episode_steps=120,
-        progress=False,
+        progress=False, ram=True,
     )  # fmt: skip
 
 

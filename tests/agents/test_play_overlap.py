@@ -35,7 +35,7 @@ def _plain(m: pytest.MonkeyPatch, split: bool) -> None:
 def _record(agent: Path, out: Path, steps: int, n_envs: int, cap: int) -> Path:
     return record_activations(
         agent, "fc1", steps, out, epsilon=0.3, seed=11, n_envs=n_envs, max_episode_steps=cap,
-        progress=False,
+        progress=False, ram=True,
     )  # fmt: skip
 
 

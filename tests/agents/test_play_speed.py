@@ -33,7 +33,7 @@ def _plain(monkeypatch: pytest.MonkeyPatch, split: bool = True) -> None:
 def _record(agent: Path, out: Path, seed: int, steps: int = 130, n_envs: int = 3) -> Path:
     return record_activations(
         agent, "fc1", steps, out, epsilon=0.3, seed=seed, n_envs=n_envs, max_episode_steps=25,
-        progress=False,
+        progress=False, ram=True,
     )  # fmt: skip
 
 
