@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rlsae.agents.dqn import load_agent
-from rlsae.agents.envs import obs_hash
+from rlsae.agents.hashing import obs_hash
 from rlsae.agents.layers import check_layer
 from rlsae.agents.replay import replay_episode
 from rlsae.agents.results import read_episodes

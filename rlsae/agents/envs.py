@@ -23,7 +23,6 @@ same settings; tests and benchmarks compare against it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from typing import Any, Literal
 
@@ -50,11 +49,6 @@ def action_meanings(game: str = GAME) -> list[str]:
     ale.setLoggerMode(ale_py.LoggerMode.Error)
     ale.loadROM(str(roms.get_rom_path(game)))
     return [a.name for a in ale.getMinimalActionSet()]
-
-
-def obs_hash(obs: np.ndarray) -> str:
-    """A short content hash of one observation (used to check replays step by step)."""
-    return hashlib.blake2b(np.ascontiguousarray(obs).tobytes(), digest_size=8).hexdigest()
 
 
 def _to_channel_first(obs: np.ndarray, mode: str) -> np.ndarray:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from rlsae.agents.config import EnvConfig
+from rlsae.agents.hashing import obs_hash
 from rlsae.agents.results import EpisodeLog, read_episodes
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes
@@ -35,8 +36,9 @@ RAM_CACHE = "ram.npy"
 uint8, written atomically after every row was checked; a store recorded with ``--ram`` holds it
 in ``context.parquet`` instead)."""
 PARALLEL_ROWS = 20_000
-"""From this many rows :func:`recording_ram` replays the episodes in worker processes (one per
-core, up to 4): ale-py's ``act`` holds the GIL, so threads would not run side by side."""
+"""From this many rows :func:`recording_ram` replays the episodes in helper processes
+(:class:`RamProcess`, one per core, up to 4): ale-py's ``act`` holds the GIL, so threads would
+not run side by side."""
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,14 @@ def _serve(fd: int) -> None:
             return
         if cmd == "close":
             return
+        if cmd == "replay":  # answered at once, whatever a lockstep play before it left
+            try:
+                conn.send(("ok", _replay_rows(args[0])))
+            except RlsaeError as e:
+                conn.send(("error", str(e)))
+            except Exception as e:  # noqa: BLE001 - reported to the parent in one line
+                conn.send(("error", f"the RAM replay failed: {type(e).__name__}: {e}"))
+            continue
         try:
             if cmd == "new":
                 rams, error = LockstepRams(**args[0]), None
@@ -507,8 +517,10 @@ def recording_ram(
     A replay must score every row's recorded reward, and with ``verify`` (poster recordings,
     whose observation is the screen) every replayed screen must hash to the row's
     ``obs_hash``; a mismatch (a recording from another emulator build, say) is a one-line
-    error and nothing is kept. ``workers`` processes replay the episodes side by side (None:
-    one per core, up to 4, from :data:`PARALLEL_ROWS` rows; the result is the same).
+    error and nothing is kept. ``workers`` helper processes replay the episodes side by side
+    (None: one per core, up to 4, from :data:`PARALLEL_ROWS` rows; 1: in this process; the
+    result is the same). They are started with ``python -c``, so they never import the caller's
+    ``__main__`` (as ``multiprocessing``'s spawn would, re-running an unguarded script).
     """
     import pandas as pd
 
@@ -541,15 +553,7 @@ def recording_ram(
         workers = min(os.cpu_count() or 1, 4) if len(ctx) >= PARALLEL_ROWS else 1
     workers = max(1, min(int(workers), len(jobs)))
     out = np.zeros((len(ctx), 128), dtype=np.uint8)
-    if workers == 1:
-        parts = [_replay_rows(job) for job in jobs]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        ctx_spawn = multiprocessing.get_context("spawn")  # no fork of a process running torch
-        with ProcessPoolExecutor(workers, mp_context=ctx_spawn) as pool:
-            parts = list(pool.map(_replay_rows, jobs))
+    parts = [_replay_rows(job) for job in jobs] if workers == 1 else _replay_in(workers, jobs)
     for rows, ram in zip(where, parts, strict=True):
         out[rows] = ram
     _keep_ram(store / RAM_CACHE, out)
@@ -595,8 +599,6 @@ def _replay_rows(job: _EpisodeRows) -> np.ndarray:
             "ale-py build?)"
         )
     if job.hashes is not None and run.frames is not None:
-        from rlsae.agents.envs import obs_hash  # pulls in torch: only where screens are checked
-
         for t, want in zip(steps.tolist(), job.hashes, strict=True):
             if obs_hash(run.frames[t].transpose(2, 0, 1)) != want:
                 raise RlsaeError(
@@ -604,6 +606,34 @@ def _replay_rows(job: _EpisodeRows) -> np.ndarray:
                     "recording; its RAM cannot be regenerated"
                 )
     return run.ram[steps]
+
+
+def _replay_in(workers: int, jobs: list[_EpisodeRows]) -> list[np.ndarray]:
+    """:func:`_replay_rows` of every job, in order, in ``workers`` helper processes: each gets
+    its next job when it answers the last (the longest episodes first), so no pipe fills up."""
+    from multiprocessing.connection import wait
+
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].actions))
+    procs = [take_ram_process() for _ in range(workers)]
+    parts: dict[int, np.ndarray] = {}
+    busy: dict[int, tuple[int, int]] = {}  # process -> (job, ticket)
+    try:
+        while order or busy:
+            for p, proc in enumerate(procs):
+                if p not in busy and order:
+                    i = order.pop(0)
+                    busy[p] = (i, proc.ask("replay", jobs[i]))
+            ready = wait([procs[p].conn for p in busy])
+            for p in [p for p in busy if procs[p].conn in ready]:
+                i, ticket = busy.pop(p)
+                parts[i] = procs[p].get(ticket)
+    except BaseException:
+        for proc in procs:
+            proc.close()
+        raise
+    for proc in procs:
+        give_back_ram_process(proc)
+    return [parts[i] for i in range(len(jobs))]
 
 
 def _kept_ram(path: Path, rows: int) -> np.ndarray | None:

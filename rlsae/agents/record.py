@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from rlsae import threads as _threads
 from rlsae.agents.config import RecordConfig
 from rlsae.agents.dqn import Agent, load_agent
-from rlsae.agents.envs import obs_hash
+from rlsae.agents.hashing import obs_hash
 from rlsae.agents.layers import check_layer
 from rlsae.agents.results import EpisodeLog, RecordedEpisode, read_episodes
 from rlsae.agents.rollout import StepBatch, log_steps, play

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlsae.agents.envs import AleVecEnv, obs_hash, rgb_frame
+from rlsae.agents.envs import AleVecEnv, rgb_frame
+from rlsae.agents.hashing import obs_hash
 from rlsae.agents.results import EpisodeLog, read_episodes
 from rlsae.errors import RlsaeError
 

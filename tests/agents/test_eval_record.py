@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rlsae.agents.dqn import load_agent
-from rlsae.agents.envs import obs_hash
 from rlsae.agents.evaluate import evaluate_agent
+from rlsae.agents.hashing import obs_hash
 from rlsae.agents.record import record_activations
 from rlsae.agents.replay import (
     ReplayCheck,

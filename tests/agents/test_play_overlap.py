@@ -15,8 +15,8 @@ import pytest
 from rlsae.agents import rollout
 from rlsae.agents.dqn import load_agent
 from rlsae.agents.env_row import SparePool
-from rlsae.agents.envs import obs_hash
 from rlsae.agents.evaluate import evaluate_agent
+from rlsae.agents.hashing import obs_hash
 from rlsae.agents.ram_emulator import take_ram_process
 from rlsae.agents.record import record_activations
 from rlsae.agents.results import read_episodes

@@ -164,3 +164,39 @@ def test_dqn_record_ram_flag(nature_agent, run_cli, tmp_path) -> None:
         assert json.loads(stdout)["rows"] == 30
         assert has_recorded_ram(out) == bool(flag)
     assert recording_ram(tmp_path / "a").tobytes() == recorded_ram(tmp_path / "b").tobytes()
+
+
+def test_helper_processes_report_a_refused_replay_in_one_line(pair, tmp_path) -> None:
+    store = _copy(pair[0], tmp_path / "s")
+    ctx = pd.read_parquet(store / "context.parquet")
+    row = int(np.flatnonzero(ctx["reward"].to_numpy() > 0)[-1])
+    ctx.loc[row, "reward"] = 7
+    ctx.to_parquet(store / "context.parquet", index=False)
+    with pytest.raises(RlsaeError, match="the replay scored") as e:
+        recording_ram(store, workers=2)
+    assert "\n" not in str(e.value) and not (store / RAM_CACHE).exists()
+    # the helpers are whole afterwards: the next replay in them gives the lockstep RAM
+    assert recording_ram(_copy(pair[0], tmp_path / "t"), workers=2).tobytes() == (
+        _lockstep(pair).tobytes()
+    )
+
+
+def test_helper_processes_do_not_run_the_callers_script(pair, tmp_path) -> None:
+    """A user's script without an ``if __name__ == "__main__"`` guard: its helpers are started
+    with ``python -c`` and never import it (multiprocessing's spawn would run it again in each)."""
+    import subprocess
+    import sys
+
+    store = _copy(pair[0], tmp_path / "s")
+    marks = tmp_path / "marks.txt"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from rlsae.agents.ram import recording_ram\n"
+        f"with open({str(marks)!r}, 'a') as f:\n"
+        "    f.write('ran\\n')\n"
+        f"print(recording_ram({str(store)!r}, workers=2).sum())\n"
+    )
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert marks.read_text() == "ran\n"
+    assert int(res.stdout.split()[-1]) == int(_lockstep(pair).astype(np.int64).sum())
