@@ -28,7 +28,13 @@ ratios are the medians over repeats (``*_vs_floor_runs`` lists each). Each env p
 ``--episodes-per-env`` episodes of at most ``--steps-per-env`` steps (the recording: that many
 steps in all). Prints one line per figure and, last, one JSON object. Never asserts on time.
 
-Usage: ``python benchmarks/agent_play.py [--steps-per-env 150] [--episodes-per-env 1]
+The default workload is the one studies run: whole games (a random-weight agent's end after
+400-900 steps; at most 1,000) and 3 per env, so episodes restart on every env, and the emulators'
+build and first seeded resets (~75 ms of ale-py ROM loading per emulator) are a small part of
+the call. ``--steps-per-env 150 --episodes-per-env 1`` shows a short call, most of which that
+start is.
+
+Usage: ``python benchmarks/agent_play.py [--steps-per-env 1000] [--episodes-per-env 3]
 [--envs 1 4 8 16] [--arch poster nature] [--threads 1] [--repeat 1]``.
 """
 
@@ -265,8 +271,8 @@ def warm_up(agent_dir: Path, root: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps-per-env", type=int, default=150)
-    ap.add_argument("--episodes-per-env", type=int, default=1)
+    ap.add_argument("--steps-per-env", type=int, default=1000)
+    ap.add_argument("--episodes-per-env", type=int, default=3)
     ap.add_argument("--envs", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--arch", nargs="+", default=["poster", "nature"])
     ap.add_argument("--threads", type=int, default=1)

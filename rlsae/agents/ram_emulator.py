@@ -539,16 +539,17 @@ def recording_ram(
         return kept
     doc = read_episodes(store)
     check = verify and doc.env.mode == "poster"
-    jobs = [
-        _EpisodeRows(
-            doc.env, doc.episode(int(e)).seed, episode_noops(doc, int(e)),
-            doc.episode(int(e)).actions, int(e), rows["step"].to_numpy(np.int64),
-            rows["reward"].to_numpy(np.float64),
+    by_index = {ep.episode: ep for ep in doc.episodes}
+    jobs, where = [], []
+    for e, rows in ctx.groupby("episode", sort=True):
+        ep = by_index.get(int(e)) or doc.episode(int(e))  # one line naming the range if absent
+        noops = ep.noops if ep.noops is not None else drawn_noops(doc.env, ep.seed)
+        jobs.append(_EpisodeRows(
+            doc.env, ep.seed, int(noops), ep.actions, ep.episode,
+            rows["step"].to_numpy(np.int64), rows["reward"].to_numpy(np.float64),
             rows["obs_hash"].astype(str).tolist() if check else None,
-        )
-        for e, rows in ctx.groupby("episode", sort=True)
-    ]  # fmt: skip
-    where = [rows.index.to_numpy() for _, rows in ctx.groupby("episode", sort=True)]
+        ))  # fmt: skip
+        where.append(rows.index.to_numpy())
     if workers is None:
         workers = min(os.cpu_count() or 1, 4) if len(ctx) >= PARALLEL_ROWS else 1
     workers = max(1, min(int(workers), len(jobs)))
