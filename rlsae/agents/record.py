@@ -11,7 +11,7 @@ regenerate the emulator's RAM of every row (:func:`rlsae.agents.ram.recording_ra
 concept probes read). With ``ram=True`` (``dqn record --ram``) the context also holds ``ram``,
 the 128 bytes of the RAM in that state, read during the play from lockstep emulators
 (:class:`rlsae.agents.ram_emulator.LockstepRams`): every game is then emulated twice, which
-costs 6-25 % of the recording's speed on 2 cores (``docs/benchmarks.md``).
+costs 2-39 % of the recording's speed on 2 cores (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
