@@ -25,7 +25,7 @@ import numpy as np
 
 from rlsae.agents.config import EnvConfig
 from rlsae.agents.hashing import obs_hash
-from rlsae.agents.results import EpisodeLog, read_episodes
+from rlsae.agents.results import EpisodeLog, RecordedEpisode, read_episodes
 from rlsae.errors import RlsaeError
 from rlsae.fsutil import atomic_write_bytes
 
@@ -456,30 +456,26 @@ def drawn_noops(env: EnvConfig, seed: int) -> int:
         vec.close()
 
 
-def episode_noops(doc: EpisodeLog, episode: int) -> int:
+def episode_noops(env: EnvConfig, ep: RecordedEpisode) -> int:
     """The no-ops of a recorded episode's reset: kept in ``episodes.json``, or for an older
     log, drawn again from its seed (:func:`drawn_noops`)."""
-    ep = doc.episode(episode)
-    return int(ep.noops) if ep.noops is not None else drawn_noops(doc.env, ep.seed)
+    return int(ep.noops) if ep.noops is not None else drawn_noops(env, ep.seed)
 
 
-def replay_ram(
-    doc: EpisodeLog, episode: int, *, frames: bool = False, noops: int | None = None
-) -> RamRollout:
+def replay_ram(doc: EpisodeLog, episode: int, *, frames: bool = False) -> RamRollout:
     """The RAM of every step 0..len(actions) of a recorded episode (``episodes.json``): its
-    seed, its no-ops (``noops``, else :func:`episode_noops`) and its actions, replayed."""
+    seed, its no-ops (:func:`episode_noops`) and its actions, replayed."""
     ep = doc.episode(episode)
-    env = doc.env
+    return _replay(doc.env, ep.seed, episode_noops(doc.env, ep), ep.actions, frames)
+
+
+def _replay(env: EnvConfig, seed: int, noops: int, actions: list[int], frames: bool) -> RamRollout:
+    """:func:`rollout_ram` of an episode played in ``env``."""
     return rollout_ram(
-        ep.actions,
-        game=env.game,
-        seed=ep.seed,
-        noops=episode_noops(doc, episode) if noops is None else noops,
-        frameskip=env.frameskip,
+        actions, game=env.game, seed=seed, noops=noops, frameskip=env.frameskip,
         repeat_action_probability=env.repeat_action_probability,
-        max_episode_frames=env.max_episode_frames,
-        frames=frames,
-    )
+        max_episode_frames=env.max_episode_frames, frames=frames,
+    )  # fmt: skip
 
 
 def has_recorded_ram(store_dir: str | os.PathLike) -> bool:
@@ -543,9 +539,8 @@ def recording_ram(
     jobs, where = [], []
     for e, rows in ctx.groupby("episode", sort=True):
         ep = by_index.get(int(e)) or doc.episode(int(e))  # one line naming the range if absent
-        noops = ep.noops if ep.noops is not None else drawn_noops(doc.env, ep.seed)
         jobs.append(_EpisodeRows(
-            doc.env, ep.seed, int(noops), ep.actions, ep.episode,
+            doc.env, ep.seed, episode_noops(doc.env, ep), ep.actions, ep.episode,
             rows["step"].to_numpy(np.int64), rows["reward"].to_numpy(np.float64),
             rows["obs_hash"].astype(str).tolist() if check else None,
         ))  # fmt: skip
@@ -579,12 +574,7 @@ class _EpisodeRows:
 def _replay_rows(job: _EpisodeRows) -> np.ndarray:
     """The RAM of ``job``'s rows, after checking the replay against them (one line when it
     differs)."""
-    env = job.env
-    run = rollout_ram(
-        job.actions, game=env.game, seed=job.seed, noops=job.noops, frameskip=env.frameskip,
-        repeat_action_probability=env.repeat_action_probability,
-        max_episode_frames=env.max_episode_frames, frames=job.hashes is not None,
-    )  # fmt: skip
+    run = _replay(job.env, job.seed, job.noops, job.actions, job.hashes is not None)
     steps = job.steps
     if steps.max(initial=0) >= len(run.rewards):
         raise RlsaeError(
