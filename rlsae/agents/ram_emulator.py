@@ -446,6 +446,8 @@ def drawn_noops(env: EnvConfig, seed: int) -> int:
     one-env vector env tells them (one ROM load). For logs written before they were kept."""
     if env.noop_max == 0:
         return 0
+    # envs pulls in stable-baselines3 and torch: only older nature logs need it, and the
+    # replay's helper processes never do (they get the no-ops with their jobs)
     from rlsae.agents.envs import AleVecEnv
 
     vec = AleVecEnv(env, 1, seed=None, autoreset=False)
